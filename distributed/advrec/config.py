@@ -1,0 +1,199 @@
+"""The typed run config: one YAML file plus ``key=value`` overrides, validated by pydantic.
+
+Every section forbids unknown keys, so a typo is an error that names the key instead of a
+silently ignored setting. Defaults are the documented ones (see README.md, "Config reference").
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from advrec.errors import AdvrecError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class DataConfig(_Section):
+    source: str = Field(description="A raw log or a prepared dataset: a path or any fsspec URL.")
+    format: Literal["auto", "prepared", "movielens", "recbole", "sasrec", "csv", "parquet"] = "auto"
+    split: str = "random:0.8,0.1,0.1"
+    min_rating: float | None = None
+    kcore: int = Field(0, ge=0)
+    seed: int = 0
+    cache_dir: str | None = Field(
+        None, description="Where `train` keeps datasets it prepares itself (default ~/.cache/advrec)."
+    )
+
+
+class ModelConfig(_Section):
+    name: Literal["mf", "neumf"] = "mf"
+    dim: int = Field(64, gt=0)
+    mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    init: Literal["xavier", "normal"] = "xavier"
+    init_std: float = Field(0.1, gt=0.0, description="Std of the `normal` init.")
+
+    @field_validator("mlp_layers")
+    @classmethod
+    def _positive_layers(cls, v: list[int]) -> list[int]:
+        if not v or any(w <= 0 for w in v):
+            raise ValueError("must be a non-empty list of positive widths")
+        return v
+
+
+class AdvConfig(_Section):
+    method: Literal["none", "random", "fgsm", "fgm", "pgd"] = "none"
+    eps: float = Field(0.5, ge=0.0)
+    lam: float = Field(1.0, ge=0.0, alias="lambda")
+    steps: int = Field(1, gt=0, description="PGD steps K.")
+    step_size: float | None = Field(
+        None, gt=0.0, description="PGD step size; default 2.5 * eps / steps (Madry et al.)."
+    )
+    norm: Literal["l2", "linf"] = "l2"
+    random_start: bool = False
+    target: Literal["user", "item", "all"] = "all"
+    start_epoch: int = Field(
+        0, ge=0, description="Clean warm-up: adversarial training starts at this epoch (APR)."
+    )
+    relative: bool = Field(
+        False, description="Scale eps by each row's own embedding norm (eps is then a fraction)."
+    )
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(100, gt=0)
+    lr: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(2048, gt=0)
+    loss: Literal["bpr", "bce", "softmax"] = "bpr"
+    optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    weight_decay: float = Field(0.0, ge=0.0)
+    reg: float = Field(0.0, ge=0.0, description="L2 penalty on the batch's embedding rows.")
+    num_negatives: int = Field(1, gt=0)
+    seed: int = 0
+    eval_every: int = Field(1, gt=0)
+    patience: int = Field(10, ge=0, description="Epochs without improvement before stopping; 0 = off.")
+    monitor: str = "ndcg@10"
+
+
+class EvalConfig(_Section):
+    ks: list[int] = Field(default_factory=lambda: [10, 20])
+    protocol: Literal["full", "sampled"] = "full"
+    num_negatives: int = Field(100, gt=0, description="Negatives per test item (sampled protocol).")
+    batch_users: int = Field(1024, gt=0, description="Users scored per chunk (bounds memory).")
+    attacks: list[Literal["fgm", "pgd"]] = Field(default_factory=lambda: ["fgm", "pgd"])
+    eps: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
+    steps: int = Field(10, gt=0, description="PGD steps of the robustness attack.")
+    seed: int = 0
+
+    @field_validator("ks")
+    @classmethod
+    def _positive_ks(cls, v: list[int]) -> list[int]:
+        if not v or any(k <= 0 for k in v):
+            raise ValueError("must be a non-empty list of positive cut-offs")
+        return sorted(set(v))
+
+    @field_validator("eps")
+    @classmethod
+    def _non_negative_eps(cls, v: list[float]) -> list[float]:
+        if not v or any(e < 0 for e in v):
+            raise ValueError("must be a non-empty list of eps >= 0")
+        return sorted(set(v))
+
+
+class RunConfig(_Section):
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    adv: AdvConfig = Field(default_factory=AdvConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _monitor_is_reported(self) -> RunConfig:
+        metric, _, k = self.train.monitor.partition("@")
+        if metric not in RANKING_METRICS or not k.isdigit() or int(k) not in self.eval.ks:
+            raise ValueError(
+                f"train.monitor: '{self.train.monitor}' is not one of the reported metrics "
+                f"(<{'|'.join(RANKING_METRICS)}>@K with K in eval.ks={self.eval.ks})"
+            )
+        return self
+
+
+RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override's value as YAML, so `0.5`, `true`, `[10,20]` and `null` get their types."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides to a raw config dict (returns a new dict)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AdvrecError(f"override '{item}': expected key=value, e.g. adv.eps=0.5")
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise AdvrecError(f"override '{item}': '{part}' is not a section")
+            node = child
+        node[leaf] = _parse_value(value)
+    return out
+
+
+def _error_line(exc: ValidationError) -> str:
+    """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown config key"
+    if err["type"] == "missing":
+        return f"{loc}: required config key is missing"
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    return f"{loc}: {msg}{shown}"
+
+
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
+    """Validate a raw dict (plus overrides) into a RunConfig, or raise a one-line AdvrecError."""
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise AdvrecError(_error_line(exc)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a YAML config file (or none, for overrides only) and validate it."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        from advrec import io
+
+        fs, p = io.filesystem(str(path))
+        try:
+            with fs.open(p, "r") as f:
+                raw = yaml.safe_load(f) or {}
+        except FileNotFoundError:
+            raise AdvrecError(f"{path}: config file not found") from None
+        except yaml.YAMLError as exc:
+            raise AdvrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise AdvrecError(f"{path}: a config must be a YAML mapping of sections")
+    return build_config(raw, overrides)
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML (by alias, so ``adv.lambda`` round-trips)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)

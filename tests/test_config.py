@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advrec.config import build_config, dump_config, load_config
+from advrec.errors import AdvrecError
+
+CONFIGS = Path(__file__).resolve().parents[1] / "jobs" / "configs"
+BASE = {"data": {"source": "x"}}
+
+
+def test_defaults_and_typed_overrides() -> None:
+    cfg = build_config(BASE, ["adv.eps=0.25", "adv.lambda=2", "adv.method=pgd", "eval.ks=[5,10]",
+                              "train.monitor=recall@5", "adv.random_start=true"])
+    assert cfg.adv.eps == 0.25 and cfg.adv.lam == 2.0 and cfg.adv.method == "pgd"
+    assert cfg.eval.ks == [5, 10] and cfg.adv.random_start is True
+    assert cfg.train.batch_size == 2048 and cfg.model.name == "mf"
+
+
+def test_resolved_config_round_trips(tmp_path: Path) -> None:
+    cfg = build_config(BASE, ["adv.lambda=0.3"])
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    assert "lambda: 0.3" in path.read_text()
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize("override, culprit", [
+    (["adv.epsilon=1"], "adv.epsilon: unknown config key"),
+    (["modle.name=mf"], "modle: unknown config key"),
+    (["adv.eps=-1"], "adv.eps"),
+    (["adv.steps=0"], "adv.steps"),
+    (["adv.method=pgdd"], "adv.method"),
+    (["model.name=bert"], "model.name"),
+    (["train.lr=fast"], "train.lr"),
+    (["eval.ks=[0]"], "eval.ks"),
+    (["eval.eps=[-0.1]"], "eval.eps"),
+    (["train.monitor=ndcg@50"], "train.monitor"),
+    (["adv.eps"], "override 'adv.eps'"),
+])
+def test_bad_keys_and_values_name_the_key(override: list[str], culprit: str) -> None:
+    with pytest.raises(AdvrecError) as err:
+        build_config(BASE, override)
+    message = str(err.value)
+    assert culprit in message and "\n" not in message
+
+
+def test_missing_source_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AdvrecError, match="data: required config key is missing"):
+        build_config({})
+    with pytest.raises(AdvrecError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("data: [unclosed")
+    with pytest.raises(AdvrecError, match="bad.yaml: not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert yaml.safe_load(path.read_text())["data"]["source"] == cfg.data.source
