@@ -1,0 +1,18 @@
+"""Model zoo: every model splits embedding lookup (`embed`) from scoring (`score`)."""
+
+from __future__ import annotations
+
+from advrec.config import ModelConfig
+from advrec.models.base import Batch, Recommender
+from advrec.models.losses import LOSSES, LossFn
+from advrec.models.mf import MF
+from advrec.models.neumf import NeuMF
+
+__all__ = ["Batch", "LOSSES", "MF", "NeuMF", "Recommender", "LossFn", "build_model"]
+
+
+def build_model(cfg: ModelConfig, num_users: int, num_items: int) -> Recommender:
+    """Instantiate the model named by ``model.name``."""
+    if cfg.name == "mf":
+        return MF(num_users, num_items, cfg.dim, cfg.init, cfg.init_std)
+    return NeuMF(num_users, num_items, cfg.dim, cfg.mlp_layers, cfg.dropout, cfg.init, cfg.init_std)

@@ -1,0 +1,65 @@
+"""The contract every model follows: embedding lookup (`embed`) split from scoring (`score`).
+
+The adversary attaches between the two: it perturbs the looked-up rows that `embed` returns and
+re-runs only `score`, so K attack steps never touch the (possibly huge) tables again.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+Batch = dict[str, Tensor]
+"""A training or evaluation batch. Keys used by the core models:
+
+- ``user``: LongTensor (B,), user indices;
+- ``item``: LongTensor (B, C), candidate items per user (column 0 is the positive in training).
+"""
+
+
+class Recommender(nn.Module):
+    """Base class: subclasses implement `embed`, `score` and `tables`."""
+
+    num_users: int
+    num_items: int
+
+    def embed(self, batch: Batch) -> dict[str, Tensor]:
+        """All embedding lookups of the batch.
+
+        Returns a dict of looked-up rows; keys start with the table's side (``user...`` rows are
+        (B, d), ``item...`` rows are (B, C, d)). The keys are the same as those of `tables`.
+        """
+        raise NotImplementedError
+
+    def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
+        """Everything after the lookup: returns logits (B, C), one per candidate item."""
+        raise NotImplementedError
+
+    def tables(self) -> dict[str, nn.Embedding]:
+        """The embedding tables, keyed like the output of `embed`."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> Tensor:
+        """Logits (B, C) for the batch's candidate items."""
+        return self.score(self.embed(batch), batch)
+
+    def rank_scores(self, users: Tensor, item_chunk: int = 4096) -> Tensor:
+        """Scores of every item for each user: (B,) -> (B, num_items), for full-ranking evaluation.
+
+        The generic path scores items in chunks through `embed`/`score`; models with a cheaper
+        closed form (MF's matrix product) override it.
+        """
+        out = []
+        for start in range(0, self.num_items, item_chunk):
+            items = torch.arange(start, min(start + item_chunk, self.num_items), device=users.device)
+            batch = {"user": users, "item": items.expand(users.shape[0], -1)}
+            out.append(self(batch))
+        return torch.cat(out, dim=1)
+
+
+def init_embedding(table: nn.Embedding, init: str, std: float) -> None:
+    """Initialise a table: ``xavier`` (normal, as RecBole's BPR) or ``normal`` with the given std."""
+    if init == "xavier":
+        nn.init.xavier_normal_(table.weight)
+    else:
+        nn.init.normal_(table.weight, std=std)

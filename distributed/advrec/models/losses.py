@@ -1,0 +1,32 @@
+"""Training losses over candidate logits (B, C) whose column 0 is the positive item."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LossFn = Callable[[Tensor], Tensor]
+
+
+def bpr(logits: Tensor) -> Tensor:
+    """Bayesian personalised ranking: mean of ``-log sigmoid(s_pos - s_neg)`` over all negatives."""
+    return -F.logsigmoid(logits[:, :1] - logits[:, 1:]).mean()
+
+
+def bce(logits: Tensor) -> Tensor:
+    """Pointwise binary cross-entropy: the positive labelled 1, every negative 0."""
+    labels = torch.zeros_like(logits)
+    labels[:, 0] = 1.0
+    return F.binary_cross_entropy_with_logits(logits, labels)
+
+
+def softmax(logits: Tensor) -> Tensor:
+    """Sampled softmax cross-entropy with the positive as the target class."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long,
+                                               device=logits.device))
+
+
+LOSSES: dict[str, LossFn] = {"bpr": bpr, "bce": bce, "softmax": softmax}
