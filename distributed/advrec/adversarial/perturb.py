@@ -1,0 +1,114 @@
+"""Perturbations of embedding rows inside a per-row ε-ball: random, FGSM, FGM and PGD.
+
+One threat model for every model and for both uses: during training the tensors are the batch's
+looked-up rows ((B, d) or (B, C, d)); in robustness evaluation they are whole tables
+((rows, d)). Either way the last dimension is the embedding and the budget holds for each row:
+``‖δ_row‖₂ ≤ ε`` (L2) or ``‖δ_row‖∞ ≤ ε`` (L∞). With ``relative=True`` the radius of each row
+is ``ε · ‖x_row‖₂``, so ε means the same at any embedding scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Tensors = dict[str, Tensor]
+GradFn = Callable[[Tensors], Tensors]
+"""Maps perturbations δ (same keys and shapes as the attacked tensors) to ∂loss/∂δ."""
+
+Method = Literal["none", "random", "fgsm", "fgm", "pgd"]
+Norm = Literal["l2", "linf"]
+
+_TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays zero)
+
+
+@dataclass(frozen=True)
+class Attack:
+    """What to compute: a method, a budget and, for PGD, steps and a step size."""
+
+    method: Method
+    eps: float
+    steps: int = 1
+    step_size: float | None = None  # PGD; None -> 2.5 * eps / steps (Madry et al. 2018)
+    norm: Norm = "l2"
+    random_start: bool = False
+    relative: bool = False
+
+    @property
+    def alpha(self) -> float:
+        return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+
+def _radius(x: Tensor, attack: Attack) -> Tensor | float:
+    """The per-row budget: a scalar, or (..., 1) when relative to each row's norm."""
+    if attack.relative:
+        return attack.eps * x.detach().norm(dim=-1, keepdim=True)
+    return attack.eps
+
+
+def _unit_l2(g: Tensor) -> Tensor:
+    """Each row of ``g`` scaled to unit L2 norm (zero rows stay zero)."""
+    return g / g.norm(dim=-1, keepdim=True).clamp_min(_TINY)
+
+
+def project(delta: Tensor, radius: Tensor | float, norm: Norm) -> Tensor:
+    """Project each row of ``delta`` back onto the ball of ``radius``."""
+    r = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
+    if norm == "linf":
+        return torch.clamp(delta, -r, r)
+    return delta * (r / delta.norm(dim=-1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
+
+
+def _random_in_ball(x: Tensor, radius: Tensor | float, norm: Norm,
+                    generator: torch.Generator | None) -> Tensor:
+    """A random point of the ball (L∞: uniform in the box; L2: random direction, uniform radius)."""
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return (2 * u - 1) * radius
+    direction = _unit_l2(torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
+    r = torch.rand((*x.shape[:-1], 1), generator=generator, dtype=x.dtype, device=x.device)
+    return direction * r * radius
+
+
+def _step(g: Tensor, norm: Norm) -> Tensor:
+    """The steepest-ascent direction of the norm: sign(g) for L∞, g/‖g‖₂ for L2."""
+    return g.sign() if norm == "linf" else _unit_l2(g)
+
+
+def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors | None = None,
+            generator: torch.Generator | None = None) -> Tensors:
+    """Compute δ for each tensor of ``x`` (detached, same shapes), inside the per-row ball.
+
+    ``grad_fn(δ)`` returns the loss gradient at ``x + δ``. ``init_grad``, the gradient at δ = 0
+    when the caller already has it (the clean loss's), saves the first gradient pass of FGM/FGSM
+    and of PGD without random start.
+    """
+    radius = {k: _radius(v, attack) for k, v in x.items()}
+    if attack.method == "none" or attack.eps == 0.0:
+        return {k: torch.zeros_like(v) for k, v in x.items()}
+    if attack.method == "random":
+        # noise on the sphere (L2) or a corner of the box (L∞): the full budget, no gradient
+        return {k: _step(torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device),
+                         attack.norm) * radius[k] for k, v in x.items()}
+    if attack.method in ("fgsm", "fgm"):
+        g = init_grad if init_grad is not None else grad_fn({k: torch.zeros_like(v) for k, v in x.items()})
+        norm: Norm = "linf" if attack.method == "fgsm" else "l2"
+        return {k: _step(g[k], norm) * radius[k] for k in x}
+
+    # PGD: K steps of size alpha, each projected back onto the ball
+    if attack.random_start:
+        delta = {k: _random_in_ball(v, radius[k], attack.norm, generator) for k, v in x.items()}
+        g = grad_fn(delta)
+    else:
+        delta = {k: torch.zeros_like(v) for k, v in x.items()}
+        g = init_grad if init_grad is not None else grad_fn(delta)
+    for step in range(attack.steps):
+        if step > 0:
+            g = grad_fn(delta)
+        delta = {k: project(delta[k] + attack.alpha * _step(g[k], attack.norm), radius[k],
+                            attack.norm) for k in x}
+    return delta
