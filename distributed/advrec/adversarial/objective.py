@@ -56,7 +56,7 @@ class AdversarialObjective(nn.Module):
         frozen = {k: v.detach() for k, v in emb.items()}
 
         def grad_fn(delta: Tensors) -> Tensors:
-            delta = {k: d.requires_grad_(True) for k, d in delta.items()}
+            delta = {k: d.detach().requires_grad_(True) for k, d in delta.items()}
             shifted = {**frozen, **{k: frozen[k] + delta[k] for k in keys}}
             loss = self.loss_fn(self.model.score(shifted, batch))
             return dict(zip(keys, torch.autograd.grad(loss, [delta[k] for k in keys])))

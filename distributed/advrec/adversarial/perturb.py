@@ -50,9 +50,9 @@ def _radius(x: Tensor, attack: Attack) -> Tensor | float:
     return attack.eps
 
 
-def _unit_l2(g: Tensor) -> Tensor:
-    """Each row of ``g`` scaled to unit L2 norm (zero rows stay zero)."""
-    return g / g.norm(dim=-1, keepdim=True).clamp_min(_TINY)
+def _inv_norm(g: Tensor) -> Tensor:
+    """(..., 1): 1 / ‖g_row‖₂, with zero rows kept at zero length (their direction is zero)."""
+    return g.norm(dim=-1, keepdim=True).clamp_min(_TINY).reciprocal()
 
 
 def project(delta: Tensor, radius: Tensor | float, norm: Norm) -> Tensor:
@@ -60,7 +60,7 @@ def project(delta: Tensor, radius: Tensor | float, norm: Norm) -> Tensor:
     r = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
     if norm == "linf":
         return torch.clamp(delta, -r, r)
-    return delta * (r / delta.norm(dim=-1, keepdim=True).clamp_min(_TINY)).clamp(max=1.0)
+    return delta * (r * _inv_norm(delta)).clamp(max=1.0)
 
 
 def _random_in_ball(x: Tensor, radius: Tensor | float, norm: Norm,
@@ -69,14 +69,17 @@ def _random_in_ball(x: Tensor, radius: Tensor | float, norm: Norm,
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         return (2 * u - 1) * radius
-    direction = _unit_l2(torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device))
+    direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     r = torch.rand((*x.shape[:-1], 1), generator=generator, dtype=x.dtype, device=x.device)
-    return direction * r * radius
+    return direction * (_inv_norm(direction) * r * radius)
 
 
-def _step(g: Tensor, norm: Norm) -> Tensor:
-    """The steepest-ascent direction of the norm: sign(g) for L∞, g/‖g‖₂ for L2."""
-    return g.sign() if norm == "linf" else _unit_l2(g)
+def _step(g: Tensor, size: Tensor | float, norm: Norm) -> Tensor:
+    """A step of length ``size`` along the norm's steepest ascent: sign(g) (L∞), g/‖g‖₂ (L2)."""
+    if norm == "linf":
+        return g.sign() * size
+    # scale the small (..., 1) factor first: one pass over the big tensor instead of two
+    return g * (_inv_norm(g) * size)
 
 
 def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors | None = None,
@@ -87,19 +90,20 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     when the caller already has it (the clean loss's), saves the first gradient pass of FGM/FGSM
     and of PGD without random start.
     """
-    radius = {k: _radius(v, attack) for k, v in x.items()}
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
+    radius = {k: _radius(v, attack) for k, v in x.items()}
     if attack.method == "random":
         # noise on the sphere (L2) or a corner of the box (L∞): the full budget, no gradient
         return {k: _step(torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device),
-                         attack.norm) * radius[k] for k, v in x.items()}
+                         radius[k], attack.norm) for k, v in x.items()}
     if attack.method in ("fgsm", "fgm"):
         g = init_grad if init_grad is not None else grad_fn({k: torch.zeros_like(v) for k, v in x.items()})
         norm: Norm = "linf" if attack.method == "fgsm" else "l2"
-        return {k: _step(g[k], norm) * radius[k] for k in x}
+        return {k: _step(g[k], radius[k], norm) for k in x}
 
-    # PGD: K steps of size alpha, each projected back onto the ball
+    # PGD: K steps of size alpha (scaled like the radius when relative), each projected back
+    step_size = {k: attack.alpha * (radius[k] / attack.eps) for k in x}
     if attack.random_start:
         delta = {k: _random_in_ball(v, radius[k], attack.norm, generator) for k, v in x.items()}
         g = grad_fn(delta)
@@ -109,6 +113,6 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     for step in range(attack.steps):
         if step > 0:
             g = grad_fn(delta)
-        delta = {k: project(delta[k] + attack.alpha * _step(g[k], attack.norm), radius[k],
+        delta = {k: project(delta[k] + _step(g[k], step_size[k], attack.norm), radius[k],
                             attack.norm) for k in x}
     return delta
