@@ -1,0 +1,80 @@
+"""Clean ranking evaluation: full ranking over all items, or the sampled protocol.
+
+Full ranking scores every item for each user (in chunks of users, so memory stays
+``batch_users × num_items``), masks the items the user was trained on (and, for the test split,
+validated on), and ranks the rest. The sampled protocol ranks each held-out item against
+``num_negatives`` random items the user never interacted with (NCF / SASRec papers).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from advrec.config import EvalConfig
+from advrec.data.dataset import Dataset
+from advrec.data.negatives import NegativeSampler
+from advrec.metrics.ranking import metrics_from_hits, topk_hits
+from advrec.models.base import Recommender
+
+SPLITS_SEEN_BEFORE = {"valid": ("train",), "test": ("train", "valid")}
+
+
+def csr_rows(indptr: Tensor, indices: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+    """The CSR entries of ``users`` (B,) as coordinates: (row in 0..B-1, column), each (nnz,)."""
+    starts, counts = indptr[users], indptr[users + 1] - indptr[users]
+    rows = torch.repeat_interleave(torch.arange(users.numel()), counts)
+    first = torch.repeat_interleave(starts - (counts.cumsum(0) - counts), counts)
+    return rows, indices[first + torch.arange(rows.numel())].long()
+
+
+@torch.no_grad()
+def evaluate(model: Recommender, data: Dataset, split: str, cfg: EvalConfig) -> dict[str, float]:
+    """Mean ranking metrics of ``split`` ('valid' or 'test') under ``cfg.protocol``."""
+    was_training = model.training
+    model.eval()
+    try:
+        if cfg.protocol == "sampled":
+            return _evaluate_sampled(model, data, split, cfg)
+        return _evaluate_full(model, data, split, cfg)
+    finally:
+        model.train(was_training)
+
+
+def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfig) -> dict[str, float]:
+    truth_ptr, truth_idx = data.positives(split)
+    seen = [data.positives(s) for s in SPLITS_SEEN_BEFORE[split]]
+    n_relevant = truth_ptr.diff()
+    users = torch.nonzero(n_relevant > 0).squeeze(1)
+    sums: dict[str, float] = {}
+    for chunk in users.split(cfg.batch_users):
+        scores = model.rank_scores(chunk)  # (B, N)
+        for ptr, idx in seen:
+            scores[csr_rows(ptr, idx, chunk)] = -torch.inf
+        relevant = torch.zeros_like(scores, dtype=torch.bool)
+        relevant[csr_rows(truth_ptr, truth_idx, chunk)] = True
+        hits = topk_hits(scores, relevant, max(cfg.ks))
+        for name, values in metrics_from_hits(hits, n_relevant[chunk], cfg.ks).items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+    return {name: total / max(users.numel(), 1) for name, total in sorted(sums.items())}
+
+
+def _evaluate_sampled(model: Recommender, data: Dataset, split: str,
+                      cfg: EvalConfig) -> dict[str, float]:
+    held_out = getattr(data, split)
+    known = [getattr(data, s) for s in ("train", "valid", "test")]
+    sampler = NegativeSampler(torch.cat([k.user for k in known]), torch.cat([k.item for k in known]),
+                              data.num_items)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    sums: dict[str, float] = {}
+    for users, items in zip(held_out.user.split(cfg.batch_users), held_out.item.split(cfg.batch_users)):
+        negatives = sampler.sample(users, cfg.num_negatives, generator)
+        candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)  # (B, 1 + n), positive first
+        scores = model({"user": users, "item": candidates})
+        relevant = torch.zeros_like(scores, dtype=torch.bool)
+        relevant[:, 0] = True
+        hits = topk_hits(scores, relevant, max(cfg.ks))
+        ones = torch.ones_like(users)
+        for name, values in metrics_from_hits(hits, ones, cfg.ks).items():
+            sums[name] = sums.get(name, 0.0) + float(values.sum())
+    return {name: total / max(held_out.user.numel(), 1) for name, total in sorted(sums.items())}

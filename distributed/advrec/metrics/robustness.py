@@ -1,0 +1,97 @@
+"""Robustness evaluation: ranking quality with the trained embeddings under attack (APR protocol).
+
+As in APR (He et al. 2018), the perturbation is computed on the embedding *tables*: it follows the
+gradient of the model's own training loss over all training interactions (each with one sampled
+negative, fixed by a seed), so each user's and item's row moves in the direction that hurts its
+own training interactions most. FGM takes one per-row L2-normalised step of size ε; PGD takes K
+projected steps. The same `perturb` function as in training computes both; here the tensors are
+whole tables (rows, d) instead of a batch's looked-up rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from advrec.adversarial.perturb import Attack, Tensors, perturb
+from advrec.config import EvalConfig
+from advrec.data.dataset import Dataset
+from advrec.data.negatives import NegativeSampler
+from advrec.metrics.evaluate import evaluate
+from advrec.models.base import Batch, Recommender
+from advrec.models.losses import LossFn
+
+
+@contextlib.contextmanager
+def shifted_tables(model: Recommender, delta: Tensors) -> Iterator[None]:
+    """Temporarily add ``delta[name]`` (rows, d) to each table's weight; restore it afterwards."""
+    tables = model.tables()
+    saved = {k: tables[k].weight.detach().clone() for k in delta}
+    try:
+        with torch.no_grad():
+            for k, d in delta.items():
+                tables[k].weight.add_(d)
+        yield
+    finally:
+        with torch.no_grad():
+            for k, w in saved.items():
+                tables[k].weight.copy_(w)
+
+
+def training_batches(data: Dataset, batch_size: int, seed: int) -> list[Batch]:
+    """All training pairs, each with one negative fixed by ``seed``, as candidate batches."""
+    train = data.train
+    sampler = NegativeSampler(train.user, train.item, data.num_items)
+    negatives = sampler.sample(train.user, 1, torch.Generator().manual_seed(seed))
+    items = torch.cat([train.item.unsqueeze(1), negatives], dim=1)  # (N, 2)
+    return [{"user": u, "item": i} for u, i in zip(train.user.split(batch_size), items.split(batch_size))]
+
+
+def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
+                 attack: Attack) -> Tensors:
+    """δ per table (rows, d) that raises the summed training loss over ``batches``."""
+    tables = model.tables()
+    weights = {k: t.weight.detach().clone() for k, t in tables.items()}
+
+    def grad_fn(delta: Tensors) -> Tensors:
+        grads = {k: torch.zeros_like(w) for k, w in weights.items()}
+        with shifted_tables(model, delta):
+            for batch in batches:
+                logits = model(batch)
+                # summed over examples, so every interaction weighs the same whatever its batch
+                loss = loss_fn(logits) * logits.shape[0]
+                for k, g in zip(grads, torch.autograd.grad(loss, [tables[k].weight for k in grads])):
+                    grads[k] += g
+        return grads
+
+    return perturb(weights, grad_fn, attack)
+
+
+def robustness_curve(model: Recommender, data: Dataset, loss_fn: LossFn, cfg: EvalConfig,
+                     split: str = "test", batch_size: int = 8192,
+                     progress: bool = True) -> dict[str, dict[str, dict[str, float]]]:
+    """``{attack: {eps: {metric: value}}}`` for each attack in ``cfg.attacks`` and ε in ``cfg.eps``.
+
+    ε = 0 is the clean model; eps keys are strings (JSON) formatted with ``repr(float)``.
+    """
+    was_training = model.training
+    model.eval()
+    batches = training_batches(data, batch_size, cfg.seed)
+    clean = evaluate(model, data, split, cfg)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    jobs = [(a, e) for a in cfg.attacks for e in cfg.eps]
+    for name, eps in tqdm(jobs, desc="robustness", disable=None if progress else True, leave=False):
+        if eps == 0.0:
+            metrics = clean
+        else:
+            attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2")
+            delta = table_attack(model, batches, loss_fn, attack)
+            with shifted_tables(model, delta):
+                metrics = evaluate(model, data, split, cfg)
+        out.setdefault(name, {})[repr(float(eps))] = metrics
+    model.train(was_training)
+    return out
