@@ -1,0 +1,71 @@
+"""Turn ``data.source`` into a prepared dataset: use it as is, or prepare it into a cache.
+
+``advrec train`` accepts a raw log as well as a prepared dataset. A raw log is prepared once into
+``<cache_dir>/<key>``, where the key hashes the source, the file's identity (size and
+modification time where the filesystem reports them) and every option that changes the output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+from advrec import io
+from advrec.config import DataConfig
+from advrec.data.dataset import is_prepared
+from advrec.data.prepare import prepare
+from advrec.errors import AdvrecError
+
+MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
+
+
+def detect_format(source: str) -> str:
+    """Guess the input format of a raw log from its name or the files in it."""
+    fs, path = io.filesystem(source)
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    if name.endswith(".zip") or name in MOVIELENS_FILES:
+        return "movielens"
+    if not fs.exists(path):
+        raise AdvrecError(f"{source}: file not found")
+    names = [p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.isdir(path) else [name]
+    for fmt, test in (
+        ("movielens", lambda n: n in MOVIELENS_FILES),
+        ("recbole", lambda n: n.endswith(".inter")),
+        ("parquet", lambda n: n.endswith(".parquet")),
+        ("csv", lambda n: n.endswith(".csv")),
+        ("sasrec", lambda n: n.endswith(".txt")),
+    ):
+        if any(test(n) for n in names):
+            return fmt
+    if fs.isdir(path) and any(fs.isdir(p) for p in fs.ls(path, detail=False)):
+        return detect_format(next(p for p in fs.ls(path, detail=False) if fs.isdir(p)))
+    raise AdvrecError(f"{source}: cannot tell the log's format; set data.format")
+
+
+def _identity(source: str) -> str:
+    """Size and mtime of the source (when known), so an edited file is prepared again."""
+    fs, path = io.filesystem(source)
+    try:
+        info = fs.info(path)
+    except (FileNotFoundError, OSError):
+        return ""
+    return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
+
+
+def resolve_dataset(cfg: DataConfig) -> str:
+    """The URL of a prepared dataset for ``cfg``, preparing the raw log first if needed."""
+    if cfg.format == "prepared" or (cfg.format == "auto" and is_prepared(cfg.source)):
+        if not is_prepared(cfg.source):
+            raise AdvrecError(f"data.source: {cfg.source} is not a prepared dataset (no meta.json)")
+        return cfg.source
+    fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
+    options = {"source": cfg.source, "identity": _identity(cfg.source), "format": fmt,
+               "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed}
+    key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+    cache = cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "advrec", "datasets")
+    url = io.join(cache, key)
+    if not is_prepared(url):
+        prepare(cfg.source, fmt, url, split=cfg.split, min_rating=cfg.min_rating, kcore=cfg.kcore,
+                seed=cfg.seed)
+    return url

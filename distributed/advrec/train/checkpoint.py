@@ -1,0 +1,50 @@
+"""Model checkpoints: tensors and plain values only, loaded with ``weights_only=True``."""
+
+from __future__ import annotations
+
+import io as _bytes_io
+from typing import Any
+
+import torch
+
+from advrec import io
+from advrec.config import RunConfig
+from advrec.errors import AdvrecError
+from advrec.models import build_model
+from advrec.models.base import Recommender
+
+
+def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int) -> None:
+    """Write the model's weights with what is needed to rebuild it, atomically."""
+    state = {
+        "model": model.state_dict(),
+        "epoch": epoch,
+        "model_config": cfg.model.model_dump(mode="json"),
+        "num_users": model.num_users,
+        "num_items": model.num_items,
+    }
+    buf = _bytes_io.BytesIO()
+    torch.save(state, buf)
+    with io.atomic_file(url, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def load_checkpoint(url: str) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint` (never unpickles arbitrary objects)."""
+    fs, path = io.filesystem(url)
+    try:
+        with fs.open(path, "rb") as f:
+            return torch.load(_bytes_io.BytesIO(f.read()), weights_only=True)
+    except FileNotFoundError:
+        raise AdvrecError(f"{url}: checkpoint not found") from None
+    except Exception as exc:  # corrupt or foreign file: torch raises various types
+        raise AdvrecError(f"{url}: not an advrec checkpoint ({type(exc).__name__})") from None
+
+
+def load_model(url: str, cfg: RunConfig) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild the model of a checkpoint and load its weights; returns (model, checkpoint)."""
+    ckpt = load_checkpoint(url)
+    model = build_model(cfg.model, ckpt["num_users"], ckpt["num_items"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt

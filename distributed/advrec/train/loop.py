@@ -1,0 +1,138 @@
+"""The per-worker training loop: the one and only implementation of training.
+
+Ray Train runs `train_loop_per_worker` on each worker (``num_workers=0`` runs it in this process).
+Read it top to bottom: set-up, then for each epoch shuffle, sample negatives, take one optimizer
+step per batch on ``L_clean + λ·L_adv``, evaluate, keep the best weights, stop early; at the end
+restore the best weights, evaluate valid and test, and write the run directory.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray.train
+import torch
+from tqdm.auto import tqdm
+
+from advrec import io
+from advrec.adversarial import AdversarialObjective, Attack
+from advrec.config import RunConfig, TrainConfig
+from advrec.data.dataset import Dataset, load_dataset
+from advrec.data.negatives import NegativeSampler
+from advrec.metrics import evaluate
+from advrec.models import LOSSES, build_model
+from advrec.models.base import Recommender
+from advrec.train.checkpoint import save_checkpoint
+
+OPTIMIZERS = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
+    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def attack_from_config(cfg: RunConfig) -> Attack:
+    adv = cfg.adv
+    return Attack(method=adv.method, eps=adv.eps, steps=adv.steps, step_size=adv.step_size,
+                  norm=adv.norm, random_start=adv.random_start, relative=adv.relative)
+
+
+def train_epoch(objective: AdversarialObjective, optimizer: torch.optim.Optimizer, data: Dataset,
+                sampler: NegativeSampler, cfg: TrainConfig, adversarial: bool,
+                generator: torch.Generator) -> dict[str, float]:
+    """One pass over the training interactions; returns mean losses."""
+    train = data.train
+    order = torch.randperm(train.user.numel(), generator=generator)
+    totals = {"loss": 0.0, "clean": 0.0, "adv": 0.0}
+    n_batches = 0
+    for idx in order.split(cfg.batch_size):
+        users = train.user[idx]
+        negatives = sampler.sample(users, cfg.num_negatives, generator)
+        batch = {"user": users, "item": torch.cat([train.item[idx].unsqueeze(1), negatives], 1)}
+        out = objective(batch, adversarial=adversarial, generator=generator)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        for key in totals:
+            if key in out:
+                totals[key] += out[key].item()
+        n_batches += 1
+    return {k: v / n_batches for k, v in totals.items() if k != "adv" or adversarial}
+
+
+def _is_better(value: float, best: float | None) -> bool:
+    return best is None or value > best
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """Train one model. ``config``: ``run`` (a RunConfig dict), ``dataset`` and ``output`` URLs.
+
+    Returns the final metrics (also written to ``output/metrics.json``).
+    """
+    cfg = RunConfig.model_validate(config["run"])
+    output: str = config["output"]
+    progress: bool = config.get("progress", True)
+    tc = cfg.train
+
+    torch.manual_seed(tc.seed)  # model init
+    generator = torch.Generator().manual_seed(tc.seed)  # shuffling, negatives, random attacks
+    data = load_dataset(config["dataset"])
+    model: Recommender = build_model(cfg.model, data.num_users, data.num_items)
+    objective = AdversarialObjective(model, LOSSES[tc.loss], attack_from_config(cfg),
+                                     lam=cfg.adv.lam, target=cfg.adv.target, reg=tc.reg)
+    optimizer = make_optimizer(model.parameters(), tc)
+    sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
+
+    history: list[dict[str, Any]] = []
+    best_value: float | None = None
+    best_epoch = -1
+    best_state: dict[str, torch.Tensor] = {}
+    stale = 0
+    bar = tqdm(range(tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}", unit="epoch",
+               disable=None if progress else True)  # None: only on a terminal
+    for epoch in bar:
+        adversarial = cfg.adv.method != "none" and epoch >= cfg.adv.start_epoch
+        if adversarial and epoch == cfg.adv.start_epoch and epoch > 0:
+            # the adversarial phase starts: select the best model, and count patience, among
+            # adversarial epochs only, so a clean warm-up epoch is never returned as "the" model
+            best_value, stale = None, 0
+        model.train()
+        start = time.perf_counter()
+        losses = train_epoch(objective, optimizer, data, sampler, tc, adversarial, generator)
+        record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
+                                  "train_s": time.perf_counter() - start, **losses}
+        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+            valid = evaluate(model, data, "valid", cfg.eval)
+            record.update({f"valid/{k}": v for k, v in valid.items()})
+            value = valid[tc.monitor]
+            if _is_better(value, best_value):
+                best_value, best_epoch, stale = value, epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            bar.set_postfix(loss=f"{losses['loss']:.4f}", **{tc.monitor: f"{value:.4f}"},
+                            best=f"{best_value:.4f}")
+        history.append(record)
+        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        # a clean warm-up always runs to its end: APR's adversarial phase starts from it
+        warming_up = cfg.adv.method != "none" and epoch < cfg.adv.start_epoch
+        if tc.patience and stale >= tc.patience and not warming_up:
+            break
+    bar.close()
+
+    model.load_state_dict(best_state)
+    metrics = {
+        "best_epoch": best_epoch,
+        "valid": evaluate(model, data, "valid", cfg.eval),
+        "test": evaluate(model, data, "test", cfg.eval),
+    }
+    save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best_epoch)
+    io.dump_json(io.join(output, "history.json"), history)
+    io.dump_json(io.join(output, "metrics.json"), metrics)
+    return metrics
