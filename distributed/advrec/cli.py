@@ -1,0 +1,221 @@
+"""The ``advrec`` console script: prepare, synth, train, evaluate, plot, demo.
+
+Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from advrec import io
+from advrec.errors import AdvrecError
+
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_PLOT = "robustness.png"
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+    if not values or any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got '{text}'")
+    return values
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
+    return value
+
+
+def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    cells = [[str(c) for c in columns]] + [
+        [f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from advrec.data import ColumnMap, prepare
+
+    columns = ColumnMap(user=args.user_col, item=args.item_col, rating=args.rating_col,
+                        timestamp=args.time_col, sep=args.sep)
+    meta = prepare(args.input, args.format, args.output, split=args.split,
+                   min_rating=args.min_rating, kcore=args.kcore, seed=args.seed, columns=columns)
+    counts = meta["counts"]
+    print(f"prepared {args.output}: {meta['num_users']} users, {meta['num_items']} items, "
+          f"train/valid/test = {counts['train']}/{counts['valid']}/{counts['test']}")
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from advrec.data import synth
+
+    synth(args.users, args.items, args.interactions, args.output, seed=args.seed)
+    print(f"wrote a synthetic log of {args.interactions} interactions to {args.output}")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from advrec.config import load_config
+    from advrec.train import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = run_training(cfg, args.output, progress=not args.quiet)
+    rows = [{"split": s, **{m: metrics[s][m] for m in _headline(cfg.eval.ks)}} for s in ("valid", "test")]
+    print(_format_table(rows, ["split", *_headline(cfg.eval.ks)]))
+    print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
+
+
+def _headline(ks: list[int]) -> list[str]:
+    return [f"{m}@{ks[0]}" for m in ("ndcg", "recall", "hit", "mrr")]
+
+
+def evaluate_robustness(run: str, attacks: list[str], eps: list[float], steps: int | None,
+                        split: str = "test", progress: bool = True) -> dict[str, Any]:
+    """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot."""
+    from advrec.metrics import robustness_curve
+    from advrec.metrics.plots import plot_robustness
+    from advrec.models import LOSSES
+    from advrec.train import load_model, read_run
+    from advrec.data import load_dataset
+
+    cfg, dataset = read_run(run)
+    updates: dict[str, Any] = {"attacks": attacks, "eps": eps}
+    if steps is not None:
+        updates["steps"] = steps
+    eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
+    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg)
+    curve = robustness_curve(model, load_dataset(dataset), LOSSES[cfg.train.loss], eval_cfg,
+                             split=split, progress=progress)
+    path = io.join(run, ROBUSTNESS_FILE)
+    merged = io.read_json(path) if io.exists(path) else {}
+    for attack, by_eps in curve.items():
+        merged.setdefault(attack, {}).update(by_eps)
+    io.dump_json(path, merged)
+    plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, _headline(cfg.eval.ks)[:2],
+                    io.join(run, ROBUSTNESS_PLOT))
+    return merged
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    attacks = [a for a in args.attack.split(",") if a]
+    for a in attacks:
+        if a not in ("fgm", "pgd"):
+            raise AdvrecError(f"--attack: unknown attack '{a}' (choose fgm or pgd)")
+    merged = evaluate_robustness(args.run, attacks, args.eps, args.steps, progress=not args.quiet)
+    rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
+            for e in sorted(merged[a], key=float)]
+    metric = next(iter(merged[attacks[0]].values()))
+    cols = [m for m in ("ndcg@10", "recall@10", "hit@10", "mrr@10") if m in metric]
+    print(_format_table(rows, ["attack", "eps", *cols]))
+    print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from advrec.metrics.plots import plot_robustness
+
+    curves = {}
+    for run in args.runs:
+        path = io.join(run, ROBUSTNESS_FILE)
+        if not io.exists(path):
+            raise AdvrecError(f"{path}: not found; run `advrec evaluate --run {run}` first")
+        curves[run.rstrip("/").rsplit("/", 1)[-1]] = io.read_json(path)
+    plot_robustness(curves, args.metric or ["ndcg@10"], args.output)
+    print(f"wrote {args.output}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from advrec.demo import run_demo
+
+    run_demo(args.output, source=args.source, epochs=args.epochs, progress=not args.quiet)
+
+
+# --- parser -----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advrec", description="Adversarial training for embedding-based recommenders, on Ray.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("prepare", help="turn a raw log into a training dataset (Parquet splits)")
+    p.add_argument("--input", required=True, help="raw log: path or URL (file, directory or .zip)")
+    p.add_argument("--format", required=True,
+                   choices=["movielens", "recbole", "sasrec", "csv", "parquet"])
+    p.add_argument("--output", required=True, help="dataset directory: path or URL")
+    p.add_argument("--split", default="random:0.8,0.1,0.1",
+                   help="random:TRAIN,VALID,TEST per user | loo (leave-one-out by time) | "
+                        "time:FRACTION (global time cut); default %(default)s")
+    p.add_argument("--min-rating", type=float, default=None,
+                   help="keep ratings >= R as implicit positives (default: every rating)")
+    p.add_argument("--kcore", type=int, default=0, help="k-core filter of users and items")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--user-col", default="user_id", help="csv/parquet: the user column")
+    p.add_argument("--item-col", default="item_id", help="csv/parquet: the item column")
+    p.add_argument("--rating-col", default="rating", help="csv/parquet: the rating column")
+    p.add_argument("--time-col", default="timestamp", help="csv/parquet: the time column")
+    p.add_argument("--sep", default=",", help="csv: the field separator")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("synth", help="write a deterministic synthetic interaction log (Parquet)")
+    p.add_argument("--users", type=_positive_int, required=True)
+    p.add_argument("--items", type=_positive_int, required=True)
+    p.add_argument("--interactions", type=_positive_int, required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a model (clean or adversarial) into a run directory")
+    p.add_argument("--config", help="YAML run config (see jobs/configs/)")
+    p.add_argument("--output", required=True, help="run directory: path or URL")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. adv.eps=0.5 train.epochs=20")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
+    p.add_argument("--run", required=True, help="run directory written by `advrec train`")
+    p.add_argument("--attack", default="fgm,pgd", help="fgm, pgd or both (comma-separated)")
+    p.add_argument("--eps", type=_floats, default=[0.0, 0.1, 0.25, 0.5, 1.0],
+                   help="comma-separated budgets, e.g. 0,0.1,0.5 (default %(default)s)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="PGD steps (default eval.steps)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("plot", help="plot the robustness curves of several runs in one figure")
+    p.add_argument("runs", nargs="+", help="run directories with a robustness.json")
+    p.add_argument("--output", required=True, help="PNG file")
+    p.add_argument("--metric", action="append", help="metric to plot (repeatable; default ndcg@10)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("demo", help="APR vs. a clean-trained twin on a synthetic log, end to end")
+    p.add_argument("--output", default="runs/demo", help="where runs and plots go (%(default)s)")
+    p.add_argument("--source", default=None, help="a raw log or prepared dataset instead of synth")
+    p.add_argument("--epochs", type=_positive_int, default=None, help="epochs per model")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], None] = args.func
+    try:
+        func(args)
+    except AdvrecError as exc:
+        print(f"advrec: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

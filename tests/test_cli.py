@@ -1,0 +1,123 @@
+"""End to end through the `advrec` command: prepare -> train -> evaluate on a real subset, and bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from advrec.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "ml"
+    assert main(["prepare", "--input", str(ml100k_small), "--format", "movielens",
+                 "--output", str(out), "--split", "random:0.8,0.1,0.1", "--seed", "1"]) == 0
+    return out
+
+
+def test_prepare_train_evaluate_end_to_end(prepared: Path, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    meta = json.loads((prepared / "meta.json").read_text())
+    assert meta["num_users"] == 60
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--output", str(run_dir), "--quiet",
+                         f"data.source={prepared}", "model.dim=16", "adv.method=fgm",
+                         "adv.eps=0.3", "adv.start_epoch=1", "train.epochs=3", "train.lr=0.01",
+                         "train.batch_size=512", "eval.ks=[5,10]")
+    assert code == 0, err
+    assert "test" in out
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert set(metrics[split]) == {f"{m}@{k}" for m in ("ndcg", "recall", "hit", "mrr", "precision")
+                                       for k in (5, 10)}
+        assert 0.0 < metrics[split]["ndcg@10"] <= 1.0
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["adversarial"] for h in history] == [False, True, True]
+    assert "adv" in history[1] and "adv" not in history[0]
+    assert (run_dir / "config.yaml").read_text().count("method: fgm") == 1
+    assert (run_dir / "checkpoint" / "model.pt").exists()
+
+    code, out, err = run(capsys, "evaluate", "--run", str(run_dir), "--attack", "fgm,pgd",
+                         "--eps", "0,0.5", "--steps", "3", "--quiet")
+    assert code == 0, err
+    robust = json.loads((run_dir / "robustness.json").read_text())
+    assert set(robust) == {"fgm", "pgd"} and set(robust["pgd"]) == {"0.0", "0.5"}
+    assert robust["fgm"]["0.0"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])
+    assert robust["pgd"]["0.5"]["ndcg@10"] < robust["pgd"]["0.0"]["ndcg@10"]
+    assert (run_dir / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+    plot = tmp_path / "both.png"
+    assert run(capsys, "plot", str(run_dir), str(run_dir), "--output", str(plot))[0] == 0
+    assert plot.stat().st_size > 0
+
+
+def test_training_is_reproducible(prepared: Path, tmp_path: Path) -> None:
+    args = [f"data.source={prepared}", "model.dim=8", "train.epochs=2", "adv.method=pgd",
+            "adv.steps=2", "adv.random_start=true", "train.batch_size=1024"]
+    for name in ("a", "b"):
+        assert main(["train", "--output", str(tmp_path / name), "--quiet", *args]) == 0
+    a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
+    assert a == b
+
+
+def _no_output_left(path: Path) -> bool:
+    return not path.exists() and not list(path.parent.glob(path.name + ".tmp-*"))
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (["adv.epsilon=0.1"], "adv.epsilon: unknown config key"),
+    (["adv.eps=-1"], "adv.eps"),
+    (["adv.steps=0"], "adv.steps"),
+    (["model.name=bert"], "model.name"),
+])
+def test_bad_config_is_one_line_and_writes_nothing(prepared: Path, tmp_path: Path, overrides,
+                                                   culprit, capsys) -> None:
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--output", str(out), f"data.source={prepared}", *overrides)
+    assert code == 2
+    assert err.startswith("advrec: error:") and culprit in err and err.count("\n") == 1
+    assert _no_output_left(out)
+
+
+def test_missing_source_and_bad_run_dir(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "nope" / "u.data"
+    code, _, err = run(capsys, "train", "--output", str(tmp_path / "run"), f"data.source={missing}")
+    assert code == 2 and str(missing) in err and _no_output_left(tmp_path / "run")
+    code, _, err = run(capsys, "evaluate", "--run", str(tmp_path), "--eps", "0.5")
+    assert code == 2 and "not a run directory" in err
+    code, _, err = run(capsys, "plot", str(tmp_path), "--output", str(tmp_path / "x.png"))
+    assert code == 2 and "robustness.json" in err
+
+
+def test_bad_cli_values_exit_non_zero(tmp_path: Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--run", str(tmp_path), "--eps", "0,-0.5"])
+    assert exc.value.code == 2
+    code, _, err = run(capsys, "evaluate", "--run", str(tmp_path), "--attack", "cw")
+    assert code == 2 and "--attack" in err
+
+
+def test_prepare_bad_input_leaves_nothing(ml100k_small: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "log.csv"
+    bad.write_text("user_id,item_id,rating\n1,2,4\n1,3,x\n")
+    out = tmp_path / "ds"
+    code, _, err = run(capsys, "prepare", "--input", str(bad), "--format", "csv", "--output", str(out))
+    assert code == 2 and "rating" in err and err.count("\n") == 1 and _no_output_left(out)
+    code, _, err = run(capsys, "prepare", "--input", str(bad), "--format", "csv", "--output", str(out),
+                       "--user-col", "uid")
+    assert code == 2 and "uid" in err and _no_output_left(out)
+    # leave-one-out needs 3 interactions per user; a 1-interaction user has no test item
+    one = tmp_path / "one.csv"
+    one.write_text("user_id,item_id,timestamp\n1,1,1\n1,2,2\n1,3,3\n2,1,1\n")
+    code, _, err = run(capsys, "prepare", "--input", str(one), "--format", "csv", "--output", str(out),
+                       "--split", "loo")
+    assert code == 2 and "'2'" in err and _no_output_left(out)
