@@ -82,6 +82,13 @@ def _step(g: Tensor, size: Tensor | float, norm: Norm) -> Tensor:
     return g * (_inv_norm(g) * size)
 
 
+def _ascend(delta: Tensor, g: Tensor, size: Tensor | float, radius: Tensor | float,
+            norm: Norm) -> Tensor:
+    """One PGD step: ``project(δ + step(g))``, with the step fused into one pass (addcmul)."""
+    direction, scale = (g.sign(), size) if norm == "linf" else (g, _inv_norm(g) * size)
+    return project(torch.addcmul(delta, direction, torch.as_tensor(scale, dtype=g.dtype)), radius, norm)
+
+
 def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors | None = None,
             generator: torch.Generator | None = None) -> Tensors:
     """Compute δ for each tensor of ``x`` (detached, same shapes), inside the per-row ball.
@@ -113,6 +120,5 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     for step in range(attack.steps):
         if step > 0:
             g = grad_fn(delta)
-        delta = {k: project(delta[k] + _step(g[k], step_size[k], attack.norm), radius[k],
-                            attack.norm) for k in x}
+        delta = {k: _ascend(delta[k], g[k], step_size[k], radius[k], attack.norm) for k in x}
     return delta
