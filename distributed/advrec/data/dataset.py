@@ -1,0 +1,107 @@
+"""Load a prepared dataset (the output of ``advrec prepare``) into torch tensors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+
+from advrec.errors import AdvrecError
+from advrec.io import filesystem, join
+
+SPLIT_NAMES = ("train", "valid", "test")
+_FORMAT_VERSION = 1
+
+
+# eq=False: tensors have no single truth value, so compare datasets by identity.
+@dataclass(frozen=True, eq=False)
+class Interactions:
+    """One split's interactions, sorted by (user, timestamp, item).
+
+    Attributes:
+        user: (N,) int64 user indices.
+        item: (N,) int64 item indices.
+        timestamp: (N,) int64 times, or ``None``.
+    """
+
+    user: torch.Tensor
+    item: torch.Tensor
+    timestamp: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.user.numel()
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A prepared dataset: vocabulary sizes, metadata and the three splits."""
+
+    num_users: int
+    num_items: int
+    meta: dict[str, Any]
+    train: Interactions
+    valid: Interactions
+    test: Interactions
+
+    def split(self, name: str) -> Interactions:
+        """The split called ``name`` (``train``, ``valid`` or ``test``)."""
+        if name not in SPLIT_NAMES:
+            raise AdvrecError(f"unknown split '{name}' (expected one of: {', '.join(SPLIT_NAMES)})")
+        return getattr(self, name)
+
+    def positives(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each user's items in ``split`` as CSR, items ascending within a user.
+
+        Returns:
+            ``indptr`` (num_users + 1,) int64 and ``indices`` (nnz,) int64: user ``u``'s items
+            are ``indices[indptr[u]:indptr[u + 1]]``.
+        """
+        inter = self.split(split)
+        # Sorting the flat (user, item) key orders by user, then item, in one pass.
+        key = torch.sort(inter.user * self.num_items + inter.item).values
+        indptr = torch.zeros(self.num_users + 1, dtype=torch.int64)
+        indptr[1:] = torch.cumsum(torch.bincount(inter.user, minlength=self.num_users), 0)
+        return indptr, key % self.num_items
+
+
+def is_prepared(url: str) -> bool:
+    """Whether ``url`` holds a prepared dataset (its ``meta.json``, written last, exists)."""
+    fs, path = filesystem(url)
+    return fs.isfile(join(path, "meta.json"))
+
+
+def load_dataset(url: str) -> Dataset:
+    """Load the prepared dataset at ``url`` (a path or fsspec URL)."""
+    fs, path = filesystem(url)
+    try:
+        with fs.open(join(path, "meta.json"), "r") as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise AdvrecError(
+            f"{url}: not a prepared dataset (no meta.json); run `advrec prepare` first"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise AdvrecError(f"{url}/meta.json: not valid JSON ({exc})") from None
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise AdvrecError(
+            f"{url}/meta.json: format_version {meta.get('format_version')!r} is not "
+            f"{_FORMAT_VERSION}; run `advrec prepare` again"
+        )
+    splits = {}
+    for name in SPLIT_NAMES:
+        try:
+            with fs.open(join(path, f"{name}.parquet"), "rb") as f:
+                table = pq.read_table(f, columns=["user", "item", "timestamp"])
+        except FileNotFoundError:
+            raise AdvrecError(
+                f"{url}/{name}.parquet: missing; run `advrec prepare` again"
+            ) from None
+        splits[name] = Interactions(
+            user=torch.from_numpy(table["user"].to_numpy().astype("int64")),
+            item=torch.from_numpy(table["item"].to_numpy().astype("int64")),
+            timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64")),
+        )
+    return Dataset(num_users=meta["num_users"], num_items=meta["num_items"], meta=meta, **splits)

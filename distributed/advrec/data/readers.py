@@ -1,0 +1,431 @@
+"""Readers for raw interaction logs: MovieLens, RecBole atomic files, SASRec text, CSV, Parquet.
+
+Every reader returns the same table, one row per interaction, in file order:
+
+    user       string
+    item       string
+    rating     float64   only when the format has one
+    timestamp  int64     the 0-based row order when the format has no time
+
+All parsing is done by pyarrow (no Python loops over rows), and all file access goes through
+fsspec, so a local path, an ``s3://`` URL and a file inside a ``.zip`` take the same code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import posixpath
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from advrec.errors import AdvrecError
+from advrec.io import filesystem
+
+FORMATS = ("movielens", "recbole", "sasrec", "csv", "parquet")
+
+# MovieLens releases, in the order they are looked for inside a directory or archive:
+# ml-100k (tab), ml-1m/ml-10m (`::`), ml-latest/ml-20m/ml-25m (CSV with a header).
+_MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
+
+# RecBole atomic-file field types; only `float` is numeric, the rest are kept as strings.
+_RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+
+
+@dataclass(frozen=True)
+class ColumnMap:
+    """Which source columns hold the user, item, rating and time (CSV, Parquet, RecBole).
+
+    ``rating`` and ``timestamp`` are optional: set them to ``None`` to ignore them. A log without
+    a column of the *default* name simply has no rating (or time); a column named explicitly
+    must exist. ``sep`` is the CSV field separator.
+    """
+
+    user: str = "user_id"
+    item: str = "item_id"
+    rating: str | None = "rating"
+    timestamp: str | None = "timestamp"
+    sep: str = ","
+
+
+_DEFAULT_COLUMNS = ColumnMap()
+
+
+def read_log(url: str, fmt: str, columns: ColumnMap | None = None) -> pa.Table:
+    """Read an interaction log into the standard ``user, item, [rating], timestamp`` table.
+
+    Args:
+        url: a file, a directory or (MovieLens) a ``.zip`` archive; a path or any fsspec URL.
+        fmt: one of :data:`FORMATS`.
+        columns: source column names for ``csv``, ``parquet`` and ``recbole``; ignored by the
+            fixed-layout ``movielens`` and ``sasrec`` formats.
+
+    Raises:
+        AdvrecError: naming the file and column for a missing file or column, a non-numeric,
+            missing or NaN rating/timestamp, an empty log, or an unknown format.
+    """
+    columns = columns or _DEFAULT_COLUMNS
+    if fmt == "movielens":
+        return _read_movielens(url)
+    if fmt == "recbole":
+        fs, path, where = _recbole_inter_path(url)
+        return _standardize(_read_atomic(fs, path, where), columns, where)
+    if fmt == "sasrec":
+        fs, path = _resolve_file(url)
+        table = _read_text(fs, path, url, " ", ["user", "item"])
+        return _standardize(table, ColumnMap("user", "item", None, None), url)
+    if fmt == "csv":
+        fs, path = _resolve_file(url)
+        return _read_csv(fs, path, url, columns)
+    if fmt == "parquet":
+        return _read_parquet(url, columns)
+    raise AdvrecError(f"{url}: unknown format '{fmt}' (expected one of: {', '.join(FORMATS)})")
+
+
+def read_recbole_features(url: str, kind: str) -> pa.Table | None:
+    """Read the RecBole ``.user`` or ``.item`` file next to the ``.inter`` file at ``url``.
+
+    Returns the raw columns (names without their ``:type`` suffix; ``float`` as float64, all
+    other types as strings), or ``None`` when there is no such file.
+    """
+    if kind not in ("user", "item"):
+        raise AdvrecError(f"{url}: feature kind must be 'user' or 'item', not '{kind}'")
+    fs, inter, where = _recbole_inter_path(url)
+    path = f"{inter.rsplit('.', 1)[0]}.{kind}"
+    if not fs.exists(path):
+        return None
+    return _read_atomic(fs, path, f"{where.rsplit('.', 1)[0]}.{kind}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating files
+
+
+def _resolve_file(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        raise AdvrecError(f"{url}: file not found")
+    if fs.isdir(path):
+        raise AdvrecError(f"{url}: is a directory, expected a file")
+    return fs, path
+
+
+def _where(url: str, resolved: str, path: str) -> str:
+    """Name ``path``, found under ``url`` (resolved to ``resolved``), for error messages."""
+    if path == resolved:
+        return url
+    return f"{url.rstrip('/')}/{path[len(resolved.rstrip('/')) + 1 :]}"
+
+
+@contextlib.contextmanager
+def _open_zip(url: str) -> Iterator[fsspec.AbstractFileSystem]:
+    """The archive at ``url`` (any fsspec URL) as a read-only filesystem, open for the block."""
+    fs, path = filesystem(url)
+    if not fs.isfile(path):
+        raise AdvrecError(f"{url}: file not found")
+    with fs.open(path, "rb") as raw:
+        try:
+            zfs = fsspec.filesystem("zip", fo=raw)
+        except zipfile.BadZipFile as exc:
+            raise AdvrecError(f"{url}: not a zip archive ({exc})") from exc
+        except (OSError, ValueError) as exc:  # e.g. an HTTP server without range requests
+            raise AdvrecError(f"{url}: cannot read this zip archive ({_first_line(exc)})") from exc
+        try:
+            yield zfs
+        finally:
+            zfs.close()
+
+
+def _find_movielens(fs: fsspec.AbstractFileSystem, root: str, url: str) -> str:
+    """Find a MovieLens ratings file in ``root`` or one directory below it."""
+    dirs = [root] + sorted(e["name"] for e in fs.ls(root, detail=True) if e["type"] == "directory")
+    for d in dirs:
+        for name in _MOVIELENS_FILES:
+            path = f"{d.rstrip('/')}/{name}" if d else name
+            if fs.isfile(path):
+                return path
+    raise AdvrecError(
+        f"{url}: no MovieLens ratings file ({', '.join(_MOVIELENS_FILES)}) here or one level down"
+    )
+
+
+def _recbole_inter_path(url: str) -> tuple[fsspec.AbstractFileSystem, str, str]:
+    """The ``.inter`` file at ``url`` (the file itself or the one in a directory): its
+    filesystem, its path there, and its name for error messages."""
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        raise AdvrecError(f"{url}: file not found")
+    if not fs.isdir(path):
+        return fs, path, url
+    inters = sorted(p for p in fs.ls(path, detail=False) if p.endswith(".inter"))
+    # RecBole names the file after its directory (ml-100k/ml-100k.inter); prefer that one.
+    named = f"{path.rstrip('/')}/{posixpath.basename(path.rstrip('/'))}.inter"
+    if named in inters or len(inters) == 1:
+        found = named if named in inters else inters[0]
+        return fs, found, _where(url, path, found)
+    if not inters:
+        raise AdvrecError(f"{url}: no .inter file in this directory")
+    names = ", ".join(posixpath.basename(p) for p in inters)
+    raise AdvrecError(f"{url}: several .inter files ({names}); name the file to read")
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+def _read_movielens(url: str) -> pa.Table:
+    if url.rstrip("/").endswith(".zip"):
+        with _open_zip(url) as zfs:
+            path = _find_movielens(zfs, "", url)
+            return _read_movielens_file(zfs, path, f"zip://{path}::{url}")
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        raise AdvrecError(f"{url}: file not found")
+    if fs.isdir(path):
+        found = _find_movielens(fs, path, url)
+        return _read_movielens_file(fs, found, _where(url, path, found))
+    return _read_movielens_file(fs, path, url)
+
+
+def _read_movielens_file(fs: fsspec.AbstractFileSystem, path: str, where: str) -> pa.Table:
+    names = ["user", "item", "rating", "timestamp"]
+    std = ColumnMap("user", "item", "rating", "timestamp")
+    if path.endswith(".csv"):
+        return _read_csv(fs, path, where, ColumnMap("userId", "movieId", "rating", "timestamp"))
+    if path.endswith(".dat"):
+        # pyarrow's CSV parser takes a one-character delimiter only: splitting `1::2::5::9` on
+        # ':' gives the four fields with an empty column between each pair.
+        raw = _read_text(
+            fs, path, where, ":", ["user", "_1", "item", "_2", "rating", "_3", "timestamp"]
+        )
+        return _standardize(raw.select(names), std, where)
+    return _standardize(_read_text(fs, path, where, "\t", names), std, where)
+
+
+def _csv(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    where: str,
+    read: pacsv.ReadOptions,
+    parse: pacsv.ParseOptions,
+    convert: pacsv.ConvertOptions,
+) -> pa.Table:
+    """``pyarrow.csv.read_csv`` on an fsspec file, with its errors turned into one-line ones."""
+    try:
+        with fs.open(path, "rb") as f:
+            table = pacsv.read_csv(
+                f, read_options=read, parse_options=parse, convert_options=convert
+            )
+    except FileNotFoundError as exc:
+        raise AdvrecError(f"{where}: file not found") from exc
+    except pa.ArrowInvalid as exc:
+        if "Empty CSV file" in str(exc):
+            raise AdvrecError(f"{where}: empty file") from exc
+        raise AdvrecError(f"{where}: cannot parse ({_first_line(exc)})") from exc
+    if table.num_rows == 0:
+        raise AdvrecError(f"{where}: empty file (no interactions)")
+    return table
+
+
+def _read_text(
+    fs: fsspec.AbstractFileSystem, path: str, where: str, sep: str, names: list[str]
+) -> pa.Table:
+    """A headerless delimited file; ids are read as strings, numbers are inferred."""
+    return _csv(
+        fs,
+        path,
+        where,
+        pacsv.ReadOptions(column_names=names),
+        pacsv.ParseOptions(delimiter=sep, quote_char=False),
+        pacsv.ConvertOptions(column_types={n: pa.string() for n in ("user", "item")}),
+    )
+
+
+def _read_csv(fs: fsspec.AbstractFileSystem, path: str, where: str, columns: ColumnMap) -> pa.Table:
+    table = _csv(
+        fs,
+        path,
+        where,
+        pacsv.ReadOptions(),
+        pacsv.ParseOptions(delimiter=columns.sep),
+        # Ids stay strings even when they look numeric, so '007' and '7' remain distinct.
+        pacsv.ConvertOptions(column_types={columns.user: pa.string(), columns.item: pa.string()}),
+    )
+    return _standardize(table, columns, where)
+
+
+def _read_atomic(fs: fsspec.AbstractFileSystem, path: str, where: str) -> pa.Table:
+    """A RecBole atomic file: tab-separated with a typed header (``user_id:token ...``)."""
+    try:
+        with fs.open(path, "rb") as f:
+            header = f.readline().decode("utf-8").rstrip("\r\n")
+    except FileNotFoundError as exc:
+        raise AdvrecError(f"{where}: file not found") from exc
+    if not header:
+        raise AdvrecError(f"{where}: empty file")
+    names, types = [], []
+    for field in header.split("\t"):
+        name, _, ftype = field.rpartition(":")
+        if not name or ftype not in _RECBOLE_TYPES:
+            raise AdvrecError(
+                f"{where}: header field '{field}' is not name:type "
+                f"(type one of {', '.join(_RECBOLE_TYPES)})"
+            )
+        names.append(name)
+        types.append(ftype)
+    table = _csv(
+        fs,
+        path,
+        where,
+        pacsv.ReadOptions(column_names=names, skip_rows=1),
+        pacsv.ParseOptions(delimiter="\t", quote_char=False),
+        pacsv.ConvertOptions(
+            column_types={n: pa.string() for n, t in zip(names, types) if t != "float"}
+        ),
+    )
+    # Side features may be missing; the rating and time of an .inter file are checked later.
+    floats = {
+        n: _numeric(table[n], n, where, allow_missing=True)
+        for n, t in zip(names, types)
+        if t == "float"
+    }
+    return pa.table({n: floats.get(n, table[n]) for n in names})
+
+
+def _read_parquet(url: str, columns: ColumnMap) -> pa.Table:
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        raise AdvrecError(f"{url}: file not found")
+    if fs.isdir(path):
+        files = sorted(
+            p
+            for p in fs.find(path)
+            if p.endswith(".parquet") and not posixpath.basename(p).startswith(("_", "."))
+        )
+        if not files:
+            raise AdvrecError(f"{url}: no .parquet files in this directory")
+    else:
+        files = [path]
+    parts = []
+    for p in files:
+        where = _where(url, path, p)
+        try:
+            with fs.open(p, "rb") as f:
+                pf = pq.ParquetFile(f)
+                source = _source_columns(pf.schema_arrow.names, columns, where)
+                parts.append(pf.read(columns=list(source.values())))
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise AdvrecError(f"{where}: cannot read Parquet ({_first_line(exc)})") from exc
+    try:
+        table = pa.concat_tables(parts, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise AdvrecError(
+            f"{url}: part files disagree on column types ({_first_line(exc)})"
+        ) from exc
+    if table.num_rows == 0:
+        raise AdvrecError(f"{url}: empty (no interactions)")
+    return _standardize(table, columns, url)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalising to the standard table
+
+
+def _source_columns(present: list[str], columns: ColumnMap, where: str) -> dict[str, str]:
+    """Map each standard column to the source column holding it, checking that it exists."""
+    source: dict[str, str] = {}
+    for f in fields(ColumnMap):
+        if f.name == "sep":
+            continue
+        name = getattr(columns, f.name)
+        if name is None:
+            continue
+        if name in present:
+            source[f.name] = name
+        elif f.name in ("user", "item") or name != getattr(_DEFAULT_COLUMNS, f.name):
+            raise AdvrecError(
+                f"{where}: missing {f.name} column '{name}' (columns: {', '.join(present)})"
+            )
+    return source
+
+
+def _standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
+    """Select, check and cast the user/item/rating/timestamp columns of a parsed log."""
+    source = _source_columns(table.column_names, columns, where)
+    out: dict[str, pa.ChunkedArray | pa.Array] = {}
+    for key in ("user", "item"):
+        name = source[key]
+        ids = table[name].cast(pa.string())
+        bad = pc.or_kleene(pc.is_null(ids), pc.equal(ids, ""))
+        if pc.any(bad).as_py():
+            raise AdvrecError(f"{where}: column '{name}' has an empty id at data row {_first(bad)}")
+        out[key] = ids
+    if "rating" in source:
+        out["rating"] = _numeric(table[source["rating"]], source["rating"], where)
+    if "timestamp" in source:
+        out["timestamp"] = _timestamps(table[source["timestamp"]], source["timestamp"], where)
+    else:
+        # No time in the log: the row order is the time order.
+        out["timestamp"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
+    return pa.table(out)
+
+
+def _numeric(
+    col: pa.ChunkedArray, name: str, where: str, allow_missing: bool = False
+) -> pa.ChunkedArray:
+    """``col`` as float64, or an error naming the first non-numeric (or missing or NaN) value."""
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        # Numbers typed as text (a RecBole `token` rating, a CSV column with one bad value).
+        try:
+            col = col.cast(pa.float64())
+        except pa.ArrowInvalid:
+            for row, value in enumerate(col.to_pylist(), 1):  # error path only: find the culprit
+                try:
+                    pa.scalar(value, pa.string()).cast(pa.float64())
+                except pa.ArrowInvalid:
+                    raise AdvrecError(
+                        f"{where}: column '{name}' has a non-numeric value '{value}' "
+                        f"at data row {row}"
+                    ) from None
+            raise AdvrecError(f"{where}: column '{name}' is not numeric") from None
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal)
+    if not any(is_type(col.type) for is_type in numeric):
+        raise AdvrecError(f"{where}: column '{name}' is not numeric (type {col.type})")
+    col = col.cast(pa.float64())
+    if allow_missing:
+        return col
+    bad = pc.or_kleene(pc.is_null(col), pc.is_nan(col))
+    if pc.any(bad).as_py():
+        raise AdvrecError(
+            f"{where}: column '{name}' has a missing or NaN value at data row {_first(bad)}"
+        )
+    return col
+
+
+def _timestamps(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    """Times as int64: integers as they are, floats floored, datetimes as epoch seconds."""
+    if pa.types.is_integer(col.type) or pa.types.is_temporal(col.type):
+        if col.null_count:
+            row = _first(pc.is_null(col))
+            raise AdvrecError(f"{where}: column '{name}' has a missing value at data row {row}")
+        if pa.types.is_integer(col.type):
+            return col.cast(pa.int64())
+        # Sub-second parts are dropped (safe=False): ordering within a second falls to row order.
+        return col.cast(pa.timestamp("s"), safe=False).cast(pa.int64())
+    return pc.floor(_numeric(col, name, where)).cast(pa.int64())
+
+
+def _first(mask: pa.ChunkedArray | pa.Array) -> int:
+    """The 1-based data row of the first true value of ``mask``."""
+    return pc.index(mask, True).as_py() + 1
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -1,0 +1,166 @@
+"""A deterministic synthetic implicit-feedback log with structure a model can learn.
+
+Users and items get latent factors; an item's popularity follows a Zipf law. Each user picks
+their items one after another without replacement from
+
+    p(i | u) ∝ exp(u·v_i / τ + log popularity_i)
+
+which the Gumbel-top-k trick samples in one vectorised pass: the k largest of
+``logits + Gumbel noise`` are a draw without replacement, and their descending order is the
+order of the sequential draws, which we use as the time order. Users are generated in blocks,
+so memory stays bounded by the block, not the log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+
+from advrec.errors import AdvrecError
+from advrec.io import atomic_dir, join, write_json, write_parquet
+
+DIM = 16
+TEMPERATURE = 0.5
+ZIPF_EXPONENT = 1.0
+MIN_PER_USER = 5
+_BLOCK_SCORES = 1 << 22  # scores held at once: a block of users x all items (16 MiB float32)
+_EPOCH = 1_577_836_800  # 2020-01-01 UTC: users start within the following year
+_MEAN_GAP_S = 3600.0  # mean seconds between a user's consecutive interactions
+
+
+def synth(
+    users: int,
+    items: int,
+    interactions: int,
+    output: str,
+    seed: int = 0,
+    rows_per_file: int = 1_000_000,
+) -> dict[str, Any]:
+    """Write a synthetic log as Parquet part files to ``output`` (a directory path or URL).
+
+    Columns: ``user_id`` int64, ``item_id`` int64, ``rating`` float32 (always 1.0),
+    ``timestamp`` int64 (increasing per user), rows grouped by user. Every user has at least
+    5 interactions and the total is exactly ``interactions``. Same arguments, same bytes.
+    ``prepare(output, "parquet")`` reads it with the default column map.
+
+    Returns:
+        A summary (also written to ``output/_synth.json``, without ``output``).
+    """
+    for name, value in (("users", users), ("items", items), ("rows_per_file", rows_per_file)):
+        if value < 1:
+            raise AdvrecError(f"synth: {name} must be >= 1, not {value}")
+    if interactions < MIN_PER_USER * users:
+        raise AdvrecError(
+            f"synth: interactions={interactions} is below {MIN_PER_USER} per user "
+            f"(users={users} needs >= {MIN_PER_USER * users})"
+        )
+    if interactions > users * items / 2:
+        raise AdvrecError(
+            f"synth: interactions={interactions} is more than half of users x items "
+            f"({users} x {items} / 2 = {users * items // 2})"
+        )
+
+    rng = np.random.default_rng(seed)
+    # Factors scaled so that u·v has unit variance whatever the dimension.
+    scale = np.float32(DIM**-0.25)
+    user_vec = rng.standard_normal((users, DIM), dtype=np.float32) * scale
+    item_vec = rng.standard_normal((items, DIM), dtype=np.float32) * scale
+    # Popularity ranks are a random permutation, so item ids carry no popularity signal.
+    rank = rng.permutation(items)
+    log_pop = (-ZIPF_EXPONENT * np.log1p(rank)).astype(np.float32)
+    counts = _activity(rng, users, items, interactions)
+
+    block = max(1, _BLOCK_SCORES // items)
+    files: list[str] = []
+    with atomic_dir(output) as (fs, tmp):
+        pending: list[pa.Table] = []
+        pending_rows = 0
+        for start in range(0, users, block):
+            stop = min(start + block, users)
+            table = _block(rng, start, user_vec[start:stop], item_vec, log_pop, counts[start:stop])
+            pending.append(table)
+            pending_rows += table.num_rows
+            # Cut exactly rows_per_file rows per part; only the remainder stays buffered.
+            while pending_rows >= rows_per_file:
+                buffered = pa.concat_tables(pending)
+                files.append(_write_part(fs, tmp, len(files), buffered.slice(0, rows_per_file)))
+                pending = [buffered.slice(rows_per_file)]
+                pending_rows -= rows_per_file
+        if pending_rows:
+            files.append(_write_part(fs, tmp, len(files), pa.concat_tables(pending)))
+        summary = {
+            "users": users,
+            "items": items,
+            "interactions": interactions,
+            "seed": seed,
+            "rows_per_file": rows_per_file,
+            "dim": DIM,
+            "temperature": TEMPERATURE,
+            "zipf_exponent": ZIPF_EXPONENT,
+            "files": files,
+        }
+        write_json(fs, join(tmp, "_synth.json"), summary)
+    return {**summary, "output": output}
+
+
+def _activity(rng: np.random.Generator, users: int, items: int, total: int) -> np.ndarray:
+    """(users,) interaction counts: >= 5 each, <= items each, summing to exactly ``total``.
+
+    The counts above the minimum follow heavy-tailed (log-normal) user activity; whatever a
+    full user cannot take is dealt again among the others.
+    """
+    activity = rng.lognormal(0.0, 1.0, users)
+    counts = np.full(users, MIN_PER_USER, dtype=np.int64)
+    left = total - counts.sum()
+    while left > 0:
+        weights = activity * (counts < items)
+        counts = np.minimum(counts + rng.multinomial(left, weights / weights.sum()), items)
+        left = total - counts.sum()
+    return counts
+
+
+def _block(
+    rng: np.random.Generator,
+    first_user: int,
+    user_vec: np.ndarray,
+    item_vec: np.ndarray,
+    log_pop: np.ndarray,
+    counts: np.ndarray,
+) -> pa.Table:
+    """The interactions of users ``first_user ..`` given their (B, DIM) factors and (B,) counts."""
+    logits = user_vec @ item_vec.T / np.float32(TEMPERATURE) + log_pop  # (B, items)
+    # -log(Exp(1)) is Gumbel(0, 1) noise; standard_exponential has a fast float32 path, whose
+    # draws can round to 0, so clip them to keep every key finite.
+    noise = rng.standard_exponential(logits.shape, dtype=np.float32)
+    keys = logits - np.log(np.maximum(noise, np.finfo(np.float32).tiny))
+    k = int(counts.max())
+    top = np.argpartition(-keys, k - 1, axis=1)[:, :k]  # (B, k), unordered
+    order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)  # best first: the sequential draw order
+    picked = np.arange(k) < counts[:, None]  # each user keeps their first counts[u] draws
+
+    n = int(counts.sum())
+    first = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    gaps = 1 + np.floor(rng.exponential(_MEAN_GAP_S, n)).astype(np.int64)
+    gaps[first] = _EPOCH + rng.integers(0, 365 * 86400, len(counts))
+    clock = np.cumsum(gaps)
+    timestamp = clock - np.repeat(clock[first] - gaps[first], counts)
+    return pa.table(
+        {
+            "user_id": np.repeat(
+                np.arange(first_user, first_user + len(counts), dtype=np.int64), counts
+            ),
+            "item_id": top[picked].astype(np.int64),
+            "rating": np.ones(n, dtype=np.float32),
+            "timestamp": timestamp,
+        }
+    )
+
+
+def _write_part(fs: fsspec.AbstractFileSystem, tmp: str, index: int, table: pa.Table) -> str:
+    name = f"part-{index:05d}.parquet"
+    write_parquet(fs, join(tmp, name), table.combine_chunks())
+    return name

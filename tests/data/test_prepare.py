@@ -1,0 +1,237 @@
+"""prepare(): filters, vocabularies, written files, determinism, and failures that leave nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from advrec.data import prepare, read_log
+from advrec.data.splits import split_counts
+from advrec.errors import AdvrecError
+
+# Two users (numeric ids: '2' must come before '10'), items a/b/c, and two duplicate pairs whose
+# earlier interaction (by time, not by file order) is the one kept.
+LOG = """user_id,item_id,rating,timestamp
+10,b,5,100
+2,a,3,50
+10,a,4,60
+2,b,1,40
+2,a,2,10
+10,c,5,70
+2,c,4,20
+10,b,1,30
+"""
+
+
+def _read(path: Path) -> dict:
+    return pq.read_table(path).to_pydict()
+
+
+def test_prepare_writes_the_dataset(write, tmp_path):
+    out = tmp_path / "out"
+    meta = prepare(write("log.csv", LOG), "csv", str(out), split="loo")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "items.parquet",
+        "meta.json",
+        "test.parquet",
+        "train.parquet",
+        "users.parquet",
+        "valid.parquet",
+    ]
+    assert _read(out / "users.parquet") == {"index": [0, 1], "raw_id": ["2", "10"]}
+    assert _read(out / "items.parquet") == {"index": [0, 1, 2], "raw_id": ["a", "b", "c"]}
+    # Per user in time order: user 2 has a(10) c(20) b(40), user 10 has b(30) a(60) c(70).
+    assert _read(out / "train.parquet") == {
+        "user": [0, 1],
+        "item": [0, 1],
+        "rating": [2.0, 1.0],
+        "timestamp": [10, 30],
+    }
+    assert _read(out / "valid.parquet") == {
+        "user": [0, 1],
+        "item": [2, 0],
+        "rating": [4.0, 4.0],
+        "timestamp": [20, 60],
+    }
+    assert _read(out / "test.parquet") == {
+        "user": [0, 1],
+        "item": [1, 2],
+        "rating": [1.0, 5.0],
+        "timestamp": [40, 70],
+    }
+    assert pq.read_schema(out / "train.parquet") == pa.schema(
+        [
+            ("user", pa.int32()),
+            ("item", pa.int32()),
+            ("rating", pa.float32()),
+            ("timestamp", pa.int64()),
+        ]
+    )
+    assert meta == json.loads((out / "meta.json").read_text())
+    assert meta == {
+        "format_version": 1,
+        "num_users": 2,
+        "num_items": 3,
+        "counts": {"train": 2, "valid": 2, "test": 2},
+        "schema": {"user": "int32", "item": "int32", "rating": "float", "timestamp": "int64"},
+        "split": {"kind": "loo", "ratios": None, "spec": "loo"},
+        "filters": {"min_rating": None, "kcore": 0},
+        "features": [],
+        "seed": 0,
+        "source": str(tmp_path / "log.csv"),
+        "input_format": "csv",
+    }
+
+
+def test_lexicographic_vocab_and_no_rating_column(write, tmp_path):
+    path = write("seq.txt", "u10 b\nu10 a\nu2 a\nu2 b\nu10 c\nu2 c\n")
+    meta = prepare(path, "sasrec", str(tmp_path / "out"), split="loo")
+    assert _read(tmp_path / "out/users.parquet")["raw_id"] == ["u10", "u2"]
+    assert meta["schema"] == {"user": "int32", "item": "int32", "timestamp": "int64"}
+    assert _read(tmp_path / "out/test.parquet") == {
+        "user": [0, 1],
+        "item": [2, 2],
+        "timestamp": [4, 5],
+    }
+
+
+def test_min_rating_keeps_positives(write, tmp_path):
+    meta = prepare(write("log.csv", LOG), "csv", str(tmp_path / "out"), min_rating=3)
+    # Kept: user 2 {a, c}, user 10 {b@100, a, c}; 8:1:1 of 2 and 3 gives (1,0,1) and (1,1,1).
+    assert meta["counts"] == {"train": 2, "valid": 1, "test": 2}
+    ratings = [
+        r
+        for s in ("train", "valid", "test")
+        for r in _read(tmp_path / f"out/{s}.parquet")["rating"]
+    ]
+    assert sorted(ratings) == [3.0, 4.0, 4.0, 5.0, 5.0]
+    assert meta["filters"] == {"min_rating": 3, "kcore": 0}
+
+
+def test_min_rating_errors(write, tmp_path):
+    with pytest.raises(AdvrecError, match=r"log\.csv: --min-rating 6 removed every interaction"):
+        prepare(write("log.csv", LOG), "csv", str(tmp_path / "out"), min_rating=6)
+    with pytest.raises(AdvrecError, match=r"seq\.txt: --min-rating needs a 'rating' column"):
+        prepare(write("seq.txt", "1 2\n"), "sasrec", str(tmp_path / "out"), min_rating=4)
+
+
+KCORE_LOG = "user_id,item_id\nA,i1\nA,i2\nA,i3\nB,i1\nB,i2\nC,i3\nC,i4\n"
+
+
+def test_kcore_iterates_to_a_fixed_point(write, tmp_path):
+    # k=2: i4 goes, so C is left with one item and goes, so i3 is left with one user and goes.
+    meta = prepare(write("log.csv", KCORE_LOG), "csv", str(tmp_path / "out"), kcore=2)
+    assert (meta["num_users"], meta["num_items"]) == (2, 2)
+    assert _read(tmp_path / "out/users.parquet")["raw_id"] == ["A", "B"]
+    assert _read(tmp_path / "out/items.parquet")["raw_id"] == ["i1", "i2"]
+    assert meta["counts"] == {"train": 2, "valid": 0, "test": 2}
+    with pytest.raises(AdvrecError, match=r"log\.csv: --kcore 3 removed every interaction"):
+        prepare(str(tmp_path / "log.csv"), "csv", str(tmp_path / "out3"), kcore=3)
+    with pytest.raises(AdvrecError, match="--kcore"):
+        prepare(str(tmp_path / "log.csv"), "csv", str(tmp_path / "out3"), kcore=-1)
+    with pytest.raises(AdvrecError, match="--seed"):
+        prepare(str(tmp_path / "log.csv"), "csv", str(tmp_path / "out3"), seed=-1)
+    assert not (tmp_path / "out3").exists()
+
+
+def test_time_split_vocab_covers_the_kept_interactions(write, tmp_path):
+    rows = "".join(
+        f"{u},{i},{t}\n"
+        for u, i, t in [
+            ("a", "x", 9),
+            ("a", "x0", 0),
+            ("a", "y", 1),
+            ("b", "y", 2),
+            ("b", "z", 3),
+            ("b", "z0", 4),
+            ("c", "w", 5),
+            ("c", "w0", 6),
+            ("c", "x", 7),
+            ("d", "y", 8),
+        ]
+    )
+    meta = prepare(
+        write("log.csv", "user_id,item_id,timestamp\n" + rows),
+        "csv",
+        str(tmp_path / "out"),
+        split="time:0.8",
+    )
+    # d's only interaction (t=8, valid) is unseen in train and dropped; a-x (t=9) is the test.
+    assert meta["counts"] == {"train": 8, "valid": 0, "test": 1}
+    assert (meta["num_users"], meta["num_items"]) == (3, 7)
+    assert _read(tmp_path / "out/test.parquet") == {"user": [0], "item": [2], "timestamp": [9]}
+
+
+def test_ml100k_random_split_follows_recbole_counts(ml100k, tmp_path):
+    meta = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "out"))
+    assert (meta["num_users"], meta["num_items"]) == (943, 1682)
+    assert sum(meta["counts"].values()) == 100_000
+    sizes = np.bincount(
+        read_log(str(ml100k / "u.data"), "movielens")["user"].to_numpy().astype(int)
+    )
+    sizes = sizes[sizes > 0]  # user ids 1..943, in numeric order like the vocabulary
+    expected = np.array([split_counts(int(n), (0.8, 0.1, 0.1)) for n in sizes])
+    for column, name in enumerate(("train", "valid", "test")):
+        users = pq.read_table(tmp_path / f"out/{name}.parquet")["user"].to_numpy()
+        assert np.array_equal(np.bincount(users, minlength=943), expected[:, column]), name
+    assert meta["counts"]["train"] == expected[:, 0].sum()
+
+
+def test_same_input_gives_identical_bytes_with_features(ml100k, tmp_path):
+    for out in ("a", "b"):
+        meta = prepare(str(ml100k / "recbole"), "recbole", str(tmp_path / out), seed=3)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == [
+        "item_features.parquet",
+        "items.parquet",
+        "meta.json",
+        "test.parquet",
+        "train.parquet",
+        "user_features.parquet",
+        "users.parquet",
+        "valid.parquet",
+    ]
+    for name in files:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert meta["features"] == ["item", "user"]
+    items = _read(tmp_path / "a/item_features.parquet")
+    assert items["index"] == list(range(1682))
+    assert items["movie_title"][0] == "Toy Story"  # raw id '1' is index 0
+    users = _read(tmp_path / "a/user_features.parquet")
+    assert (users["age"][0], users["gender"][0]) == ("24", "M")
+    # Another seed moves interactions between splits but keeps the per-user counts.
+    other = prepare(str(ml100k / "recbole"), "recbole", str(tmp_path / "c"), seed=4)
+    assert other["counts"] == meta["counts"]
+    assert (tmp_path / "c/test.parquet").read_bytes() != (tmp_path / "a/test.parquet").read_bytes()
+
+
+def test_failed_prepare_leaves_nothing(write, tmp_path):
+    path = write("in/log.csv", "user_id,item_id\n1,a\n1,b\n1,c\n2,a\n2,b\n3,c\n")
+    out = tmp_path / "out"
+    with pytest.raises(AdvrecError, match=r"user '3' has 1 interaction: .* filter with --kcore 3"):
+        prepare(path, "csv", str(out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    # A failed re-run keeps the dataset that was there.
+    prepare(path, "csv", str(out), kcore=2)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(AdvrecError, match="bad split"):
+        prepare(path, "csv", str(out), split="random:2")
+    with pytest.raises(AdvrecError, match="user '3' has 1 interaction"):
+        prepare(path, "csv", str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]
+
+
+def test_duplicate_feature_ids_are_named(write, tmp_path):
+    write("toy/toy.inter", "user_id:token\titem_id:token\n1\ta\n1\tb\n1\tc\n")
+    write("toy/toy.user", "user_id:token\tage:float\n1\t30\n1\t31\n")
+    with pytest.raises(
+        AdvrecError, match=r"\.user file\): column 'user_id' lists id '1' more than once"
+    ):
+        prepare(str(tmp_path / "toy"), "recbole", str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
