@@ -83,11 +83,11 @@ def _headline(ks: list[int]) -> list[str]:
 def evaluate_robustness(run: str, attacks: list[str], eps: list[float], steps: int | None,
                         split: str = "test", progress: bool = True) -> dict[str, Any]:
     """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot."""
+    from advrec.data import load_dataset
     from advrec.metrics import robustness_curve
     from advrec.metrics.plots import plot_robustness
     from advrec.models import LOSSES
     from advrec.train import load_model, read_run
-    from advrec.data import load_dataset
 
     cfg, dataset = read_run(run)
     updates: dict[str, Any] = {"attacks": attacks, "eps": eps}

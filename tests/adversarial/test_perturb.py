@@ -65,7 +65,7 @@ def test_init_grad_replaces_the_first_gradient_pass() -> None:
     x, w = _inputs()
     _, grad_fn = _quadratic(x, w)
     calls = []
-    counted = lambda d: calls.append(1) or grad_fn(d)  # noqa: E731
+    counted = lambda d: calls.append(1) or grad_fn(d)
     g0 = grad_fn({k: torch.zeros_like(v) for k, v in x.items()})
     fgm = perturb(x, counted, Attack("fgm", 0.5), init_grad=g0)
     pgd = perturb(x, counted, Attack("pgd", 0.5, steps=4), init_grad=g0)

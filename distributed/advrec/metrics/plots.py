@@ -7,9 +7,9 @@ import io as _bytes_io
 import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from advrec import io  # noqa: E402
+from advrec import io
 
 Curve = dict[str, dict[str, dict[str, float]]]  # {attack: {eps: {metric: value}}}
 

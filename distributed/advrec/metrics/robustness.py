@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from advrec.adversarial.perturb import Attack, Tensors, perturb

@@ -8,7 +8,7 @@ from advrec.models.losses import LOSSES, LossFn
 from advrec.models.mf import MF
 from advrec.models.neumf import NeuMF
 
-__all__ = ["Batch", "LOSSES", "MF", "NeuMF", "Recommender", "LossFn", "build_model"]
+__all__ = ["LOSSES", "MF", "Batch", "LossFn", "NeuMF", "Recommender", "build_model"]
 
 
 def build_model(cfg: ModelConfig, num_users: int, num_items: int) -> Recommender:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io as _bytes_io
+import pickle
 from typing import Any
 
 import torch
@@ -37,7 +38,7 @@ def load_checkpoint(url: str) -> dict[str, Any]:
             return torch.load(_bytes_io.BytesIO(f.read()), weights_only=True)
     except FileNotFoundError:
         raise AdvrecError(f"{url}: checkpoint not found") from None
-    except Exception as exc:  # corrupt or foreign file: torch raises various types
+    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # corrupt or foreign
         raise AdvrecError(f"{url}: not an advrec checkpoint ({type(exc).__name__})") from None
 
 
