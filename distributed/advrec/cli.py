@@ -1,6 +1,7 @@
 """The ``advrec`` console script: prepare, synth, train, evaluate, plot, demo.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2.
+Commands import their heavy modules (torch, Ray) inside, so ``advrec --help`` answers at once.
 """
 
 from __future__ import annotations
@@ -8,13 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from advrec import io
 from advrec.errors import AdvrecError
-
-ROBUSTNESS_FILE = "robustness.json"
-ROBUSTNESS_PLOT = "robustness.png"
 
 
 def _floats(text: str) -> list[float]:
@@ -35,13 +32,6 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
-
-
-def _format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    cells = [[str(c) for c in columns]] + [
-        [f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -67,62 +57,35 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from advrec.config import load_config
+    from advrec.report import format_table, headline
     from advrec.train import run_training
 
     cfg = load_config(args.config, args.overrides)
     metrics = run_training(cfg, args.output, progress=not args.quiet)
-    rows = [{"split": s, **{m: metrics[s][m] for m in _headline(cfg.eval.ks)}} for s in ("valid", "test")]
-    print(_format_table(rows, ["split", *_headline(cfg.eval.ks)]))
+    rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg.eval.ks)}} for s in ("valid", "test")]
+    print(format_table(rows, ["split", *headline(cfg.eval.ks)]))
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
-def _headline(ks: list[int]) -> list[str]:
-    return [f"{m}@{ks[0]}" for m in ("ndcg", "recall", "hit", "mrr")]
-
-
-def evaluate_robustness(run: str, attacks: list[str], eps: list[float], steps: int | None,
-                        split: str = "test", progress: bool = True) -> dict[str, Any]:
-    """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot."""
-    from advrec.data import load_dataset
-    from advrec.metrics import robustness_curve
-    from advrec.metrics.plots import plot_robustness
-    from advrec.models import LOSSES
-    from advrec.train import load_model, read_run
-
-    cfg, dataset = read_run(run)
-    updates: dict[str, Any] = {"attacks": attacks, "eps": eps}
-    if steps is not None:
-        updates["steps"] = steps
-    eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
-    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg)
-    curve = robustness_curve(model, load_dataset(dataset), LOSSES[cfg.train.loss], eval_cfg,
-                             split=split, progress=progress)
-    path = io.join(run, ROBUSTNESS_FILE)
-    merged = io.read_json(path) if io.exists(path) else {}
-    for attack, by_eps in curve.items():
-        merged.setdefault(attack, {}).update(by_eps)
-    io.dump_json(path, merged)
-    plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, _headline(cfg.eval.ks)[:2],
-                    io.join(run, ROBUSTNESS_PLOT))
-    return merged
-
-
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table
+
     attacks = [a for a in args.attack.split(",") if a]
     for a in attacks:
         if a not in ("fgm", "pgd"):
             raise AdvrecError(f"--attack: unknown attack '{a}' (choose fgm or pgd)")
-    merged = evaluate_robustness(args.run, attacks, args.eps, args.steps, progress=not args.quiet)
+    merged = evaluate_run(args.run, attacks, args.eps, args.steps, progress=not args.quiet)
     rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
             for e in sorted(merged[a], key=float)]
     metric = next(iter(merged[attacks[0]].values()))
     cols = [m for m in ("ndcg@10", "recall@10", "hit@10", "mrr@10") if m in metric]
-    print(_format_table(rows, ["attack", "eps", *cols]))
+    print(format_table(rows, ["attack", "eps", *cols]))
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from advrec.metrics.plots import plot_robustness
+    from advrec.report import ROBUSTNESS_FILE
 
     curves = {}
     for run in args.runs:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from advrec import io
-from advrec.cli import ROBUSTNESS_PLOT, _format_table, evaluate_robustness
 from advrec.config import build_config
 from advrec.data import synth
 from advrec.metrics.plots import plot_robustness
+from advrec.report import ROBUSTNESS_PLOT, evaluate_run, format_table
 from advrec.train import run_training
 
 DEMO_EPS = [0.0, 0.25, 0.5, 1.0]
@@ -42,7 +42,7 @@ def run_demo(output: str, source: str | None = None, epochs: int | None = None,
         run = io.join(output, name)
         print(f"== training {name} -> {run}")
         run_training(build_config(raw), run, progress=progress)
-        curves[name] = evaluate_robustness(run, ["fgm", "pgd"], DEMO_EPS, steps=10,
+        curves[name] = evaluate_run(run, ["fgm", "pgd"], DEMO_EPS, steps=10,
                                            progress=progress)
     rows = []
     for name, curve in curves.items():
@@ -53,7 +53,7 @@ def run_demo(output: str, source: str | None = None, epochs: int | None = None,
             row[f"{attack} eps={REPORT_EPS}"] = attacked
             row[f"{attack} drop"] = f"{100 * (clean - attacked) / clean:.1f}%" if clean else "n/a"
         rows.append(row)
-    print(_format_table(rows, list(rows[0])))
+    print(format_table(rows, list(rows[0])))
     plot = io.join(output, ROBUSTNESS_PLOT)
     plot_robustness(curves, ["ndcg@10", "recall@10"], plot)
     print(f"plot: {plot}")

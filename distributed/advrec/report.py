@@ -1,0 +1,49 @@
+"""Run-directory reports: robustness evaluation of a trained run, and plain-text tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from advrec import io
+from advrec.data import load_dataset
+from advrec.metrics import robustness_curve
+from advrec.metrics.plots import plot_robustness
+from advrec.models import LOSSES
+from advrec.train import load_model, read_run
+
+ROBUSTNESS_FILE = "robustness.json"
+ROBUSTNESS_PLOT = "robustness.png"
+
+
+def headline(ks: list[int]) -> list[str]:
+    """The metrics shown in summaries: NDCG, Recall, Hit and MRR at the smallest K."""
+    return [f"{m}@{ks[0]}" for m in ("ndcg", "recall", "hit", "mrr")]
+
+
+def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
+                 split: str = "test", progress: bool = True) -> dict[str, Any]:
+    """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot."""
+    cfg, dataset = read_run(run)
+    updates: dict[str, Any] = {"attacks": attacks, "eps": eps}
+    if steps is not None:
+        updates["steps"] = steps
+    eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
+    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg)
+    curve = robustness_curve(model, load_dataset(dataset), LOSSES[cfg.train.loss], eval_cfg,
+                             split=split, progress=progress)
+    path = io.join(run, ROBUSTNESS_FILE)
+    merged = io.read_json(path) if io.exists(path) else {}
+    for attack, by_eps in curve.items():
+        merged.setdefault(attack, {}).update(by_eps)
+    io.dump_json(path, merged)
+    plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg.eval.ks)[:2],
+                    io.join(run, ROBUSTNESS_PLOT))
+    return merged
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """Right-aligned plain-text table; floats with 4 decimals."""
+    cells = [[str(c) for c in columns]] + [
+        [f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells)
