@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -68,3 +70,14 @@ def test_fsspec_round_trip():
         ]
     finally:
         fsspec.filesystem("memory").rm("/advrec-test-dataset", recursive=True)
+
+
+def test_out_of_range_index_names_file_and_column(write, tmp_path):
+    out = tmp_path / "ds"
+    prepare(write("log.csv", LOG), "csv", str(out), split="loo")
+    table = pq.read_table(out / "test.parquet")
+    users = table["user"].to_numpy().copy()
+    users[0] = -1
+    pq.write_table(table.set_column(0, "user", pa.array(users, pa.int32())), out / "test.parquet")
+    with pytest.raises(AdvrecError, match=r"test.parquet: column 'user' has index -1 outside"):
+        load_dataset(str(out))

@@ -325,3 +325,9 @@ def test_recbole_errors_name_the_file_in_the_directory(write, tmp_path):
     write("toy/toy.inter", "user_id:token\titem:token\n1\ta\n")
     with pytest.raises(AdvrecError, match=r"toy/toy\.inter: missing item column 'item_id'"):
         read_log(str(tmp_path / "toy"), "recbole")
+
+
+def test_movielens_negative_id_names_the_row(write):
+    path = write("u.data", "1\t2\t5\t10\n-3\t2\t4\t11\n")
+    with pytest.raises(AdvrecError, match=r"u.data: user id '-3' at data row 2 is not a positive"):
+        read_log(path, "movielens")

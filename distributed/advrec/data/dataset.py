@@ -99,9 +99,17 @@ def load_dataset(url: str) -> Dataset:
             raise AdvrecError(
                 f"{url}/{name}.parquet: missing; run `advrec prepare` again"
             ) from None
+        columns = {}
+        for column, size in (("user", meta["num_users"]), ("item", meta["num_items"])):
+            ids = table[column].to_numpy().astype("int64")
+            # a hand-made or corrupt dataset: an index outside the vocabulary would crash (or,
+            # worse, silently alias) an embedding lookup far from here
+            if ids.size and (ids.min() < 0 or ids.max() >= size):
+                bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+                raise AdvrecError(f"{url}/{name}.parquet: column '{column}' has index {bad} "
+                                  f"outside 0..{size - 1} (num_{column}s in meta.json)")
+            columns[column] = torch.from_numpy(ids)
         splits[name] = Interactions(
-            user=torch.from_numpy(table["user"].to_numpy().astype("int64")),
-            item=torch.from_numpy(table["item"].to_numpy().astype("int64")),
-            timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64")),
+            **columns, timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64"))
         )
     return Dataset(num_users=meta["num_users"], num_items=meta["num_items"], meta=meta, **splits)

@@ -205,8 +205,8 @@ def _read_movielens_file(fs: fsspec.AbstractFileSystem, path: str, where: str) -
         raw = _read_text(
             fs, path, where, ":", ["user", "_1", "item", "_2", "rating", "_3", "timestamp"]
         )
-        return _standardize(raw.select(names), std, where)
-    return _standardize(_read_text(fs, path, where, "\t", names), std, where)
+        return _positive_ids(_standardize(raw.select(names), std, where), where)
+    return _positive_ids(_standardize(_read_text(fs, path, where, "\t", names), std, where), where)
 
 
 def _csv(
@@ -375,6 +375,17 @@ def _standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
         # No time in the log: the row order is the time order.
         out["timestamp"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
     return pa.table(out)
+
+
+def _positive_ids(table: pa.Table, where: str) -> pa.Table:
+    """MovieLens numbers users and items 1, 2, ...: anything else is a corrupt line."""
+    for key in ("user", "item"):
+        bad = pc.invert(pc.match_substring_regex(table[key], r"^[0-9]+$"))
+        if pc.any(bad).as_py():
+            row = _first(bad)
+            raise AdvrecError(f"{where}: {key} id '{table[key][row - 1]}' at data row {row} "
+                              "is not a positive integer")
+    return table
 
 
 def _numeric(
