@@ -120,5 +120,9 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     for step in range(attack.steps):
         if step > 0:
             g = grad_fn(delta)
-        delta = {k: _ascend(delta[k], g[k], step_size[k], radius[k], attack.norm) for k in x}
+        if step == 0 and not attack.random_start and attack.alpha <= attack.eps:
+            # from δ = 0 a step no longer than the radius stays inside the ball: skip projecting
+            delta = {k: _step(g[k], step_size[k], attack.norm) for k in x}
+        else:
+            delta = {k: _ascend(delta[k], g[k], step_size[k], radius[k], attack.norm) for k in x}
     return delta
