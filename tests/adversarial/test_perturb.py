@@ -131,3 +131,13 @@ def test_objective_target_user_only_perturbs_user_rows() -> None:
     assert set(delta) == {"user"}
     clean = objective(batch, adversarial=False)
     assert "adv" not in clean and torch.equal(clean["loss"].detach(), clean["clean"])
+
+
+@pytest.mark.parametrize("norm", ["l2", "linf"])
+def test_one_pgd_step_from_zero_is_the_fast_gradient_step(norm: str) -> None:
+    # PGD-1 with alpha > eps projects alpha * direction back to eps * direction: FGM (L2), FGSM (L-inf)
+    x, w = _inputs()
+    _, grad_fn = _quadratic(x, w)
+    pgd = perturb(x, grad_fn, Attack("pgd", 0.3, steps=1, norm=norm))
+    fast = perturb(x, grad_fn, Attack("fgm" if norm == "l2" else "fgsm", 0.3))
+    torch.testing.assert_close(pgd, fast)

@@ -55,12 +55,13 @@ def _inv_norm(g: Tensor) -> Tensor:
     return g.norm(dim=-1, keepdim=True).clamp_min(_TINY).reciprocal()
 
 
-def project(delta: Tensor, radius: Tensor | float, norm: Norm) -> Tensor:
-    """Project each row of ``delta`` back onto the ball of ``radius``."""
+def project(delta: Tensor, radius: Tensor | float, norm: Norm, inplace: bool = False) -> Tensor:
+    """Project each row of ``delta`` back onto the ball of ``radius`` (in place if asked)."""
     r = torch.as_tensor(radius, dtype=delta.dtype, device=delta.device)
     if norm == "linf":
-        return torch.clamp(delta, -r, r)
-    return delta * (r * _inv_norm(delta)).clamp(max=1.0)
+        return torch.clamp(delta, -r, r, out=delta if inplace else None)
+    scale = (r * _inv_norm(delta)).clamp(max=1.0)
+    return delta.mul_(scale) if inplace else delta * scale
 
 
 def _random_in_ball(x: Tensor, radius: Tensor | float, norm: Norm,
@@ -84,9 +85,14 @@ def _step(g: Tensor, size: Tensor | float, norm: Norm) -> Tensor:
 
 def _ascend(delta: Tensor, g: Tensor, size: Tensor | float, radius: Tensor | float,
             norm: Norm) -> Tensor:
-    """One PGD step: ``project(δ + step(g))``, with the step fused into one pass (addcmul)."""
+    """One PGD step ``project(δ + step(g))``, updating ``δ`` in place.
+
+    In place because on CPU a fresh tensor per elementwise op costs as much as the op itself
+    (allocation and first-touch page faults); ``perturb`` owns δ, and no graph holds it.
+    """
     direction, scale = (g.sign(), size) if norm == "linf" else (g, _inv_norm(g) * size)
-    return project(torch.addcmul(delta, direction, torch.as_tensor(scale, dtype=g.dtype)), radius, norm)
+    delta.addcmul_(direction, torch.as_tensor(scale, dtype=g.dtype))
+    return project(delta, radius, norm, inplace=True)
 
 
 def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors | None = None,
@@ -120,9 +126,11 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     for step in range(attack.steps):
         if step > 0:
             g = grad_fn(delta)
-        if step == 0 and not attack.random_start and attack.alpha <= attack.eps:
-            # from δ = 0 a step no longer than the radius stays inside the ball: skip projecting
-            delta = {k: _step(g[k], step_size[k], attack.norm) for k in x}
+        if step == 0 and not attack.random_start:
+            # from δ = 0 the projection of a step is the same step cut to the radius, row by row
+            # (L2 and L∞ alike), so it needs no projection pass
+            shrink = min(1.0, attack.eps / attack.alpha)
+            delta = {k: _step(g[k], step_size[k] * shrink, attack.norm) for k in x}
         else:
             delta = {k: _ascend(delta[k], g[k], step_size[k], radius[k], attack.norm) for k in x}
     return delta
