@@ -9,11 +9,11 @@ from typing import Any
 import pyarrow.parquet as pq
 import torch
 
+from advrec.data.prepare import FORMAT_VERSION
 from advrec.errors import AdvrecError
 from advrec.io import filesystem, join
 
 SPLIT_NAMES = ("train", "valid", "test")
-_FORMAT_VERSION = 1
 
 
 # eq=False: tensors have no single truth value, so compare datasets by identity.
@@ -85,10 +85,10 @@ def load_dataset(url: str) -> Dataset:
         ) from None
     except json.JSONDecodeError as exc:
         raise AdvrecError(f"{url}/meta.json: not valid JSON ({exc})") from None
-    if meta.get("format_version") != _FORMAT_VERSION:
+    if meta.get("format_version") != FORMAT_VERSION:
         raise AdvrecError(
             f"{url}/meta.json: format_version {meta.get('format_version')!r} is not "
-            f"{_FORMAT_VERSION}; run `advrec prepare` again"
+            f"{FORMAT_VERSION}; run `advrec prepare` again"
         )
     splits = {}
     for name in SPLIT_NAMES:
