@@ -1,0 +1,82 @@
+"""SASRec (Kang & McAuley, ICDM 2018): causal self-attention over a user's item sequence.
+
+The split every model follows holds here too: `embed` looks up the sequence's item rows and the
+candidate items' rows (one shared item table); `score` runs the transformer and takes dot
+products. An adversary therefore perturbs the item-sequence embeddings and PGD re-runs only the
+transformer.
+
+Sequences are left-padded with the id ``num_items`` (a zero, never-trained row). Two choices
+make padding unable to leak into any real position's output:
+
+- attention never looks at a padded key (each position also sees itself, so a padded query row
+  is never fully masked and stays finite);
+- positions count from the first real item, so the same history gets the same position
+  embeddings however much padding precedes it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from advrec.errors import AdvrecError
+from advrec.models.base import Batch, Recommender, init_embedding
+
+
+class SASRec(Recommender):
+    """Batch keys: ``seq`` (B, L) item ids, left-padded with ``num_items``; ``item`` (B, L, C)
+    candidate items scored at every position (training: the next item, then negatives)."""
+
+    def __init__(self, num_users: int, num_items: int, dim: int, max_len: int, layers: int = 2,
+                 heads: int = 1, dropout: float = 0.2, init: str = "xavier",
+                 init_std: float = 0.1) -> None:
+        super().__init__()
+        if max_len <= 0:
+            raise AdvrecError(f"model.max_len: must be > 0 (got {max_len})")
+        self.num_users, self.num_items, self.max_len, self.heads = num_users, num_items, max_len, heads
+        self.pad = num_items
+        self.item = nn.Embedding(num_items + 1, dim, padding_idx=self.pad)
+        init_embedding(self.item, init, init_std)
+        with torch.no_grad():
+            self.item.weight[self.pad].zero_()  # init overwrote the padding row
+        self.position = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
+                                           activation="relu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+
+    def embed(self, batch: Batch) -> dict[str, Tensor]:
+        """``item_seq`` (B, L, d) the history's rows; ``item`` (B, L, C, d) the candidates' rows."""
+        return {"item_seq": self.item(batch["seq"]), "item": self.item(batch["item"])}
+
+    def hidden(self, item_seq: Tensor, seq: Tensor) -> Tensor:
+        """The transformer's output (B, L, d) at every position; zero at padded positions."""
+        real = seq != self.pad  # (B, L)
+        L = seq.shape[1]
+        # positions counted from each sequence's first real item (padding shifts nothing)
+        positions = (real.long().cumsum(1) - 1).clamp(min=0)
+        x = item_seq * math.sqrt(item_seq.shape[-1]) + self.position(positions)
+        x = self.dropout(x) * real.unsqueeze(-1)
+        causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).triu(1)  # True = hidden
+        blocked = causal | ~real.unsqueeze(1)  # (B, L, L): no future keys, no padded keys
+        blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=seq.device)  # but itself
+        mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
+        h = self.encoder(x, mask=mask)
+        return self.norm(h) * real.unsqueeze(-1)
+
+    def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
+        """(B, L, C) logits: each position's hidden state dotted with its candidates."""
+        h = self.hidden(emb["item_seq"], batch["seq"])
+        return (h.unsqueeze(2) * emb["item"]).sum(-1)
+
+    def tables(self) -> dict[str, nn.Embedding]:
+        # one table serves both embed keys; listed once so an attack on tables moves it once
+        return {"item": self.item}
+
+    def rank_scores(self, seq: Tensor, item_chunk: int = 4096) -> Tensor:
+        """Next-item scores of every item after each history: (B, L) -> (B, num_items)."""
+        h = self.hidden(self.item(seq), seq)[:, -1]  # left padding: the last position is real
+        return h @ self.item.weight[: self.num_items].T

@@ -1,0 +1,69 @@
+import pytest
+import torch
+
+from advrec.errors import AdvrecError
+from advrec.models import LOSSES
+from advrec.models.sasrec import SASRec
+
+N_ITEMS, D = 20, 16
+
+
+def _model(max_len: int = 8) -> SASRec:
+    torch.manual_seed(0)
+    return SASRec(num_users=5, num_items=N_ITEMS, dim=D, max_len=max_len, layers=2, heads=2)
+
+
+def _left_pad(history: list[int], length: int) -> torch.Tensor:
+    return torch.tensor([N_ITEMS] * (length - len(history)) + history)
+
+
+def test_shapes_and_backward() -> None:
+    model = _model()
+    seq = torch.stack([_left_pad([1, 2, 3], 8), _left_pad(list(range(4, 12)), 8)])
+    items = torch.randint(N_ITEMS, (2, 8, 3))
+    emb = model.embed({"seq": seq, "item": items})
+    assert emb["item_seq"].shape == (2, 8, D) and emb["item"].shape == (2, 8, 3, D)
+    logits = model.score(emb, {"seq": seq, "item": items})
+    assert logits.shape == (2, 8, 3)
+    LOSSES["bce"](logits[seq != N_ITEMS]).backward()
+    assert model.item.weight.grad[N_ITEMS].abs().sum() == 0  # the padding row never learns
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_causality_later_items_never_change_earlier_outputs() -> None:
+    model = _model().eval()
+    a = _left_pad([1, 2, 3, 4, 5], 8).unsqueeze(0)
+    b = a.clone()
+    b[0, -1] = 9  # change only the last item
+    ha, hb = (model.hidden(model.item(s), s) for s in (a, b))
+    torch.testing.assert_close(ha[:, :-1], hb[:, :-1])
+    assert not torch.allclose(ha[:, -1], hb[:, -1])
+
+
+def test_padding_never_leaks_into_scores() -> None:
+    model = _model(max_len=12).eval()
+    history = [3, 1, 4, 1, 5]
+    short, long = _left_pad(history, 6).unsqueeze(0), _left_pad(history, 12).unsqueeze(0)
+    h_short = model.hidden(model.item(short), short)
+    h_long = model.hidden(model.item(long), long)
+    torch.testing.assert_close(h_short[:, -5:], h_long[:, -5:])  # same history, more padding
+    assert h_long[:, :-5].abs().sum() == 0  # padded positions output nothing
+    assert torch.isfinite(h_long).all()
+    torch.testing.assert_close(model.rank_scores(short), model.rank_scores(long))
+
+
+def test_rank_scores_match_candidate_scoring_at_the_last_position() -> None:
+    model = _model().eval()
+    seq = torch.stack([_left_pad([1, 2], 8), _left_pad([7, 8, 9, 10], 8)])
+    all_items = torch.arange(N_ITEMS).expand(2, 8, -1)
+    full = model.score(model.embed({"seq": seq, "item": all_items}), {"seq": seq})[:, -1]
+    torch.testing.assert_close(model.rank_scores(seq), full)
+
+
+def test_item_table_is_listed_once() -> None:
+    assert list(_model().tables()) == ["item"]
+
+
+def test_non_positive_max_len_is_an_error() -> None:
+    with pytest.raises(AdvrecError, match="model.max_len"):
+        SASRec(5, N_ITEMS, D, max_len=0)
