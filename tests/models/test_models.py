@@ -47,7 +47,7 @@ def test_rank_scores_match_candidate_scoring(model: Recommender) -> None:
     users = torch.tensor([0, 3, 6])
     full = model.rank_scores(users)
     assert full.shape == (3, I)
-    generic = Recommender.rank_scores(model, users, item_chunk=4)  # chunked embed/score path
+    generic = Recommender.rank_scores(model, users, max_pairs=12)  # 4 items a chunk
     torch.testing.assert_close(full, generic)
 
 

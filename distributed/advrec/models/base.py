@@ -43,12 +43,17 @@ class Recommender(nn.Module):
         """Logits (B, C) for the batch's candidate items."""
         return self.score(self.embed(batch), batch)
 
-    def rank_scores(self, users: Tensor, item_chunk: int = 4096) -> Tensor:
+    def rank_scores(self, users: Tensor, max_pairs: int = 1 << 14) -> Tensor:
         """Scores of every item for each user: (B,) -> (B, num_items), for full-ranking evaluation.
 
-        The generic path scores items in chunks through `embed`/`score`; models with a cheaper
-        closed form (MF's matrix product) override it.
+        The generic path scores items in chunks through `embed`/`score`, at most ``max_pairs``
+        (user, item) pairs at a time. That bounds the dense part's activations (an MLP over every
+        pair of a 1024-user chunk would allocate gigabytes), and small chunks stay under the
+        allocator's mmap threshold instead of page-faulting afresh each time: NeuMF's full
+        ranking on ml-100k took 0.8 s with 2^14 pairs against 2.2 s with 2^18. Models with a
+        cheaper closed form (MF's matrix product) override it.
         """
+        item_chunk = max(1, max_pairs // max(users.shape[0], 1))
         out = []
         for start in range(0, self.num_items, item_chunk):
             items = torch.arange(start, min(start + item_chunk, self.num_items), device=users.device)

@@ -76,7 +76,7 @@ class SASRec(Recommender):
         # one table serves both embed keys; listed once so an attack on tables moves it once
         return {"item": self.item}
 
-    def rank_scores(self, seq: Tensor, item_chunk: int = 4096) -> Tensor:
+    def rank_scores(self, seq: Tensor, max_pairs: int = 1 << 14) -> Tensor:
         """Next-item scores of every item after each history: (B, L) -> (B, num_items)."""
         h = self.hidden(self.item(seq), seq)[:, -1]  # left padding: the last position is real
         return h @ self.item.weight[: self.num_items].T
