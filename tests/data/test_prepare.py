@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
-from advrec.data import prepare, read_log
+from advrec.data import load_dataset, prepare, read_log
 from advrec.data.splits import split_counts
 from advrec.errors import AdvrecError
 
@@ -81,6 +82,8 @@ def test_prepare_writes_the_dataset(write, tmp_path):
         "schema": {"user": "int32", "item": "int32", "rating": "float", "timestamp": "int64"},
         "split": {"kind": "loo", "ratios": None, "spec": "loo"},
         "filters": {"min_rating": None, "kcore": 0},
+        "task": "ranking",
+        "label_threshold": None,
         "features": [],
         "seed": 0,
         "source": str(tmp_path / "log.csv"),
@@ -235,3 +238,75 @@ def test_duplicate_feature_ids_are_named(write, tmp_path):
     ):
         prepare(str(tmp_path / "toy"), "recbole", str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_label_threshold_makes_a_ctr_dataset(write, tmp_path):
+    out = tmp_path / "out"
+    meta = prepare(write("log.csv", LOG), "csv", str(out), split="loo", label_threshold=4)
+    assert (meta["task"], meta["label_threshold"]) == ("ctr", 4)
+    assert meta["schema"] == {
+        "user": "int32",
+        "item": "int32",
+        "rating": "float",
+        "timestamp": "int64",
+        "label": "int8",
+    }
+    # Every rated interaction stays (low ratings are the negatives); the same rows as without
+    # labels (see test_prepare_writes_the_dataset), each labelled rating >= 4.
+    assert meta["counts"] == {"train": 2, "valid": 2, "test": 2}
+    assert _read(out / "train.parquet")["label"] == [0, 0]  # ratings 2, 1
+    assert _read(out / "valid.parquet")["label"] == [1, 1]  # ratings 4, 4
+    assert _read(out / "test.parquet")["label"] == [0, 1]  # ratings 1, 5
+    assert pq.read_schema(out / "test.parquet").field("label").type == pa.int8()
+    dataset = load_dataset(str(out))
+    assert dataset.test.label.tolist() == [0.0, 1.0]
+    assert dataset.test.label.dtype == torch.float32
+    # A ranking dataset has no label.
+    prepare(write("log.csv", LOG), "csv", str(tmp_path / "ranking"), split="loo")
+    assert load_dataset(str(tmp_path / "ranking")).test.label is None
+
+
+def test_label_threshold_errors(write, tmp_path):
+    log = write("log.csv", LOG)
+    with pytest.raises(
+        AdvrecError, match=r"--label-threshold/data.label_threshold and --min-rating/"
+    ):
+        prepare(log, "csv", str(tmp_path / "out"), min_rating=3, label_threshold=4)
+    with pytest.raises(
+        AdvrecError, match="--label-threshold/data.label_threshold must be a finite number"
+    ):
+        prepare(log, "csv", str(tmp_path / "out"), label_threshold=float("nan"))
+    path = write("seq.txt", "u1 a\nu1 b\nu1 c\n")
+    with pytest.raises(
+        AdvrecError,
+        match=r"seq.txt: --label-threshold/data.label_threshold needs a 'rating' column, "
+        r"but this sasrec log has none",
+    ):
+        prepare(path, "sasrec", str(tmp_path / "out"), label_threshold=4)
+    assert not (tmp_path / "out").exists()
+
+
+def test_feature_files_keep_the_recbole_types(ml100k, tmp_path):
+    prepare(str(ml100k / "recbole"), "recbole", str(tmp_path / "out"))
+    types = {
+        kind: {
+            f.name: (f.metadata or {}).get(b"recbole_type")
+            for f in pq.read_schema(tmp_path / f"out/{kind}_features.parquet")
+        }
+        for kind in ("user", "item")
+    }
+    assert types == {
+        "user": {
+            "index": None,
+            "age": b"token",
+            "gender": b"token",
+            "occupation": b"token",
+            "zip_code": b"token",
+        },
+        "item": {
+            "index": None,
+            "movie_title": b"token_seq",
+            "release_year": b"token",
+            "class": b"token_seq",
+        },
+    }

@@ -25,11 +25,13 @@ class Interactions:
         user: (N,) int64 user indices.
         item: (N,) int64 item indices.
         timestamp: (N,) int64 times, or ``None``.
+        label: (N,) float32 click labels (0 or 1) of a CTR dataset, or ``None``.
     """
 
     user: torch.Tensor
     item: torch.Tensor
     timestamp: torch.Tensor | None = None
+    label: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.user.numel()
@@ -94,7 +96,10 @@ def load_dataset(url: str) -> Dataset:
     for name in SPLIT_NAMES:
         try:
             with fs.open(join(path, f"{name}.parquet"), "rb") as f:
-                table = pq.read_table(f, columns=["user", "item", "timestamp"])
+                pf = pq.ParquetFile(f)
+                # the label column exists only in CTR datasets (prepare --label-threshold)
+                extra = ["label"] if "label" in pf.schema_arrow.names else []
+                table = pf.read(columns=["user", "item", "timestamp", *extra])
         except FileNotFoundError:
             raise AdvrecError(
                 f"{url}/{name}.parquet: missing; run `advrec prepare` again"
@@ -106,10 +111,17 @@ def load_dataset(url: str) -> Dataset:
             # worse, silently alias) an embedding lookup far from here
             if ids.size and (ids.min() < 0 or ids.max() >= size):
                 bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
-                raise AdvrecError(f"{url}/{name}.parquet: column '{column}' has index {bad} "
-                                  f"outside 0..{size - 1} (num_{column}s in meta.json)")
+                raise AdvrecError(
+                    f"{url}/{name}.parquet: column '{column}' has index {bad} "
+                    f"outside 0..{size - 1} (num_{column}s in meta.json)"
+                )
             columns[column] = torch.from_numpy(ids)
+        label = None
+        if "label" in table.column_names:
+            label = torch.from_numpy(table["label"].to_numpy().astype("float32"))
         splits[name] = Interactions(
-            **columns, timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64"))
+            **columns,
+            timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64")),
+            label=label,
         )
     return Dataset(num_users=meta["num_users"], num_items=meta["num_items"], meta=meta, **splits)

@@ -3,9 +3,12 @@
     read_log -> min_rating -> drop duplicate (user, item) pairs -> k-core -> split -> vocab -> write
 
 The output directory holds ``train/valid/test.parquet`` (``user`` int32, ``item`` int32,
-``rating`` float32 when the log has ratings, ``timestamp`` int64; sorted by user, time, item),
-the vocabularies ``users.parquet``/``items.parquet`` (``index`` int32, ``raw_id`` string),
-RecBole side features when present, and ``meta.json``, written last. All of it is computed
+``rating`` float32 when the log has ratings, ``timestamp`` int64, and for a CTR dataset
+``label`` int8; sorted by user, time, item), the vocabularies ``users.parquet``/``items.parquet``
+(``index`` int32, ``raw_id`` string), RecBole side features when present
+(``user_features.parquet``/``item_features.parquet``: ``index`` int32 plus the raw columns, each
+tagged with its RecBole type in the field metadata under ``recbole_type``; encoded by
+:func:`advrec.data.features.load_features`), and ``meta.json``, written last. All of it is computed
 before anything is written and then written through :func:`advrec.io.atomic_dir`, so a failure
 leaves nothing behind, and the same input and options give byte-identical files.
 """
@@ -36,6 +39,7 @@ def prepare(
     kcore: int = 0,
     seed: int = 0,
     columns: ColumnMap | None = None,
+    label_threshold: float | None = None,
 ) -> dict[str, Any]:
     """Prepare the raw log at ``input`` (format ``fmt``) into a dataset at ``output``.
 
@@ -49,6 +53,9 @@ def prepare(
             (0 or 1: no filtering).
         seed: seeds the ``random`` split.
         columns: source column names for ``csv``, ``parquet`` and ``recbole`` logs.
+        label_threshold: make a CTR dataset: keep every rated interaction and add a ``label``
+            column, 1 where ``rating >= label_threshold`` else 0. Excludes ``min_rating``, which
+            would drop the negatives.
 
     Returns:
         The dataset's metadata, as written to ``meta.json``.
@@ -58,8 +65,24 @@ def prepare(
         raise AdvrecError(f"--kcore/data.kcore must be >= 0, not {kcore}")
     if seed < 0:
         raise AdvrecError(f"--seed/data.seed must be >= 0, not {seed}")
+    if label_threshold is not None:
+        if min_rating is not None:
+            raise AdvrecError(
+                "--label-threshold/data.label_threshold and --min-rating/data.min_rating exclude "
+                "each other: a CTR dataset keeps the low ratings as negatives"
+            )
+        if not np.isfinite(label_threshold):
+            raise AdvrecError(
+                f"--label-threshold/data.label_threshold must be a finite number, "
+                f"not {label_threshold}"
+            )
     columns = columns or ColumnMap()
     log = read_log(input, fmt, columns)
+    if label_threshold is not None and "rating" not in log.column_names:
+        raise AdvrecError(
+            f"{input}: --label-threshold/data.label_threshold needs a 'rating' column, "
+            f"but this {fmt} log has none"
+        )
 
     if min_rating is not None:
         if "rating" not in log.column_names:
@@ -85,6 +108,7 @@ def prepare(
             raise AdvrecError(f"{input}: --kcore {kcore} removed every interaction")
     user, item, timestamp = user[rows], item[rows], timestamp[rows]
     rating = log["rating"].to_numpy()[rows] if "rating" in log.column_names else None
+    label = None if label_threshold is None else (rating >= label_threshold).astype(np.int8)
 
     parts = assign_split(spec, user, item, timestamp, seed, users.dictionary)
     kept = parts != DROPPED
@@ -99,6 +123,7 @@ def prepare(
             item_index[item[mask]],
             timestamp[mask],
             None if rating is None else rating[mask],
+            None if label is None else label[mask],
         )
     features = {}
     if fmt == "recbole":
@@ -118,6 +143,8 @@ def prepare(
         "schema": {f.name: str(f.type) for f in tables["train"].schema},
         "split": spec.to_dict(),
         "filters": {"min_rating": min_rating, "kcore": kcore},
+        "task": "ranking" if label_threshold is None else "ctr",
+        "label_threshold": label_threshold,
         "features": sorted(features),
         "seed": seed,
         "source": input,
@@ -194,7 +221,11 @@ def _vocab(names: pa.Array, codes: np.ndarray) -> tuple[np.ndarray, pa.Table]:
 
 
 def _interactions(
-    user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, rating: np.ndarray | None
+    user: np.ndarray,
+    item: np.ndarray,
+    timestamp: np.ndarray,
+    rating: np.ndarray | None,
+    label: np.ndarray | None = None,
 ) -> pa.Table:
     """One split's table, sorted by (user, timestamp, item)."""
     order = np.lexsort((item, timestamp, user))
@@ -202,6 +233,8 @@ def _interactions(
     if rating is not None:
         columns["rating"] = rating[order].astype(np.float32)
     columns["timestamp"] = timestamp[order].astype(np.int64)
+    if label is not None:
+        columns["label"] = label[order].astype(np.int8)
     return pa.table(columns)
 
 
@@ -218,4 +251,6 @@ def _features(raw: pa.Table, vocab: pa.Table, id_column: str, where: str) -> pa.
         raise AdvrecError(f"{where}: column '{id_column}' lists id '{dup.as_py()}' more than once")
     rows = pc.index_in(vocab["raw_id"], value_set=ids)
     values = raw.drop_columns([id_column]).take(rows)
-    return pa.table({"index": vocab["index"], **{n: values[n] for n in values.column_names}})
+    # from_arrays with the raw schema keeps each field's metadata (its RecBole type)
+    return pa.Table.from_arrays([vocab["index"], *values.columns],
+                                schema=pa.schema([vocab.schema.field("index"), *values.schema]))

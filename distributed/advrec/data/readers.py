@@ -37,6 +37,9 @@ _MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
 
 # RecBole atomic-file field types; only `float` is numeric, the rest are kept as strings.
 _RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
+# Field-metadata key holding an atomic-file column's RecBole type: a token and a token_seq are
+# both strings once read, and only the type tells a categorical from a multi-valued column.
+RECBOLE_TYPE = b"recbole_type"
 
 
 @dataclass(frozen=True)
@@ -296,7 +299,11 @@ def _read_atomic(fs: fsspec.AbstractFileSystem, path: str, where: str) -> pa.Tab
         for n, t in zip(names, types)
         if t == "float"
     }
-    return pa.table({n: floats.get(n, table[n]) for n in names})
+    schema = pa.schema(
+        pa.field(n, floats[n].type if n in floats else table[n].type, metadata={RECBOLE_TYPE: t})
+        for n, t in zip(names, types)
+    )
+    return pa.Table.from_arrays([floats.get(n, table[n]) for n in names], schema=schema)
 
 
 def _read_parquet(url: str, columns: ColumnMap) -> pa.Table:
