@@ -32,10 +32,13 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
-    name: Literal["mf", "neumf"] = "mf"
+    name: Literal["mf", "neumf", "sasrec"] = "mf"
     dim: int = Field(64, gt=0)
     mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    max_len: int = Field(50, gt=0, description="SASRec: the longest history it attends over.")
+    layers: int = Field(2, gt=0, description="SASRec: transformer blocks.")
+    heads: int = Field(1, gt=0, description="SASRec: attention heads (must divide dim).")
     init: Literal["xavier", "normal"] = "xavier"
     init_std: float = Field(0.1, gt=0.0, description="Std of the `normal` init.")
 

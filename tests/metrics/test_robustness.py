@@ -5,8 +5,14 @@ import torch.nn.functional as F
 from advrec.adversarial import Attack
 from advrec.config import EvalConfig
 from advrec.metrics import evaluate, robustness_curve, shifted_tables, table_attack
-from advrec.metrics.robustness import training_batches
 from advrec.models import LOSSES, MF
+from advrec.train.tasks import PairTask
+
+
+def training_batches(data, batch_size: int, seed: int):
+    """All training pairs in order, each with one negative fixed by ``seed`` (APR's protocol)."""
+    generator = torch.Generator().manual_seed(seed)
+    return list(PairTask(data, 1).batches(batch_size, generator, shuffle=False))
 
 
 @pytest.fixture
@@ -77,7 +83,8 @@ def test_curve_at_eps_zero_is_the_clean_evaluation(data) -> None:
     model = MF(10, 13, 4)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = EvalConfig(ks=[5], attacks=["fgm", "pgd"], eps=[0.0, 0.5], steps=3)
-    curve = robustness_curve(model, data, LOSSES["bpr"], cfg, progress=False)
+    curve = robustness_curve(model, data, LOSSES["bpr"], cfg, training_batches(data, 16, 0),
+                             progress=False)
     clean = evaluate(model, data, "test", cfg)
     assert curve["fgm"]["0.0"] == clean == curve["pgd"]["0.0"]
     assert set(curve["pgd"]) == {"0.0", "0.5"}

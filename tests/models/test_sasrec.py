@@ -49,7 +49,7 @@ def test_padding_never_leaks_into_scores() -> None:
     torch.testing.assert_close(h_short[:, -5:], h_long[:, -5:])  # same history, more padding
     assert h_long[:, :-5].abs().sum() == 0  # padded positions output nothing
     assert torch.isfinite(h_long).all()
-    torch.testing.assert_close(model.rank_scores(short), model.rank_scores(long))
+    torch.testing.assert_close(model.rank_scores({"seq": short}), model.rank_scores({"seq": long}))
 
 
 def test_rank_scores_match_candidate_scoring_at_the_last_position() -> None:
@@ -57,7 +57,9 @@ def test_rank_scores_match_candidate_scoring_at_the_last_position() -> None:
     seq = torch.stack([_left_pad([1, 2], 8), _left_pad([7, 8, 9, 10], 8)])
     all_items = torch.arange(N_ITEMS).expand(2, 8, -1)
     full = model.score(model.embed({"seq": seq, "item": all_items}), {"seq": seq})[:, -1]
-    torch.testing.assert_close(model.rank_scores(seq), full)
+    torch.testing.assert_close(model.rank_scores({"seq": seq}), full)
+    some = torch.tensor([[3, 5], [0, 19]])
+    torch.testing.assert_close(model.score_candidates({"seq": seq}, some), full.gather(1, some))
 
 
 def test_item_table_is_listed_once() -> None:

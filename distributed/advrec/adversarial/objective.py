@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.models.base import Batch, Recommender
-from advrec.models.losses import LossFn
+from advrec.models.losses import LossFn, batch_loss
 
 
 def select_targets(keys: list[str], target: str) -> list[str]:
@@ -34,17 +34,18 @@ class AdversarialObjective(nn.Module):
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Returns ``loss`` (to backpropagate), ``clean`` and, when adversarial, ``adv``."""
         emb = self.model.embed(batch)
-        clean = self.loss_fn(self.model.score(emb, batch))
+        clean = batch_loss(self.loss_fn, self.model.score(emb, batch), batch)
         loss = clean
         if self.reg > 0:
             # L2 on the rows this batch used (BPR's regulariser), per example
-            loss = loss + self.reg * sum(v.pow(2).sum() for v in emb.values()) / batch["user"].shape[0]
+            size = next(iter(batch.values())).shape[0]
+            loss = loss + self.reg * sum(v.pow(2).sum() for v in emb.values()) / size
         out = {"clean": clean.detach()}
         if adversarial and self.lam > 0 and self.attack.eps > 0 and self.attack.method != "none":
             keys = select_targets(list(emb), self.target)
             delta = self._delta(emb, keys, clean, batch, generator)
             adv_emb = {**emb, **{k: emb[k] + delta[k] for k in keys}}
-            adv = self.loss_fn(self.model.score(adv_emb, batch))
+            adv = batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch)
             loss = loss + self.lam * adv
             out["adv"] = adv.detach()
         out["loss"] = loss
@@ -58,7 +59,7 @@ class AdversarialObjective(nn.Module):
         def grad_fn(delta: Tensors) -> Tensors:
             delta = {k: d.detach().requires_grad_(True) for k, d in delta.items()}
             shifted = {**frozen, **{k: frozen[k] + delta[k] for k in keys}}
-            loss = self.loss_fn(self.model.score(shifted, batch))
+            loss = batch_loss(self.loss_fn, self.model.score(shifted, batch), batch)
             return dict(zip(keys, torch.autograd.grad(loss, [delta[k] for k in keys])))
 
         init_grad = None

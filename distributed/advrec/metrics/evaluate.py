@@ -8,6 +8,8 @@ validated on), and ranks the rest. The sampled protocol ranks each held-out item
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -15,7 +17,7 @@ from advrec.config import EvalConfig
 from advrec.data.dataset import Dataset
 from advrec.data.negatives import NegativeSampler
 from advrec.metrics.ranking import metrics_from_hits, topk_hits
-from advrec.models.base import Recommender
+from advrec.models.base import Batch, Recommender
 
 SPLITS_SEEN_BEFORE = {"valid": ("train",), "test": ("train", "valid")}
 
@@ -28,27 +30,38 @@ def csr_rows(indptr: Tensor, indices: Tensor, users: Tensor) -> tuple[Tensor, Te
     return rows, indices[first + torch.arange(rows.numel())].long()
 
 
+ContextFn = Callable[[Tensor, str], Batch]
+"""Maps users (B,) and a split to what the model scores from (`advrec.train.tasks`)."""
+
+
+def user_context(users: Tensor, split: str) -> Batch:
+    """The context of user-id models: the users themselves."""
+    return {"user": users}
+
+
 @torch.no_grad()
-def evaluate(model: Recommender, data: Dataset, split: str, cfg: EvalConfig) -> dict[str, float]:
+def evaluate(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
+             context: ContextFn = user_context) -> dict[str, float]:
     """Mean ranking metrics of ``split`` ('valid' or 'test') under ``cfg.protocol``."""
     was_training = model.training
     model.eval()
     try:
         if cfg.protocol == "sampled":
-            return _evaluate_sampled(model, data, split, cfg)
-        return _evaluate_full(model, data, split, cfg)
+            return _evaluate_sampled(model, data, split, cfg, context)
+        return _evaluate_full(model, data, split, cfg, context)
     finally:
         model.train(was_training)
 
 
-def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfig) -> dict[str, float]:
+def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
+                   context: ContextFn) -> dict[str, float]:
     truth_ptr, truth_idx = data.positives(split)
     seen = [data.positives(s) for s in SPLITS_SEEN_BEFORE[split]]
     n_relevant = truth_ptr.diff()
     users = torch.nonzero(n_relevant > 0).squeeze(1)
     sums: dict[str, float] = {}
     for chunk in users.split(cfg.batch_users):
-        scores = model.rank_scores(chunk)  # (B, N)
+        scores = model.rank_scores(context(chunk, split))  # (B, N)
         for ptr, idx in seen:
             scores[csr_rows(ptr, idx, chunk)] = -torch.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
@@ -59,8 +72,8 @@ def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfi
     return {name: total / max(users.numel(), 1) for name, total in sorted(sums.items())}
 
 
-def _evaluate_sampled(model: Recommender, data: Dataset, split: str,
-                      cfg: EvalConfig) -> dict[str, float]:
+def _evaluate_sampled(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
+                      context: ContextFn) -> dict[str, float]:
     held_out = getattr(data, split)
     known = [getattr(data, s) for s in ("train", "valid", "test")]
     sampler = NegativeSampler(torch.cat([k.user for k in known]), torch.cat([k.item for k in known]),
@@ -70,7 +83,7 @@ def _evaluate_sampled(model: Recommender, data: Dataset, split: str,
     for users, items in zip(held_out.user.split(cfg.batch_users), held_out.item.split(cfg.batch_users)):
         negatives = sampler.sample(users, cfg.num_negatives, generator)
         candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)  # (B, 1 + n), positive first
-        scores = model({"user": users, "item": candidates})
+        scores = model.score_candidates(context(users, split), candidates)
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[:, 0] = True
         hits = topk_hits(scores, relevant, max(cfg.ks))

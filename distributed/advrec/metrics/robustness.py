@@ -1,8 +1,8 @@
 """Robustness evaluation: ranking quality with the trained embeddings under attack (APR protocol).
 
 As in APR (He et al. 2018), the perturbation is computed on the embedding *tables*: it follows the
-gradient of the model's own training loss over all training interactions (each with one sampled
-negative, fixed by a seed), so each user's and item's row moves in the direction that hurts its
+gradient of the model's own training loss over all training interactions (each with its sampled
+negatives, fixed by a seed), so each user's and item's row moves in the direction that hurts its
 own training interactions most. FGM takes one per-row L2-normalised step of size ε; PGD takes K
 projected steps. The same `perturb` function as in training computes both; here the tensors are
 whole tables (rows, d) instead of a batch's looked-up rows.
@@ -19,10 +19,9 @@ from tqdm.auto import tqdm
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config import EvalConfig
 from advrec.data.dataset import Dataset
-from advrec.data.negatives import NegativeSampler
-from advrec.metrics.evaluate import evaluate
+from advrec.metrics.evaluate import ContextFn, evaluate, user_context
 from advrec.models.base import Batch, Recommender
-from advrec.models.losses import LossFn
+from advrec.models.losses import LossFn, scored_rows
 
 
 @contextlib.contextmanager
@@ -41,15 +40,6 @@ def shifted_tables(model: Recommender, delta: Tensors) -> Iterator[None]:
                 tables[k].weight.copy_(w)
 
 
-def training_batches(data: Dataset, batch_size: int, seed: int) -> list[Batch]:
-    """All training pairs, each with one negative fixed by ``seed``, as candidate batches."""
-    train = data.train
-    sampler = NegativeSampler(train.user, train.item, data.num_items)
-    negatives = sampler.sample(train.user, 1, torch.Generator().manual_seed(seed))
-    items = torch.cat([train.item.unsqueeze(1), negatives], dim=1)  # (N, 2)
-    return [{"user": u, "item": i} for u, i in zip(train.user.split(batch_size), items.split(batch_size))]
-
-
 def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
                  attack: Attack) -> Tensors:
     """δ per table (rows, d) that raises the summed training loss over ``batches``."""
@@ -60,9 +50,9 @@ def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
         grads = {k: torch.zeros_like(w) for k, w in weights.items()}
         with shifted_tables(model, delta):
             for batch in batches:
-                logits = model(batch)
+                scored = scored_rows(model(batch), batch)  # (P, C)
                 # summed over examples, so every interaction weighs the same whatever its batch
-                loss = loss_fn(logits) * logits.shape[0]
+                loss = loss_fn(scored) * scored.shape[0]
                 for k, g in zip(grads, torch.autograd.grad(loss, [tables[k].weight for k in grads])):
                     grads[k] += g
         return grads
@@ -71,16 +61,18 @@ def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
 
 
 def robustness_curve(model: Recommender, data: Dataset, loss_fn: LossFn, cfg: EvalConfig,
-                     split: str = "test", batch_size: int = 8192,
+                     batches: list[Batch], context: ContextFn = user_context,
+                     split: str = "test",
                      progress: bool = True) -> dict[str, dict[str, dict[str, float]]]:
     """``{attack: {eps: {metric: value}}}`` for each attack in ``cfg.attacks`` and ε in ``cfg.eps``.
 
-    ε = 0 is the clean model; eps keys are strings (JSON) formatted with ``repr(float)``.
+    ``batches`` are all training examples with their negatives, fixed for every attack step
+    (`advrec.train.tasks`, unshuffled, from a seeded generator). ε = 0 is the clean model; eps
+    keys are strings (JSON) formatted with ``repr(float)``.
     """
     was_training = model.training
     model.eval()
-    batches = training_batches(data, batch_size, cfg.seed)
-    clean = evaluate(model, data, split, cfg)
+    clean = evaluate(model, data, split, cfg, context)
     out: dict[str, dict[str, dict[str, float]]] = {}
     jobs = [(a, e) for a in cfg.attacks for e in cfg.eps]
     for name, eps in tqdm(jobs, desc="robustness", disable=None if progress else True, leave=False):
@@ -90,7 +82,7 @@ def robustness_curve(model: Recommender, data: Dataset, loss_fn: LossFn, cfg: Ev
             attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2")
             delta = table_attack(model, batches, loss_fn, attack)
             with shifted_tables(model, delta):
-                metrics = evaluate(model, data, split, cfg)
+                metrics = evaluate(model, data, split, cfg, context)
         out.setdefault(name, {})[repr(float(eps))] = metrics
     model.train(was_training)
     return out

@@ -12,8 +12,11 @@ from torch import Tensor, nn
 Batch = dict[str, Tensor]
 """A training or evaluation batch. Keys used by the core models:
 
-- ``user``: LongTensor (B,), user indices;
-- ``item``: LongTensor (B, C), candidate items per user (column 0 is the positive in training).
+- ``user``: LongTensor (B,), user indices (user-id models);
+- ``seq``: LongTensor (B, L), item histories, left-padded (sequential models);
+- ``item``: LongTensor (B, C) candidate items per example, or (B, L, C) per position of a
+  sequence (column 0 is the positive in training);
+- ``mask``: BoolTensor (B, L), which sequence positions carry a training target.
 """
 
 
@@ -43,22 +46,31 @@ class Recommender(nn.Module):
         """Logits (B, C) for the batch's candidate items."""
         return self.score(self.embed(batch), batch)
 
-    def rank_scores(self, users: Tensor, max_pairs: int = 1 << 14) -> Tensor:
-        """Scores of every item for each user: (B,) -> (B, num_items), for full-ranking evaluation.
+    def score_candidates(self, context: Batch, items: Tensor) -> Tensor:
+        """Logits (B, C) of candidate ``items`` (B, C) in each example's ``context``.
 
-        The generic path scores items in chunks through `embed`/`score`, at most ``max_pairs``
-        (user, item) pairs at a time. That bounds the dense part's activations (an MLP over every
-        pair of a 1024-user chunk would allocate gigabytes), and small chunks stay under the
-        allocator's mmap threshold instead of page-faulting afresh each time: NeuMF's full
-        ranking on ml-100k took 0.8 s with 2^14 pairs against 2.2 s with 2^18. Models with a
-        cheaper closed form (MF's matrix product) override it.
+        The context is what the model scores from: ``{"user": (B,)}`` for user-id models,
+        ``{"seq": (B, L)}`` for sequential ones (see `advrec.train.tasks`).
         """
-        item_chunk = max(1, max_pairs // max(users.shape[0], 1))
+        return self({**context, "item": items})
+
+    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
+        """Scores of every item in each context: (B, num_items), for full-ranking evaluation.
+
+        The generic path scores items in chunks through `score_candidates`, at most
+        ``max_pairs`` (context, item) pairs at a time. That bounds the dense part's activations
+        (an MLP over every pair of a 1024-user chunk would allocate gigabytes), and small chunks
+        stay under the allocator's mmap threshold instead of page-faulting afresh each time:
+        NeuMF's full ranking on ml-100k took 0.8 s with 2^14 pairs against 2.2 s with 2^18.
+        Models with a cheaper closed form (MF's matrix product) override it.
+        """
+        size = next(iter(context.values())).shape[0]
+        item_chunk = max(1, max_pairs // max(size, 1))
         out = []
         for start in range(0, self.num_items, item_chunk):
-            items = torch.arange(start, min(start + item_chunk, self.num_items), device=users.device)
-            batch = {"user": users, "item": items.expand(users.shape[0], -1)}
-            out.append(self(batch))
+            device = next(iter(context.values())).device
+            items = torch.arange(start, min(start + item_chunk, self.num_items), device=device)
+            out.append(self.score_candidates(context, items.expand(size, -1)))
         return torch.cat(out, dim=1)
 
 

@@ -30,3 +30,14 @@ def softmax(logits: Tensor) -> Tensor:
 
 
 LOSSES: dict[str, LossFn] = {"bpr": bpr, "bce": bce, "softmax": softmax}
+
+
+def scored_rows(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """The rows a loss is taken over, (P, C): sequence logits (B, L, C) keep the positions in
+    ``batch["mask"]``; pair logits (B, C) are used as they are."""
+    return logits[batch["mask"]] if "mask" in batch else logits
+
+
+def batch_loss(loss_fn: LossFn, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """``loss_fn`` over the batch's `scored_rows`."""
+    return loss_fn(scored_rows(logits, batch))

@@ -30,6 +30,6 @@ class MF(Recommender):
     def tables(self) -> dict[str, nn.Embedding]:
         return {"user": self.user, "item": self.item}
 
-    def rank_scores(self, users: Tensor, max_pairs: int = 1 << 14) -> Tensor:
-        """(B,) -> (B, num_items) in one matrix product."""
-        return self.user(users) @ self.item.weight.T
+    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
+        """``user`` (B,) -> (B, num_items) in one matrix product."""
+        return self.user(context["user"]) @ self.item.weight.T

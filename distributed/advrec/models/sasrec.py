@@ -76,7 +76,14 @@ class SASRec(Recommender):
         # one table serves both embed keys; listed once so an attack on tables moves it once
         return {"item": self.item}
 
-    def rank_scores(self, seq: Tensor, max_pairs: int = 1 << 14) -> Tensor:
-        """Next-item scores of every item after each history: (B, L) -> (B, num_items)."""
+    def score_candidates(self, context: Batch, items: Tensor) -> Tensor:
+        """Logits (B, C) of ``items`` (B, C) as the next item after each history ``seq``."""
+        seq = context["seq"]
         h = self.hidden(self.item(seq), seq)[:, -1]  # left padding: the last position is real
+        return (h.unsqueeze(1) * self.item(items)).sum(-1)
+
+    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
+        """Next-item scores of every item after each history: ``seq`` (B, L) -> (B, num_items)."""
+        seq = context["seq"]
+        h = self.hidden(self.item(seq), seq)[:, -1]
         return h @ self.item.weight[: self.num_items].T

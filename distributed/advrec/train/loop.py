@@ -1,8 +1,8 @@
 """The per-worker training loop: the one and only implementation of training.
 
 Ray Train runs `train_loop_per_worker` on each worker (``num_workers=0`` runs it in this process).
-Read it top to bottom: set-up, then for each epoch shuffle, sample negatives, take one optimizer
-step per batch on ``L_clean + λ·L_adv``, evaluate, keep the best weights, stop early; at the end
+Read it top to bottom: set-up, then for each epoch take the task's batches (shuffled, with
+sampled negatives: `advrec.train.tasks`), one optimizer step per batch on ``L_clean + λ·L_adv``, evaluate, keep the best weights, stop early; at the end
 restore the best weights, evaluate valid and test, and write the run directory.
 """
 
@@ -18,12 +18,12 @@ from tqdm.auto import tqdm
 from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import RunConfig, TrainConfig
-from advrec.data.dataset import Dataset, load_dataset
-from advrec.data.negatives import NegativeSampler
+from advrec.data.dataset import load_dataset
 from advrec.metrics import evaluate
 from advrec.models import LOSSES, build_model
 from advrec.models.base import Recommender
 from advrec.train.checkpoint import save_checkpoint
+from advrec.train.tasks import Task, make_task
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -43,18 +43,12 @@ def attack_from_config(cfg: RunConfig) -> Attack:
                   norm=adv.norm, random_start=adv.random_start, relative=adv.relative)
 
 
-def train_epoch(objective: AdversarialObjective, optimizer: torch.optim.Optimizer, data: Dataset,
-                sampler: NegativeSampler, cfg: TrainConfig, adversarial: bool,
-                generator: torch.Generator) -> dict[str, float]:
-    """One pass over the training interactions; returns mean losses."""
-    train = data.train
-    order = torch.randperm(train.user.numel(), generator=generator)
+def train_epoch(objective: AdversarialObjective, optimizer: torch.optim.Optimizer, task: Task,
+                cfg: TrainConfig, adversarial: bool, generator: torch.Generator) -> dict[str, float]:
+    """One pass over the task's training batches; returns mean losses."""
     totals = {"loss": 0.0, "clean": 0.0, "adv": 0.0}
     n_batches = 0
-    for idx in order.split(cfg.batch_size):
-        users = train.user[idx]
-        negatives = sampler.sample(users, cfg.num_negatives, generator)
-        batch = {"user": users, "item": torch.cat([train.item[idx].unsqueeze(1), negatives], 1)}
+    for batch in task.batches(cfg.batch_size, generator):
         out = objective(batch, adversarial=adversarial, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -87,7 +81,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     objective = AdversarialObjective(model, LOSSES[tc.loss], attack_from_config(cfg),
                                      lam=cfg.adv.lam, target=cfg.adv.target, reg=tc.reg)
     optimizer = make_optimizer(model.parameters(), tc)
-    sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
+    task = make_task(cfg, data)
 
     history: list[dict[str, Any]] = []
     best_value: float | None = None
@@ -104,11 +98,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             best_value, stale = None, 0
         model.train()
         start = time.perf_counter()
-        losses = train_epoch(objective, optimizer, data, sampler, tc, adversarial, generator)
+        losses = train_epoch(objective, optimizer, task, tc, adversarial, generator)
         record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                                   "train_s": time.perf_counter() - start, **losses}
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-            valid = evaluate(model, data, "valid", cfg.eval)
+            valid = evaluate(model, data, "valid", cfg.eval, task.context)
             record.update({f"valid/{k}": v for k, v in valid.items()})
             value = valid[tc.monitor]
             if _is_better(value, best_value):
@@ -129,8 +123,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model.load_state_dict(best_state)
     metrics = {
         "best_epoch": best_epoch,
-        "valid": evaluate(model, data, "valid", cfg.eval),
-        "test": evaluate(model, data, "test", cfg.eval),
+        "valid": evaluate(model, data, "valid", cfg.eval, task.context),
+        "test": evaluate(model, data, "test", cfg.eval, task.context),
     }
     save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best_epoch)
     io.dump_json(io.join(output, "history.json"), history)

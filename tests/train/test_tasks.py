@@ -1,0 +1,72 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from advrec.cli import main
+from advrec.data.dataset import Dataset, Interactions
+from advrec.train.tasks import PairTask, SequenceTask, histories
+
+P = 9  # the padding id of a 9-item catalogue
+
+
+def _inter(pairs: list[tuple[int, int]]) -> Interactions:
+    u, i = zip(*pairs)
+    return Interactions(user=torch.tensor(u), item=torch.tensor(i))
+
+
+@pytest.fixture
+def data() -> Dataset:
+    # user 0: train 1 2 3 4, valid 5, test 6; user 1: train 7 8, valid 0, test 2; user 2: train 3
+    return Dataset(num_users=3, num_items=9, meta={},
+                   train=_inter([(0, 1), (0, 2), (0, 3), (0, 4), (1, 7), (1, 8), (2, 3)]),
+                   valid=_inter([(0, 5), (1, 0)]), test=_inter([(0, 6), (1, 2)]))
+
+
+def test_histories_keep_the_latest_items_left_padded(data: Dataset) -> None:
+    h = histories([data.train, data.valid], 3, 3, P)
+    assert h.tolist() == [[3, 4, 5], [7, 8, 0], [P, P, 3]]
+
+
+def test_sequence_batches_shift_by_one_and_mask_padding(data: Dataset) -> None:
+    task = SequenceTask(data, max_len=3, num_negatives=2)
+    batch = next(task.batches(8, torch.Generator().manual_seed(0), shuffle=False))
+    # user 2 has a single training item: no (input, next item) pair, so no sequence
+    assert batch["seq"].tolist() == [[1, 2, 3], [P, P, 7]]
+    assert batch["item"][..., 0].tolist() == [[2, 3, 4], [P, 7, 8]]
+    assert batch["mask"].tolist() == [[True, True, True], [False, False, True]]
+    assert batch["item"].shape == (2, 3, 3)
+    negatives = batch["item"][..., 1:]
+    trained = {0: {1, 2, 3, 4}, 1: {7, 8}}
+    assert all(int(j) not in trained[u] for u, row in zip((0, 1), negatives) for j in row.flatten())
+    assert task.context(torch.tensor([0, 1]), "valid")["seq"].tolist() == [[2, 3, 4], [P, 7, 8]]
+    assert task.context(torch.tensor([0, 1]), "test")["seq"].tolist() == [[3, 4, 5], [7, 8, 0]]
+
+
+def test_pair_batches_cover_every_interaction_once(data: Dataset) -> None:
+    task = PairTask(data, num_negatives=3)
+    batches = list(task.batches(3, torch.Generator().manual_seed(0)))
+    pairs = sorted((int(u), int(i)) for b in batches for u, i in zip(b["user"], b["item"][:, 0]))
+    assert pairs == sorted(zip(data.train.user.tolist(), data.train.item.tolist()))
+    assert all(b["item"].shape[1] == 4 for b in batches)
+
+
+def test_sasrec_trains_adversarially_end_to_end(ml100k_small: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code = main(["train", "--output", str(run), "--quiet", f"data.source={ml100k_small}",
+                 "data.format=movielens", "data.split=loo", f"data.cache_dir={tmp_path / 'c'}",
+                 "model.name=sasrec", "model.dim=16", "model.max_len=20", "model.heads=2",
+                 "adv.method=pgd", "adv.steps=2", "adv.eps=0.2", "train.epochs=12",
+                 "train.lr=0.01", "train.batch_size=32", "train.loss=bce"])
+    assert code == 0
+    history = json.loads((run / "history.json").read_text())
+    assert history[-1]["clean"] < history[0]["clean"]
+    assert all(h["adv"] >= h["clean"] for h in history)  # the attack hurts on every epoch
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["hit@10"] > 0
+    assert main(["evaluate", "--run", str(run), "--attack", "fgm", "--eps", "0,0.5",
+                 "--quiet"]) == 0
+    robust = json.loads((run / "robustness.json").read_text())
+    assert robust["fgm"]["0.0"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])
+    assert robust["fgm"]["0.5"]["ndcg@10"] < robust["fgm"]["0.0"]["ndcg@10"]
