@@ -38,6 +38,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     (["eval.eps=[-0.1]"], "eval.eps"),
     (["train.monitor=ndcg@50"], "train.monitor"),
     (["adv.eps"], "override 'adv.eps'"),
+    (["model.heads=3"], "model: 3 heads do not divide model.dim=64"),
+    (["model.max_len=0"], "model.max_len"),
 ])
 def test_bad_keys_and_values_name_the_key(override: list[str], culprit: str) -> None:
     with pytest.raises(AdvrecError) as err:

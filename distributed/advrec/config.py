@@ -49,6 +49,12 @@ class ModelConfig(_Section):
             raise ValueError("must be a non-empty list of positive widths")
         return v
 
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> ModelConfig:  # reported as "model: ..." by pydantic
+        if self.dim % self.heads:
+            raise ValueError(f"{self.heads} heads do not divide model.dim={self.dim}")
+        return self
+
 
 class AdvConfig(_Section):
     method: Literal["none", "random", "fgsm", "fgm", "pgd"] = "none"
