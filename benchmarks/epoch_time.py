@@ -21,9 +21,9 @@ import torch
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import build_config
 from advrec.data import load_dataset, prepare
-from advrec.data.negatives import NegativeSampler
 from advrec.models import LOSSES, build_model
 from advrec.train.loop import make_optimizer, train_epoch
+from advrec.train.tasks import PairTask
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,13 +48,13 @@ def main() -> None:
         runs[name] = (AdversarialObjective(model, LOSSES["bpr"], attack, lam=1.0),
                       make_optimizer(model.parameters(), cfg.train),
                       torch.Generator().manual_seed(0))
-    sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
+    task = PairTask(data, cfg.train.num_negatives)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.epochs):
         for name, (objective, optimizer, generator) in runs.items():
             start = time.perf_counter()
-            train_epoch(objective, optimizer, data, sampler, cfg.train,
-                        adversarial=name != "bpr", generator=generator)
+            train_epoch(objective, optimizer, task, cfg.train, adversarial=name != "bpr",
+                        generator=generator)
             times[name].append(time.perf_counter() - start)
 
     # each round times every method back to back: the ratio within a round cancels the slow

@@ -1,0 +1,28 @@
+"""The benchmark scripts still run against the current API (one tiny round; no timing is checked)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_epoch_time_benchmark_runs(ml100k: Path) -> None:
+    script = str(ROOT / "benchmarks" / "epoch_time.py")
+    out = subprocess.run([sys.executable, script, "--epochs", "1",
+                          "--steps", "2", "--data", str(ml100k)],
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == ["bpr", "fgm", "pgd2"]
+
+
+@pytest.mark.slow
+def test_ml100k_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ml100k.py"), "--seeds", "0",
+                          "--no-recbole", "--data", str(ml100k), "--out", str(tmp_path)],
+                         check=False, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (tmp_path / "results.json").exists()
