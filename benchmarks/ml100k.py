@@ -42,8 +42,7 @@ def run_advrec(name: str, seed: int, data: Path, out: Path) -> dict:
     start = time.perf_counter()
     metrics = run_training(cfg, str(run), progress=False)
     wall = time.perf_counter() - start
-    curve = evaluate_run(str(run), ["fgm", "pgd"], [0.0, float(EPS)], steps=10,
-                                progress=False)
+    curve = evaluate_run(str(run), ["fgm", "pgd"], [0.0, float(EPS)], steps=10, progress=False)
     history = json.loads((run / "history.json").read_text())
     # epoch time of the phase the method is about: adversarial epochs for APR / PGD-AT
     phase = [h["train_s"] for h in history if h["adversarial"] == (cfg.adv.method != "none")]

@@ -42,8 +42,7 @@ def run_demo(output: str, source: str | None = None, epochs: int | None = None,
         run = io.join(output, name)
         print(f"== training {name} -> {run}")
         run_training(build_config(raw), run, progress=progress)
-        curves[name] = evaluate_run(run, ["fgm", "pgd"], DEMO_EPS, steps=10,
-                                           progress=progress)
+        curves[name] = evaluate_run(run, ["fgm", "pgd"], DEMO_EPS, steps=10, progress=progress)
     rows = []
     for name, curve in curves.items():
         clean = curve["fgm"]["0.0"]["ndcg@10"]

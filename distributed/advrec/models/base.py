@@ -39,7 +39,11 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     def tables(self) -> dict[str, nn.Embedding]:
-        """The embedding tables, keyed like the output of `embed`."""
+        """The distinct embedding tables, each listed once (an attack on tables moves it once).
+
+        Every key of `embed`'s output starts with the side (``user``/``item``) of the table it
+        was looked up from; several keys may share one table (SASRec's ``item_seq`` and ``item``).
+        """
         raise NotImplementedError
 
     def forward(self, batch: Batch) -> Tensor:
@@ -64,11 +68,11 @@ class Recommender(nn.Module):
         NeuMF's full ranking on ml-100k took 0.8 s with 2^14 pairs against 2.2 s with 2^18.
         Models with a cheaper closed form (MF's matrix product) override it.
         """
-        size = next(iter(context.values())).shape[0]
+        first = next(iter(context.values()))
+        size, device = first.shape[0], first.device
         item_chunk = max(1, max_pairs // max(size, 1))
         out = []
         for start in range(0, self.num_items, item_chunk):
-            device = next(iter(context.values())).device
             items = torch.arange(start, min(start + item_chunk, self.num_items), device=device)
             out.append(self.score_candidates(context, items.expand(size, -1)))
         return torch.cat(out, dim=1)

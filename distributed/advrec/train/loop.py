@@ -60,10 +60,6 @@ def train_epoch(objective: AdversarialObjective, optimizer: torch.optim.Optimize
     return {k: v / n_batches for k, v in totals.items() if k != "adv" or adversarial}
 
 
-def _is_better(value: float, best: float | None) -> bool:
-    return best is None or value > best
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train one model. ``config``: ``run`` (a RunConfig dict), ``dataset`` and ``output`` URLs.
 
@@ -87,6 +83,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     best_value: float | None = None
     best_epoch = -1
     best_state: dict[str, torch.Tensor] = {}
+    best_valid: dict[str, float] = {}
     stale = 0
     bar = tqdm(range(tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}", unit="epoch",
                disable=None if progress else True)  # None: only on a terminal
@@ -105,8 +102,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             valid = evaluate(model, data, "valid", cfg.eval, task.context)
             record.update({f"valid/{k}": v for k, v in valid.items()})
             value = valid[tc.monitor]
-            if _is_better(value, best_value):
-                best_value, best_epoch, stale = value, epoch, 0
+            if best_value is None or value > best_value:
+                best_value, best_epoch, best_valid, stale = value, epoch, valid, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
@@ -115,7 +112,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.append(record)
         ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
         # a clean warm-up always runs to its end: APR's adversarial phase starts from it
-        warming_up = cfg.adv.method != "none" and epoch < cfg.adv.start_epoch
+        warming_up = cfg.adv.method != "none" and not adversarial
         if tc.patience and stale >= tc.patience and not warming_up:
             break
     bar.close()
@@ -123,7 +120,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model.load_state_dict(best_state)
     metrics = {
         "best_epoch": best_epoch,
-        "valid": evaluate(model, data, "valid", cfg.eval, task.context),
+        "valid": best_valid,  # evaluated when that epoch's weights were kept
         "test": evaluate(model, data, "test", cfg.eval, task.context),
     }
     save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best_epoch)
