@@ -22,6 +22,7 @@ from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.models import LOSSES, build_model
+from advrec.train.allocator import tune_malloc
 from advrec.train.loop import make_optimizer, train_epoch
 from advrec.train.tasks import PairTask
 
@@ -33,7 +34,11 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps", default="1,3,10", help="PGD step counts K to time")
+    parser.add_argument("--keep-malloc", action="store_true",
+                        help="skip the training loop's malloc tuning, to measure what it buys")
     args = parser.parse_args()
+    if not args.keep_malloc:
+        tune_malloc()  # as the training loop does
 
     with tempfile.TemporaryDirectory() as tmp:
         prepare(str(args.data / "u.data"), "movielens", f"{tmp}/ml", seed=0)

@@ -12,6 +12,7 @@ from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
 from advrec.models import LOSSES
 from advrec.train import load_model, read_run
+from advrec.train.allocator import tune_malloc
 from advrec.train.tasks import make_task
 
 ROBUSTNESS_FILE = "robustness.json"
@@ -27,6 +28,7 @@ def headline(ks: list[int]) -> list[str]:
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
                  split: str = "test", progress: bool = True) -> dict[str, Any]:
     """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot."""
+    tune_malloc()
     cfg, dataset = read_run(run)
     updates: dict[str, Any] = {"attacks": attacks, "eps": eps}
     if steps is not None:

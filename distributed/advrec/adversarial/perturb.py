@@ -121,8 +121,8 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
         delta = {k: _random_in_ball(v, radius[k], attack.norm, generator) for k, v in x.items()}
         g = grad_fn(delta)
     else:
-        delta = {k: torch.zeros_like(v) for k, v in x.items()}
-        g = init_grad if init_grad is not None else grad_fn(delta)
+        g = init_grad if init_grad is not None else grad_fn(
+            {k: torch.zeros_like(v) for k, v in x.items()})
     for step in range(attack.steps):
         if step > 0:
             g = grad_fn(delta)

@@ -22,6 +22,7 @@ from advrec.data.dataset import load_dataset
 from advrec.metrics import evaluate
 from advrec.models import LOSSES, build_model
 from advrec.models.base import Recommender
+from advrec.train.allocator import tune_malloc
 from advrec.train.checkpoint import save_checkpoint
 from advrec.train.tasks import Task, make_task
 
@@ -65,6 +66,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
     Returns the final metrics (also written to ``output/metrics.json``).
     """
+    tune_malloc()  # before the first tensor: freed activations stay in the process
     cfg = RunConfig.model_validate(config["run"])
     output: str = config["output"]
     progress: bool = config.get("progress", True)
