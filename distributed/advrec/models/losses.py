@@ -12,8 +12,13 @@ LossFn = Callable[[Tensor], Tensor]
 
 
 def bpr(logits: Tensor) -> Tensor:
-    """Bayesian personalised ranking: mean of ``-log sigmoid(s_pos - s_neg)`` over all negatives."""
-    return -F.logsigmoid(logits[:, :1] - logits[:, 1:]).mean()
+    """Bayesian personalised ranking: mean of ``-log sigmoid(s_pos - s_neg)`` over all negatives.
+
+    Written as ``softplus(s_neg - s_pos)`` after one ``split``: the same value in fewer ops, and
+    `split`'s backward is one concatenation where two slices' would zero-fill and copy twice.
+    """
+    pos, neg = logits.split([1, logits.shape[1] - 1], dim=1)
+    return F.softplus(neg - pos).mean()
 
 
 def bce(logits: Tensor) -> Tensor:
