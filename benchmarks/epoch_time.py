@@ -49,7 +49,7 @@ def main() -> None:
     runs = {}
     for name, attack in methods.items():
         torch.manual_seed(0)
-        model = build_model(cfg.model, data.num_users, data.num_items)
+        model = build_model(cfg, data)
         runs[name] = (AdversarialObjective(model, LOSSES["bpr"], attack, lam=1.0),
                       make_optimizer(model.parameters(), cfg.train),
                       torch.Generator().manual_seed(0))

@@ -29,16 +29,41 @@ class DataConfig(_Section):
     cache_dir: str | None = Field(
         None, description="Where `train` keeps datasets it prepares itself (default ~/.cache/advrec)."
     )
+    label_threshold: float | None = Field(
+        None, description="CTR data: keep every rating, labelled 1 where rating >= this, else 0.")
+    numeric_features: list[str] = Field(
+        default_factory=list,
+        description="Side-feature columns to bucketise as numbers although stored as tokens.")
+    exclude_features: list[str] = Field(
+        default_factory=list, description="Side-feature columns the models ignore (free text).")
+    feature_buckets: int = Field(10, gt=0, description="Equal-frequency bins of a numeric feature.")
+
+
+MODEL_KINDS = {"mf": "ranking", "neumf": "ranking", "sasrec": "ranking", "twotower": "ranking",
+               "deepfm": "ctr", "dcnv2": "ctr", "mmoe": "multitask"}
+"""What each model is trained and evaluated for: top-K ranking, click-through rate, or several
+tasks at once (`advrec.train.tasks`)."""
+TASK_NAMES = ("click", "rating")
+"""The multi-task model's objectives: click (rating >= data.label_threshold, BCE) and the rating
+itself (MSE)."""
 
 
 class ModelConfig(_Section):
-    name: Literal["mf", "neumf", "sasrec"] = "mf"
+    name: Literal["mf", "neumf", "sasrec", "twotower", "deepfm", "dcnv2", "mmoe"] = "mf"
     dim: int = Field(64, gt=0)
     mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     max_len: int = Field(50, gt=0, description="SASRec: the longest history it attends over.")
     layers: int = Field(2, gt=0, description="SASRec: transformer blocks.")
     heads: int = Field(1, gt=0, description="SASRec: attention heads (must divide dim).")
+    cross_layers: int = Field(3, gt=0, description="DCN-v2: cross layers.")
+    temperature: float = Field(
+        0.05, gt=0.0, description="Two-tower: logits are cosine similarities / temperature.")
+    logq: bool = Field(True, description="Two-tower: correct in-batch logits by -log(item frequency).")
+    experts: int = Field(4, gt=0, description="MMoE: shared experts.")
+    task_weights: dict[str, float] = Field(
+        default_factory=lambda: dict.fromkeys(TASK_NAMES, 1.0),
+        description="MMoE: the weight of each task's loss.")
     init: Literal["xavier", "normal"] = "xavier"
     init_std: float = Field(0.1, gt=0.0, description="Std of the `normal` init.")
 
@@ -48,6 +73,18 @@ class ModelConfig(_Section):
         if not v or any(w <= 0 for w in v):
             raise ValueError("must be a non-empty list of positive widths")
         return v
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        for name, weight in v.items():
+            if name not in TASK_NAMES:
+                raise ValueError(f"unknown task '{name}' (tasks: {', '.join(TASK_NAMES)})")
+            if not weight >= 0:  # also rejects NaN
+                raise ValueError(f"task '{name}': weight must be >= 0 (got {weight})")
+        if not any(weight > 0 for weight in v.values()):
+            raise ValueError("at least one task needs a weight > 0")
+        return {name: v.get(name, 0.0) for name in TASK_NAMES}
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelConfig:  # reported as "model: ..." by pydantic
@@ -79,7 +116,10 @@ class TrainConfig(_Section):
     epochs: int = Field(100, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(2048, gt=0)
-    loss: Literal["bpr", "bce", "softmax"] = "bpr"
+    loss: Literal["bpr", "bce", "softmax"] | None = Field(
+        None, description="Ranking loss over the positive and its sampled negatives; default "
+        "bpr. Two-tower trains with in-batch softmax, CTR models with bce against the labels, "
+        "and MMoE with its per-task losses, so for those only their own value (or none) is valid.")
     optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)
     reg: float = Field(0.0, ge=0.0, description="L2 penalty on the batch's embedding rows.")
@@ -87,7 +127,9 @@ class TrainConfig(_Section):
     seed: int = 0
     eval_every: int = Field(1, gt=0)
     patience: int = Field(10, ge=0, description="Epochs without improvement before stopping; 0 = off.")
-    monitor: str = "ndcg@10"
+    monitor: str | None = Field(
+        None, description="The valid metric for early stopping and the best epoch; default "
+        "ndcg@K (first of eval.ks) for ranking, auc for CTR, click/auc for multi-task.")
 
 
 class EvalConfig(_Section):
@@ -122,18 +164,54 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
+    @property
+    def kind(self) -> str:
+        """``ranking``, ``ctr`` or ``multitask`` (`MODEL_KINDS`)."""
+        return MODEL_KINDS[self.model.name]
+
+    def reported_metrics(self) -> list[str]:
+        """The metric keys evaluation reports for this config's model."""
+        if self.kind == "ctr":
+            return list(CTR_METRICS)
+        if self.kind == "multitask":
+            return [*(f"click/{m}" for m in CTR_METRICS), "rating/rmse"]
+        return [f"{m}@{k}" for m in RANKING_METRICS for k in self.eval.ks]
+
+    def monitor(self) -> tuple[str, bool]:
+        """The monitored valid metric and whether higher is better."""
+        name = self.train.monitor
+        if name is None:
+            name = {"ranking": f"ndcg@{self.eval.ks[0]}", "ctr": "auc",
+                    "multitask": "click/auc"}[self.kind]
+        return name, name.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+
+    def loss(self) -> str | None:
+        """The training loss of a single-task model (None for the multi-task one)."""
+        own = {"twotower": "softmax", "deepfm": "bce", "dcnv2": "bce", "mmoe": None}
+        return own[self.model.name] if self.model.name in own else self.train.loss or "bpr"
+
+    @model_validator(mode="after")
+    def _loss_fits_the_model(self) -> RunConfig:
+        if self.train.loss is not None and self.train.loss != self.loss():
+            trains = f"trains with {self.loss()}" if self.loss() else "has its own per-task losses"
+            raise ValueError(f"train.loss: model.name={self.model.name} {trains}, "
+                             f"not {self.train.loss}; leave train.loss unset")
+        return self
+
     @model_validator(mode="after")
     def _monitor_is_reported(self) -> RunConfig:
-        metric, _, k = self.train.monitor.partition("@")
-        if metric not in RANKING_METRICS or not k.isdigit() or int(k) not in self.eval.ks:
+        reported = self.reported_metrics()
+        if self.train.monitor is not None and self.train.monitor not in reported:
             raise ValueError(
-                f"train.monitor: '{self.train.monitor}' is not one of the reported metrics "
-                f"(<{'|'.join(RANKING_METRICS)}>@K with K in eval.ks={self.eval.ks})"
+                f"train.monitor: '{self.train.monitor}' is not one of the metrics reported for "
+                f"model.name={self.model.name} ({', '.join(reported)})"
             )
         return self
 
 
 RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
+CTR_METRICS = ("auc", "logloss", "gauc")
+LOWER_IS_BETTER = ("logloss", "rmse")
 
 
 def _parse_value(text: str) -> Any:

@@ -10,10 +10,9 @@ from advrec import io
 from advrec.data import load_dataset
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
-from advrec.models import LOSSES
 from advrec.train import load_model, read_run
 from advrec.train.allocator import tune_malloc
-from advrec.train.tasks import make_task
+from advrec.train.tasks import make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
@@ -34,14 +33,14 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     if steps is not None:
         updates["steps"] = steps
     eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
-    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg)
     data = load_dataset(dataset)
+    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg, data)
     task = make_task(cfg, data)
     # every training example with its negatives, the same for each attack step (APR's protocol)
     batches = list(task.batches(ATTACK_BATCH, torch.Generator().manual_seed(eval_cfg.seed),
                                 shuffle=False))
-    curve = robustness_curve(model, data, LOSSES[cfg.train.loss], eval_cfg, batches,
-                             task.context, split=split, progress=progress)
+    curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches, split=split,
+                             progress=progress)
     path = io.join(run, ROBUSTNESS_FILE)
     merged = io.read_json(path) if io.exists(path) else {}
     for attack, by_eps in curve.items():

@@ -17,7 +17,7 @@ def interactions(pairs: list[tuple[int, int]]) -> Interactions:
 
 
 def _make_dataset(num_users: int, num_items: int, train, valid, test) -> Dataset:
-    return Dataset(num_users=num_users, num_items=num_items, meta={},
+    return Dataset(url="", num_users=num_users, num_items=num_items, meta={},
                    train=interactions(train), valid=interactions(valid), test=interactions(test))
 
 

@@ -83,8 +83,8 @@ def test_curve_at_eps_zero_is_the_clean_evaluation(data) -> None:
     model = MF(10, 13, 4)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = EvalConfig(ks=[5], attacks=["fgm", "pgd"], eps=[0.0, 0.5], steps=3)
-    curve = robustness_curve(model, data, LOSSES["bpr"], cfg, training_batches(data, 16, 0),
-                             progress=False)
+    curve = robustness_curve(model, PairTask(data, 1), LOSSES["bpr"], cfg,
+                             training_batches(data, 16, 0), progress=False)
     clean = evaluate(model, data, "test", cfg)
     assert curve["fgm"]["0.0"] == clean == curve["pgd"]["0.0"]
     assert set(curve["pgd"]) == {"0.0", "0.5"}

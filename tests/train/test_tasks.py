@@ -19,7 +19,7 @@ def _inter(pairs: list[tuple[int, int]]) -> Interactions:
 @pytest.fixture
 def data() -> Dataset:
     # user 0: train 1 2 3 4, valid 5, test 6; user 1: train 7 8, valid 0, test 2; user 2: train 3
-    return Dataset(num_users=3, num_items=9, meta={},
+    return Dataset(url="", num_users=3, num_items=9, meta={},
                    train=_inter([(0, 1), (0, 2), (0, 3), (0, 4), (1, 7), (1, 8), (2, 3)]),
                    valid=_inter([(0, 5), (1, 0)]), test=_inter([(0, 6), (1, 2)]))
 

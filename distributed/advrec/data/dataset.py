@@ -26,12 +26,14 @@ class Interactions:
         item: (N,) int64 item indices.
         timestamp: (N,) int64 times, or ``None``.
         label: (N,) float32 click labels (0 or 1) of a CTR dataset, or ``None``.
+        rating: (N,) float32 explicit ratings, or ``None`` when the log has none.
     """
 
     user: torch.Tensor
     item: torch.Tensor
     timestamp: torch.Tensor | None = None
     label: torch.Tensor | None = None
+    rating: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.user.numel()
@@ -39,8 +41,9 @@ class Interactions:
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A prepared dataset: vocabulary sizes, metadata and the three splits."""
+    """A prepared dataset: where it is, vocabulary sizes, metadata and the three splits."""
 
+    url: str
     num_users: int
     num_items: int
     meta: dict[str, Any]
@@ -97,8 +100,9 @@ def load_dataset(url: str) -> Dataset:
         try:
             with fs.open(join(path, f"{name}.parquet"), "rb") as f:
                 pf = pq.ParquetFile(f)
-                # the label column exists only in CTR datasets (prepare --label-threshold)
-                extra = ["label"] if "label" in pf.schema_arrow.names else []
+                # label exists only in CTR datasets (prepare --label-threshold), rating only
+                # when the raw log has ratings
+                extra = [c for c in ("label", "rating") if c in pf.schema_arrow.names]
                 table = pf.read(columns=["user", "item", "timestamp", *extra])
         except FileNotFoundError:
             raise AdvrecError(
@@ -116,12 +120,9 @@ def load_dataset(url: str) -> Dataset:
                     f"outside 0..{size - 1} (num_{column}s in meta.json)"
                 )
             columns[column] = torch.from_numpy(ids)
-        label = None
-        if "label" in table.column_names:
-            label = torch.from_numpy(table["label"].to_numpy().astype("float32"))
+        for column in extra:
+            columns[column] = torch.from_numpy(table[column].to_numpy().astype("float32"))
         splits[name] = Interactions(
-            **columns,
-            timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64")),
-            label=label,
-        )
-    return Dataset(num_users=meta["num_users"], num_items=meta["num_items"], meta=meta, **splits)
+            **columns, timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64")))
+    return Dataset(url=url, num_users=meta["num_users"], num_items=meta["num_items"], meta=meta,
+                   **splits)

@@ -169,6 +169,43 @@ def load_features(
     return FeatureSet(fields=fields, single=_scatter(by_row, index, num_rows), multi=multi)
 
 
+def load_side_features(
+    url: str,
+    num_rows: dict[str, int],
+    buckets: int = 10,
+    exclude: tuple[str, ...] = (),
+    numeric: tuple[str, ...] = (),
+) -> dict[str, FeatureSet | None]:
+    """`load_features` of both sides, with ``exclude`` and ``numeric`` naming columns of either.
+
+    Args:
+        num_rows: ``{"user": num_users, "item": num_items}``.
+
+    Raises:
+        AdvrecError: a listed column is in neither features file (the config keys
+            ``data.exclude_features`` / ``data.numeric_features`` name them).
+    """
+    fs, path = filesystem(url)
+    columns: dict[str, list[str]] = {}
+    for kind in KINDS:
+        file = join(path, f"{kind}_features.parquet")
+        columns[kind] = []
+        if fs.isfile(file):
+            with fs.open(file, "rb") as f:
+                columns[kind] = pq.read_schema(f).names
+    for key, listed in (("exclude_features", exclude), ("numeric_features", numeric)):
+        for name in listed:
+            if not any(name in names for names in columns.values()):
+                known = sorted({n for names in columns.values() for n in names} - {"index"})
+                raise AdvrecError(
+                    f"data.{key}: feature column '{name}' is not in {url} "
+                    f"(feature columns: {', '.join(known) or 'none'})")
+    return {kind: load_features(url, kind, num_rows[kind], buckets,
+                                tuple(n for n in exclude if n in columns[kind]),
+                                tuple(n for n in numeric if n in columns[kind]))
+            for kind in KINDS}
+
+
 def _scatter(ids: np.ndarray, index: np.ndarray, num_rows: int) -> torch.Tensor:
     """(len(index), ...) ids of the file's rows -> (num_rows, ...) int64, rows not in the file 0."""
     out = np.zeros((num_rows, *ids.shape[1:]), dtype=np.int64)

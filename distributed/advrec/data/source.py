@@ -61,11 +61,12 @@ def resolve_dataset(cfg: DataConfig) -> str:
         return cfg.source
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
     options = {"source": cfg.source, "identity": _identity(cfg.source), "format": fmt,
-               "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed}
+               "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed,
+               "label_threshold": cfg.label_threshold}
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     cache = cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "advrec", "datasets")
     url = io.join(cache, key)
     if not is_prepared(url):
         prepare(cfg.source, fmt, url, split=cfg.split, min_rating=cfg.min_rating, kcore=cfg.kcore,
-                seed=cfg.seed)
+                seed=cfg.seed, label_threshold=cfg.label_threshold)
     return url

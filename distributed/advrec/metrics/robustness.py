@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
 
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config import EvalConfig
-from advrec.data.dataset import Dataset
-from advrec.metrics.evaluate import ContextFn, evaluate, user_context
 from advrec.models.base import Batch, Recommender
-from advrec.models.losses import LossFn, scored_rows
+from advrec.models.losses import LossFn, batch_loss, scored_rows
+
+if TYPE_CHECKING:  # tasks evaluate with this package's metrics: a runtime import would cycle
+    from advrec.train.tasks import Task
 
 
 @contextlib.contextmanager
@@ -50,9 +52,9 @@ def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
         grads = {k: torch.zeros_like(w) for k, w in weights.items()}
         with shifted_tables(model, delta):
             for batch in batches:
-                scored = scored_rows(model(batch), batch)  # (P, C)
+                logits = model(batch)
                 # summed over examples, so every interaction weighs the same whatever its batch
-                loss = loss_fn(scored) * scored.shape[0]
+                loss = batch_loss(loss_fn, logits, batch) * scored_rows(logits, batch).shape[0]
                 for k, g in zip(grads, torch.autograd.grad(loss, [tables[k].weight for k in grads])):
                     grads[k] += g
         return grads
@@ -60,9 +62,8 @@ def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
     return perturb(weights, grad_fn, attack)
 
 
-def robustness_curve(model: Recommender, data: Dataset, loss_fn: LossFn, cfg: EvalConfig,
-                     batches: list[Batch], context: ContextFn = user_context,
-                     split: str = "test",
+def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalConfig,
+                     batches: list[Batch], split: str = "test",
                      progress: bool = True) -> dict[str, dict[str, dict[str, float]]]:
     """``{attack: {eps: {metric: value}}}`` for each attack in ``cfg.attacks`` and ε in ``cfg.eps``.
 
@@ -72,7 +73,7 @@ def robustness_curve(model: Recommender, data: Dataset, loss_fn: LossFn, cfg: Ev
     """
     was_training = model.training
     model.eval()
-    clean = evaluate(model, data, split, cfg, context)
+    clean = task.evaluate(model, split, cfg)
     out: dict[str, dict[str, dict[str, float]]] = {}
     jobs = [(a, e) for a in cfg.attacks for e in cfg.eps]
     for name, eps in tqdm(jobs, desc="robustness", disable=None if progress else True, leave=False):
@@ -82,7 +83,7 @@ def robustness_curve(model: Recommender, data: Dataset, loss_fn: LossFn, cfg: Ev
             attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2")
             delta = table_attack(model, batches, loss_fn, attack)
             with shifted_tables(model, delta):
-                metrics = evaluate(model, data, split, cfg, context)
+                metrics = task.evaluate(model, split, cfg)
         out.setdefault(name, {})[repr(float(eps))] = metrics
     model.train(was_training)
     return out

@@ -2,22 +2,46 @@
 
 from __future__ import annotations
 
-from advrec.config import ModelConfig
+from advrec.config import RunConfig
+from advrec.data.dataset import Dataset
+from advrec.data.features import FeatureSet, load_side_features
 from advrec.models.base import Batch, Recommender
+from advrec.models.dcnv2 import DCNv2
+from advrec.models.deepfm import DeepFM
 from advrec.models.losses import LOSSES, LossFn
 from advrec.models.mf import MF
+from advrec.models.mmoe import MMoE
 from advrec.models.neumf import NeuMF
 from advrec.models.sasrec import SASRec
+from advrec.models.twotower import TwoTower
 
-__all__ = ["LOSSES", "MF", "Batch", "LossFn", "NeuMF", "Recommender", "SASRec",
-           "build_model"]
+__all__ = ["LOSSES", "MF", "MMoE", "Batch", "DCNv2", "DeepFM", "LossFn", "NeuMF", "Recommender",
+           "SASRec", "TwoTower", "build_model"]
+
+FEATURE_MODELS = ("deepfm", "dcnv2", "twotower", "mmoe")
+"""The models that use the users' and items' side features (when the dataset has them)."""
 
 
-def build_model(cfg: ModelConfig, num_users: int, num_items: int) -> Recommender:
-    """Instantiate the model named by ``model.name``."""
-    if cfg.name == "mf":
-        return MF(num_users, num_items, cfg.dim, cfg.init, cfg.init_std)
-    if cfg.name == "sasrec":
-        return SASRec(num_users, num_items, cfg.dim, cfg.max_len, cfg.layers, cfg.heads,
-                      cfg.dropout, cfg.init, cfg.init_std)
-    return NeuMF(num_users, num_items, cfg.dim, cfg.mlp_layers, cfg.dropout, cfg.init, cfg.init_std)
+def build_model(cfg: RunConfig, data: Dataset) -> Recommender:
+    """Instantiate ``cfg.model.name`` for ``data``'s users, items and side features."""
+    m, users, items = cfg.model, data.num_users, data.num_items
+    if m.name == "mf":
+        return MF(users, items, m.dim, m.init, m.init_std)
+    if m.name == "neumf":
+        return NeuMF(users, items, m.dim, m.mlp_layers, m.dropout, m.init, m.init_std)
+    if m.name == "sasrec":
+        return SASRec(users, items, m.dim, m.max_len, m.layers, m.heads, m.dropout, m.init,
+                      m.init_std)
+    features: dict[str, FeatureSet | None] = load_side_features(
+        data.url, {"user": users, "item": items}, cfg.data.feature_buckets,
+        tuple(cfg.data.exclude_features), tuple(cfg.data.numeric_features))
+    if m.name == "deepfm":
+        return DeepFM(users, items, features, m.dim, m.mlp_layers, m.dropout, m.init, m.init_std)
+    if m.name == "dcnv2":
+        return DCNv2(users, items, features, m.dim, m.cross_layers, m.mlp_layers, m.dropout,
+                     m.init, m.init_std)
+    if m.name == "twotower":
+        return TwoTower(users, items, features, m.dim, m.mlp_layers, m.temperature, m.logq,
+                        m.dropout, m.init, m.init_std)
+    return MMoE(users, items, features, m.dim, m.experts, m.mlp_layers, m.dropout, m.init,
+                m.init_std)

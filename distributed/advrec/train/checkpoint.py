@@ -10,6 +10,7 @@ import torch
 
 from advrec import io
 from advrec.config import RunConfig
+from advrec.data.dataset import Dataset
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
@@ -42,10 +43,15 @@ def load_checkpoint(url: str) -> dict[str, Any]:
         raise AdvrecError(f"{url}: not an advrec checkpoint ({type(exc).__name__})") from None
 
 
-def load_model(url: str, cfg: RunConfig) -> tuple[Recommender, dict[str, Any]]:
-    """Rebuild the model of a checkpoint and load its weights; returns (model, checkpoint)."""
+def load_model(url: str, cfg: RunConfig, data: Dataset) -> tuple[Recommender, dict[str, Any]]:
+    """Rebuild the model of a checkpoint for the dataset it was trained on (which also holds the
+    side features of feature models) and load its weights; returns (model, checkpoint)."""
     ckpt = load_checkpoint(url)
-    model = build_model(cfg.model, ckpt["num_users"], ckpt["num_items"])
+    if (ckpt["num_users"], ckpt["num_items"]) != (data.num_users, data.num_items):
+        raise AdvrecError(
+            f"{url}: trained on {ckpt['num_users']} users and {ckpt['num_items']} items, but "
+            f"{data.url} has {data.num_users} and {data.num_items}")
+    model = build_model(cfg, data)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, ckpt

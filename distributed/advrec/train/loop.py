@@ -19,12 +19,11 @@ from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import RunConfig, TrainConfig
 from advrec.data.dataset import load_dataset
-from advrec.metrics import evaluate
-from advrec.models import LOSSES, build_model
+from advrec.models import build_model
 from advrec.models.base import Recommender
 from advrec.train.allocator import tune_malloc
 from advrec.train.checkpoint import save_checkpoint
-from advrec.train.tasks import Task, make_task
+from advrec.train.tasks import Task, make_loss, make_task
 
 OPTIMIZERS = {
     "adam": torch.optim.Adam,
@@ -75,12 +74,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(tc.seed)  # model init
     generator = torch.Generator().manual_seed(tc.seed)  # shuffling, negatives, random attacks
     data = load_dataset(config["dataset"])
-    model: Recommender = build_model(cfg.model, data.num_users, data.num_items)
-    objective = AdversarialObjective(model, LOSSES[tc.loss], attack_from_config(cfg),
+    model: Recommender = build_model(cfg, data)
+    objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg),
                                      lam=cfg.adv.lam, target=cfg.adv.target, reg=tc.reg)
     optimizer = make_optimizer(model.parameters(), tc)
     task = make_task(cfg, data)
 
+    monitor, higher_is_better = cfg.monitor()
     history: list[dict[str, Any]] = []
     best_value: float | None = None
     best_epoch = -1
@@ -101,15 +101,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                                   "train_s": time.perf_counter() - start, **losses}
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-            valid = evaluate(model, data, "valid", cfg.eval, task.context)
+            valid = task.evaluate(model, "valid", cfg.eval)
             record.update({f"valid/{k}": v for k, v in valid.items()})
-            value = valid[tc.monitor]
-            if best_value is None or value > best_value:
+            value = valid[monitor]
+            if best_value is None or (value > best_value if higher_is_better
+                                      else value < best_value):
                 best_value, best_epoch, best_valid, stale = value, epoch, valid, 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             else:
                 stale += 1
-            bar.set_postfix(loss=f"{losses['loss']:.4f}", **{tc.monitor: f"{value:.4f}"},
+            bar.set_postfix(loss=f"{losses['loss']:.4f}", **{monitor: f"{value:.4f}"},
                             best=f"{best_value:.4f}")
         history.append(record)
         ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
@@ -123,7 +124,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     metrics = {
         "best_epoch": best_epoch,
         "valid": best_valid,  # evaluated when that epoch's weights were kept
-        "test": evaluate(model, data, "test", cfg.eval, task.context),
+        "test": task.evaluate(model, "test", cfg.eval),
     }
     save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best_epoch)
     io.dump_json(io.join(output, "history.json"), history)

@@ -1,44 +1,80 @@
-"""What a model trains on and scores from: user-item pairs, or per-user item sequences.
+"""What a model trains on and how it is evaluated: pairs, sequences, or labelled interactions.
 
-A task turns a prepared dataset into training batches (with sampled negatives) and gives the
-evaluation its *context* for a set of users: ``{"user": (B,)}`` for user-id models (MF,
-NeuMF), ``{"seq": (B, L)}`` for sequential models (SASRec). Everything else (the objective, the
-adversary, evaluation, the robustness attack) is the same for both.
+A task turns a prepared dataset into training batches and evaluates a model on a split:
+
+- `PairTask` (MF, NeuMF, two-tower): (user, positive item) pairs with sampled negatives, or with
+  the batch's other items as negatives (two-tower's in-batch softmax); top-K ranking metrics;
+- `SequenceTask` (SASRec): one item sequence per user, a target at every position;
+- `LabelledTask` (DeepFM, DCN-v2, MMoE): every rated (user, item) with its own labels, a click
+  and, for the multi-task model, the rating; AUC, log-loss, gAUC and RMSE.
+
+Everything else (the objective, the adversary, the robustness attack) is the same for all.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from advrec.config import RunConfig
+from advrec.config import EvalConfig, RunConfig
 from advrec.data.dataset import Dataset, Interactions
 from advrec.data.negatives import NegativeSampler
-from advrec.models.base import Batch
+from advrec.errors import AdvrecError
+from advrec.metrics.ctr import ctr_metrics
+from advrec.metrics.evaluate import evaluate
+from advrec.models.base import Batch, Recommender
+from advrec.models.losses import LOSSES, LossFn, MultiTaskLoss, bce, mse
+
+EVAL_ROWS = 8192
+"""Interactions scored at a time when evaluating a labelled task."""
+
+
+class Task(Protocol):
+    def batches(self, batch_size: int, generator: torch.Generator,
+                shuffle: bool = True) -> Iterator[Batch]:
+        """The training examples of one epoch."""
+        ...
+
+    def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
+        """The model's metrics on ``split`` (``valid`` or ``test``)."""
+        ...
 
 
 class PairTask:
-    """(user, positive item) pairs, each with ``num_negatives`` sampled negatives."""
+    """(user, positive item) pairs, each with ``num_negatives`` sampled negatives, or with
+    in-batch negatives and each item's log sampling frequency (``in_batch=True``)."""
 
-    def __init__(self, data: Dataset, num_negatives: int) -> None:
-        self.data, self.num_negatives = data, num_negatives
+    def __init__(self, data: Dataset, num_negatives: int, in_batch: bool = False) -> None:
+        self.data, self.num_negatives, self.in_batch = data, num_negatives, in_batch
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
+        # log Q(item): how often an item is drawn as a batch's positive, hence as an in-batch
+        # negative of everyone else (Yi et al. 2019); unseen items get log(1/(N+1)), never -inf
+        counts = torch.bincount(data.train.item, minlength=data.num_items).float()
+        self.log_q = torch.log(counts.clamp(min=1.0) / (counts.sum() + 1.0))
 
     def batches(self, batch_size: int, generator: torch.Generator,
                 shuffle: bool = True) -> Iterator[Batch]:
-        """``user`` (B,) and ``item`` (B, 1 + n): the positive, then the negatives."""
+        """``user`` (B,) and ``item`` (B, 1 + n): the positive, then the negatives; in-batch,
+        ``item`` (B, 1) and ``log_q`` (B,) of those items."""
         train = self.data.train
         n = train.user.numel()
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for idx in order.split(batch_size):
-            users = train.user[idx]
+            users, items = train.user[idx], train.item[idx]
+            if self.in_batch:
+                yield {"user": users, "item": items.unsqueeze(1), "log_q": self.log_q[items]}
+                continue
             negatives = self.sampler.sample(users, self.num_negatives, generator)
-            yield {"user": users, "item": torch.cat([train.item[idx].unsqueeze(1), negatives], 1)}
+            yield {"user": users, "item": torch.cat([items.unsqueeze(1), negatives], 1)}
 
     def context(self, users: Tensor, split: str) -> Batch:
         return {"user": users}
+
+    def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
+        return evaluate(model, self.data, split, cfg, self.context)
 
 
 def histories(parts: list[Interactions], num_users: int, length: int, pad: int) -> Tensor:
@@ -91,11 +127,78 @@ class SequenceTask:
         """The history before ``split``'s items: train for valid, train + valid for test."""
         return {"seq": self.contexts[split][users]}
 
+    def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
+        return evaluate(model, self.data, split, cfg, self.context)
 
-Task = PairTask | SequenceTask
+
+class LabelledTask:
+    """Every rated (user, item) of a split with its labels: the click (CTR), and the rating too
+    when ``tasks`` is ``("click", "rating")`` (multi-task)."""
+
+    def __init__(self, data: Dataset, tasks: tuple[str, ...]) -> None:
+        self.data, self.tasks = data, tasks
+        for split in ("train", "valid", "test"):
+            self._labels(data.split(split))  # fail now, not after an epoch
+
+    def _labels(self, part: Interactions) -> Tensor:
+        """(N,) clicks for one task, (N, T) for several."""
+        columns = {"click": part.label, "rating": part.rating}
+        missing = [t for t in self.tasks if columns[t] is None]
+        if missing:
+            why = {"click": "a CTR dataset: set data.label_threshold (e.g. 4)",
+                   "rating": "a log with ratings"}
+            raise AdvrecError(f"{self.data.url}: no {missing[0]} labels; this model needs "
+                              f"{why[missing[0]]}")
+        labels = [columns[t] for t in self.tasks]
+        return labels[0] if len(labels) == 1 else torch.stack(labels, dim=-1)
+
+    def batches(self, batch_size: int, generator: torch.Generator,
+                shuffle: bool = True) -> Iterator[Batch]:
+        """``user`` (B,), ``item`` (B, 1) and ``label`` (B, 1), or (B, 1, T) per task."""
+        train = self.data.train
+        labels = self._labels(train)
+        n = train.user.numel()
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for idx in order.split(batch_size):
+            yield {"user": train.user[idx], "item": train.item[idx].unsqueeze(1),
+                   "label": labels[idx].unsqueeze(1)}
+
+    @torch.no_grad()
+    def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
+        """``auc``, ``logloss``, ``gauc`` (by user) for CTR; ``click/...`` and ``rating/rmse``
+        for multi-task."""
+        part = self.data.split(split)
+        was_training = model.training
+        model.eval()
+        try:
+            logits = torch.cat([model({"user": u, "item": i.unsqueeze(1)})[:, 0]
+                                for u, i in zip(part.user.split(EVAL_ROWS),
+                                                part.item.split(EVAL_ROWS))])
+        finally:
+            model.train(was_training)
+        labels = self._labels(part)
+        if len(self.tasks) == 1:
+            return ctr_metrics(logits, labels, part.user)
+        out = {f"click/{k}": v for k, v in ctr_metrics(logits[:, 0], labels[:, 0], part.user).items()}
+        out["rating/rmse"] = float((logits[:, 1] - labels[:, 1]).pow(2).mean().sqrt())
+        return out
 
 
 def make_task(cfg: RunConfig, data: Dataset) -> Task:
+    """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.MODEL_KINDS`)."""
     if cfg.model.name == "sasrec":
         return SequenceTask(data, cfg.model.max_len, cfg.train.num_negatives)
-    return PairTask(data, cfg.train.num_negatives)
+    if cfg.kind == "ctr":
+        return LabelledTask(data, ("click",))
+    if cfg.kind == "multitask":
+        return LabelledTask(data, ("click", "rating"))
+    return PairTask(data, cfg.train.num_negatives, in_batch=cfg.model.name == "twotower")
+
+
+def make_loss(cfg: RunConfig) -> LossFn:
+    """The training loss of ``cfg``'s model (`RunConfig.loss`); weighted per task for MMoE."""
+    name = cfg.loss()
+    if name is not None:
+        return LOSSES[name]
+    weights = cfg.model.task_weights
+    return MultiTaskLoss([bce, mse], [weights["click"], weights["rating"]])
