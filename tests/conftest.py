@@ -24,3 +24,35 @@ def ml100k_small(ml100k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     with open(ml100k / "u.data") as src, open(out, "w") as dst:
         dst.writelines(line for line in src if line.split("\t", 1)[0] in users)
     return out
+
+
+@pytest.fixture(scope="session")
+def ml100k_atomic_small(ml100k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RecBole atomic files of ml-100k's first 60 users: their ratings, their .user rows and
+    every .item row (a real log with real side features)."""
+    out = tmp_path_factory.mktemp("ml100k-atomic-small")
+    users = {str(u) for u in range(1, 61)}
+    for ext, filtered in (("inter", True), ("user", True), ("item", False)):
+        with open(ml100k / "recbole" / f"ml-100k.{ext}") as src, \
+                open(out / f"ml-100k.{ext}", "w") as dst:
+            dst.write(next(src))  # the typed header
+            dst.writelines(line for line in src
+                           if not filtered or line.split("\t", 1)[0] in users)
+    return out
+
+
+@pytest.fixture(scope="session")
+def ctr_small(ml100k_atomic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`ml100k_atomic_small` prepared as a CTR dataset (rating >= 4 is a click) with features."""
+    from advrec.data import prepare
+
+    out = str(tmp_path_factory.mktemp("ctr-small") / "data")
+    prepare(str(ml100k_atomic_small), "recbole", out, label_threshold=4.0, seed=0)
+    return out
+
+
+@pytest.fixture(scope="session")
+def feature_options() -> dict[str, list[str]]:
+    """The data keys that encode ml-100k's side features as the shipped configs do."""
+    return {"numeric_features": ["age", "release_year"],
+            "exclude_features": ["zip_code", "movie_title"]}

@@ -62,13 +62,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_config(args.config, args.overrides)
     metrics = run_training(cfg, args.output, progress=not args.quiet)
-    rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg.eval.ks)}} for s in ("valid", "test")]
-    print(format_table(rows, ["split", *headline(cfg.eval.ks)]))
+    rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg)}} for s in ("valid", "test")]
+    print(format_table(rows, ["split", *headline(cfg)]))
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table
+    from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table, headline
+    from advrec.train import read_run
 
     attacks = [a for a in args.attack.split(",") if a]
     for a in attacks:
@@ -77,15 +78,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     merged = evaluate_run(args.run, attacks, args.eps, args.steps, progress=not args.quiet)
     rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
             for e in sorted(merged[a], key=float)]
-    metric = next(iter(merged[attacks[0]].values()))
-    cols = [m for m in ("ndcg@10", "recall@10", "hit@10", "mrr@10") if m in metric]
-    print(format_table(rows, ["attack", "eps", *cols]))
+    print(format_table(rows, ["attack", "eps", *headline(read_run(args.run)[0])]))
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from advrec.metrics.plots import plot_robustness
-    from advrec.report import ROBUSTNESS_FILE
+    from advrec.report import ROBUSTNESS_FILE, headline
+    from advrec.train import read_run
 
     curves = {}
     for run in args.runs:
@@ -93,7 +93,8 @@ def cmd_plot(args: argparse.Namespace) -> None:
         if not io.exists(path):
             raise AdvrecError(f"{path}: not found; run `advrec evaluate --run {run}` first")
         curves[run.rstrip("/").rsplit("/", 1)[-1]] = io.read_json(path)
-    plot_robustness(curves, args.metric or ["ndcg@10"], args.output)
+    # by default the first run's headline metric: ndcg@K, auc or click/auc
+    plot_robustness(curves, args.metric or headline(read_run(args.runs[0])[0])[:1], args.output)
     print(f"wrote {args.output}")
 
 
@@ -157,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot the robustness curves of several runs in one figure")
     p.add_argument("runs", nargs="+", help="run directories with a robustness.json")
     p.add_argument("--output", required=True, help="PNG file")
-    p.add_argument("--metric", action="append", help="metric to plot (repeatable; default ndcg@10)")
+    p.add_argument("--metric", action="append", help="metric to plot (repeatable; default: the first run's headline, "
+                   "ndcg@K, auc or click/auc)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("demo", help="APR vs. a clean-trained twin on a synthetic log, end to end")

@@ -188,7 +188,7 @@ class RunConfig(_Section):
     def loss(self) -> str | None:
         """The training loss of a single-task model (None for the multi-task one)."""
         own = {"twotower": "softmax", "deepfm": "bce", "dcnv2": "bce", "mmoe": None}
-        return own[self.model.name] if self.model.name in own else self.train.loss or "bpr"
+        return own.get(self.model.name, self.train.loss or "bpr")
 
     @model_validator(mode="after")
     def _loss_fits_the_model(self) -> RunConfig:

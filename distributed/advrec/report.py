@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from advrec import io
+from advrec.config import RunConfig
 from advrec.data import load_dataset
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
@@ -19,9 +20,15 @@ ROBUSTNESS_PLOT = "robustness.png"
 ATTACK_BATCH = 8192  # training examples per gradient pass of the attack (bounds its memory)
 
 
-def headline(ks: list[int]) -> list[str]:
-    """The metrics shown in summaries: NDCG, Recall, Hit and MRR at the smallest K."""
-    return [f"{m}@{ks[0]}" for m in ("ndcg", "recall", "hit", "mrr")]
+def headline(cfg: RunConfig) -> list[str]:
+    """The metrics shown in summaries, the first two also plotted: NDCG, Recall, Hit and MRR at
+    the smallest K (ranking); AUC, gAUC and log-loss (CTR); the click's AUC and log-loss and the
+    rating's RMSE (multi-task)."""
+    if cfg.kind == "ctr":
+        return ["auc", "gauc", "logloss"]
+    if cfg.kind == "multitask":
+        return ["click/auc", "rating/rmse", "click/logloss"]
+    return [f"{m}@{cfg.eval.ks[0]}" for m in ("ndcg", "recall", "hit", "mrr")]
 
 
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
@@ -46,7 +53,7 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     for attack, by_eps in curve.items():
         merged.setdefault(attack, {}).update(by_eps)
     io.dump_json(path, merged)
-    plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg.eval.ks)[:2],
+    plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg)[:2],
                     io.join(run, ROBUSTNESS_PLOT))
     return merged
 

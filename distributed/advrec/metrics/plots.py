@@ -29,7 +29,7 @@ def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Ranking quality under attack")
+    fig.suptitle("Quality under attack")
     fig.tight_layout()
     buf = _bytes_io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

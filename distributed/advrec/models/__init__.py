@@ -15,8 +15,20 @@ from advrec.models.neumf import NeuMF
 from advrec.models.sasrec import SASRec
 from advrec.models.twotower import TwoTower
 
-__all__ = ["LOSSES", "MF", "MMoE", "Batch", "DCNv2", "DeepFM", "LossFn", "NeuMF", "Recommender",
-           "SASRec", "TwoTower", "build_model"]
+__all__ = [
+    "LOSSES",
+    "MF",
+    "Batch",
+    "DCNv2",
+    "DeepFM",
+    "LossFn",
+    "MMoE",
+    "NeuMF",
+    "Recommender",
+    "SASRec",
+    "TwoTower",
+    "build_model",
+]
 
 FEATURE_MODELS = ("deepfm", "dcnv2", "twotower", "mmoe")
 """The models that use the users' and items' side features (when the dataset has them)."""

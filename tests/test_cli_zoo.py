@@ -1,0 +1,77 @@
+"""The model zoo through the `advrec` command: train and evaluate each kind of model on a tiny
+real log with side features, and its bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from advrec.cli import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _features(options: dict[str, list[str]]) -> list[str]:
+    return [f"data.{k}=[{','.join(v)}]" for k, v in options.items()]
+
+
+@pytest.mark.parametrize("name, keys, headline", [
+    ("deepfm", {"auc", "logloss", "gauc"}, "auc"),
+    ("dcnv2", {"auc", "logloss", "gauc"}, "auc"),
+    ("mmoe", {"click/auc", "click/logloss", "click/gauc", "rating/rmse"}, "click/auc"),
+    ("twotower", {f"{m}@10" for m in ("ndcg", "recall", "hit", "mrr", "precision")}, "ndcg@10"),
+])
+def test_train_and_evaluate_each_kind(name: str, keys: set[str], headline: str, ctr_small: str,
+                                      feature_options, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / name
+    code, out, err = run(capsys, "train", "--output", str(run_dir), "--quiet",
+                         f"data.source={ctr_small}", *_features(feature_options),
+                         f"model.name={name}", "model.dim=8", "model.mlp_layers=[16]",
+                         "adv.method=pgd", "adv.steps=2", "adv.eps=0.1", "train.epochs=2",
+                         "train.lr=0.01", "train.batch_size=512", "eval.ks=[10]")
+    assert code == 0, err
+    assert headline in out  # the summary table shows the model's own metrics
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("valid", "test"):
+        assert set(metrics[split]) == keys
+    if name != "twotower":
+        assert 0.5 < metrics["test"][headline] <= 1.0  # better than chance after 2 epochs
+
+    code, out, err = run(capsys, "evaluate", "--run", str(run_dir), "--attack", "fgm,pgd",
+                         "--eps", "0,1", "--steps", "3", "--quiet")
+    assert code == 0, err
+    robust = json.loads((run_dir / "robustness.json").read_text())
+    assert robust["fgm"]["0.0"][headline] == pytest.approx(metrics["test"][headline])
+    assert robust["pgd"]["1.0"][headline] < robust["pgd"]["0.0"][headline]  # the attack hurts
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (["model.name=deepfm", "data.numeric_features=[agee]"], "data.numeric_features: feature column 'agee'"),
+    (["model.name=sasrec", "model.max_len=0"], "model.max_len"),
+    (["model.name=transformer4rec"], "model.name"),
+    (["model.name=deepfm", "train.loss=bpr"], "train.loss"),
+    (["model.name=mmoe", "model.task_weights={click: 0, rating: 0}"], "model.task_weights"),
+    (["model.name=deepfm", "train.monitor=ndcg@10"], "train.monitor"),
+])
+def test_bad_zoo_config_is_one_line(overrides: list[str], culprit: str, ctr_small: str,
+                                    tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--output", str(out), f"data.source={ctr_small}",
+                       "train.epochs=1", *overrides)
+    assert code == 2, err
+    assert err.startswith("advrec: error:") and culprit in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_ctr_model_on_a_log_without_labels_names_the_fix(ml100k_small: Path, tmp_path: Path,
+                                                         capsys) -> None:
+    code, _, err = run(capsys, "train", "--output", str(tmp_path / "run"),
+                       f"data.source={ml100k_small}", f"data.cache_dir={tmp_path / 'cache'}",
+                       "model.name=deepfm", "train.epochs=1")
+    assert code == 2 and "data.label_threshold" in err and err.count("\n") == 1
