@@ -140,6 +140,8 @@ class EvalConfig(_Section):
     attacks: list[Literal["fgm", "pgd"]] = Field(default_factory=lambda: ["fgm", "pgd"])
     eps: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
     steps: int = Field(10, gt=0, description="PGD steps of the robustness attack.")
+    relative: bool = Field(
+        False, description="The robustness attack's ε is relative to each row's norm (as adv.relative).")
     seed: int = 0
 
     @field_validator("ks")

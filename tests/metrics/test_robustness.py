@@ -89,3 +89,15 @@ def test_curve_at_eps_zero_is_the_clean_evaluation(data) -> None:
     assert curve["fgm"]["0.0"] == clean == curve["pgd"]["0.0"]
     assert set(curve["pgd"]) == {"0.0", "0.5"}
     assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+
+
+def test_relative_attack_moves_each_row_by_eps_times_its_norm(data) -> None:
+    torch.manual_seed(0)
+    model = MF(10, 13, 4)
+    delta = table_attack(model, training_batches(data, 16, 0), LOSSES["bpr"],
+                         Attack("fgm", 0.2, relative=True))
+    for name, table in model.tables().items():
+        moved = delta[name].norm(dim=-1) > 0  # rows some training interaction touches
+        assert moved.any()
+        torch.testing.assert_close(delta[name].norm(dim=-1)[moved],
+                                   0.2 * table.weight.detach().norm(dim=-1)[moved])

@@ -53,13 +53,15 @@ def test_embed_and_score_shapes(name: str) -> None:
     emb = model.embed(batch)
     assert set(emb) == set(model.tables())
     for key, value in emb.items():
-        assert value.shape == ((B, D) if key.startswith("user") else (B, C, D)), key
+        width = 1 if key.endswith("_linear") else D  # DeepFM's first-order weights
+        assert value.shape == ((B, width) if key.startswith("user") else (B, C, width)), key
     assert model.score(emb, batch).shape == ((B, C, 2) if name == "mmoe" else (B, C))
 
 
 def test_feature_models_embed_every_field() -> None:
     model = make_model("deepfm")
-    assert set(model.tables()) == {"user", "user_gender", "user_tags", "item", "item_year"}
+    fields = {"user", "user_gender", "user_tags", "item", "item_year"}
+    assert set(model.tables()) == fields | {f"{f}_linear" for f in fields}
     emb = model.embed(_batch())
     tags = model.users.ids_user_tags[_batch()["user"]]  # (B, 3)
     table = model.tables()["user_tags"].weight
@@ -83,7 +85,7 @@ def test_forward_backward_reaches_every_parameter(name: str, loss: str) -> None:
     _loss(name, model(_batch()), loss).backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
-        if pname.endswith("head.bias") and loss != "bce":
+        if loss != "bce" and (pname.endswith("head.bias") or pname.startswith("user_linear")):
             continue  # BPR and softmax only see score differences: a shared bias cancels out
         if name == "mmoe" and pname.startswith("towers.0.2.bias") and loss != "bce":
             continue

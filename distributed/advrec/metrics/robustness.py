@@ -80,7 +80,8 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
         if eps == 0.0:
             metrics = clean
         else:
-            attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2")
+            attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2",
+                            relative=cfg.relative)
             delta = table_attack(model, batches, loss_fn, attack)
             with shifted_tables(model, delta):
                 metrics = task.evaluate(model, split, cfg)

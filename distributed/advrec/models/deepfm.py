@@ -1,10 +1,11 @@
 """DeepFM (Guo et al., IJCAI 2017): a factorisation machine and an MLP over the same fields.
 
 Every field of a (user, item) pair (ids and side features, `advrec.models.fields`) has one
-embedding. The FM part sums the pairwise inner products of the field embeddings; the deep part is
-an MLP over their concatenation, whose first linear layer also supplies the FM's first-order
-term. Embed/score split: `embed` looks up the fields, `score` is FM + MLP, so the adversary
-perturbs every field's embedding.
+embedding and one first-order weight (a width-1 table per field, ``*_linear``: a per-user,
+per-item, per-genre... bias). The FM part sums the first-order weights and the pairwise inner
+products of the field embeddings; the deep part is an MLP over the embeddings' concatenation.
+Embed/score split: `embed` looks up the fields, `score` is FM + MLP, so the adversary perturbs
+every field's embedding and weight.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from advrec.data.features import FeatureSet
 from advrec.models.base import Batch
-from advrec.models.fields import FieldModel, mlp
+from advrec.models.fields import FieldEmbeddings, FieldModel, mlp, stack_fields
 
 
 def fm_interaction(x: Tensor) -> Tensor:
@@ -28,11 +29,24 @@ class DeepFM(FieldModel):
                  dim: int, mlp_layers: list[int], dropout: float = 0.0, init: str = "xavier",
                  init_std: float = 0.1) -> None:
         super().__init__(num_users, num_items, features, dim, init, init_std)
+        self.user_linear = FieldEmbeddings("user", num_users, features.get("user"), 1, "normal",
+                                           1e-4, suffix="_linear")
+        self.item_linear = FieldEmbeddings("item", num_items, features.get("item"), 1, "normal",
+                                           1e-4, suffix="_linear")
         self.deep, width = mlp(self.num_fields * dim, mlp_layers, dropout)
-        self.head = nn.Linear(width, 1)
+        self.head = nn.Linear(width, 1)  # its bias is the FM's global bias
+
+    def embed(self, batch: Batch) -> dict[str, Tensor]:
+        """Each user field (B, d) and weight (B, 1); each item field (B, C, d) and weight (B, C, 1)."""
+        return {**super().embed(batch), **self.user_linear(batch["user"]),
+                **self.item_linear(batch["item"])}
+
+    def tables(self) -> dict[str, nn.Embedding]:
+        return {**super().tables(), **self.user_linear.as_dict(), **self.item_linear.as_dict()}
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
-        """(B, C) logits from the fields (B, C, F, d)."""
+        """(B, C) logits from the fields (B, C, F, d) and their weights (B, C, F, 1)."""
         x = self.fields(emb)
+        first = stack_fields(emb, self.user_linear.keys, self.item_linear.keys).sum((-2, -1))
         deep = self.head(self.deep(x.flatten(-2))).squeeze(-1)
-        return fm_interaction(x) + deep
+        return first + fm_interaction(x) + deep

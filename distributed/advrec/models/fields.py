@@ -18,20 +18,22 @@ from advrec.models.base import Batch, Recommender, init_embedding
 
 
 class FieldEmbeddings(nn.Module):
-    """Tables ``<side>`` (the id) and ``<side>_<field>`` (each feature), all of width ``dim``."""
+    """Tables ``<side><suffix>`` (the id) and ``<side>_<field><suffix>`` (each feature), all of
+    width ``dim``. The suffix tells apart a second set of tables of the same fields (DeepFM's
+    first-order weights, of width 1)."""
 
     def __init__(self, side: str, num_rows: int, features: FeatureSet | None, dim: int,
-                 init: str = "xavier", init_std: float = 0.1) -> None:
+                 init: str = "xavier", init_std: float = 0.1, suffix: str = "") -> None:
         super().__init__()
-        self.side = side
-        self.tables = nn.ModuleDict({side: nn.Embedding(num_rows, dim)})
+        self.side = side + suffix
+        self.tables = nn.ModuleDict({self.side: nn.Embedding(num_rows, dim)})
         self.single: list[str] = []
         self.multi: list[str] = []
         if features is not None:
             if features.num_rows != num_rows:
                 raise ValueError(f"{side} features have {features.num_rows} rows, not {num_rows}")
             for field in features.fields:
-                key = f"{side}_{field.name}".replace(".", "_")  # a ModuleDict key has no dots
+                key = f"{side}_{field.name}{suffix}".replace(".", "_")  # ModuleDict: no dots
                 self.tables[key] = nn.Embedding(field.vocab_size, dim)
                 (self.single if field.kind == "single" else self.multi).append(key)
             # the encoded ids travel with the model (not its checkpoint: they come from the data)
