@@ -5,8 +5,11 @@ import pytest
 import torch
 
 from advrec.cli import main
+from advrec.errors import AdvrecError
 from advrec.data.dataset import Dataset, Interactions
-from advrec.train.tasks import PairTask, SequenceTask, histories
+from advrec.metrics.ctr import ctr_metrics
+from advrec.models.base import Recommender
+from advrec.train.tasks import LabelledTask, PairTask, SequenceTask, histories
 
 P = 9  # the padding id of a 9-item catalogue
 
@@ -70,3 +73,54 @@ def test_sasrec_trains_adversarially_end_to_end(ml100k_small: Path, tmp_path: Pa
     robust = json.loads((run / "robustness.json").read_text())
     assert robust["fgm"]["0.0"]["ndcg@10"] == pytest.approx(metrics["test"]["ndcg@10"])
     assert robust["fgm"]["0.5"]["ndcg@10"] < robust["fgm"]["0.0"]["ndcg@10"]
+
+
+def test_in_batch_pairs_carry_each_items_log_frequency(data: Dataset) -> None:
+    task = PairTask(data, num_negatives=5, in_batch=True)
+    batch = next(task.batches(8, torch.Generator().manual_seed(0), shuffle=False))
+    assert batch["item"].shape == (7, 1)  # no sampled negatives: the batch's items are the others
+    # item 3 is 2 of the 7 training positives; N + 1 in the denominator keeps unseen items finite
+    counts = {1: 1, 2: 1, 3: 2, 4: 1, 7: 1, 8: 1}
+    expected = [torch.log(torch.tensor(counts[i] / 8.0)) for i in batch["item"][:, 0].tolist()]
+    torch.testing.assert_close(batch["log_q"], torch.stack(expected))
+
+
+class _Lookup(Recommender):
+    """Scores a (user, item) pair as ``table[user, item]``, one value per task."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = table  # (users, items) or (users, items, tasks)
+
+    def forward(self, batch):  # (B, C) or (B, C, T)
+        return self.table[batch["user"].unsqueeze(1), batch["item"]]
+
+
+def _labelled() -> Dataset:
+    def part(rows):
+        u, i, y, r = (torch.tensor(c) for c in zip(*rows))
+        return Interactions(user=u, item=i, label=y.float(), rating=r.float())
+    rows = [(0, 0, 1, 5), (0, 1, 0, 2), (1, 0, 0, 3), (1, 2, 1, 4), (2, 1, 1, 4), (2, 2, 0, 1)]
+    return Dataset(url="mem", num_users=3, num_items=3, meta={},
+                   train=part(rows), valid=part(rows[:4]), test=part(rows[2:]))
+
+
+def test_labelled_task_evaluates_clicks_and_ratings() -> None:
+    data = _labelled()
+    scores = torch.randn(3, 3, 2, generator=torch.Generator().manual_seed(0))
+    test = data.test
+    ctr = LabelledTask(data, ("click",)).evaluate(_Lookup(scores[..., 0]), "test", None)
+    assert ctr == ctr_metrics(scores[test.user, test.item, 0], test.label, test.user)
+    both = LabelledTask(data, ("click", "rating")).evaluate(_Lookup(scores), "test", None)
+    assert both["click/auc"] == ctr["auc"] and both["click/gauc"] == ctr["gauc"]
+    rmse = (scores[test.user, test.item, 1] - test.rating).pow(2).mean().sqrt()
+    assert both["rating/rmse"] == pytest.approx(float(rmse))
+    batch = next(LabelledTask(data, ("click", "rating")).batches(
+        4, torch.Generator().manual_seed(0), shuffle=False))
+    assert batch["item"].shape == (4, 1) and batch["label"].shape == (4, 1, 2)
+    assert batch["label"][:, 0].tolist() == [[1, 5], [0, 2], [0, 3], [1, 4]]
+
+
+def test_labelled_task_without_labels_says_how_to_get_them(data: Dataset) -> None:
+    with pytest.raises(AdvrecError, match="data.label_threshold"):
+        LabelledTask(data, ("click",))
