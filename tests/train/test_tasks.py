@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from advrec.cli import main
-from advrec.errors import AdvrecError
 from advrec.data.dataset import Dataset, Interactions
+from advrec.errors import AdvrecError
 from advrec.metrics.ctr import ctr_metrics
 from advrec.models.base import Recommender
 from advrec.train.tasks import LabelledTask, PairTask, SequenceTask, histories

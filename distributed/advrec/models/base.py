@@ -84,3 +84,16 @@ def init_embedding(table: nn.Embedding, init: str, std: float) -> None:
         nn.init.xavier_normal_(table.weight)
     else:
         nn.init.normal_(table.weight, std=std)
+
+
+def mlp(width: int, layers: list[int], dropout: float,
+        linear_out: bool = False) -> tuple[nn.Sequential, int]:
+    """Linear layers of the given widths, each followed by ReLU and dropout (the last one bare
+    when ``linear_out``); returns it and its output width."""
+    modules: list[nn.Module] = []
+    for n, out in enumerate(layers):
+        modules.append(nn.Linear(width, out))
+        if not (linear_out and n == len(layers) - 1):
+            modules += [nn.ReLU(), nn.Dropout(dropout)]
+        width = out
+    return nn.Sequential(*modules), width

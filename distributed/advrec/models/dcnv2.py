@@ -12,8 +12,8 @@ import torch
 from torch import Tensor, nn
 
 from advrec.data.features import FeatureSet
-from advrec.models.base import Batch
-from advrec.models.fields import FieldModel, mlp
+from advrec.models.base import Batch, mlp
+from advrec.models.fields import FieldModel
 
 
 class CrossNetwork(nn.Module):

@@ -13,8 +13,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from advrec.data.features import FeatureSet
-from advrec.models.base import Batch
-from advrec.models.fields import FieldEmbeddings, FieldModel, mlp, stack_fields
+from advrec.models.base import Batch, mlp
+from advrec.models.fields import FieldEmbeddings, FieldModel, stack_fields
 
 
 def fm_interaction(x: Tensor) -> Tensor:

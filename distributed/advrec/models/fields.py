@@ -75,15 +75,6 @@ def stack_fields(emb: dict[str, Tensor], user_keys: list[str], item_keys: list[s
     return torch.cat([users, items], dim=-2)
 
 
-def mlp(width: int, layers: list[int], dropout: float) -> tuple[nn.Sequential, int]:
-    """ReLU layers of the given widths (each followed by dropout); returns it and its out width."""
-    modules: list[nn.Module] = []
-    for out in layers:
-        modules += [nn.Linear(width, out), nn.ReLU(), nn.Dropout(dropout)]
-        width = out
-    return nn.Sequential(*modules), width
-
-
 class FieldModel(Recommender):
     """Base of the feature models: user and item `FieldEmbeddings`; `embed` looks up every field.
 

@@ -14,8 +14,8 @@ from torch import Tensor, nn
 
 from advrec.config import TASK_NAMES
 from advrec.data.features import FeatureSet
-from advrec.models.base import Batch
-from advrec.models.fields import FieldModel, mlp
+from advrec.models.base import Batch, mlp
+from advrec.models.fields import FieldModel
 
 
 class MMoE(FieldModel):

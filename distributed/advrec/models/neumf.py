@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advrec.models.base import Batch, Recommender, init_embedding
+from advrec.models.base import Batch, Recommender, init_embedding, mlp
 
 
 class NeuMF(Recommender):
@@ -21,12 +21,7 @@ class NeuMF(Recommender):
         self.item_mlp = nn.Embedding(num_items, dim)
         for table in self.tables().values():
             init_embedding(table, init, init_std)
-        layers: list[nn.Module] = []
-        width = 2 * dim
-        for out in mlp_layers:
-            layers += [nn.Linear(width, out), nn.ReLU(), nn.Dropout(dropout)]
-            width = out
-        self.mlp = nn.Sequential(*layers)
+        self.mlp, width = mlp(2 * dim, mlp_layers, dropout)
         self.head = nn.Linear(dim + width, 1)
 
     def embed(self, batch: Batch) -> dict[str, Tensor]:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from advrec.data.features import FeatureSet
-from advrec.models.base import Batch
-from advrec.models.fields import FieldModel, mlp
+from advrec.models.base import Batch, mlp
+from advrec.models.fields import FieldModel
 
 
 def in_batch_logits(users: Tensor, items: Tensor, item_ids: Tensor,
@@ -56,11 +56,9 @@ class TwoTower(FieldModel):
                  dropout: float = 0.0, init: str = "xavier", init_std: float = 0.1) -> None:
         super().__init__(num_users, num_items, features, dim, init, init_std)
         self.temperature, self.logq = temperature, logq
-        self.user_tower, _ = mlp(len(self.users.keys) * dim, mlp_layers, dropout)
-        self.item_tower, _ = mlp(len(self.items.keys) * dim, mlp_layers, dropout)
         # the towers end linear: a final ReLU would confine the vectors to the positive orthant
-        self.user_tower = self.user_tower[:-2]
-        self.item_tower = self.item_tower[:-2]
+        self.user_tower, _ = mlp(len(self.users.keys) * dim, mlp_layers, dropout, linear_out=True)
+        self.item_tower, _ = mlp(len(self.items.keys) * dim, mlp_layers, dropout, linear_out=True)
 
     def user_vectors(self, emb: dict[str, Tensor]) -> Tensor:
         """(B, D) unit user vectors, divided by the temperature."""
