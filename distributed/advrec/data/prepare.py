@@ -5,10 +5,13 @@
 The output directory holds ``train/valid/test.parquet`` (``user`` int32, ``item`` int32,
 ``rating`` float32 when the log has ratings, ``timestamp`` int64, and for a CTR dataset
 ``label`` int8; sorted by user, time, item), the vocabularies ``users.parquet``/``items.parquet``
-(``index`` int32, ``raw_id`` string), RecBole side features when present
+(``index`` int32, ``raw_id`` string), side features when present
 (``user_features.parquet``/``item_features.parquet``: ``index`` int32 plus the raw columns, each
 tagged with its RecBole type in the field metadata under ``recbole_type``; encoded by
-:func:`advrec.data.features.load_features`), and ``meta.json``, written last. All of it is computed
+:func:`advrec.data.features.load_features`), and ``meta.json``, written last. Side features come
+from a RecBole log's ``.user``/``.item`` files and from a MovieLens log's user and movie files
+(``u.user``/``u.item``/``u.genre``, ``users.dat``/``movies.dat``, ``movies.csv``: see
+:func:`~advrec.data.readers.read_movielens_features`) beside its ratings. All of it is computed
 before anything is written and then written through :func:`advrec.io.atomic_dir`, so a failure
 leaves nothing behind, and the same input and options give byte-identical files.
 """
@@ -21,7 +24,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from advrec.data.readers import ColumnMap, read_log, read_recbole_features
+from advrec.data.readers import (
+    MOVIELENS_ID,
+    ColumnMap,
+    read_log,
+    read_movielens_features,
+    read_recbole_features,
+)
 from advrec.data.splits import DROPPED, TEST, TRAIN, VALID, assign_split, parse_split
 from advrec.errors import AdvrecError
 from advrec.io import atomic_dir, join, write_json, write_parquet
@@ -126,14 +135,18 @@ def prepare(
             None if label is None else label[mask],
         )
     features = {}
-    if fmt == "recbole":
-        for kind, vocab, id_column in (
-            ("user", user_vocab, columns.user),
-            ("item", item_vocab, columns.item),
-        ):
+    for kind, vocab in (("user", user_vocab), ("item", item_vocab)):
+        if fmt == "recbole":
             raw = read_recbole_features(input, kind)
-            if raw is not None:
-                features[kind] = _features(raw, vocab, id_column, f"{input} (.{kind} file)")
+            id_column = columns.user if kind == "user" else columns.item
+            where = f"{input} (.{kind} file)"
+        elif fmt == "movielens":
+            raw = read_movielens_features(input, kind)
+            id_column, where = MOVIELENS_ID[kind], f"{input} (MovieLens {kind} file)"
+        else:
+            raw = None
+        if raw is not None:
+            features[kind] = _features(raw, vocab, id_column, where)
 
     meta = {
         "format_version": FORMAT_VERSION,

@@ -18,6 +18,9 @@ from advrec.data.prepare import prepare
 from advrec.errors import AdvrecError
 
 MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
+CACHE_VERSION = 2
+"""Part of every cache key: bump it when `prepare` writes something new for the same input
+(2: MovieLens side features), so older cached datasets are prepared again."""
 
 
 def detect_format(source: str) -> str:
@@ -60,7 +63,7 @@ def resolve_dataset(cfg: DataConfig) -> str:
             raise AdvrecError(f"data.source: {cfg.source} is not a prepared dataset (no meta.json)")
         return cfg.source
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
-    options = {"source": cfg.source, "identity": _identity(cfg.source), "format": fmt,
+    options = {"version": CACHE_VERSION, "source": cfg.source, "identity": _identity(cfg.source), "format": fmt,
                "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed,
                "label_threshold": cfg.label_threshold}
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
