@@ -42,7 +42,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     columns = ColumnMap(user=args.user_col, item=args.item_col, rating=args.rating_col,
                         timestamp=args.time_col, sep=args.sep)
     meta = prepare(args.input, args.format, args.output, split=args.split,
-                   min_rating=args.min_rating, kcore=args.kcore, seed=args.seed, columns=columns)
+                   min_rating=args.min_rating, kcore=args.kcore, seed=args.seed, columns=columns,
+                   label_threshold=args.label_threshold)
     counts = meta["counts"]
     print(f"prepared {args.output}: {meta['num_users']} users, {meta['num_items']} items, "
           f"train/valid/test = {counts['train']}/{counts['valid']}/{counts['test']}")
@@ -119,6 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="random:0.8,0.1,0.1",
                    help="random:TRAIN,VALID,TEST per user | loo (leave-one-out by time) | "
                         "time:FRACTION (global time cut); default %(default)s")
+    p.add_argument("--label-threshold", type=float, default=None, metavar="R",
+                   help="CTR data: keep every rating, labelled 1 where rating >= R else 0")
     p.add_argument("--min-rating", type=float, default=None,
                    help="keep ratings >= R as implicit positives (default: every rating)")
     p.add_argument("--kcore", type=int, default=0, help="k-core filter of users and items")
