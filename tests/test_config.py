@@ -62,3 +62,31 @@ def test_missing_source_and_missing_file(tmp_path: Path) -> None:
 def test_shipped_configs_validate(path: Path) -> None:
     cfg = load_config(path)
     assert yaml.safe_load(path.read_text())["data"]["source"] == cfg.data.source
+
+
+def test_log_feature_and_label_column_keys() -> None:
+    cfg = build_config(BASE)
+    assert (cfg.data.user_features, cfg.data.item_features, cfg.data.label_column) == ([], [], None)
+    cfg = build_config(BASE, ["data.user_features=[age,gender]", "data.item_features=[genre]",
+                              "data.label_column=click"])
+    assert cfg.data.user_features == ["age", "gender"] and cfg.data.item_features == ["genre"]
+    assert cfg.data.label_column == "click"
+    assert build_config(yaml.safe_load(dump_config(cfg))) == cfg
+
+
+@pytest.mark.parametrize("override, culprit", [
+    (["data.user_features=age"], "data.user_features"),
+    (["data.item_features=[genre,genre]"], "data.item_features: column 'genre' is listed twice"),
+    (["data.user_features=['']"], "data.user_features: column names must be non-empty"),
+    (["data.label_column=''"], "data.label_column: must name a column"),
+    (["data.label_column=click", "data.label_threshold=4"],
+     "data: data.label_column and data.label_threshold exclude each other"),
+    (["data.label_column=click", "data.min_rating=4"],
+     "data: data.label_column and data.min_rating exclude each other"),
+    (["data.user_feature=[age]"], "data.user_feature: unknown config key"),
+])
+def test_bad_log_feature_and_label_keys(override: list[str], culprit: str) -> None:
+    with pytest.raises(AdvrecError) as err:
+        build_config(BASE, override)
+    message = str(err.value)
+    assert culprit in message and "\n" not in message

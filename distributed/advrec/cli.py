@@ -34,13 +34,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """Comma-separated column names (`--user-features age,gender`)."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got '{text}'")
+    return names
+
+
 # --- commands ---------------------------------------------------------------------------------
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from advrec.data import ColumnMap, prepare
 
     columns = ColumnMap(user=args.user_col, item=args.item_col, rating=args.rating_col,
-                        timestamp=args.time_col, sep=args.sep)
+                        timestamp=args.time_col, sep=args.sep, label=args.label_col,
+                        user_features=args.user_features, item_features=args.item_features)
     meta = prepare(args.input, args.format, args.output, split=args.split,
                    min_rating=args.min_rating, kcore=args.kcore, seed=args.seed, columns=columns,
                    label_threshold=args.label_threshold)
@@ -131,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rating-col", default="rating", help="csv/parquet: the rating column")
     p.add_argument("--time-col", default="timestamp", help="csv/parquet: the time column")
     p.add_argument("--sep", default=",", help="csv: the field separator")
+    p.add_argument("--label-col", default=None, metavar="NAME",
+                   help="CTR data: the log's own 0/1 click column (instead of --label-threshold)")
+    p.add_argument("--user-features", type=_names, default=(), metavar="COL,...",
+                   help="csv/parquet/recbole: columns carried as user features (first row wins)")
+    p.add_argument("--item-features", type=_names, default=(), metavar="COL,...",
+                   help="csv/parquet/recbole: columns carried as item features (first row wins)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("synth", help="write a deterministic synthetic interaction log (Parquet)")

@@ -31,12 +31,45 @@ class DataConfig(_Section):
     )
     label_threshold: float | None = Field(
         None, description="CTR data: keep every rating, labelled 1 where rating >= this, else 0.")
+    label_column: str | None = Field(
+        None, description="CTR data: the log's own 0/1 click column (csv, parquet, recbole).")
+    user_features: list[str] = Field(
+        default_factory=list,
+        description="Columns of the log carried as user features (each user's first row).")
+    item_features: list[str] = Field(
+        default_factory=list,
+        description="Columns of the log carried as item features (each item's first row).")
     numeric_features: list[str] = Field(
         default_factory=list,
         description="Side-feature columns to bucketise as numbers although stored as tokens.")
     exclude_features: list[str] = Field(
         default_factory=list, description="Side-feature columns the models ignore (free text).")
     feature_buckets: int = Field(10, gt=0, description="Equal-frequency bins of a numeric feature.")
+
+    @field_validator("label_column")
+    @classmethod
+    def _named(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must name a column (or be null)")
+        return v
+
+    @field_validator("user_features", "item_features")
+    @classmethod
+    def _column_names(cls, v: list[str]) -> list[str]:
+        for j, name in enumerate(v):
+            if not name.strip():
+                raise ValueError("column names must be non-empty")
+            if name in v[:j]:
+                raise ValueError(f"column '{name}' is listed twice")
+        return v
+
+    @model_validator(mode="after")
+    def _one_label_source(self) -> DataConfig:  # reported as "data: ..." by pydantic
+        if self.label_column is not None:
+            for key in ("label_threshold", "min_rating"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"data.label_column and data.{key} exclude each other")
+        return self
 
 
 MODEL_KINDS = {"mf": "ranking", "neumf": "ranking", "sasrec": "ranking", "twotower": "ranking",

@@ -9,9 +9,12 @@ The output directory holds ``train/valid/test.parquet`` (``user`` int32, ``item`
 (``user_features.parquet``/``item_features.parquet``: ``index`` int32 plus the raw columns, each
 tagged with its RecBole type in the field metadata under ``recbole_type``; encoded by
 :func:`advrec.data.features.load_features`), and ``meta.json``, written last. Side features come
-from a RecBole log's ``.user``/``.item`` files and from a MovieLens log's user and movie files
+from a RecBole log's ``.user``/``.item`` files, from a MovieLens log's user and movie files
 (``u.user``/``u.item``/``u.genre``, ``users.dat``/``movies.dat``, ``movies.csv``: see
-:func:`~advrec.data.readers.read_movielens_features`) beside its ratings. All of it is computed
+:func:`~advrec.data.readers.read_movielens_features`) beside its ratings, and from columns of a
+CSV, Parquet or RecBole log named by ``ColumnMap.user_features``/``item_features`` (each user's
+or item's value from its first row, in file order, that survives the filters and the split: a
+user whose rows disagree gets the first row's value, without error). All of it is computed
 before anything is written and then written through :func:`advrec.io.atomic_dir`, so a failure
 leaves nothing behind, and the same input and options give byte-identical files.
 """
@@ -27,6 +30,7 @@ import pyarrow.compute as pc
 from advrec.data.readers import (
     MOVIELENS_ID,
     ColumnMap,
+    log_features,
     read_log,
     read_movielens_features,
     read_recbole_features,
@@ -66,6 +70,11 @@ def prepare(
             column, 1 where ``rating >= label_threshold`` else 0. Excludes ``min_rating``, which
             would drop the negatives.
 
+    ``columns.label`` makes a CTR dataset from the log's own 0/1 column instead (the log needs
+    no rating then); it excludes ``label_threshold`` and ``min_rating``. ``columns.user_features``
+    and ``columns.item_features`` carry columns of the log as side features (``csv``,
+    ``parquet`` and ``recbole``; beside a RecBole ``.user``/``.item`` file's own columns).
+
     Returns:
         The dataset's metadata, as written to ``meta.json``.
     """
@@ -86,6 +95,7 @@ def prepare(
                 f"not {label_threshold}"
             )
     columns = columns or ColumnMap()
+    _check_label_options(columns, fmt, min_rating, label_threshold)
     log = read_log(input, fmt, columns)
     if label_threshold is not None and "rating" not in log.column_names:
         raise AdvrecError(
@@ -117,7 +127,10 @@ def prepare(
             raise AdvrecError(f"{input}: --kcore {kcore} removed every interaction")
     user, item, timestamp = user[rows], item[rows], timestamp[rows]
     rating = log["rating"].to_numpy()[rows] if "rating" in log.column_names else None
-    label = None if label_threshold is None else (rating >= label_threshold).astype(np.int8)
+    if columns.label is not None:
+        label = log["label"].to_numpy()[rows]
+    else:
+        label = None if label_threshold is None else (rating >= label_threshold).astype(np.int8)
 
     parts = assign_split(spec, user, item, timestamp, seed, users.dictionary)
     kept = parts != DROPPED
@@ -135,7 +148,18 @@ def prepare(
             None if label is None else label[mask],
         )
     features = {}
-    for kind, vocab in (("user", user_vocab), ("item", item_vocab)):
+    # The rows that made it into the dataset, in file order (`rows` is ascending).
+    kept_rows = rows[kept]
+    for kind, vocab, codes, names in (
+        ("user", user_vocab, user[kept], users.dictionary),
+        ("item", item_vocab, item[kept], items.dictionary),
+    ):
+        from_log = log_features(log, kind)
+        if from_log is not None:
+            log_id = columns.user if kind == "user" else columns.item
+            from_log = _first_values(from_log, kept_rows, codes, names, log_id)
+            flag = f"--{kind}-features/data.{kind}_features"
+            from_log = _features(from_log, vocab, log_id, f"{input} ({flag})")
         if fmt == "recbole":
             raw = read_recbole_features(input, kind)
             id_column = columns.user if kind == "user" else columns.item
@@ -147,6 +171,8 @@ def prepare(
             raw = None
         if raw is not None:
             features[kind] = _features(raw, vocab, id_column, where)
+        if from_log is not None:
+            features[kind] = _join_features(features.get(kind), from_log, kind, input)
 
     meta = {
         "format_version": FORMAT_VERSION,
@@ -156,8 +182,10 @@ def prepare(
         "schema": {f.name: str(f.type) for f in tables["train"].schema},
         "split": spec.to_dict(),
         "filters": {"min_rating": min_rating, "kcore": kcore},
-        "task": "ranking" if label_threshold is None else "ctr",
+        "task": "ranking" if label is None else "ctr",
         "label_threshold": label_threshold,
+        # Only when set, so that datasets prepared without one keep their bytes.
+        **({"label_column": columns.label} if columns.label is not None else {}),
         "features": sorted(features),
         "seed": seed,
         "source": input,
@@ -172,6 +200,68 @@ def prepare(
             write_parquet(fs, join(tmp, f"{kind}_features.parquet"), table)
         write_json(fs, join(tmp, "meta.json"), meta)  # last: its presence marks a complete dataset
     return meta
+
+
+def _check_label_options(
+    columns: ColumnMap, fmt: str, min_rating: float | None, label_threshold: float | None
+) -> None:
+    """Options that exclude each other, refused before a large log is read."""
+    if fmt in ("movielens", "sasrec"):
+        for flag, value in (
+            ("--label-col/data.label_column", columns.label),
+            ("--user-features/data.user_features", columns.user_features),
+            ("--item-features/data.item_features", columns.item_features),
+        ):
+            if value:
+                raise AdvrecError(
+                    f"{flag} names a column of a csv, parquet or recbole log; "
+                    f"a {fmt} log has a fixed layout"
+                )
+    if columns.label is None:
+        return
+    if label_threshold is not None:
+        raise AdvrecError(
+            "--label-col/data.label_column and --label-threshold/data.label_threshold exclude "
+            "each other: the labels come from one or the other"
+        )
+    if min_rating is not None:
+        raise AdvrecError(
+            "--label-col/data.label_column and --min-rating/data.min_rating exclude each other: "
+            "a CTR dataset keeps its negatives"
+        )
+
+
+def _first_values(
+    raw: pa.Table, kept_rows: np.ndarray, codes: np.ndarray, names: pa.Array, id_column: str
+) -> pa.Table:
+    """One row per user (item) of ``codes``: its raw id (column ``id_column``, which no feature
+    column of the log may be named) and the feature values of its first row among
+    ``kept_rows`` (log rows in file order)."""
+    present, first = np.unique(codes, return_index=True)
+    values = raw.take(pa.array(kept_rows[first]))
+    return pa.Table.from_arrays(
+        [names.take(pa.array(present)), *values.columns],
+        schema=pa.schema([pa.field(id_column, pa.string()), *values.schema]),
+    )
+
+
+def _join_features(
+    own: pa.Table | None, from_log: pa.Table, kind: str, input: str
+) -> pa.Table:
+    """A RecBole ``.user``/``.item`` file's features and the log's, side by side (both are one
+    row per vocabulary index, in order)."""
+    if own is None:
+        return from_log
+    for name in from_log.column_names[1:]:
+        if name in own.column_names:
+            raise AdvrecError(
+                f"{input}: {kind} feature column '{name}' is in both the log "
+                f"(--{kind}-features/data.{kind}_features) and the .{kind} file"
+            )
+    extra = from_log.drop_columns(["index"])
+    return pa.Table.from_arrays(
+        [*own.columns, *extra.columns], schema=pa.schema([*own.schema, *extra.schema])
+    )
 
 
 def _first_of_each_pair(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray) -> np.ndarray:

@@ -6,6 +6,10 @@ Every reader returns the same table, one row per interaction, in file order:
     item       string
     rating     float64   only when the format has one
     timestamp  int64     the 0-based row order when the format has no time
+    label      int8      only with ``ColumnMap.label``: an explicit 0/1 click column
+
+followed, when ``ColumnMap.user_features``/``item_features`` name columns of the log, by those raw
+columns under prefixed names (taken apart again by :func:`log_features`).
 
 Side features come from :func:`read_recbole_features` (a RecBole ``.user``/``.item`` file) and
 :func:`read_movielens_features` (MovieLens' own user and movie files beside the ratings), both
@@ -63,6 +67,11 @@ class ColumnMap:
     ``rating`` and ``timestamp`` are optional: set them to ``None`` to ignore them. A log without
     a column of the *default* name simply has no rating (or time); a column named explicitly
     must exist. ``sep`` is the CSV field separator.
+
+    ``label`` names an explicit click column (0/1 or booleans only), read as the int8 ``label``
+    column. ``user_features`` and ``item_features`` name columns of the log that describe the
+    user (item) of the row, carried as raw side features (see :func:`log_features`); each named
+    column must exist.
     """
 
     user: str = "user_id"
@@ -70,9 +79,16 @@ class ColumnMap:
     rating: str | None = "rating"
     timestamp: str | None = "timestamp"
     sep: str = ","
+    label: str | None = None
+    user_features: tuple[str, ...] = ()
+    item_features: tuple[str, ...] = ()
 
 
 _DEFAULT_COLUMNS = ColumnMap()
+# The fields of ColumnMap that name one standard column each.
+_STANDARD = ("user", "item", "rating", "timestamp", "label")
+# How a log's feature column is named in read_log's table: "user_feature:age".
+_FEATURE_PREFIX = {"user": "user_feature:", "item": "item_feature:"}
 
 
 def read_log(url: str, fmt: str, columns: ColumnMap | None = None) -> pa.Table:
@@ -86,7 +102,8 @@ def read_log(url: str, fmt: str, columns: ColumnMap | None = None) -> pa.Table:
 
     Raises:
         AdvrecError: naming the file and column for a missing file or column, a non-numeric,
-            missing or NaN rating/timestamp, an empty log, or an unknown format.
+            missing or NaN rating/timestamp, a label other than 0/1, a feature column of a type
+            no feature encoding takes, an empty log, or an unknown format.
     """
     columns = columns or _DEFAULT_COLUMNS
     if fmt == "movielens":
@@ -104,6 +121,18 @@ def read_log(url: str, fmt: str, columns: ColumnMap | None = None) -> pa.Table:
     if fmt == "parquet":
         return _read_parquet(url, columns)
     raise AdvrecError(f"{url}: unknown format '{fmt}' (expected one of: {', '.join(FORMATS)})")
+
+
+def log_features(log: pa.Table, kind: str) -> pa.Table | None:
+    """The ``kind`` (``user`` or ``item``) feature columns that :func:`read_log` carried from the
+    log (``ColumnMap.user_features``/``item_features``), one row per row of ``log``, under their
+    source names and with their field metadata; ``None`` when the log carries none."""
+    prefix = _FEATURE_PREFIX[kind]
+    fields = [f for f in log.schema if f.name.startswith(prefix)]
+    if not fields:
+        return None
+    schema = pa.schema(f.with_name(f.name[len(prefix) :]) for f in fields)
+    return pa.Table.from_arrays([log[f.name] for f in fields], schema=schema)
 
 
 def read_recbole_features(url: str, kind: str) -> pa.Table | None:
@@ -400,8 +429,10 @@ def _read_parquet(url: str, columns: ColumnMap) -> pa.Table:
         try:
             with fs.open(p, "rb") as f:
                 pf = pq.ParquetFile(f)
-                source = _source_columns(pf.schema_arrow.names, columns, where)
-                parts.append(pf.read(columns=list(source.values())))
+                names = pf.schema_arrow.names
+                source = _source_columns(names, columns, where)
+                wanted = [*source.values(), *_feature_sources(names, columns, where)]
+                parts.append(pf.read(columns=list(dict.fromkeys(wanted))))
         except (pa.ArrowInvalid, OSError) as exc:
             raise AdvrecError(f"{where}: cannot read Parquet ({_first_line(exc)})") from exc
     try:
@@ -658,7 +689,7 @@ def _source_columns(present: list[str], columns: ColumnMap, where: str) -> dict[
     """Map each standard column to the source column holding it, checking that it exists."""
     source: dict[str, str] = {}
     for f in fields(ColumnMap):
-        if f.name == "sep":
+        if f.name not in _STANDARD:
             continue
         name = getattr(columns, f.name)
         if name is None:
@@ -672,9 +703,31 @@ def _source_columns(present: list[str], columns: ColumnMap, where: str) -> dict[
     return source
 
 
+def _feature_sources(present: list[str], columns: ColumnMap, where: str) -> list[str]:
+    """The log's user and item feature columns, checking that each exists, is listed once and
+    is not the id column of its side."""
+    for kind, names in (("user", columns.user_features), ("item", columns.item_features)):
+        own_id = columns.user if kind == "user" else columns.item
+        for j, name in enumerate(names):
+            if name == own_id:
+                raise AdvrecError(
+                    f"{where}: {kind} feature column '{name}' is the {kind} id column itself"
+                )
+            if name in names[:j]:
+                raise AdvrecError(f"{where}: {kind} feature column '{name}' is listed twice")
+            if name not in present:
+                raise AdvrecError(
+                    f"{where}: missing {kind} feature column '{name}' "
+                    f"(columns: {', '.join(present)})"
+                )
+    return [*columns.user_features, *columns.item_features]
+
+
 def _standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
-    """Select, check and cast the user/item/rating/timestamp columns of a parsed log."""
+    """Select, check and cast the user/item/rating/timestamp/label columns of a parsed log, and
+    append its feature columns under prefixed names."""
     source = _source_columns(table.column_names, columns, where)
+    _feature_sources(table.column_names, columns, where)
     out: dict[str, pa.ChunkedArray | pa.Array] = {}
     for key in ("user", "item"):
         name = source[key]
@@ -690,7 +743,62 @@ def _standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
     else:
         # No time in the log: the row order is the time order.
         out["timestamp"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    return pa.table(out)
+    if "label" in source:
+        out["label"] = _labels(table[source["label"]], source["label"], where)
+    schema = [pa.field(name, col.type) for name, col in out.items()]
+    for kind, names in (("user", columns.user_features), ("item", columns.item_features)):
+        for name in names:
+            field = table.schema.field(name)
+            col = _feature_values(table[name], name, where)
+            out[_FEATURE_PREFIX[kind] + name] = col
+            # The field metadata (a RecBole .inter column's type) goes along.
+            schema.append(pa.field(_FEATURE_PREFIX[kind] + name, col.type, metadata=field.metadata))
+    return pa.Table.from_arrays(list(out.values()), schema=pa.schema(schema))
+
+
+def _labels(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    """An explicit click column as int8: only 0 and 1 (as numbers, booleans or the strings
+    '0'/'1'); anything else, missing values included, is an error naming the first culprit."""
+    if pa.types.is_boolean(col.type):
+        bad = pc.is_null(col)
+    elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        bad = pc.invert(pc.is_in(col, value_set=pa.array(["0", "1"]))).fill_null(True)
+    elif pa.types.is_integer(col.type) or pa.types.is_floating(col.type):
+        # NaN is neither 0 nor 1, and a null is in no set (fill_null).
+        bad = pc.invert(pc.is_in(col, value_set=pa.array([0, 1], col.type))).fill_null(True)
+    else:
+        raise AdvrecError(f"{where}: label column '{name}' must hold 0/1, not type {col.type}")
+    if pc.any(bad).as_py():
+        row = _first(bad)
+        value = col[row - 1].as_py()
+        shown = "a missing value" if value is None else f"'{value}'"
+        raise AdvrecError(
+            f"{where}: label column '{name}' has {shown} at data row {row} (expected only 0/1)"
+        )
+    return col.cast(pa.int8())
+
+
+def _feature_values(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    """A feature column in a type the feature encoder takes: numbers as they are (decimals as
+    float64), strings (categoricals decoded, booleans as 'true'/'false', a column with no values
+    as all-null strings) and lists of strings; any other type is an error naming the column."""
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    kind = col.type
+    if pa.types.is_null(kind) or pa.types.is_boolean(kind) or pa.types.is_large_string(kind):
+        return col.cast(pa.string())
+    if pa.types.is_string(kind) or pa.types.is_floating(kind) or pa.types.is_integer(kind):
+        return col
+    if pa.types.is_decimal(kind):
+        return col.cast(pa.float64())
+    if (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and (
+        pa.types.is_string(kind.value_type) or pa.types.is_large_string(kind.value_type)
+    ):
+        return col.cast(pa.list_(pa.string()))
+    raise AdvrecError(
+        f"{where}: feature column '{name}' has type {kind}; a feature column must hold "
+        "numbers, strings or lists of strings"
+    )
 
 
 def _positive_ids(table: pa.Table, where: str) -> pa.Table:

@@ -15,6 +15,7 @@ from advrec import io
 from advrec.config import DataConfig
 from advrec.data.dataset import is_prepared
 from advrec.data.prepare import prepare
+from advrec.data.readers import ColumnMap
 from advrec.errors import AdvrecError
 
 MOVIELENS_FILES = ("u.data", "ratings.dat", "ratings.csv")
@@ -66,10 +67,16 @@ def resolve_dataset(cfg: DataConfig) -> str:
     options = {"version": CACHE_VERSION, "source": cfg.source, "identity": _identity(cfg.source), "format": fmt,
                "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed,
                "label_threshold": cfg.label_threshold}
+    # Only when set, so the keys of datasets prepared without them (the same bytes) stay valid.
+    for key in ("label_column", "user_features", "item_features"):
+        if getattr(cfg, key):
+            options[key] = getattr(cfg, key)
+    columns = ColumnMap(label=cfg.label_column, user_features=tuple(cfg.user_features),
+                        item_features=tuple(cfg.item_features))
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     cache = cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "advrec", "datasets")
     url = io.join(cache, key)
     if not is_prepared(url):
         prepare(cfg.source, fmt, url, split=cfg.split, min_rating=cfg.min_rating, kcore=cfg.kcore,
-                seed=cfg.seed, label_threshold=cfg.label_threshold)
+                seed=cfg.seed, label_threshold=cfg.label_threshold, columns=columns)
     return url

@@ -145,7 +145,8 @@ class LabelledTask:
         columns = {"click": part.label, "rating": part.rating}
         missing = [t for t in self.tasks if columns[t] is None]
         if missing:
-            why = {"click": "a CTR dataset: set data.label_threshold (e.g. 4)",
+            why = {"click": ("a CTR dataset: set data.label_threshold (e.g. 4) "
+                              "or data.label_column"),
                    "rating": "a log with ratings"}
             raise AdvrecError(f"{self.data.url}: no {missing[0]} labels; this model needs "
                               f"{why[missing[0]]}")
