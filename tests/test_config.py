@@ -40,6 +40,10 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
     (["adv.eps"], "override 'adv.eps'"),
     (["model.heads=3"], "model: 3 heads do not divide model.dim=64"),
     (["model.max_len=0"], "model.max_len"),
+    (["train.num_negatives=0"], "train.num_negatives: must be a positive integer, or 'all'"),
+    (["train.num_negatives=some"], "train.num_negatives: must be a positive integer, or 'all'"),
+    (["train.num_negatives=all"], ("train.num_negatives: 'all' (every item at every position) is "
+                                  "for model.name=sasrec, not mf")),
 ])
 def test_bad_keys_and_values_name_the_key(override: list[str], culprit: str) -> None:
     with pytest.raises(AdvrecError) as err:

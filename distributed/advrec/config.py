@@ -156,13 +156,23 @@ class TrainConfig(_Section):
     optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
     weight_decay: float = Field(0.0, ge=0.0)
     reg: float = Field(0.0, ge=0.0, description="L2 penalty on the batch's embedding rows.")
-    num_negatives: int = Field(1, gt=0)
+    num_negatives: int | Literal["all"] = Field(
+        1, description="Sampled negatives per positive; 'all' scores every item at every position "
+        "(SASRec's full softmax).")
     seed: int = 0
     eval_every: int = Field(1, gt=0)
     patience: int = Field(10, ge=0, description="Epochs without improvement before stopping; 0 = off.")
     monitor: str | None = Field(
         None, description="The valid metric for early stopping and the best epoch; default "
         "ndcg@K (first of eval.ks) for ranking, auc for CTR, click/auc for multi-task.")
+
+    @field_validator("num_negatives", mode="before")
+    @classmethod
+    def _negatives(cls, v: Any) -> Any:
+        # before pydantic's union, which would report int and literal errors separately
+        if v != "all" and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise ValueError("must be a positive integer, or 'all' (every item, SASRec only)")
+        return v
 
 
 class EvalConfig(_Section):
@@ -231,6 +241,13 @@ class RunConfig(_Section):
             trains = f"trains with {self.loss()}" if self.loss() else "has its own per-task losses"
             raise ValueError(f"train.loss: model.name={self.model.name} {trains}, "
                              f"not {self.train.loss}; leave train.loss unset")
+        return self
+
+    @model_validator(mode="after")
+    def _all_negatives_is_sequential(self) -> RunConfig:
+        if self.train.num_negatives == "all" and self.model.name != "sasrec":
+            raise ValueError(f"train.num_negatives: 'all' (every item at every position) is for "
+                             f"model.name=sasrec, not {self.model.name}")
         return self
 
     @model_validator(mode="after")

@@ -1,8 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from advrec.errors import AdvrecError
 from advrec.models import LOSSES
+from advrec.models.losses import batch_loss
 from advrec.models.sasrec import SASRec
 
 N_ITEMS, D = 20, 16
@@ -60,6 +62,25 @@ def test_rank_scores_match_candidate_scoring_at_the_last_position() -> None:
     torch.testing.assert_close(model.rank_scores({"seq": seq}), full)
     some = torch.tensor([[3, 5], [0, 19]])
     torch.testing.assert_close(model.score_candidates({"seq": seq}, some), full.gather(1, some))
+
+
+def test_full_softmax_is_cross_entropy_over_every_item() -> None:
+    model = _model().eval()  # no dropout: the hand computation reruns the transformer
+    seq = torch.stack([_left_pad([1, 2, 3], 8), _left_pad(list(range(4, 12)), 8)])
+    target = torch.cat([seq[:, 1:], torch.tensor([[5], [0]])], 1)  # the next item; pad after pad
+    mask = (seq != N_ITEMS) & (target != N_ITEMS)
+    batch = {"seq": seq, "target": target, "mask": mask}
+    emb = model.embed(batch)
+    assert emb["item"].shape == (N_ITEMS, D)  # every real item's row, no padding row
+    logits = model.score(emb, batch)
+    assert logits.shape == (2, 8, 1 + N_ITEMS)
+    by_hand = model.hidden(emb["item_seq"], seq) @ model.item.weight[:N_ITEMS].T  # (B, L, N)
+    torch.testing.assert_close(logits[..., 0], by_hand.gather(-1, target.clamp(max=N_ITEMS - 1)
+                                                              .unsqueeze(-1)).squeeze(-1))
+    expected = F.cross_entropy(by_hand[mask], target[mask])
+    torch.testing.assert_close(batch_loss(LOSSES["softmax"], logits, batch), expected)
+    # bce over every item stays finite although the target's duplicate column is masked out
+    assert torch.isfinite(batch_loss(LOSSES["bce"], logits, batch))
 
 
 def test_item_table_is_listed_once() -> None:

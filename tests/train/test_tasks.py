@@ -47,6 +47,14 @@ def test_sequence_batches_shift_by_one_and_mask_padding(data: Dataset) -> None:
     assert task.context(torch.tensor([0, 1]), "test")["seq"].tolist() == [[3, 4, 5], [7, 8, 0]]
 
 
+def test_sequence_batches_for_a_full_softmax_carry_targets_not_candidates(data: Dataset) -> None:
+    task = SequenceTask(data, max_len=3, num_negatives="all")
+    batch = next(task.batches(8, torch.Generator().manual_seed(0), shuffle=False))
+    assert "item" not in batch
+    assert batch["target"].tolist() == [[2, 3, 4], [P, 7, 8]]
+    assert batch["mask"].tolist() == [[True, True, True], [False, False, True]]
+
+
 def test_pair_batches_cover_every_interaction_once(data: Dataset) -> None:
     task = PairTask(data, num_negatives=3)
     batches = list(task.batches(3, torch.Generator().manual_seed(0)))
@@ -55,13 +63,17 @@ def test_pair_batches_cover_every_interaction_once(data: Dataset) -> None:
     assert all(b["item"].shape[1] == 4 for b in batches)
 
 
-def test_sasrec_trains_adversarially_end_to_end(ml100k_small: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("loss", [["train.loss=bce"],
+                                  ["train.loss=softmax", "train.num_negatives=all",
+                                   "train.lr=0.03"]])
+def test_sasrec_trains_adversarially_end_to_end(ml100k_small: Path, tmp_path: Path,
+                                               loss: list[str]) -> None:
     run = tmp_path / "run"
     code = main(["train", "--output", str(run), "--quiet", f"data.source={ml100k_small}",
                  "data.format=movielens", "data.split=loo", f"data.cache_dir={tmp_path / 'c'}",
                  "model.name=sasrec", "model.dim=16", "model.max_len=20", "model.heads=2",
                  "adv.method=pgd", "adv.steps=2", "adv.eps=0.2", "train.epochs=12",
-                 "train.lr=0.01", "train.batch_size=32", "train.loss=bce"])
+                 "train.lr=0.01", "train.batch_size=32", *loss])
     assert code == 0
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["clean"] < history[0]["clean"]

@@ -27,7 +27,8 @@ from advrec.models.base import Batch, Recommender, init_embedding
 
 class SASRec(Recommender):
     """Batch keys: ``seq`` (B, L) item ids, left-padded with ``num_items``; ``item`` (B, L, C)
-    candidate items scored at every position (training: the next item, then negatives)."""
+    candidate items scored at every position (training: the next item, then negatives), or
+    instead ``target`` (B, L), the next item, to score every item (a full softmax)."""
 
     def __init__(self, num_users: int, num_items: int, dim: int, max_len: int, layers: int = 2,
                  heads: int = 1, dropout: float = 0.2, init: str = "xavier",
@@ -49,8 +50,11 @@ class SASRec(Recommender):
         self.norm = nn.LayerNorm(dim)
 
     def embed(self, batch: Batch) -> dict[str, Tensor]:
-        """``item_seq`` (B, L, d) the history's rows; ``item`` (B, L, C, d) the candidates' rows."""
-        return {"item_seq": self.item(batch["seq"]), "item": self.item(batch["item"])}
+        """``item_seq`` (B, L, d) the history's rows; ``item`` (B, L, C, d) the candidates' rows,
+        or (N, d) every item's row when the batch has a ``target`` instead of candidates."""
+        candidates = (self.item(batch["item"]) if "item" in batch
+                      else self.item.weight[: self.num_items])
+        return {"item_seq": self.item(batch["seq"]), "item": candidates}
 
     def hidden(self, item_seq: Tensor, seq: Tensor) -> Tensor:
         """The transformer's output (B, L, d) at every position; zero at padded positions."""
@@ -68,9 +72,24 @@ class SASRec(Recommender):
         return self.norm(h) * real.unsqueeze(-1)
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
-        """(B, L, C) logits: each position's hidden state dotted with its candidates."""
+        """(B, L, C) logits: each position's hidden state dotted with its candidates; with every
+        item as a candidate, (B, L, 1 + N): the target's logit, then all items' logits with the
+        target's own masked out, so that column 0 is the positive as for sampled candidates and
+        a softmax over the row is exactly the full softmax over items."""
         h = self.hidden(emb["item_seq"], batch["seq"])
-        return (h.unsqueeze(2) * emb["item"]).sum(-1)
+        items = emb["item"]
+        if items.dim() == 2:
+            return self._target_first(h @ items.T, batch["target"])
+        return (h.unsqueeze(2) * items).sum(-1)
+
+    def _target_first(self, logits: Tensor, target: Tensor) -> Tensor:
+        """(B, L, N) logits of every item and (B, L) targets -> (B, L, 1 + N), see `score`."""
+        # padded targets (never in the loss: the task masks them) read any real column
+        t = target.clamp(max=self.num_items - 1).unsqueeze(-1)
+        # the lowest finite value, not -inf: exp() gives 0 all the same, but bce's
+        # (1 - label) * logit term would turn -inf into nan
+        rest = logits.scatter(-1, t, torch.finfo(logits.dtype).min)
+        return torch.cat([logits.gather(-1, t), rest], -1)
 
     def tables(self) -> dict[str, nn.Embedding]:
         # one table serves both embed keys; listed once so an attack on tables moves it once

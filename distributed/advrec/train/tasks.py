@@ -95,9 +95,10 @@ def histories(parts: list[Interactions], num_users: int, length: int, pad: int) 
 
 class SequenceTask:
     """One time-ordered training sequence per user and epoch (SASRec): at every position the
-    target is the next item, scored against ``num_negatives`` sampled negatives."""
+    target is the next item, scored against ``num_negatives`` sampled negatives, or against every
+    item (``num_negatives="all"``, a full softmax)."""
 
-    def __init__(self, data: Dataset, max_len: int, num_negatives: int) -> None:
+    def __init__(self, data: Dataset, max_len: int, num_negatives: int | str) -> None:
         self.data, self.max_len, self.num_negatives = data, max_len, num_negatives
         self.pad = data.num_items
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
@@ -112,16 +113,22 @@ class SequenceTask:
 
     def batches(self, batch_size: int, generator: torch.Generator,
                 shuffle: bool = True) -> Iterator[Batch]:
-        """``seq`` (B, L), ``item`` (B, L, 1 + n) and ``mask`` (B, L) of positions with a target."""
+        """``seq`` (B, L), ``mask`` (B, L) of positions with a target, and ``item``
+        (B, L, 1 + n), the next item then n sampled negatives; with every item as a candidate,
+        ``target`` (B, L), the next item (the model scores all items itself)."""
         n = self.users.numel()
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         for idx in order.split(batch_size):
             seq, target = self.inputs[idx], self.targets[idx]
+            mask = (seq != self.pad) & (target != self.pad)
+            if self.num_negatives == "all":
+                yield {"seq": seq, "target": target, "mask": mask}
+                continue
             users = self.users[idx]
             negatives = self.sampler.sample(users, seq.shape[1] * self.num_negatives, generator)
             negatives = negatives.view(*seq.shape, self.num_negatives)
             yield {"seq": seq, "item": torch.cat([target.unsqueeze(-1), negatives], -1),
-                   "mask": (seq != self.pad) & (target != self.pad)}
+                   "mask": mask}
 
     def context(self, users: Tensor, split: str) -> Batch:
         """The history before ``split``'s items: train for valid, train + valid for test."""
