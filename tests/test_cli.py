@@ -29,12 +29,16 @@ def test_prepare_train_evaluate_end_to_end(prepared: Path, tmp_path: Path,
     meta = json.loads((prepared / "meta.json").read_text())
     assert meta["num_users"] == 60
     run_dir = tmp_path / "run"
-    code, out, err = run(capsys, "train", "--output", str(run_dir), "--quiet",
+    code, out, err = run(capsys, "train", "--output", str(run_dir),
                          f"data.source={prepared}", "model.dim=16", "adv.method=fgm",
                          "adv.eps=0.3", "adv.start_epoch=1", "train.epochs=3", "train.lr=0.01",
                          "train.batch_size=512", "eval.ks=[5,10]")
     assert code == 0, err
     assert "test" in out
+    # not a terminal: a line per epoch instead of a progress bar
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"]
+    assert all(" ndcg@5 " in line for line in epochs)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for split in ("valid", "test"):
         assert set(metrics[split]) == {f"{m}@{k}" for m in ("ndcg", "recall", "hit", "mrr", "precision")

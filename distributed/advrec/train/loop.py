@@ -112,6 +112,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                 stale += 1
             bar.set_postfix(loss=f"{losses['loss']:.4f}", **{monitor: f"{value:.4f}"},
                             best=f"{best_value:.4f}")
+        if progress and bar.disable:
+            # not a terminal (a log file, a Ray job's logs): one line per epoch instead of a bar
+            key = f"valid/{monitor}"
+            shown = f" {monitor} {record[key]:.4f}" if key in record else ""
+            print(f"epoch {epoch + 1}/{tc.epochs} loss {losses['loss']:.4f}{shown} "
+                  f"({record['train_s']:.1f} s)", flush=True)
         history.append(record)
         ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
         # a clean warm-up always runs to its end: APR's adversarial phase starts from it
