@@ -17,9 +17,28 @@ The data directory is only read: its atomic files are symlinked into a temporary
 copy bundled inside the recbole package). Logs, tensorboard files and checkpoints also live in
 that temporary directory, which is removed at the end.
 
+``--split-from DIR`` trains, validates and tests on exactly the rows of an ``advrec prepare``
+dataset (``train/valid/test.parquet`` mapped back to raw ids through ``users/items.parquet``): the
+three parts are written as ``ml-100k.{train,valid,test}.inter`` (raw ``user_id``/``item_id``,
+``rating``/``timestamp`` as in the log, and ``label:float`` for a CTR dataset) beside the linked
+``.user``/``.item`` files, and RecBole reads them through ``benchmark_filename: [train, valid,
+test]``, which skips its own filtering and splitting. Reading Parquet needs pyarrow in the RecBole
+venv (``pip install pyarrow==17.0.0``: 18 and 19 abort at exit beside numpy 1.26).
+
+A CTR dataset (one with a ``label`` column), or ``--ctr`` on RecBole's own split, runs RecBole's
+context-aware setup instead: the model's own defaults (no embedding 64), user age/gender/occupation
+and item release_year/class as features, labelled evaluation (``mode: labeled``) by AUC and
+LogLoss, early stopping on valid AUC, no negative sampling. With ``--split-from`` the given labels
+are used as they are (``threshold: null``); with ``--ctr`` RecBole labels ``rating >= 4`` as a
+click (``threshold: {rating: 4}``) and splits 8:1:1 at random over all rows (its ``group_by:
+null`` default for CTR; ``--set`` an ``eval_args`` with ``group_by: user`` for a per-user split).
+
 ``--set KEY=VALUE`` (repeatable, VALUE parsed as YAML) overrides any RecBole config entry, e.g.
 for SASRec: ``--model SASRec --set 'train_neg_sample_args=null' --set 'eval_args={split: {LS:
-valid_and_test}, order: TO, group_by: user, mode: full}'``.
+valid_and_test}, order: TO, group_by: user, mode: full}'``. Overrides are applied last.
+
+    benchmarks/.recbole-venv/bin/python benchmarks/recbole/run_recbole.py --model DeepFM \
+        --split-from /tmp/ctr/prepared --seed 2020      # after: advrec prepare --label-threshold 4
 """
 from __future__ import annotations
 
@@ -39,6 +58,9 @@ os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
 DATASET = "ml-100k"
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data" / DATASET / "recbole"
 METRICS = ["Recall", "NDCG", "Hit", "MRR"]
+PARTS = ["train", "valid", "test"]
+CTR_FEATURES = {"user": ["user_id", "age", "gender", "occupation"],
+                "item": ["item_id", "release_year", "class"]}
 
 
 def parse_args(argv=None):
@@ -46,6 +68,11 @@ def parse_args(argv=None):
     p.add_argument("--model", default="BPR", help="RecBole model name (default: BPR)")
     p.add_argument("--data", default=str(DEFAULT_DATA),
                    help="directory holding ml-100k.inter/.user/.item (default: %(default)s)")
+    p.add_argument("--split-from", metavar="DIR", default=None,
+                   help="an advrec prepared dataset: use exactly its train/valid/test rows "
+                        "(CTR setup when it has labels)")
+    p.add_argument("--ctr", action="store_true",
+                   help="CTR on RecBole's own split: rating >= 4 is a click, AUC/LogLoss")
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--epochs", type=int, default=300, help="max epochs (default: 300)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -55,16 +82,70 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def link_data(src: Path, root: Path) -> Path:
-    """Symlink the atomic files of ``src`` into ``root/ml-100k``; return ``root`` (RecBole's data_path)."""
+def link_data(src: Path, root: Path, inter: bool = True) -> Path:
+    """Symlink the atomic files of ``src`` into ``root/ml-100k``; return ``root`` (RecBole's data_path).
+
+    ``inter=False`` leaves out the ``.inter`` file (the interactions come from ``--split-from``).
+    """
     files = sorted(src.glob(f"{DATASET}.*"))
-    if not any(f.name == f"{DATASET}.inter" for f in files):
+    if inter and not any(f.name == f"{DATASET}.inter" for f in files):
         sys.exit(f"run_recbole: no {DATASET}.inter in {src}")
     dst = root / DATASET
     dst.mkdir(parents=True)
     for f in files:
-        (dst / f.name).symlink_to(f.resolve())
+        if inter or f.suffix != ".inter":
+            (dst / f.name).symlink_to(f.resolve())
     return root
+
+
+def write_split(prepared: Path, dst: Path) -> tuple[bool, dict[str, int]]:
+    """Write the parts of the advrec dataset ``prepared`` as ``dst/ml-100k.<part>.inter``.
+
+    Indices go back to raw ids through ``users.parquet``/``items.parquet``; ``rating`` and
+    ``timestamp`` are written as they are, and ``label`` (a CTR dataset) as ``label:float``.
+    Returns whether the dataset is CTR (has labels) and the number of rows of each part.
+    """
+    import numpy as np
+
+    try:
+        import pandas as pd
+        import pyarrow  # noqa: F401  (pandas.read_parquet needs it)
+    except ImportError:
+        sys.exit("run_recbole: --split-from reads Parquet: "
+                 "pip install pyarrow==17.0.0 into the RecBole venv")
+    if not (prepared / "meta.json").is_file():
+        sys.exit(f"run_recbole: {prepared} is not an advrec prepared dataset (no meta.json)")
+    raw = {key: pd.read_parquet(prepared / f"{key}s.parquet").sort_values("index")
+           for key in ("user", "item")}
+    for key, vocab in raw.items():
+        if not (vocab["index"].to_numpy() == np.arange(len(vocab))).all():
+            sys.exit(f"run_recbole: {prepared}/{key}s.parquet indices are not 0..n-1")
+    columns = {"rating": "rating:float", "timestamp": "timestamp:float", "label": "label:float"}
+    ctr, counts = False, {}
+    for part in PARTS:
+        df = pd.read_parquet(prepared / f"{part}.parquet")
+        out = pd.DataFrame({
+            "user_id:token": raw["user"]["raw_id"].to_numpy()[df["user"].to_numpy()],
+            "item_id:token": raw["item"]["raw_id"].to_numpy()[df["item"].to_numpy()],
+        })
+        for col, header in columns.items():
+            if col in df:
+                out[header] = df[col].to_numpy()
+        ctr = "label" in df
+        counts[part] = len(out)
+        out.to_csv(dst / f"{DATASET}.{part}.inter", sep="\t", index=False)
+    return ctr, counts
+
+
+def model_defaults(model: str) -> list[str]:
+    """The keys of RecBole's own defaults for ``model`` (``recbole/properties/model/<model>.yaml``)."""
+    import recbole
+    import yaml
+
+    path = Path(recbole.__file__).parent / "properties" / "model" / f"{model}.yaml"
+    if not path.is_file():
+        return []
+    return list(yaml.safe_load(path.read_text()) or {})
 
 
 def main(argv=None) -> int:
@@ -89,7 +170,10 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="recbole-") as tmp:
         tmp = Path(tmp)
-        data_root = link_data(Path(args.data), tmp / "data")
+        data_root = link_data(Path(args.data), tmp / "data", inter=args.split_from is None)
+        ctr, split_counts = args.ctr, None
+        if args.split_from:
+            ctr, split_counts = write_split(Path(args.split_from), data_root / DATASET)
         config_dict = {
             "data_path": str(data_root),
             "checkpoint_dir": str(tmp / "saved"),
@@ -115,6 +199,25 @@ def main(argv=None) -> int:
             "save_dataloaders": False,
             "log_wandb": False,
         }
+        if ctr:
+            # RecBole's context-aware setup; the model's own embedding_size
+            del config_dict["embedding_size"], config_dict["topk"]
+            config_dict.update({
+                "LABEL_FIELD": "label",
+                "threshold": None if args.split_from else {"rating": 4},
+                "load_col": {"inter": ["user_id", "item_id",
+                                       "label" if args.split_from else "rating"],
+                             **CTR_FEATURES},
+                "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO",
+                              "group_by": None, "mode": "labeled"},
+                "metrics": ["AUC", "LogLoss"],
+                "valid_metric": "AUC",
+                "train_neg_sample_args": None,
+                "metric_decimal_place": 6,
+            })
+        if args.split_from:
+            # fixed parts: RecBole skips filtering and splitting (eval_args.split is unused)
+            config_dict["benchmark_filename"] = PARTS
         config_dict.update(overrides)
 
         # RecBole writes ./log and ./log_tensorboard relative to the working directory.
@@ -137,6 +240,10 @@ def main(argv=None) -> int:
             dataset = create_dataset(config)
             logger.info(dataset)
             train_data, valid_data, test_data = data_preparation(config, dataset)
+            if split_counts:
+                got = [len(d._dataset) for d in (train_data, valid_data, test_data)]
+                if got != list(split_counts.values()):
+                    sys.exit(f"run_recbole: RecBole's parts have {got} rows, not {split_counts}")
 
             init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
             model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
@@ -172,9 +279,15 @@ def main(argv=None) -> int:
 
     n = len(train_times)
     best_epoch = (n - 1) - trainer.cur_step * trainer.eval_step if valid_times else None
+    hparams = ["embedding_size", *model_defaults(args.model), "train_batch_size", "learner",
+               "learning_rate", "weight_decay", "stopping_step"]
     out = {
         "model": args.model,
         "seed": args.seed,
+        "task": "ctr" if ctr else "ranking",
+        "split_from": args.split_from,
+        "split_rows": split_counts,
+        "hparams": {k: config[k] for k in dict.fromkeys(hparams)},
         "epochs": n,
         "best_epoch": best_epoch,
         "train_epoch_s_mean": statistics.fmean(train_times) if train_times else None,

@@ -27,5 +27,5 @@ fi
 
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install -q \
-    recbole==1.2.1 torch==2.13.0 "numpy<2" "pandas<2.3" "scipy<1.14" "setuptools>=77.0.3,<81"
+    recbole==1.2.1 torch==2.13.0 "numpy<2" "pyarrow==17.0.0" "pandas<2.3" "scipy<1.14" "setuptools>=77.0.3,<81"
 echo "recbole venv created: $venv ($(check))"
