@@ -6,7 +6,10 @@ atomic files (ratings plus the users' and items' side features). Only ``data.sou
 ``data.format`` and ``train.seed`` are overridden (and ``adv.method`` for the twin). Each model is
 then attacked with PGD (10 steps) at the ε of its own config, on its own training loss, and the
 relative drop of its headline metric is reported. Results: ``benchmarks/out/zoo/results.json``
-and a Markdown table on stdout (copied into benchmarks/README.md).
+and a Markdown table on stdout (copied into benchmarks/README.md). Each finished run keeps its
+figures in ``<run>/zoo.json`` and is not trained again, so an interrupted benchmark resumes, and
+several invocations (one model each, in parallel) sharing ``--out`` can be tabulated by a last
+invocation over all of them.
 
     .venv/bin/python benchmarks/zoo.py [--models deepfm,dcnv2,twotower,mmoe,sasrec] [--seeds 0,1,2]
 """
@@ -35,17 +38,22 @@ def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
     cfg = load_config(ROOT / "jobs" / "configs" / f"ml100k-{model}.yaml",
                       [*overrides, "adv.method=none"] if clean else overrides)
     run = out / f"{model}-{'clean' if clean else 'adv'}-seed{seed}"
+    done = run / "zoo.json"
+    if done.exists():
+        return json.loads(done.read_text())
     metrics = run_training(cfg, str(run), progress=False)
     eps = repr(float(shipped.adv.eps))  # the twin is attacked at its adversarial sibling's ε
     curve = evaluate_run(str(run), ["pgd"], [0.0, shipped.adv.eps], steps=10, progress=False)
     metric = headline(cfg)[0]
     history = json.loads((run / "history.json").read_text())
     before, after = curve["pgd"]["0.0"][metric], curve["pgd"][eps][metric]
-    return {"model": model, "seed": seed, "clean": clean, "metric": metric,
-            "test": metrics["test"], "value": metrics["test"][metric], "attacked": after,
-            "drop": (before - after) / before, "eps": shipped.adv.eps,
-            "epochs": len(history), "best_epoch": metrics["best_epoch"],
-            "epoch_s": statistics.median(h["train_s"] for h in history)}
+    row = {"model": model, "seed": seed, "clean": clean, "metric": metric,
+           "test": metrics["test"], "value": metrics["test"][metric], "attacked": after,
+           "drop": (before - after) / before, "eps": shipped.adv.eps,
+           "epochs": len(history), "best_epoch": metrics["best_epoch"],
+           "epoch_s": statistics.median(h["train_s"] for h in history)}
+    done.write_text(json.dumps(row, indent=1))
+    return row
 
 
 def main() -> None:
