@@ -58,7 +58,7 @@ def main() -> None:
     for _ in range(args.epochs):
         for name, (objective, optimizer, generator) in runs.items():
             start = time.perf_counter()
-            train_epoch(objective, optimizer, task, cfg.train, adversarial=name != "bpr",
+            train_epoch(objective, optimizer, task, cfg.train.batch_size, adversarial=name != "bpr",
                         generator=generator)
             times[name].append(time.perf_counter() - start)
 

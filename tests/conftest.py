@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,3 +57,16 @@ def feature_options() -> dict[str, list[str]]:
     """The data keys that encode ml-100k's side features as the shipped configs do."""
     return {"numeric_features": ["age", "release_year"],
             "exclude_features": ["zip_code", "movie_title"]}
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray instance for every test that runs Ray Train workers (starting one costs
+    seconds); 4 logical CPUs so 2 workers and Ray's own tasks fit on a 2-core machine."""
+    import ray
+
+    from advrec.train.driver import connect
+
+    connect(None, 4)
+    yield
+    ray.shutdown()

@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from advrec.train import run_training
 
     cfg = load_config(args.config, args.overrides)
-    metrics = run_training(cfg, args.output, progress=not args.quiet)
+    metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
     rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg)}} for s in ("valid", "test")]
     print(format_table(rows, ["split", *headline(cfg)]))
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config (see jobs/configs/)")
     p.add_argument("--output", required=True, help="run directory: path or URL")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--address", help="Ray cluster of a run with scaling.num_workers >= 1 "
+                   "(default: RAY_ADDRESS, else a local Ray instance)")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. adv.eps=0.5 train.epochs=20")
     p.set_defaults(func=cmd_train)

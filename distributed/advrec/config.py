@@ -202,12 +202,20 @@ class EvalConfig(_Section):
         return sorted(set(v))
 
 
+class ScalingConfig(_Section):
+    num_workers: int = Field(
+        0, ge=0, description="0 trains in this process; N >= 1 trains on N Ray Train workers "
+        "with DDP (gloo), each on its own shard of every epoch's batches.")
+    cpus_per_worker: float = Field(1.0, gt=0.0, description="Logical CPUs Ray reserves per worker.")
+
+
 class RunConfig(_Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     adv: AdvConfig = Field(default_factory=AdvConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    scaling: ScalingConfig = Field(default_factory=ScalingConfig)
 
     @property
     def kind(self) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -26,6 +27,11 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return url_to_fs(url)
     except (ImportError, ValueError) as exc:  # unknown protocol or missing driver (e.g. s3fs)
         raise AdvrecError(f"{url}: cannot open this location ({exc})") from exc
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (other processes resolve it the same way); URLs unchanged."""
+    return url if "://" in url else os.path.abspath(url)
 
 
 def join(base: str, *parts: str) -> str:

@@ -73,5 +73,5 @@ def test_two_adversarial_epochs_lower_the_training_loss(name: str, method: str, 
     before = loss()
     g = torch.Generator().manual_seed(0)
     for _ in range(2):
-        train_epoch(objective, optimizer, task, cfg.train, adversarial=True, generator=g)
+        train_epoch(objective, optimizer, task, cfg.train.batch_size, adversarial=True, generator=g)
     assert loss() < before

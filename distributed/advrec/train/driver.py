@@ -1,14 +1,18 @@
 """The driver side of training: resolve the data, lay out the run directory, launch the loop.
 
 The loop itself (`advrec.train.loop`) is the same function Ray Train runs on each worker; with
-``num_workers=0`` Ray Train's local mode runs it in this process, with no cluster to start.
+``scaling.num_workers=0`` Ray Train's local mode runs it in this process, with no cluster to
+start. With N >= 1 workers the driver connects to the Ray cluster at ``address`` (or
+``RAY_ADDRESS``), or starts a local Ray instance when there is none.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
+import ray
 from ray.train import ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -22,25 +26,49 @@ from advrec.train.loop import train_loop_per_worker
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
-def run_training(cfg: RunConfig, output: str, progress: bool = True) -> dict[str, Any]:
+def connect(address: str | None, num_cpus: float) -> None:
+    """Join the Ray cluster at ``address`` (default ``RAY_ADDRESS``), or start a local one with
+    at least ``num_cpus`` logical CPUs, unless this process is already connected."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    # a local instance: declare enough logical CPUs for the workers even on a small machine
+    # (they share the cores; Ray only counts reservations)
+    cpus = max(os.cpu_count() or 1, int(-(-num_cpus // 1)))
+    ray.init(num_cpus=cpus, include_dashboard=False)
+
+
+def run_training(cfg: RunConfig, output: str, progress: bool = True,
+                 address: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``output``; returns the final metrics.
 
-    The run directory gets ``config.yaml`` (resolved), ``run.json`` (the prepared dataset used),
+    ``address``: the Ray cluster of a multi-worker run (``scaling.num_workers >= 1``); default
+    ``RAY_ADDRESS``, else a local Ray instance. Its workers write the run directory, so on a
+    cluster ``output`` must be storage they all reach (``s3://...``). The run directory gets ``config.yaml`` (resolved), ``run.json`` (the prepared dataset used),
     ``checkpoint/model.pt``, ``history.json`` and ``metrics.json``. A run that fails before
     finishing removes the directory it created, so no half-written run is left behind.
     """
     dataset = resolve_dataset(cfg.data)
+    output = io.absolute(output)  # Ray workers do not share the driver's working directory
     fs, path = io.filesystem(output)
     created = not fs.exists(path)
     try:
         with io.atomic_file(io.join(output, "config.yaml")) as f:
             f.write(dump_config(cfg))
         io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__})
+        workers = cfg.scaling.num_workers
+        if workers:
+            connect(address, workers * cfg.scaling.cpus_per_worker)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"run": cfg.model_dump(mode="json", by_alias=True),
                                "dataset": dataset, "output": output, "progress": progress},
-            scaling_config=ScalingConfig(num_workers=0),
+            scaling_config=ScalingConfig(
+                num_workers=workers, use_gpu=False,
+                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker} if workers else None),
         )
         return trainer.fit().return_value
     except BaseException:

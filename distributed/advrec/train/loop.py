@@ -2,8 +2,17 @@
 
 Ray Train runs `train_loop_per_worker` on each worker (``num_workers=0`` runs it in this process).
 Read it top to bottom: set-up, then for each epoch take the task's batches (shuffled, with
-sampled negatives: `advrec.train.tasks`), one optimizer step per batch on ``L_clean + λ·L_adv``, evaluate, keep the best weights, stop early; at the end
-restore the best weights, evaluate valid and test, and write the run directory.
+sampled negatives: `advrec.train.tasks`), one optimizer step per batch on ``L_clean + λ·L_adv``,
+evaluate, keep the best weights, stop early; at the end restore the best weights, evaluate valid
+and test, and write the run directory.
+
+With N workers each trains on its own shard of every epoch, with a batch of
+``train.batch_size / N`` rows, so the global batch and the learning rate mean what they mean on
+one worker. The whole objective (clean loss, attack, adversarial loss) is one forward of the
+DDP-wrapped `AdversarialObjective`, so its backward is the step's only gradient all-reduce; the
+attack's inner steps differentiate with respect to δ only and never reach DDP. Every worker
+evaluates the same (synchronised) weights on the whole valid split, so all of them take the same
+early-stopping decision; only rank 0 writes the run directory.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from typing import Any
 
 import ray.train
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advrec import io
@@ -43,12 +54,29 @@ def attack_from_config(cfg: RunConfig) -> Attack:
                   norm=adv.norm, random_start=adv.random_start, relative=adv.relative)
 
 
-def train_epoch(objective: AdversarialObjective, optimizer: torch.optim.Optimizer, task: Task,
-                cfg: TrainConfig, adversarial: bool, generator: torch.Generator) -> dict[str, float]:
-    """One pass over the task's training batches; returns mean losses."""
+def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
+    """Wrap the objective in DDP (gloo on CPU) when ``world`` > 1 workers train together.
+
+    Dense gradients everywhere: sparse embedding gradients would save traffic on gloo, but NCCL
+    cannot all-reduce them and Adam cannot apply them, so one dense path serves both.
+    """
+    if world == 1:
+        return objective
+    return DistributedDataParallel(objective, find_unused_parameters=False)
+
+
+def sample_generator(seed: int, rank: int) -> torch.Generator:
+    """Negatives and random attacks: a stream of its own per worker, so shards never draw the
+    same negatives; rank 0's is the seed's, as on a single worker."""
+    return torch.Generator().manual_seed(seed if rank == 0 else hash((seed, rank)) % 2**63)
+
+
+def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+                batch_size: int, adversarial: bool, generator: torch.Generator) -> dict[str, float]:
+    """One pass over the task's training batches (of this worker's shard); returns mean losses."""
     totals = {"loss": 0.0, "clean": 0.0, "adv": 0.0}
     n_batches = 0
-    for batch in task.batches(cfg.batch_size, generator):
+    for batch in task.batches(batch_size, generator):
         out = objective(batch, adversarial=adversarial, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -70,15 +98,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     output: str = config["output"]
     progress: bool = config.get("progress", True)
     tc = cfg.train
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    progress = progress and rank == 0
+    batch_size = -(-tc.batch_size // world)  # per worker; the global batch stays tc.batch_size
 
-    torch.manual_seed(tc.seed)  # model init
-    generator = torch.Generator().manual_seed(tc.seed)  # shuffling, negatives, random attacks
+    torch.manual_seed(tc.seed)  # model init, the same on every worker
+    generator = sample_generator(tc.seed, rank)  # shuffling, negatives, random attacks
     data = load_dataset(config["dataset"])
     model: Recommender = build_model(cfg, data)
-    objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg),
-                                     lam=cfg.adv.lam, target=cfg.adv.target, reg=tc.reg)
+    objective = distribute(AdversarialObjective(
+        model, make_loss(cfg), attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
+        reg=tc.reg), world)
     optimizer = make_optimizer(model.parameters(), tc)
-    task = make_task(cfg, data)
+    task = make_task(cfg, data, shard=(rank, world))
 
     monitor, higher_is_better = cfg.monitor()
     history: list[dict[str, Any]] = []
@@ -97,7 +130,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             best_value, stale = None, 0
         model.train()
         start = time.perf_counter()
-        losses = train_epoch(objective, optimizer, task, tc, adversarial, generator)
+        losses = train_epoch(objective, optimizer, task, batch_size, adversarial, generator)
         record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                                   "train_s": time.perf_counter() - start, **losses}
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
@@ -132,6 +165,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "valid": best_valid,  # evaluated when that epoch's weights were kept
         "test": task.evaluate(model, "test", cfg.eval),
     }
+    if rank != 0:
+        return metrics
     save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best_epoch)
     io.dump_json(io.join(output, "history.json"), history)
     io.dump_json(io.join(output, "metrics.json"), metrics)

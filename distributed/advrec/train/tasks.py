@@ -9,6 +9,11 @@ A task turns a prepared dataset into training batches and evaluates a model on a
   and, for the multi-task model, the rating; AUC, log-loss, gAUC and RMSE.
 
 Everything else (the objective, the adversary, the robustness attack) is the same for all.
+
+Under Ray Train each worker builds its task with its own ``shard`` (rank, world size) and trains
+on that shard's examples only: a fixed slice of the training rows (of the users, for sequences),
+shuffled by the worker's own generator. Every shard yields the same number of batches, which DDP
+needs (a worker that steps once more would wait forever for the others' gradients).
 """
 
 from __future__ import annotations
@@ -32,6 +37,26 @@ EVAL_ROWS = 8192
 """Interactions scored at a time when evaluating a labelled task."""
 
 
+def shard_rows(n: int, shard: tuple[int, int]) -> Tensor:
+    """Rank ``shard[0]``'s slice of ``n`` examples among ``shard[1]`` workers: every
+    world-th row, so each shard sees the whole log's mix (N,)."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard rank {rank} is not in [0, {world})")
+    return torch.arange(rank, n, world)
+
+
+def epoch_order(rows: Tensor, n_total: int, world: int, generator: torch.Generator,
+                shuffle: bool) -> Tensor:
+    """The shard's ``rows`` in this epoch's order, padded by repeating its first rows to
+    ceil(n_total / world), so every shard has as many examples (as DistributedSampler does)."""
+    order = rows[torch.randperm(rows.numel(), generator=generator)] if shuffle else rows
+    size = -(-n_total // world)
+    if order.numel() < size:
+        order = torch.cat([order, order[: size - order.numel()]])
+    return order
+
+
 class Task(Protocol):
     def batches(self, batch_size: int, generator: torch.Generator,
                 shuffle: bool = True) -> Iterator[Batch]:
@@ -47,8 +72,11 @@ class PairTask:
     """(user, positive item) pairs, each with ``num_negatives`` sampled negatives, or with
     in-batch negatives and each item's log sampling frequency (``in_batch=True``)."""
 
-    def __init__(self, data: Dataset, num_negatives: int, in_batch: bool = False) -> None:
+    def __init__(self, data: Dataset, num_negatives: int, in_batch: bool = False,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.data, self.num_negatives, self.in_batch = data, num_negatives, in_batch
+        self.world = shard[1]
+        self.rows = shard_rows(data.train.user.numel(), shard)
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
         # log Q(item): how often an item is drawn as a batch's positive, hence as an in-batch
         # negative of everyone else (Yi et al. 2019); unseen items get log(1/(N+1)), never -inf
@@ -60,8 +88,7 @@ class PairTask:
         """``user`` (B,) and ``item`` (B, 1 + n): the positive, then the negatives; in-batch,
         ``item`` (B, 1) and ``log_q`` (B,) of those items."""
         train = self.data.train
-        n = train.user.numel()
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = epoch_order(self.rows, train.user.numel(), self.world, generator, shuffle)
         for idx in order.split(batch_size):
             users, items = train.user[idx], train.item[idx]
             if self.in_batch:
@@ -98,7 +125,8 @@ class SequenceTask:
     target is the next item, scored against ``num_negatives`` sampled negatives, or against every
     item (``num_negatives="all"``, a full softmax)."""
 
-    def __init__(self, data: Dataset, max_len: int, num_negatives: int | str) -> None:
+    def __init__(self, data: Dataset, max_len: int, num_negatives: int | str,
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.data, self.max_len, self.num_negatives = data, max_len, num_negatives
         self.pad = data.num_items
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
@@ -106,6 +134,8 @@ class SequenceTask:
         train = histories([data.train], data.num_users, max_len + 1, self.pad)
         self.users = torch.nonzero((train != self.pad).sum(1) >= 2).squeeze(1)
         self.inputs, self.targets = train[self.users, :-1], train[self.users, 1:]
+        self.world = shard[1]
+        self.rows = shard_rows(self.users.numel(), shard)  # rows of self.users
         self.contexts = {
             "valid": histories([data.train], data.num_users, max_len, self.pad),
             "test": histories([data.train, data.valid], data.num_users, max_len, self.pad),
@@ -116,8 +146,7 @@ class SequenceTask:
         """``seq`` (B, L), ``mask`` (B, L) of positions with a target, and ``item``
         (B, L, 1 + n), the next item then n sampled negatives; with every item as a candidate,
         ``target`` (B, L), the next item (the model scores all items itself)."""
-        n = self.users.numel()
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = epoch_order(self.rows, self.users.numel(), self.world, generator, shuffle)
         for idx in order.split(batch_size):
             seq, target = self.inputs[idx], self.targets[idx]
             mask = (seq != self.pad) & (target != self.pad)
@@ -142,8 +171,11 @@ class LabelledTask:
     """Every rated (user, item) of a split with its labels: the click (CTR), and the rating too
     when ``tasks`` is ``("click", "rating")`` (multi-task)."""
 
-    def __init__(self, data: Dataset, tasks: tuple[str, ...]) -> None:
+    def __init__(self, data: Dataset, tasks: tuple[str, ...],
+                 shard: tuple[int, int] = (0, 1)) -> None:
         self.data, self.tasks = data, tasks
+        self.world = shard[1]
+        self.rows = shard_rows(data.train.user.numel(), shard)
         for split in ("train", "valid", "test"):
             self._labels(data.split(split))  # fail now, not after an epoch
 
@@ -165,8 +197,7 @@ class LabelledTask:
         """``user`` (B,), ``item`` (B, 1) and ``label`` (B, 1), or (B, 1, T) per task."""
         train = self.data.train
         labels = self._labels(train)
-        n = train.user.numel()
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = epoch_order(self.rows, train.user.numel(), self.world, generator, shuffle)
         for idx in order.split(batch_size):
             yield {"user": train.user[idx], "item": train.item[idx].unsqueeze(1),
                    "label": labels[idx].unsqueeze(1)}
@@ -192,15 +223,17 @@ class LabelledTask:
         return out
 
 
-def make_task(cfg: RunConfig, data: Dataset) -> Task:
-    """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.MODEL_KINDS`)."""
+def make_task(cfg: RunConfig, data: Dataset, shard: tuple[int, int] = (0, 1)) -> Task:
+    """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.MODEL_KINDS`),
+    training on ``shard`` (rank, world size) of the examples."""
     if cfg.model.name == "sasrec":
-        return SequenceTask(data, cfg.model.max_len, cfg.train.num_negatives)
+        return SequenceTask(data, cfg.model.max_len, cfg.train.num_negatives, shard)
     if cfg.kind == "ctr":
-        return LabelledTask(data, ("click",))
+        return LabelledTask(data, ("click",), shard)
     if cfg.kind == "multitask":
-        return LabelledTask(data, ("click", "rating"))
-    return PairTask(data, cfg.train.num_negatives, in_batch=cfg.model.name == "twotower")
+        return LabelledTask(data, ("click", "rating"), shard)
+    return PairTask(data, cfg.train.num_negatives, in_batch=cfg.model.name == "twotower",
+                    shard=shard)
 
 
 def make_loss(cfg: RunConfig) -> LossFn:
