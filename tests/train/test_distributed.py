@@ -1,5 +1,6 @@
 """Training on several workers: DDP over gloo, each worker on its own shard, one all-reduce per
-optimizer step whatever the attack, and the whole loop under Ray Train with 2 workers."""
+optimizer step for every model whatever the attack, and the whole loop under Ray Train with 2
+workers."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from advrec.data import load_dataset, prepare
 from advrec.models import build_model
 from advrec.train.loop import attack_from_config, distribute, make_optimizer, sample_generator
 from advrec.train.tasks import make_loss, make_task
+from zoo_models import MODELS
 
 STEPS = 3
 
@@ -36,52 +38,61 @@ def _counting_allreduce(state, bucket):  # unannotated: DDP rejects string annot
     return allreduce_hook(None, bucket)
 
 
-def _count_allreduces(rank: int, world: int, init: str, dataset: str, out: str) -> None:
-    """Worker: ``STEPS`` steps of clean, FGM and PGD-5 training under DDP, counting the
-    all-reduces DDP launches (its communication hook runs once per bucket all-reduced)."""
+def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: dict,
+                      out: str) -> None:
+    """Worker: ``STEPS`` steps of every zoo model, clean and with FGM and PGD-5, under DDP,
+    counting the all-reduces DDP launches (its communication hook runs once per bucket)."""
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     data = load_dataset(dataset)
     counts: dict[str, list[int]] = {}
-    for method in ("none", "fgm", "pgd"):
-        cfg = build_config({"data": {"source": dataset}, "model": {"name": "mf", "dim": 16},
-                            "adv": {"method": method, "eps": 0.5, "steps": 5}})
-        torch.manual_seed(rank)  # different inits: DDP must make them equal (rank 0's)
-        model = build_model(cfg, data)
-        objective = distribute(AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg),
-                                                    lam=1.0), world)
-        calls = [0]
-
-        objective.register_comm_hook(calls, _counting_allreduce)
-        optimizer = make_optimizer(model.parameters(), cfg.train)
-        generator = sample_generator(0, rank)
-        batches = make_task(cfg, data, shard=(rank, world)).batches(64, generator)
-        per_step = []
-        for _, batch in zip(range(STEPS), batches):
-            before = calls[0]
-            loss = objective(batch, adversarial=method != "none", generator=generator)["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            per_step.append(calls[0] - before)
-        counts[method] = per_step
-        # the replicas stayed equal: same init (broadcast), same averaged gradients
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        gathered = [torch.empty_like(flat) for _ in range(world)]
-        dist.all_gather(gathered, flat)
-        counts[f"{method}/replicas_equal"] = [int(torch.equal(gathered[0], gathered[1]))]
+    for name, model_options in MODELS.items():
+        for method in ("none", "fgm", "pgd"):
+            cfg = build_config({
+                "data": {"source": dataset, **options},
+                "model": {"name": name, "dim": 8, **model_options},
+                "adv": {"method": method, "eps": 0.5, "steps": 5},
+                "train": {"num_negatives": 2}})
+            torch.manual_seed(rank)  # different inits: DDP must make them equal (rank 0's)
+            model = build_model(cfg, data)
+            objective = distribute(AdversarialObjective(
+                model, make_loss(cfg), attack_from_config(cfg), lam=1.0), world)
+            calls = [0]
+            objective.register_comm_hook(calls, _counting_allreduce)
+            optimizer = make_optimizer(model.parameters(), cfg.train)
+            generator = sample_generator(0, rank)
+            batches = make_task(cfg, data, shard=(rank, world)).batches(8, generator)
+            per_step = []
+            for _, batch in zip(range(STEPS), batches):
+                before = calls[0]
+                loss = objective(batch, adversarial=method != "none", generator=generator)["loss"]
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                per_step.append(calls[0] - before)
+            counts[f"{name}/{method}"] = per_step
+            # the replicas stayed equal: same init (broadcast), same averaged gradients
+            flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+            gathered = [torch.empty_like(flat) for _ in range(world)]
+            dist.all_gather(gathered, flat)
+            counts[f"{name}/{method}/replicas_equal"] = [int(torch.equal(*gathered))]
     Path(out, f"rank{rank}.json").write_text(json.dumps(counts))
     dist.destroy_process_group()
 
 
-def test_one_allreduce_per_step_with_pgd(prepared: str, tmp_path: Path) -> None:
-    mp.spawn(_count_allreduces, args=(2, str(tmp_path / "init"), prepared, str(tmp_path)),
-             nprocs=2)
+def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, feature_options: dict,
+                                                           tmp_path: Path) -> None:
+    mp.spawn(_count_allreduces,
+             args=(2, str(tmp_path / "init"), ctr_small, feature_options, str(tmp_path)), nprocs=2)
     for rank in range(2):
         counts = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        # MF's gradients fit one bucket: one all-reduce per step, clean or with the attack's
-        # 1 (FGM) or 5 (PGD) inner gradient steps
-        assert counts["none"] == counts["fgm"] == counts["pgd"] == [1] * STEPS
-        assert counts["none/replicas_equal"] == counts["pgd/replicas_equal"] == [1]
+        for name in MODELS:
+            # a tiny model's gradients fit one bucket: one all-reduce per step, clean or with
+            # the attack's 1 (FGM) or 5 (PGD) inner gradient steps; find_unused_parameters is
+            # off, so a parameter without a gradient would have failed the second step
+            steps = [counts[f"{name}/{m}"] for m in ("none", "fgm", "pgd")]
+            assert steps == [[1] * STEPS] * 3, name
+            assert all(counts[f"{name}/{m}/replicas_equal"] == [1]
+                       for m in ("none", "fgm", "pgd")), name
 
 
 def test_two_ray_train_workers_train_end_to_end(prepared: str, tmp_path: Path,

@@ -11,16 +11,8 @@ from advrec.data import load_dataset
 from advrec.models import build_model
 from advrec.train.loop import attack_from_config, make_optimizer, train_epoch
 from advrec.train.tasks import make_loss, make_task
+from zoo_models import MODELS
 
-MODELS = {
-    "mf": {},
-    "neumf": {"mlp_layers": [16]},
-    "sasrec": {"max_len": 20, "layers": 1},
-    "twotower": {"mlp_layers": [16]},
-    "deepfm": {"mlp_layers": [16]},
-    "dcnv2": {"mlp_layers": [16], "cross_layers": 2},
-    "mmoe": {"mlp_layers": [16], "experts": 2},
-}
 METHODS = ["random", "fgsm", "fgm", "pgd"]
 EPS = 0.1
 
