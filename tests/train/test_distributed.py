@@ -108,3 +108,46 @@ def test_two_ray_train_workers_train_end_to_end(prepared: str, tmp_path: Path,
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["hit@10"] > 0
     assert (run / "checkpoint" / "model.pt").exists()
+
+
+EVALUATED = {  # model, eval options: every evaluation path (full, sampled, CTR, multi-task)
+    "mf-full": ("mf", {}),
+    "sasrec-sampled": ("sasrec", {"protocol": "sampled", "num_negatives": 20, "batch_users": 7}),
+    "twotower-full": ("twotower", {"batch_users": 5}),
+    "deepfm": ("deepfm", {}),
+    "mmoe": ("mmoe", {}),
+}
+
+
+def _metrics(dataset: str, options: dict, shard: tuple[int, int]) -> dict[str, dict]:
+    """Every `EVALUATED` setup's valid metrics, for one shard; untrained models from one seed."""
+    data = load_dataset(dataset)
+    out = {}
+    for key, (name, eval_options) in EVALUATED.items():
+        cfg = build_config({"data": {"source": dataset, **options},
+                            "model": {"name": name, "dim": 8, **MODELS[name]},
+                            "eval": eval_options})
+        torch.manual_seed(0)
+        model = build_model(cfg, data)
+        out[key] = make_task(cfg, data, shard=shard).evaluate(model, "valid", cfg.eval)
+    return out
+
+
+def _evaluate_shard(rank: int, world: int, init: str, dataset: str, options: dict,
+                    out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    Path(out, f"eval{rank}.json").write_text(json.dumps(_metrics(dataset, options, (rank, world))))
+    dist.destroy_process_group()
+
+
+def test_sharded_evaluation_equals_one_worker(ctr_small: str, feature_options: dict,
+                                              tmp_path: Path) -> None:
+    whole = _metrics(ctr_small, feature_options, (0, 1))
+    mp.spawn(_evaluate_shard,
+             args=(3, str(tmp_path / "init"), ctr_small, feature_options, str(tmp_path)), nprocs=3)
+    for rank in range(3):
+        sharded = json.loads((tmp_path / f"eval{rank}.json").read_text())
+        assert sharded.keys() == whole.keys()
+        for key, metrics in whole.items():
+            assert sharded[key].keys() == metrics.keys()
+            assert sharded[key] == pytest.approx(metrics, abs=1e-6, rel=0), key

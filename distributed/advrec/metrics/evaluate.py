@@ -4,6 +4,10 @@ Full ranking scores every item for each user (in chunks of users, so memory stay
 ``batch_users × num_items``), masks the items the user was trained on (and, for the test split,
 validated on), and ranks the rest. The sampled protocol ranks each held-out item against
 ``num_negatives`` random items the user never interacted with (NCF / SASRec papers).
+
+Given a ``shard`` (rank, world size), a worker scores only its share of the users (held-out
+items, for the sampled protocol) and the sums are added up across workers, so every worker gets
+the metrics of the whole split, the same as one worker's.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from advrec.data.dataset import Dataset
 from advrec.data.negatives import NegativeSampler
 from advrec.metrics.ranking import metrics_from_hits, topk_hits
 from advrec.models.base import Batch, Recommender
+from advrec.shards import WHOLE, Shard, shard_rows, sum_over_shards
 
 SPLITS_SEEN_BEFORE = {"valid": ("train",), "test": ("train", "valid")}
 
@@ -41,26 +46,28 @@ def user_context(users: Tensor, split: str) -> Batch:
 
 @torch.no_grad()
 def evaluate(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
-             context: ContextFn = user_context) -> dict[str, float]:
+             context: ContextFn = user_context, shard: Shard = WHOLE) -> dict[str, float]:
     """Mean ranking metrics of ``split`` ('valid' or 'test') under ``cfg.protocol``."""
     was_training = model.training
     model.eval()
     try:
-        if cfg.protocol == "sampled":
-            return _evaluate_sampled(model, data, split, cfg, context)
-        return _evaluate_full(model, data, split, cfg, context)
+        protocol = _evaluate_sampled if cfg.protocol == "sampled" else _evaluate_full
+        sums, count = sum_over_shards(*protocol(model, data, split, cfg, context, shard), shard)
     finally:
         model.train(was_training)
+    return {name: total / max(count, 1) for name, total in sorted(sums.items())}
 
 
 def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
-                   context: ContextFn) -> dict[str, float]:
+                   context: ContextFn, shard: Shard) -> tuple[dict[str, float], int]:
+    """The metric sums over the shard's users with a held-out item, and their count."""
     truth_ptr, truth_idx = data.positives(split)
     seen = [data.positives(s) for s in SPLITS_SEEN_BEFORE[split]]
     n_relevant = truth_ptr.diff()
     users = torch.nonzero(n_relevant > 0).squeeze(1)
+    users = users[shard_rows(users.numel(), shard)]
     sums: dict[str, float] = {}
-    for chunk in users.split(cfg.batch_users):
+    for chunk in users.split(cfg.batch_users) if users.numel() else ():  # more workers than users
         scores = model.rank_scores(context(chunk, split))  # (B, N)
         for ptr, idx in seen:
             scores[csr_rows(ptr, idx, chunk)] = -torch.inf
@@ -69,19 +76,30 @@ def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfi
         hits = topk_hits(scores, relevant, max(cfg.ks))
         for name, values in metrics_from_hits(hits, n_relevant[chunk], cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
-    return {name: total / max(users.numel(), 1) for name, total in sorted(sums.items())}
+    return sums, users.numel()
 
 
 def _evaluate_sampled(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
-                      context: ContextFn) -> dict[str, float]:
+                      context: ContextFn, shard: Shard) -> tuple[dict[str, float], int]:
+    """The metric sums over the shard's held-out items, and their count. Every worker draws
+    the negatives of every item, in one worker's order, so each item meets the same negatives
+    however many workers share the work (drawing is cheap next to scoring)."""
+    rank, world = shard
     held_out = getattr(data, split)
     known = [getattr(data, s) for s in ("train", "valid", "test")]
     sampler = NegativeSampler(torch.cat([k.user for k in known]), torch.cat([k.item for k in known]),
                               data.num_items)
     generator = torch.Generator().manual_seed(cfg.seed)
     sums: dict[str, float] = {}
-    for users, items in zip(held_out.user.split(cfg.batch_users), held_out.item.split(cfg.batch_users)):
+    count = 0
+    for rows in torch.arange(held_out.user.numel()).split(cfg.batch_users):
+        users, items = held_out.user[rows], held_out.item[rows]
         negatives = sampler.sample(users, cfg.num_negatives, generator)
+        mine = rows % world == rank
+        if not mine.any():  # a small chunk, all of it other workers' rows
+            continue
+        users, items, negatives = users[mine], items[mine], negatives[mine]
+        count += users.numel()
         candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)  # (B, 1 + n), positive first
         scores = model.score_candidates(context(users, split), candidates)
         relevant = torch.zeros_like(scores, dtype=torch.bool)
@@ -90,4 +108,4 @@ def _evaluate_sampled(model: Recommender, data: Dataset, split: str, cfg: EvalCo
         ones = torch.ones_like(users)
         for name, values in metrics_from_hits(hits, ones, cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
-    return {name: total / max(held_out.user.numel(), 1) for name, total in sorted(sums.items())}
+    return sums, count

@@ -13,7 +13,8 @@ Everything else (the objective, the adversary, the robustness attack) is the sam
 Under Ray Train each worker builds its task with its own ``shard`` (rank, world size) and trains
 on that shard's examples only: a fixed slice of the training rows (of the users, for sequences),
 shuffled by the worker's own generator. Every shard yields the same number of batches, which DDP
-needs (a worker that steps once more would wait forever for the others' gradients).
+needs (a worker that steps once more would wait forever for the others' gradients). Evaluation
+is sharded the same way and combined, so every worker gets the whole split's metrics.
 """
 
 from __future__ import annotations
@@ -32,18 +33,10 @@ from advrec.metrics.ctr import ctr_metrics
 from advrec.metrics.evaluate import evaluate
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LOSSES, LossFn, MultiTaskLoss, bce, mse
+from advrec.shards import WHOLE, Shard, gather_shards, shard_rows
 
 EVAL_ROWS = 8192
 """Interactions scored at a time when evaluating a labelled task."""
-
-
-def shard_rows(n: int, shard: tuple[int, int]) -> Tensor:
-    """Rank ``shard[0]``'s slice of ``n`` examples among ``shard[1]`` workers: every
-    world-th row, so each shard sees the whole log's mix (N,)."""
-    rank, world = shard
-    if not 0 <= rank < world:
-        raise ValueError(f"shard rank {rank} is not in [0, {world})")
-    return torch.arange(rank, n, world)
 
 
 def epoch_order(rows: Tensor, n_total: int, world: int, generator: torch.Generator,
@@ -73,9 +66,9 @@ class PairTask:
     in-batch negatives and each item's log sampling frequency (``in_batch=True``)."""
 
     def __init__(self, data: Dataset, num_negatives: int, in_batch: bool = False,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: Shard = WHOLE) -> None:
         self.data, self.num_negatives, self.in_batch = data, num_negatives, in_batch
-        self.world = shard[1]
+        self.shard = shard
         self.rows = shard_rows(data.train.user.numel(), shard)
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
         # log Q(item): how often an item is drawn as a batch's positive, hence as an in-batch
@@ -88,7 +81,7 @@ class PairTask:
         """``user`` (B,) and ``item`` (B, 1 + n): the positive, then the negatives; in-batch,
         ``item`` (B, 1) and ``log_q`` (B,) of those items."""
         train = self.data.train
-        order = epoch_order(self.rows, train.user.numel(), self.world, generator, shuffle)
+        order = epoch_order(self.rows, train.user.numel(), self.shard[1], generator, shuffle)
         for idx in order.split(batch_size):
             users, items = train.user[idx], train.item[idx]
             if self.in_batch:
@@ -101,7 +94,7 @@ class PairTask:
         return {"user": users}
 
     def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
-        return evaluate(model, self.data, split, cfg, self.context)
+        return evaluate(model, self.data, split, cfg, self.context, self.shard)
 
 
 def histories(parts: list[Interactions], num_users: int, length: int, pad: int) -> Tensor:
@@ -126,7 +119,7 @@ class SequenceTask:
     item (``num_negatives="all"``, a full softmax)."""
 
     def __init__(self, data: Dataset, max_len: int, num_negatives: int | str,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: Shard = WHOLE) -> None:
         self.data, self.max_len, self.num_negatives = data, max_len, num_negatives
         self.pad = data.num_items
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
@@ -134,7 +127,7 @@ class SequenceTask:
         train = histories([data.train], data.num_users, max_len + 1, self.pad)
         self.users = torch.nonzero((train != self.pad).sum(1) >= 2).squeeze(1)
         self.inputs, self.targets = train[self.users, :-1], train[self.users, 1:]
-        self.world = shard[1]
+        self.shard = shard
         self.rows = shard_rows(self.users.numel(), shard)  # rows of self.users
         self.contexts = {
             "valid": histories([data.train], data.num_users, max_len, self.pad),
@@ -146,7 +139,7 @@ class SequenceTask:
         """``seq`` (B, L), ``mask`` (B, L) of positions with a target, and ``item``
         (B, L, 1 + n), the next item then n sampled negatives; with every item as a candidate,
         ``target`` (B, L), the next item (the model scores all items itself)."""
-        order = epoch_order(self.rows, self.users.numel(), self.world, generator, shuffle)
+        order = epoch_order(self.rows, self.users.numel(), self.shard[1], generator, shuffle)
         for idx in order.split(batch_size):
             seq, target = self.inputs[idx], self.targets[idx]
             mask = (seq != self.pad) & (target != self.pad)
@@ -164,7 +157,7 @@ class SequenceTask:
         return {"seq": self.contexts[split][users]}
 
     def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
-        return evaluate(model, self.data, split, cfg, self.context)
+        return evaluate(model, self.data, split, cfg, self.context, self.shard)
 
 
 class LabelledTask:
@@ -172,9 +165,9 @@ class LabelledTask:
     when ``tasks`` is ``("click", "rating")`` (multi-task)."""
 
     def __init__(self, data: Dataset, tasks: tuple[str, ...],
-                 shard: tuple[int, int] = (0, 1)) -> None:
+                 shard: Shard = WHOLE) -> None:
         self.data, self.tasks = data, tasks
-        self.world = shard[1]
+        self.shard = shard
         self.rows = shard_rows(data.train.user.numel(), shard)
         for split in ("train", "valid", "test"):
             self._labels(data.split(split))  # fail now, not after an epoch
@@ -197,7 +190,7 @@ class LabelledTask:
         """``user`` (B,), ``item`` (B, 1) and ``label`` (B, 1), or (B, 1, T) per task."""
         train = self.data.train
         labels = self._labels(train)
-        order = epoch_order(self.rows, train.user.numel(), self.world, generator, shuffle)
+        order = epoch_order(self.rows, train.user.numel(), self.shard[1], generator, shuffle)
         for idx in order.split(batch_size):
             yield {"user": train.user[idx], "item": train.item[idx].unsqueeze(1),
                    "label": labels[idx].unsqueeze(1)}
@@ -207,14 +200,16 @@ class LabelledTask:
         """``auc``, ``logloss``, ``gauc`` (by user) for CTR; ``click/...`` and ``rating/rmse``
         for multi-task."""
         part = self.data.split(split)
+        rows = shard_rows(part.user.numel(), self.shard)  # this worker's rows, then everyone's
         was_training = model.training
         model.eval()
         try:
-            logits = torch.cat([model({"user": u, "item": i.unsqueeze(1)})[:, 0]
-                                for u, i in zip(part.user.split(EVAL_ROWS),
-                                                part.item.split(EVAL_ROWS))])
+            logits = torch.cat([
+                model({"user": part.user[r], "item": part.item[r].unsqueeze(1)})[:, 0]
+                for r in rows.split(EVAL_ROWS)])
         finally:
             model.train(was_training)
+        logits = gather_shards(logits, part.user.numel(), self.shard)
         labels = self._labels(part)
         if len(self.tasks) == 1:
             return ctr_metrics(logits, labels, part.user)
@@ -223,7 +218,7 @@ class LabelledTask:
         return out
 
 
-def make_task(cfg: RunConfig, data: Dataset, shard: tuple[int, int] = (0, 1)) -> Task:
+def make_task(cfg: RunConfig, data: Dataset, shard: Shard = WHOLE) -> Task:
     """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.MODEL_KINDS`),
     training on ``shard`` (rank, world size) of the examples."""
     if cfg.model.name == "sasrec":

@@ -1,0 +1,56 @@
+"""Work split across the workers of a distributed run, and its results combined.
+
+A shard is ``(rank, world)``: worker ``rank`` of ``world`` takes every world-th row, so each
+shard sees the whole log's mix and shard sizes differ by at most one. ``(0, 1)`` is the whole.
+Combining uses ``torch.distributed`` (the process group Ray Train sets up, gloo on CPU); with one
+worker nothing is communicated.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+Shard = tuple[int, int]
+WHOLE: Shard = (0, 1)
+
+
+def shard_rows(n: int, shard: Shard) -> Tensor:
+    """The indices of ``shard``'s rows among ``n`` (ceil or floor of n / world of them)."""
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard rank {rank} is not in [0, {world})")
+    return torch.arange(rank, n, world)
+
+
+def sum_over_shards(sums: dict[str, float], count: int, shard: Shard) -> tuple[dict[str, float], int]:
+    """Every shard's ``sums`` and ``count`` added up (float64, so means match one worker's)."""
+    if shard[1] == 1:
+        return sums, count
+    names = sorted(sums)
+    # a shard with no rows may have no sums yet: every shard lists the same names only after
+    # they are exchanged, so exchange them first
+    everyone: list[list[str]] = [[] for _ in range(shard[1])]
+    dist.all_gather_object(everyone, names)
+    names = sorted({n for ns in everyone for n in ns})
+    packed = torch.tensor([sums.get(n, 0.0) for n in names] + [float(count)], dtype=torch.float64)
+    dist.all_reduce(packed)
+    return dict(zip(names, packed[:-1].tolist())), int(packed[-1])
+
+
+def gather_shards(values: Tensor, n: int, shard: Shard) -> Tensor:
+    """The whole (n, ...) from each shard's rows ``values`` (its `shard_rows` of n, in order)."""
+    world = shard[1]
+    if world == 1:
+        return values
+    size = -(-n // world)
+    padded = values.new_zeros((size, *values.shape[1:]))
+    padded[: values.shape[0]] = values
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    out = values.new_empty((n, *values.shape[1:]))
+    for r, part in enumerate(parts):
+        rows = shard_rows(n, (r, world))
+        out[rows] = part[: rows.numel()]
+    return out
