@@ -24,14 +24,23 @@ def _floats(text: str) -> list[float]:
     return values
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
-    return value
+def _int_from(least: int, kind: str) -> Callable[[str], int]:
+    """An argparse type: a ``kind`` integer, i.e. one >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected a {kind} integer, got '{text}'")
+        return value
+    return parse
+
+
+_positive_int = _int_from(1, "positive")
+_non_negative_int = _int_from(0, "non-negative")
+ADDRESS_HELP = ("Ray cluster for scaling.num_workers >= 1 (default: RAY_ADDRESS, else a local "
+                "Ray instance)")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -85,7 +94,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for a in attacks:
         if a not in ("fgm", "pgd"):
             raise AdvrecError(f"--attack: unknown attack '{a}' (choose fgm or pgd)")
-    merged = evaluate_run(args.run, attacks, args.eps, args.steps, progress=not args.quiet)
+    merged = evaluate_run(args.run, attacks, args.eps, args.steps, progress=not args.quiet,
+                          workers=args.workers, address=args.address)
     rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
             for e in sorted(merged[a], key=float)]
     print(format_table(rows, ["attack", "eps", *headline(read_run(args.run)[0])]))
@@ -160,8 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config (see jobs/configs/)")
     p.add_argument("--output", required=True, help="run directory: path or URL")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--address", help="Ray cluster of a run with scaling.num_workers >= 1 "
-                   "(default: RAY_ADDRESS, else a local Ray instance)")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. adv.eps=0.5 train.epochs=20")
     p.set_defaults(func=cmd_train)
@@ -172,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eps", type=_floats, default=[0.0, 0.1, 0.25, 0.5, 1.0],
                    help="comma-separated budgets, e.g. 0,0.1,0.5 (default %(default)s)")
     p.add_argument("--steps", type=_positive_int, default=None, help="PGD steps (default eval.steps)")
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="Ray Train workers sharing the attack and the ranking (default: the run's "
+                   "scaling.num_workers; 0 = this process)")
+    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 

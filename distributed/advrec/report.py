@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import ray.train
 import torch
 
 from advrec import io
@@ -11,7 +12,7 @@ from advrec.config import RunConfig
 from advrec.data import load_dataset
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
-from advrec.train import load_model, read_run
+from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
 from advrec.train.tasks import make_loss, make_task
 
@@ -32,29 +33,49 @@ def headline(cfg: RunConfig) -> list[str]:
 
 
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
-                 split: str = "test", progress: bool = True) -> dict[str, Any]:
-    """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot."""
+                 split: str = "test", progress: bool = True, workers: int | None = None,
+                 address: str | None = None) -> dict[str, Any]:
+    """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot.
+
+    ``workers``: Ray Train workers sharing the work (default: the run's ``scaling.num_workers``;
+    0 runs in this process); ``address`` as for `advrec.train.run_training`.
+    """
+    cfg, _ = read_run(run)
+    scaling = cfg.scaling if workers is None else cfg.scaling.model_copy(
+        update={"num_workers": workers})
+    return launch(robustness_per_worker,
+                  {"run": io.absolute(run), "attacks": attacks, "eps": eps, "steps": steps,
+                   "split": split, "progress": progress}, scaling, address)
+
+
+def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """One worker's share of `evaluate_run` (``config`` holds its arguments); rank 0 writes."""
     tune_malloc()
+    run = config["run"]
     cfg, dataset = read_run(run)
-    updates: dict[str, Any] = {"attacks": attacks, "eps": eps}
-    if steps is not None:
-        updates["steps"] = steps
+    updates: dict[str, Any] = {"attacks": config["attacks"], "eps": config["eps"]}
+    if config["steps"] is not None:
+        updates["steps"] = config["steps"]
     eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
     data = load_dataset(dataset)
     model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg, data)
-    task = make_task(cfg, data)
     # every training example with its negatives, the same for each attack step (APR's protocol)
-    batches = list(task.batches(ATTACK_BATCH, torch.Generator().manual_seed(eval_cfg.seed),
-                                shuffle=False))
-    curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches, split=split,
-                             progress=progress)
+    # and on every worker; each differentiates its share of them
+    batches = list(make_task(cfg, data).batches(
+        ATTACK_BATCH, torch.Generator().manual_seed(eval_cfg.seed), shuffle=False))
+    task = make_task(cfg, data, shard=(rank, context.get_world_size()))
+    curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches,
+                             split=config["split"], progress=config["progress"] and rank == 0)
     path = io.join(run, ROBUSTNESS_FILE)
     merged = io.read_json(path) if io.exists(path) else {}
     for attack, by_eps in curve.items():
         merged.setdefault(attack, {}).update(by_eps)
-    io.dump_json(path, merged)
-    plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg)[:2],
-                    io.join(run, ROBUSTNESS_PLOT))
+    if rank == 0:
+        io.dump_json(path, merged)
+        plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg)[:2],
+                        io.join(run, ROBUSTNESS_PLOT))
     return merged
 
 

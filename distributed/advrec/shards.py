@@ -39,6 +39,14 @@ def sum_over_shards(sums: dict[str, float], count: int, shard: Shard) -> tuple[d
     return dict(zip(names, packed[:-1].tolist())), int(packed[-1])
 
 
+def sum_tensors_over_shards(tensors: dict[str, Tensor], shard: Shard) -> dict[str, Tensor]:
+    """Every shard's ``tensors`` added up, in place."""
+    if shard[1] > 1:
+        for t in tensors.values():
+            dist.all_reduce(t)
+    return tensors
+
+
 def gather_shards(values: Tensor, n: int, shard: Shard) -> Tensor:
     """The whole (n, ...) from each shard's rows ``values`` (its `shard_rows` of n, in order)."""
     world = shard[1]

@@ -1,10 +1,11 @@
 """Training on several workers: DDP over gloo, each worker on its own shard, one all-reduce per
-optimizer step for every model whatever the attack, and the whole loop under Ray Train with 2
-workers."""
+optimizer step for every model whatever the attack, sharded evaluation equal to one worker's,
+and training and the robustness evaluation under Ray Train with 2 workers."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -108,6 +109,19 @@ def test_two_ray_train_workers_train_end_to_end(prepared: str, tmp_path: Path,
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["hit@10"] > 0
     assert (run / "checkpoint" / "model.pt").exists()
+
+    # the robustness curve on 2 workers (the run's own scaling) equals the in-process one
+    alone = tmp_path / "alone"
+    shutil.copytree(run, alone)
+    attack = ["--attack", "fgm,pgd", "--eps", "0,0.5", "--steps", "3", "--quiet"]
+    assert main(["evaluate", "--run", str(run), *attack]) == 0
+    assert main(["evaluate", "--run", str(alone), "--workers", "0", *attack]) == 0
+    shared, single = (json.loads((r / "robustness.json").read_text()) for r in (run, alone))
+    assert shared["fgm"]["0.0"] == pytest.approx(metrics["test"], abs=1e-6)
+    for a in ("fgm", "pgd"):
+        assert shared[a]["0.5"]["ndcg@10"] < shared[a]["0.0"]["ndcg@10"]
+        for e in ("0.0", "0.5"):
+            assert shared[a][e] == pytest.approx(single[a][e], abs=1e-6), (a, e)
 
 
 EVALUATED = {  # model, eval options: every evaluation path (full, sampled, CTR, multi-task)

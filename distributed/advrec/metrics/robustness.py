@@ -6,6 +6,10 @@ negatives, fixed by a seed), so each user's and item's row moves in the directio
 own training interactions most. FGM takes one per-row L2-normalised step of size ε; PGD takes K
 projected steps. The same `perturb` function as in training computes both; here the tensors are
 whole tables (rows, d) instead of a batch's looked-up rows.
+
+On several workers each takes its shard of the training batches, the table gradients are summed
+across workers, and the attacked model is evaluated shard by shard (`advrec.shards`): the curve
+equals one worker's.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config import EvalConfig
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LossFn, batch_loss, scored_rows
+from advrec.shards import WHOLE, Shard, sum_tensors_over_shards
 
 if TYPE_CHECKING:  # tasks evaluate with this package's metrics: a runtime import would cycle
     from advrec.train.tasks import Task
@@ -43,21 +48,22 @@ def shifted_tables(model: Recommender, delta: Tensors) -> Iterator[None]:
 
 
 def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
-                 attack: Attack) -> Tensors:
-    """δ per table (rows, d) that raises the summed training loss over ``batches``."""
+                 attack: Attack, shard: Shard = WHOLE) -> Tensors:
+    """δ per table (rows, d) that raises the summed training loss over ``batches`` (all of
+    them: this worker differentiates its ``shard`` of them, and the gradients are summed)."""
     tables = model.tables()
     weights = {k: t.weight.detach().clone() for k, t in tables.items()}
 
     def grad_fn(delta: Tensors) -> Tensors:
         grads = {k: torch.zeros_like(w) for k, w in weights.items()}
         with shifted_tables(model, delta):
-            for batch in batches:
+            for batch in batches[shard[0]::shard[1]]:
                 logits = model(batch)
                 # summed over examples, so every interaction weighs the same whatever its batch
                 loss = batch_loss(loss_fn, logits, batch) * scored_rows(logits, batch).shape[0]
                 for k, g in zip(grads, torch.autograd.grad(loss, [tables[k].weight for k in grads])):
                     grads[k] += g
-        return grads
+        return sum_tensors_over_shards(grads, shard)
 
     return perturb(weights, grad_fn, attack)
 
@@ -69,7 +75,8 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
 
     ``batches`` are all training examples with their negatives, fixed for every attack step
     (`advrec.train.tasks`, unshuffled, from a seeded generator). ε = 0 is the clean model; eps
-    keys are strings (JSON) formatted with ``repr(float)``.
+    keys are strings (JSON) formatted with ``repr(float)``. The task's shard says which share
+    of the work this worker does.
     """
     was_training = model.training
     model.eval()
@@ -82,7 +89,7 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
         else:
             attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2",
                             relative=cfg.relative)
-            delta = table_attack(model, batches, loss_fn, attack)
+            delta = table_attack(model, batches, loss_fn, attack, task.shard)
             with shifted_tables(model, delta):
                 metrics = task.evaluate(model, split, cfg)
         out.setdefault(name, {})[repr(float(eps))] = metrics

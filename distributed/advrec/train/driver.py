@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.train import ScalingConfig
+from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
 
 from advrec import __version__, io
-from advrec.config import RunConfig, dump_config, load_config
+from advrec.config import RunConfig, ScalingConfig, dump_config, load_config
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
 from advrec.train.loop import train_loop_per_worker
@@ -41,6 +42,21 @@ def connect(address: str | None, num_cpus: float) -> None:
     ray.init(num_cpus=cpus, include_dashboard=False)
 
 
+def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling: ScalingConfig,
+           address: str | None = None) -> Any:
+    """Run ``fn(config)`` on ``scaling.num_workers`` Ray Train workers (in this process for 0)
+    and return rank 0's return value."""
+    workers = scaling.num_workers
+    if workers:
+        connect(address, workers * scaling.cpus_per_worker)
+    trainer = TorchTrainer(
+        fn, train_loop_config=config,
+        scaling_config=RayScalingConfig(
+            num_workers=workers, use_gpu=False,
+            resources_per_worker={"CPU": scaling.cpus_per_worker} if workers else None))
+    return trainer.fit().return_value
+
+
 def run_training(cfg: RunConfig, output: str, progress: bool = True,
                  address: str | None = None) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``output``; returns the final metrics.
@@ -59,18 +75,10 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
         with io.atomic_file(io.join(output, "config.yaml")) as f:
             f.write(dump_config(cfg))
         io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__})
-        workers = cfg.scaling.num_workers
-        if workers:
-            connect(address, workers * cfg.scaling.cpus_per_worker)
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"run": cfg.model_dump(mode="json", by_alias=True),
-                               "dataset": dataset, "output": output, "progress": progress},
-            scaling_config=ScalingConfig(
-                num_workers=workers, use_gpu=False,
-                resources_per_worker={"CPU": cfg.scaling.cpus_per_worker} if workers else None),
-        )
-        return trainer.fit().return_value
+        return launch(train_loop_per_worker,
+                      {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
+                       "output": output, "progress": progress},
+                      cfg.scaling, address)
     except BaseException:
         if created and fs.exists(path):
             fs.rm(path, recursive=True)

@@ -10,8 +10,8 @@ With N workers each trains on its own shard of every epoch, with a batch of
 ``train.batch_size / N`` rows, so the global batch and the learning rate mean what they mean on
 one worker. The whole objective (clean loss, attack, adversarial loss) is one forward of the
 DDP-wrapped `AdversarialObjective`, so its backward is the step's only gradient all-reduce; the
-attack's inner steps differentiate with respect to δ only and never reach DDP. Every worker
-evaluates the same (synchronised) weights on the whole valid split, so all of them take the same
+attack's inner steps differentiate with respect to δ only and never reach DDP. Evaluation is
+sharded and combined (`advrec.shards`), so every worker gets the same metrics and takes the same
 early-stopping decision; only rank 0 writes the run directory.
 """
 

@@ -51,6 +51,9 @@ def epoch_order(rows: Tensor, n_total: int, world: int, generator: torch.Generat
 
 
 class Task(Protocol):
+    shard: Shard
+    """This worker's share of the examples: (rank, world size)."""
+
     def batches(self, batch_size: int, generator: torch.Generator,
                 shuffle: bool = True) -> Iterator[Batch]:
         """The training examples of one epoch."""
