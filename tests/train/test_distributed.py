@@ -165,3 +165,15 @@ def test_sharded_evaluation_equals_one_worker(ctr_small: str, feature_options: d
         for key, metrics in whole.items():
             assert sharded[key].keys() == metrics.keys()
             assert sharded[key] == pytest.approx(metrics, abs=1e-6, rel=0), key
+
+
+def test_a_workers_bad_input_is_one_error(prepared: str, tmp_path: Path, ray_local: None,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    # DeepFM needs click labels, which this dataset lacks: only the worker's task finds out
+    run = tmp_path / "run"
+    code = main(["train", "--output", str(run), "--quiet", f"data.source={prepared}",
+                 "model.name=deepfm", "train.epochs=1", "scaling.num_workers=1"])
+    assert code != 0 and not run.exists()
+    # (Ray may forward the worker's own log lines too)
+    errors = [line for line in capsys.readouterr().err.splitlines() if "advrec: error:" in line]
+    assert len(errors) == 1 and errors[0].startswith(f"advrec: error: {prepared}: no click labels")

@@ -15,6 +15,7 @@ from typing import Any
 
 import ray
 from ray.train import ScalingConfig as RayScalingConfig
+from ray.train import WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from advrec import __version__, io
@@ -54,7 +55,16 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
         scaling_config=RayScalingConfig(
             num_workers=workers, use_gpu=False,
             resources_per_worker={"CPU": scaling.cpus_per_worker} if workers else None))
-    return trainer.fit().return_value
+    try:
+        return trainer.fit().return_value
+    except WorkerGroupError as exc:
+        # bad input found on a worker (a dataset without labels, say): the one-line error it
+        # is, not a trace from every worker. Ray wraps user errors to carry their trace text.
+        for failure in exc.worker_failures.values():
+            error = getattr(failure, "_base_exc", failure)
+            if isinstance(error, AdvrecError):
+                raise AdvrecError(str(error)) from None
+        raise
 
 
 def run_training(cfg: RunConfig, output: str, progress: bool = True,
