@@ -14,8 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+from ray.train import LoggingConfig, WorkerGroupError
+from ray.train import RunConfig as RayRunConfig
 from ray.train import ScalingConfig as RayScalingConfig
-from ray.train import WorkerGroupError
 from ray.train.torch import TorchTrainer
 
 from advrec import __version__, io
@@ -24,7 +25,8 @@ from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
 from advrec.train.loop import train_loop_per_worker
 
-# Ray Train logs every report at INFO in local mode; the progress bar already shows them.
+# Ray Train logs every report at INFO, in this process (local mode) and on every worker (see
+# `launch`); the progress bar or the per-epoch lines already show them.
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
@@ -52,6 +54,7 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
         connect(address, workers * scaling.cpus_per_worker)
     trainer = TorchTrainer(
         fn, train_loop_config=config,
+        run_config=RayRunConfig(logging_config=LoggingConfig(log_level="WARNING")),
         scaling_config=RayScalingConfig(
             num_workers=workers, use_gpu=False,
             resources_per_worker={"CPU": scaling.cpus_per_worker} if workers else None))
