@@ -25,8 +25,9 @@ from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
 from advrec.train.loop import train_loop_per_worker
 
-# Ray Train logs every report at INFO, in this process (local mode) and on every worker (see
-# `launch`); the progress bar or the per-epoch lines already show them.
+# Ray Train logs every report at INFO in local mode; the progress bar already shows them. On
+# workers `launch` sets Ray Train's LoggingConfig to WARNING, which quiets the controller's
+# set-up lines; the per-report line escapes it (its logger is named by file path, not ray.train).
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
@@ -76,7 +77,9 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
 
     ``address``: the Ray cluster of a multi-worker run (``scaling.num_workers >= 1``); default
     ``RAY_ADDRESS``, else a local Ray instance. Its workers write the run directory, so on a
-    cluster ``output`` must be storage they all reach (``s3://...``). The run directory gets ``config.yaml`` (resolved), ``run.json`` (the prepared dataset used),
+    cluster ``output`` must be storage they all reach (``s3://...``).
+
+    The run directory gets ``config.yaml`` (resolved), ``run.json`` (the prepared dataset used),
     ``checkpoint/model.pt``, ``history.json`` and ``metrics.json``. A run that fails before
     finishing removes the directory it created, so no half-written run is left behind.
     """

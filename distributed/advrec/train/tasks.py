@@ -39,12 +39,12 @@ EVAL_ROWS = 8192
 """Interactions scored at a time when evaluating a labelled task."""
 
 
-def epoch_order(rows: Tensor, n_total: int, world: int, generator: torch.Generator,
-                shuffle: bool) -> Tensor:
-    """The shard's ``rows`` in this epoch's order, padded by repeating its first rows to
-    ceil(n_total / world), so every shard has as many examples (as DistributedSampler does)."""
+def epoch_order(n: int, shard: Shard, generator: torch.Generator, shuffle: bool) -> Tensor:
+    """This epoch's order of the ``shard``'s rows among ``n`` examples, padded by repeating its
+    first rows to ceil(n / world), so every shard has as many (as DistributedSampler does)."""
+    rows = shard_rows(n, shard)
     order = rows[torch.randperm(rows.numel(), generator=generator)] if shuffle else rows
-    size = -(-n_total // world)
+    size = -(-n // shard[1])
     if order.numel() < size:
         order = torch.cat([order, order[: size - order.numel()]])
     return order
@@ -72,7 +72,6 @@ class PairTask:
                  shard: Shard = WHOLE) -> None:
         self.data, self.num_negatives, self.in_batch = data, num_negatives, in_batch
         self.shard = shard
-        self.rows = shard_rows(data.train.user.numel(), shard)
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
         # log Q(item): how often an item is drawn as a batch's positive, hence as an in-batch
         # negative of everyone else (Yi et al. 2019); unseen items get log(1/(N+1)), never -inf
@@ -84,7 +83,7 @@ class PairTask:
         """``user`` (B,) and ``item`` (B, 1 + n): the positive, then the negatives; in-batch,
         ``item`` (B, 1) and ``log_q`` (B,) of those items."""
         train = self.data.train
-        order = epoch_order(self.rows, train.user.numel(), self.shard[1], generator, shuffle)
+        order = epoch_order(train.user.numel(), self.shard, generator, shuffle)
         for idx in order.split(batch_size):
             users, items = train.user[idx], train.item[idx]
             if self.in_batch:
@@ -131,7 +130,6 @@ class SequenceTask:
         self.users = torch.nonzero((train != self.pad).sum(1) >= 2).squeeze(1)
         self.inputs, self.targets = train[self.users, :-1], train[self.users, 1:]
         self.shard = shard
-        self.rows = shard_rows(self.users.numel(), shard)  # rows of self.users
         self.contexts = {
             "valid": histories([data.train], data.num_users, max_len, self.pad),
             "test": histories([data.train, data.valid], data.num_users, max_len, self.pad),
@@ -142,7 +140,7 @@ class SequenceTask:
         """``seq`` (B, L), ``mask`` (B, L) of positions with a target, and ``item``
         (B, L, 1 + n), the next item then n sampled negatives; with every item as a candidate,
         ``target`` (B, L), the next item (the model scores all items itself)."""
-        order = epoch_order(self.rows, self.users.numel(), self.shard[1], generator, shuffle)
+        order = epoch_order(self.users.numel(), self.shard, generator, shuffle)
         for idx in order.split(batch_size):
             seq, target = self.inputs[idx], self.targets[idx]
             mask = (seq != self.pad) & (target != self.pad)
@@ -171,7 +169,6 @@ class LabelledTask:
                  shard: Shard = WHOLE) -> None:
         self.data, self.tasks = data, tasks
         self.shard = shard
-        self.rows = shard_rows(data.train.user.numel(), shard)
         for split in ("train", "valid", "test"):
             self._labels(data.split(split))  # fail now, not after an epoch
 
@@ -193,7 +190,7 @@ class LabelledTask:
         """``user`` (B,), ``item`` (B, 1) and ``label`` (B, 1), or (B, 1, T) per task."""
         train = self.data.train
         labels = self._labels(train)
-        order = epoch_order(self.rows, train.user.numel(), self.shard[1], generator, shuffle)
+        order = epoch_order(train.user.numel(), self.shard, generator, shuffle)
         for idx in order.split(batch_size):
             yield {"user": train.user[idx], "item": train.item[idx].unsqueeze(1),
                    "label": labels[idx].unsqueeze(1)}
