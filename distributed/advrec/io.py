@@ -17,16 +17,71 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import get_protocol
 
 from advrec.errors import AdvrecError
 
+# Object stores whose first path component is a bucket (or container) that must exist.
+BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "abfs", "az")
+# botocore's defaults retry a dead endpoint for about a minute: fail in seconds instead
+S3_CLIENT = {"connect_timeout": 5, "read_timeout": 60,
+             "retries": {"max_attempts": 3, "mode": "standard"}}
+
+
+def storage_options(protocol: str) -> dict[str, Any]:
+    """fsspec options for ``protocol``. S3: credentials come from the standard AWS chain
+    (environment, ``~/.aws``, instance roles) through botocore; ``AWS_ENDPOINT_URL_S3`` or
+    ``AWS_ENDPOINT_URL`` (botocore's own variables) point it at MinIO, SeaweedFS, Ceph or R2."""
+    if protocol not in ("s3", "s3a"):
+        return {}
+    options: dict[str, Any] = {"config_kwargs": S3_CLIENT}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    return options
+
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Split a path or URL into its fsspec filesystem and the path inside it."""
+    """Split a path or URL into its fsspec filesystem and the path inside it.
+
+    On an object store the bucket is checked once per process, so a missing bucket, refused
+    credentials or an unreachable endpoint is one clear error up front, not a hang or a trace
+    from deep inside a read.
+    """
+    protocol = get_protocol(url)
     try:
-        return url_to_fs(url)
+        fs, path = url_to_fs(url, **storage_options(protocol))
     except (ImportError, ValueError) as exc:  # unknown protocol or missing driver (e.g. s3fs)
         raise AdvrecError(f"{url}: cannot open this location ({exc})") from exc
+    if protocol in BUCKET_PROTOCOLS:
+        _check_bucket(fs, protocol, path.split("/", 1)[0])
+    return fs, path
+
+
+_reachable: set[tuple[str, str, str]] = set()
+
+
+def _check_bucket(fs: fsspec.AbstractFileSystem, protocol: str, bucket: str) -> None:
+    """Raise a one-line `AdvrecError` unless ``bucket`` exists and answers (cached once it does)."""
+    endpoint = str(storage_options(protocol).get("endpoint_url", ""))
+    key = (protocol, endpoint, bucket)
+    if key in _reachable:
+        return
+    where = f"{protocol}://{bucket}" + (f" at {endpoint}" if endpoint else "")
+    try:
+        fs.ls(bucket, refresh=True)
+    except FileNotFoundError:
+        raise AdvrecError(f"{where}: no such bucket") from None
+    except PermissionError as exc:  # the message names the key id, never the secret
+        raise AdvrecError(f"{where}: access denied; check the credentials (AWS_ACCESS_KEY_ID, "
+                          f"AWS_PROFILE, ~/.aws): {exc}") from None
+    # any other failure of this first call: the drivers' own connection errors (botocore's and
+    # google's are not OSError), which only say the store cannot be reached
+    except Exception as exc:  # noqa: BLE001
+        raise AdvrecError(f"{where}: cannot reach the object store ({type(exc).__name__}: "
+                          f"{exc})") from None
+    _reachable.add(key)
 
 
 def absolute(url: str) -> str:
@@ -95,11 +150,23 @@ def atomic_dir(url: str, overwrite: bool = True) -> Iterator[tuple[fsspec.Abstra
         yield fs, tmp
         if fs.exists(final):
             fs.rm(final, recursive=True)
-        fs.mv(tmp, final, recursive=True)
+        _move_tree(fs, tmp, final)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
+
+
+def _move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
+    """Rename the directory ``src`` to ``dst``: one rename on a local disk. Object stores have
+    no directories (fsspec's recursive move would copy the prefixes too), so each object is
+    copied, then the source prefix deleted."""
+    if isinstance(fs, LocalFileSystem):
+        fs.mv(src, dst, recursive=True)
+        return
+    for path in fs.find(src):
+        fs.copy(path, dst + path[len(src):])
+    fs.rm(src, recursive=True)
 
 
 @contextlib.contextmanager
