@@ -77,10 +77,20 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> None:
     from advrec.config import load_config
     from advrec.report import format_table, headline
-    from advrec.train import run_training
+    from advrec.train import read_run, resume_training, run_training
 
-    cfg = load_config(args.config, args.overrides)
-    metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
+    if args.resume:
+        if args.config or args.output or args.overrides:
+            raise AdvrecError("--resume continues a run as it was configured: give no --config, "
+                              "--output or overrides with it")
+        args.output = args.resume
+        cfg = read_run(args.resume)[0]
+        metrics = resume_training(args.resume, progress=not args.quiet, address=args.address)
+    elif not args.output:
+        raise AdvrecError("--output is required (or --resume RUN to continue a stopped run)")
+    else:
+        cfg = load_config(args.config, args.overrides)
+        metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
     rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg)}} for s in ("valid", "test")]
     print(format_table(rows, ["split", *headline(cfg)]))
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
@@ -168,7 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (clean or adversarial) into a run directory")
     p.add_argument("--config", help="YAML run config (see jobs/configs/)")
-    p.add_argument("--output", required=True, help="run directory: path or URL")
+    p.add_argument("--output", help="run directory: path or URL (a finished run there is "
+                   "replaced)")
+    p.add_argument("--resume", metavar="RUN", help="continue the stopped run in RUN from its "
+                   "latest checkpoint, exactly as if it had not stopped")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("overrides", nargs="*", metavar="key=value",

@@ -165,6 +165,12 @@ class TrainConfig(_Section):
     monitor: str | None = Field(
         None, description="The valid metric for early stopping and the best epoch; default "
         "ndcg@K (first of eval.ks) for ranking, auc for CTR, click/auc for multi-task.")
+    checkpoint_every: int = Field(
+        1, ge=0, description="Save the whole training state every N epochs (0 = never), so a "
+        "stopped run continues with `advrec train --resume` and failed workers restart from it.")
+    fault_epoch: int | None = Field(
+        None, ge=0, description="Fault injection, for tests: a worker dies half-way through "
+        "this epoch (raises in-process), once; a resumed run never fails again.")
 
     @field_validator("num_negatives", mode="before")
     @classmethod
@@ -207,6 +213,9 @@ class ScalingConfig(_Section):
         0, ge=0, description="0 trains in this process; N >= 1 trains on N Ray Train workers "
         "with DDP (gloo), each on its own shard of every epoch's batches.")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Logical CPUs Ray reserves per worker.")
+    max_failures: int = Field(
+        0, ge=0, description="Worker-group failures Ray Train recovers from by restarting the "
+        "workers from the latest checkpoint (train.checkpoint_every).")
 
 
 class RunConfig(_Section):

@@ -8,6 +8,8 @@ worker nothing is communicated.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -62,3 +64,12 @@ def gather_shards(values: Tensor, n: int, shard: Shard) -> Tensor:
         rows = shard_rows(n, (r, world))
         out[rows] = part[: rows.numel()]
     return out
+
+
+def gather_objects(obj: Any, shard: Shard) -> list[Any]:
+    """Every shard's picklable ``obj``, in rank order (on every shard)."""
+    if shard[1] == 1:
+        return [obj]
+    everyone: list[Any] = [None] * shard[1]
+    dist.all_gather_object(everyone, obj)
+    return everyone

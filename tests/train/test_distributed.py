@@ -1,14 +1,16 @@
 """Training on several workers: DDP over gloo, each worker on its own shard, one all-reduce per
 optimizer step for every model whatever the attack, sharded evaluation equal to one worker's,
-and training and the robustness evaluation under Ray Train with 2 workers."""
+training and the robustness evaluation under Ray Train with 2 workers on S3, and a killed
+worker that Ray Train restarts from the last checkpoint."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import uuid
 from pathlib import Path
 
 import pytest
+import s3fs
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -96,32 +98,65 @@ def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, featu
                        for m in ("none", "fgm", "pgd")), name
 
 
-def test_two_ray_train_workers_train_end_to_end(prepared: str, tmp_path: Path,
-                                                ray_local: None) -> None:
-    run = tmp_path / "run"
-    code = main(["train", "--output", str(run), "--quiet", f"data.source={prepared}",
-                 "model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",
-                 "adv.relative=true", "train.epochs=3", "train.lr=0.01", "train.batch_size=256",
-                 "scaling.num_workers=2"])
-    assert code == 0
-    history = json.loads((run / "history.json").read_text())
+TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",
+               "adv.relative=true", "train.epochs=3", "train.lr=0.01", "train.batch_size=256",
+               "scaling.num_workers=2"]
+
+
+def _history(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in history]
+
+
+@pytest.fixture(scope="module")
+def two_workers(prepared: str, s3_store: str, ray_local: None) -> dict:
+    """A 2-worker PGD run that reads its dataset from and writes its run to the S3 store;
+    returns where, and its history and metrics."""
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.put(prepared, "advrec/ddp/data", recursive=True)
+    run = f"s3://advrec/ddp/run-{uuid.uuid4().hex[:6]}"
+    assert main(["train", "--output", run, "--quiet", "data.source=s3://advrec/ddp/data",
+                 *TWO_WORKERS]) == 0
+    return {"run": run, "fs": fs, **{name: json.loads(fs.cat(f"{run}/{name}.json"))
+                                     for name in ("history", "metrics")}}
+
+
+def test_two_ray_train_workers_train_end_to_end_on_s3(two_workers: dict, tmp_path: Path) -> None:
+    run, fs, history, metrics = (two_workers[k] for k in ("run", "fs", "history", "metrics"))
     assert len(history) == 3 and history[-1]["clean"] < history[0]["clean"]
-    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["hit@10"] > 0
-    assert (run / "checkpoint" / "model.pt").exists()
+    assert fs.exists(f"{run}/checkpoint/model.pt") and fs.exists(f"{run}/checkpoints")
 
     # the robustness curve on 2 workers (the run's own scaling) equals the in-process one
     alone = tmp_path / "alone"
-    shutil.copytree(run, alone)
+    fs.get(run, str(alone), recursive=True)
     attack = ["--attack", "fgm,pgd", "--eps", "0,0.5", "--steps", "3", "--quiet"]
-    assert main(["evaluate", "--run", str(run), *attack]) == 0
+    assert main(["evaluate", "--run", run, *attack]) == 0
     assert main(["evaluate", "--run", str(alone), "--workers", "0", *attack]) == 0
-    shared, single = (json.loads((r / "robustness.json").read_text()) for r in (run, alone))
+    fs.invalidate_cache()  # its listing of the run (by fs.get) predates robustness.json
+    shared = json.loads(fs.cat(f"{run}/robustness.json"))
+    single = json.loads((alone / "robustness.json").read_text())
     assert shared["fgm"]["0.0"] == pytest.approx(metrics["test"], abs=1e-6)
     for a in ("fgm", "pgd"):
         assert shared[a]["0.5"]["ndcg@10"] < shared[a]["0.0"]["ndcg@10"]
         for e in ("0.0", "0.5"):
             assert shared[a][e] == pytest.approx(single[a][e], abs=1e-6), (a, e)
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(two_workers: dict,
+                                                           tmp_path: Path) -> None:
+    # the same run, but one worker dies mid-epoch 1 (SIGKILL): Ray Train restarts both from
+    # the checkpoint of epoch 0, and the run ends as the uninterrupted one did
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--quiet", "data.source=s3://advrec/ddp/data",
+                 *TWO_WORKERS, "scaling.max_failures=1", "train.fault_epoch=1"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [0, 1, 2]  # none missing, none repeated
+    for resumed, whole in zip(_history(history), _history(two_workers["history"]), strict=True):
+        assert resumed == pytest.approx(whole, abs=1e-4)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["best_epoch"] == two_workers["metrics"]["best_epoch"]
+    for split in ("valid", "test"):
+        assert metrics[split] == pytest.approx(two_workers["metrics"][split], abs=1e-4)
 
 
 EVALUATED = {  # model, eval options: every evaluation path (full, sampled, CTR, multi-task)

@@ -1,4 +1,9 @@
-"""Model checkpoints: tensors and plain values only, loaded with ``weights_only=True``."""
+"""Checkpoints: tensors and plain values only, loaded with ``weights_only=True``.
+
+Two kinds live in a run directory: ``checkpoint/model.pt``, the finished run's best model (what
+`advrec evaluate` loads), and ``checkpoints/epoch-NNNNNN.pt``, the whole training state every
+``train.checkpoint_every`` epochs, from which a stopped run or a failed worker group continues.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +30,46 @@ def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int) ->
         "num_users": model.num_users,
         "num_items": model.num_items,
     }
+    _write(url, state)
+
+
+def _write(url: str, state: dict[str, Any]) -> None:
     buf = _bytes_io.BytesIO()
     torch.save(state, buf)
     with io.atomic_file(url, "wb") as f:
         f.write(buf.getvalue())
+
+
+TRAIN_STATES = "checkpoints"
+
+
+def _train_states(run: str) -> list[tuple[int, str]]:
+    """The run's training-state files as (epoch, path), oldest first."""
+    fs, path = io.filesystem(io.join(run, TRAIN_STATES))
+    # an unfinished write is named epoch-N.pt.tmp-XXXX and does not match
+    files = fs.glob(f"{path}/epoch-*.pt") if fs.exists(path) else []
+    return sorted((int(f.rsplit("/", 1)[-1][len("epoch-"):-len(".pt")]), f) for f in files)
+
+
+def save_train_state(run: str, state: dict[str, Any], keep: int) -> None:
+    """Write the training state after epoch ``state["epoch"]`` into ``run``, atomically, then
+    delete older states except the one of epoch ``keep`` (the best model's, as Ray Train's
+    CheckpointConfig keeps the best and the latest)."""
+    epoch = state["epoch"]
+    _write(io.join(run, TRAIN_STATES, f"epoch-{epoch:06d}.pt"), state)
+    fs, _ = io.filesystem(run)
+    for old, path in _train_states(run):
+        if old not in (epoch, keep):
+            fs.rm(path)
+
+
+def load_train_state(run: str) -> dict[str, Any] | None:
+    """The latest training state saved in ``run``, or ``None`` when there is none."""
+    states = _train_states(run)
+    if not states:
+        return None
+    fs, _ = io.filesystem(run)
+    return load_checkpoint(f"{fs.unstrip_protocol(states[-1][1])}")
 
 
 def load_checkpoint(url: str) -> dict[str, Any]:

@@ -17,7 +17,11 @@ early-stopping decision; only rank 0 writes the run directory.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray.train
@@ -30,10 +34,12 @@ from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import RunConfig, TrainConfig
 from advrec.data.dataset import load_dataset
+from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
-from advrec.train.checkpoint import save_checkpoint
+from advrec.train.checkpoint import load_train_state, save_checkpoint, save_train_state
 from advrec.train.tasks import Task, make_loss, make_task
 
 OPTIMIZERS = {
@@ -72,11 +78,17 @@ def sample_generator(seed: int, rank: int) -> torch.Generator:
 
 
 def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
-                batch_size: int, adversarial: bool, generator: torch.Generator) -> dict[str, float]:
-    """One pass over the task's training batches (of this worker's shard); returns mean losses."""
+                batch_size: int, adversarial: bool, generator: torch.Generator,
+                fault: Callable[[], None] | None = None) -> dict[str, float]:
+    """One pass over the task's training batches (of this worker's shard); returns mean losses.
+
+    ``fault``: called after the first step, mid-epoch (fault injection, `inject_fault`).
+    """
     totals = {"loss": 0.0, "clean": 0.0, "adv": 0.0}
     n_batches = 0
     for batch in task.batches(batch_size, generator):
+        if fault and n_batches == 1:
+            fault()
         out = objective(batch, adversarial=adversarial, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -88,11 +100,46 @@ def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, task: Ta
     return {k: v / n_batches for k, v in totals.items() if k != "adv" or adversarial}
 
 
+@dataclass
+class EarlyStopping:
+    """The best epoch so far by the monitored valid metric, and epochs since it improved."""
+
+    higher_is_better: bool
+    value: float | None = None
+    epoch: int = -1
+    valid: dict[str, float] = field(default_factory=dict)
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    stale: int = 0
+
+    def update(self, epoch: int, valid: dict[str, float], value: float, model: nn.Module) -> None:
+        if self.value is None or (value > self.value if self.higher_is_better
+                                  else value < self.value):
+            self.value, self.epoch, self.valid, self.stale = value, epoch, valid, 0
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.stale += 1
+
+    def restart(self) -> None:
+        """Forget the best so far (the adversarial phase starts after a clean warm-up)."""
+        self.value, self.stale = None, 0
+
+
+def inject_fault(cfg: RunConfig) -> None:
+    """``train.fault_epoch``: die as a crashed worker would (a process killed by the OS), or
+    raise when training in this process, which must survive to report it."""
+    if cfg.scaling.num_workers:
+        os.kill(os.getpid(), signal.SIGKILL)
+    raise RuntimeError(f"fault injected in epoch {cfg.train.fault_epoch} (train.fault_epoch)")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train one model. ``config``: ``run`` (a RunConfig dict), ``dataset`` and ``output`` URLs.
 
-    Returns the final metrics (also written to ``output/metrics.json``).
+    Continues from the latest training state in ``output`` when there is one (a resumed run, or
+    workers restarted by Ray Train after a failure). Returns the final metrics (also written to
+    ``output/metrics.json``).
     """
+    entered = time.perf_counter()
     tune_malloc()  # before the first tensor: freed activations stay in the process
     cfg = RunConfig.model_validate(config["run"])
     output: str = config["output"]
@@ -107,67 +154,101 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     generator = sample_generator(tc.seed, rank)  # shuffling, negatives, random attacks
     data = load_dataset(config["dataset"])
     model: Recommender = build_model(cfg, data)
+    optimizer = make_optimizer(model.parameters(), tc)
+    monitor, higher_is_better = cfg.monitor()
+    best = EarlyStopping(higher_is_better)
+    history: list[dict[str, Any]] = []
+    state = load_train_state(output)
+    if state is not None:  # everything that decides what happens next, so the run continues
+        if len(state["rng"]) != world:  # as if it had never stopped
+            raise AdvrecError(f"{output}: saved by {len(state['rng'])} workers; resume it with "
+                              f"scaling.num_workers={len(state['rng'])}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["rng"][rank]["sample"])
+        torch.set_rng_state(state["rng"][rank]["torch"])
+        for key, value in state["early_stopping"].items():
+            setattr(best, key, value)
+        history = state["history"]
+    first = len(history)
     objective = distribute(AdversarialObjective(
         model, make_loss(cfg), attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
         reg=tc.reg), world)
-    optimizer = make_optimizer(model.parameters(), tc)
     task = make_task(cfg, data, shard=(rank, world))
 
-    monitor, higher_is_better = cfg.monitor()
-    history: list[dict[str, Any]] = []
-    best_value: float | None = None
-    best_epoch = -1
-    best_state: dict[str, torch.Tensor] = {}
-    best_valid: dict[str, float] = {}
-    stale = 0
-    bar = tqdm(range(tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}", unit="epoch",
+    bar = tqdm(range(first, tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
+               unit="epoch", initial=first, total=tc.epochs,
                disable=None if progress else True)  # None: only on a terminal
-    for epoch in bar:
+    stopped = bool(history) and history[-1].get("stopped", False)
+    for epoch in bar if not stopped else ():
         adversarial = cfg.adv.method != "none" and epoch >= cfg.adv.start_epoch
         if adversarial and epoch == cfg.adv.start_epoch and epoch > 0:
             # the adversarial phase starts: select the best model, and count patience, among
             # adversarial epochs only, so a clean warm-up epoch is never returned as "the" model
-            best_value, stale = None, 0
+            best.restart()
         model.train()
         start = time.perf_counter()
-        losses = train_epoch(objective, optimizer, task, batch_size, adversarial, generator)
+        fault = epoch == tc.fault_epoch and state is None and rank == world - 1
+        losses = train_epoch(objective, optimizer, task, batch_size, adversarial, generator,
+                             fault=(lambda: inject_fault(cfg)) if fault else None)
         record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                                   "train_s": time.perf_counter() - start, **losses}
+        if epoch == first:  # loading the data, building the model, setting up DDP
+            record["setup_s"] = start - entered
         if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+            start = time.perf_counter()
             valid = task.evaluate(model, "valid", cfg.eval)
+            record["eval_s"] = time.perf_counter() - start
             record.update({f"valid/{k}": v for k, v in valid.items()})
-            value = valid[monitor]
-            if best_value is None or (value > best_value if higher_is_better
-                                      else value < best_value):
-                best_value, best_epoch, best_valid, stale = value, epoch, valid, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                stale += 1
-            bar.set_postfix(loss=f"{losses['loss']:.4f}", **{monitor: f"{value:.4f}"},
-                            best=f"{best_value:.4f}")
+            best.update(epoch, valid, valid[monitor], model)
+            bar.set_postfix(loss=f"{losses['loss']:.4f}", **{monitor: f"{valid[monitor]:.4f}"},
+                            best=f"{best.value:.4f}")
         if progress and bar.disable:
             # not a terminal (a log file, a Ray job's logs): one line per epoch instead of a bar
             key = f"valid/{monitor}"
             shown = f" {monitor} {record[key]:.4f}" if key in record else ""
             print(f"epoch {epoch + 1}/{tc.epochs} loss {losses['loss']:.4f}{shown} "
                   f"({record['train_s']:.1f} s)", flush=True)
-        history.append(record)
-        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
         # a clean warm-up always runs to its end: APR's adversarial phase starts from it
         warming_up = cfg.adv.method != "none" and not adversarial
-        if tc.patience and stale >= tc.patience and not warming_up:
+        record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
+        history.append(record)
+        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or record["stopped"]):
+            save_state(output, model, optimizer, best, history, generator, (rank, world))
+        if record["stopped"]:
             break
     bar.close()
 
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.weights)
     metrics = {
-        "best_epoch": best_epoch,
-        "valid": best_valid,  # evaluated when that epoch's weights were kept
+        "best_epoch": best.epoch,
+        "valid": best.valid,  # evaluated when that epoch's weights were kept
         "test": task.evaluate(model, "test", cfg.eval),
     }
     if rank != 0:
         return metrics
-    save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best_epoch)
+    save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best.epoch)
     io.dump_json(io.join(output, "history.json"), history)
     io.dump_json(io.join(output, "metrics.json"), metrics)
     return metrics
+
+
+def save_state(output: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+               best: EarlyStopping, history: list[dict[str, Any]], generator: torch.Generator,
+               shard: tuple[int, int]) -> None:
+    """Rank 0 saves the training state after the last epoch of ``history``, with every
+    worker's random streams (so each continues its own), keeping the best epoch's state too."""
+    rng = {"sample": generator.get_state(), "torch": torch.get_rng_state()}
+    ranks = gather_objects(rng, shard)
+    if shard[0] != 0:
+        return
+    save_train_state(output, {
+        "epoch": history[-1]["epoch"],
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": ranks,
+        "early_stopping": {k: getattr(best, k) for k in
+                           ("value", "epoch", "valid", "weights", "stale")},
+        "history": history,
+    }, keep=best.epoch)
