@@ -65,6 +65,21 @@ def test_popularity_is_skewed(log):
     assert counts[:30].sum() > 0.2 * counts.sum()
 
 
+def test_a_large_catalogue_scores_popular_candidates(tmp_path):
+    # 10^5 items: each user scores a few candidates per pick instead of the whole catalogue
+    synth(100, 100_000, 5000, str(tmp_path / "big"), seed=3, rows_per_file=2000)
+    table = pq.read_table(tmp_path / "big")
+    user, item = table["user_id"].to_numpy(), table["item_id"].to_numpy()
+    assert len(user) == 5000 and np.bincount(user, minlength=100).min() >= 5
+    assert len(np.unique(user * 100_000 + item)) == len(user)  # still without replacement
+    assert item.min() >= 0 and item.max() < 100_000
+    counts = np.sort(np.bincount(item, minlength=100_000))[::-1]
+    assert counts[:1000].sum() > 0.3 * counts.sum()  # the top 1 % of items: Zipf's head
+    again = tmp_path / "again"
+    synth(100, 100_000, 5000, str(again), seed=3, rows_per_file=2000)
+    assert pq.read_table(again).equals(table)
+
+
 def test_same_arguments_same_bytes(log, tmp_path):
     _, files, _ = log
     synth(output=str(tmp_path / "again"), **ARGS)

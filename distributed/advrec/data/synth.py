@@ -7,12 +7,19 @@ their items one after another without replacement from
 
 which the Gumbel-top-k trick samples in one vectorised pass: the k largest of
 ``logits + Gumbel noise`` are a draw without replacement, and their descending order is the
-order of the sequential draws, which we use as the time order. Users are generated in blocks,
-so memory stays bounded by the block, not the log.
+order of the sequential draws, which we use as the time order.
+
+Scoring every item for every user costs users x items, which a large catalogue makes
+prohibitive (10^5 users x 10^6 items). So a user with k interactions scores only
+``CANDIDATES_PER_PICK * k`` candidates drawn by popularity (the proposal then carries the
+popularity term, and a repeated candidate counts once); only when that is the whole catalogue
+are all items scored. Users are generated in blocks of bounded size and written part by part,
+so time grows with the log and memory with the block, never with the log: 10^8 rows stream.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import fsspec
@@ -26,7 +33,8 @@ DIM = 16
 TEMPERATURE = 0.5
 ZIPF_EXPONENT = 1.0
 MIN_PER_USER = 5
-_BLOCK_SCORES = 1 << 22  # scores held at once: a block of users x all items (16 MiB float32)
+_BLOCK_SCORES = 1 << 20  # candidate scores held at once per block (with their factors, 64 MiB)
+CANDIDATES_PER_PICK = 8
 _EPOCH = 1_577_836_800  # 2020-01-01 UTC: users start within the following year
 _MEAN_GAP_S = 3600.0  # mean seconds between a user's consecutive interactions
 
@@ -72,15 +80,15 @@ def synth(
     rank = rng.permutation(items)
     log_pop = (-ZIPF_EXPONENT * np.log1p(rank)).astype(np.float32)
     counts = _activity(rng, users, items, interactions)
+    popularity_cdf = np.cumsum(np.exp(log_pop, dtype=np.float64))
 
-    block = max(1, _BLOCK_SCORES // items)
     files: list[str] = []
     with atomic_dir(output) as (fs, tmp):
         pending: list[pa.Table] = []
         pending_rows = 0
-        for start in range(0, users, block):
-            stop = min(start + block, users)
-            table = _block(rng, start, user_vec[start:stop], item_vec, log_pop, counts[start:stop])
+        for start, stop in _blocks(counts, items):
+            table = _block(rng, start, user_vec[start:stop], item_vec, log_pop, popularity_cdf,
+                           counts[start:stop])
             pending.append(table)
             pending_rows += table.num_rows
             # Cut exactly rows_per_file rows per part; only the remainder stays buffered.
@@ -122,24 +130,65 @@ def _activity(rng: np.random.Generator, users: int, items: int, total: int) -> n
     return counts
 
 
+def _blocks(counts: np.ndarray, items: int) -> Iterator[tuple[int, int]]:
+    """Consecutive user ranges ``[start, stop)`` whose candidate scores fit `_BLOCK_SCORES`."""
+    start = 0
+    while start < len(counts):
+        window = counts[start : start + _BLOCK_SCORES]
+        width = np.minimum(items, CANDIDATES_PER_PICK * np.maximum.accumulate(window))
+        fits = int(np.count_nonzero(np.arange(1, len(window) + 1) * width <= _BLOCK_SCORES))
+        stop = start + max(1, fits)  # width only grows, so the users that fit come first
+        yield start, stop
+        start = stop
+
+
+def _candidates(
+    rng: np.random.Generator, counts: np.ndarray, width: int, popularity_cdf: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(B, width) candidate items per user drawn by popularity, sorted, and a mask of the
+    repeats after their first; the width doubles until every user has as many distinct
+    candidates as interactions. ``None`` once that width would be the whole catalogue."""
+    while width < len(popularity_cdf):
+        # sorted draws make sorted candidates, and searchsorted fast (cache-friendly)
+        draws = np.sort(rng.random((len(counts), width)), axis=1) * popularity_cdf[-1]
+        picks = np.searchsorted(popularity_cdf, draws, side="right")
+        candidates = np.minimum(picks, len(popularity_cdf) - 1)  # (float rounding at the end)
+        repeat = np.zeros(candidates.shape, dtype=bool)
+        repeat[:, 1:] = candidates[:, 1:] == candidates[:, :-1]
+        if np.all(width - repeat.sum(axis=1) >= counts):
+            return candidates, repeat
+        width *= 2
+    return None
+
+
 def _block(
     rng: np.random.Generator,
     first_user: int,
     user_vec: np.ndarray,
     item_vec: np.ndarray,
     log_pop: np.ndarray,
+    popularity_cdf: np.ndarray,
     counts: np.ndarray,
 ) -> pa.Table:
     """The interactions of users ``first_user ..`` given their (B, DIM) factors and (B,) counts."""
-    logits = user_vec @ item_vec.T / np.float32(TEMPERATURE) + log_pop  # (B, items)
+    k = int(counts.max())
+    items = len(item_vec)
+    drawn = _candidates(rng, counts, CANDIDATES_PER_PICK * k, popularity_cdf)
+    if drawn is None:  # score the whole catalogue, popularity in the logits
+        candidates = np.broadcast_to(np.arange(items), (len(counts), items))
+        logits = user_vec @ item_vec.T / np.float32(TEMPERATURE) + log_pop  # (B, items)
+    else:
+        candidates, repeat = drawn
+        logits = np.einsum("bd,bcd->bc", user_vec, item_vec[candidates]) / np.float32(TEMPERATURE)
+        logits[repeat] = -np.inf  # a repeated candidate is drawn once
     # -log(Exp(1)) is Gumbel(0, 1) noise; standard_exponential has a fast float32 path, whose
     # draws can round to 0, so clip them to keep every key finite.
     noise = rng.standard_exponential(logits.shape, dtype=np.float32)
     keys = logits - np.log(np.maximum(noise, np.finfo(np.float32).tiny))
-    k = int(counts.max())
     top = np.argpartition(-keys, k - 1, axis=1)[:, :k]  # (B, k), unordered
     order = np.argsort(-np.take_along_axis(keys, top, axis=1), axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)  # best first: the sequential draw order
+    top = np.take_along_axis(candidates, top, axis=1)  # candidate positions to item ids
     picked = np.arange(k) < counts[:, None]  # each user keeps their first counts[u] draws
 
     n = int(counts.sum())
