@@ -1,0 +1,104 @@
+"""Training throughput on a large synthetic log (issue 4): in-process, 1 and 2 Ray Train workers.
+
+Writes a synthetic log (default 5M interactions over 1M items, `advrec synth`), prepares it
+once, then trains MF for one epoch with BPR and with PGD-K adversarial training, in this process
+(``scaling.num_workers=0``) and on 1 and N Ray Train workers (DDP over gloo). Validation uses the
+sampled protocol (100 negatives) so it does not dominate. Reports, per run:
+
+- interactions/s: training rows / the epoch's training time (rank 0's clock);
+- setup s: from the worker loop's start to its first batch (data load, model, DDP);
+- overhead s: the rest of the wall time outside training and validation: Ray start-up,
+  worker scheduling, the driver (the in-process run has no Ray to start);
+- the PGD-K / BPR ratio of the epoch time at each worker count (adversarial cost per step).
+
+Every run is a fresh ``run_training`` call, so each Ray run pays its own start-up. Results:
+``benchmarks/out/throughput/results.json`` and a Markdown table on stdout.
+
+    OMP_NUM_THREADS=... .venv/bin/python benchmarks/throughput.py [--interactions 5000000]
+        [--items 1000000] [--workers 2] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from advrec.config import load_config
+from advrec.data import prepare, synth
+from advrec.data.dataset import is_prepared
+from advrec.train import run_training
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(data: str, method: str, workers: int, args: argparse.Namespace) -> dict:
+    adversary = (["adv.method=pgd", f"adv.steps={args.steps}", "adv.eps=0.1", "adv.relative=true"]
+                 if method != "bpr" else [])
+    cfg = load_config(None, [f"data.source={data}", "model.name=mf", f"model.dim={args.dim}",
+                             "train.epochs=1", f"train.batch_size={args.batch_size}",
+                             "train.lr=0.001", "train.checkpoint_every=0",
+                             "eval.protocol=sampled", "eval.ks=[10]",
+                             f"scaling.num_workers={workers}", *adversary])
+    run = args.out / f"{method}-w{workers}"
+    start = time.perf_counter()
+    run_training(cfg, str(run), progress=False)
+    wall = time.perf_counter() - start
+    (epoch,) = json.loads((run / "history.json").read_text())
+    rows = json.loads(Path(data, "meta.json").read_text())["counts"]["train"]
+    return {"method": method, "workers": workers, "wall_s": wall, "train_s": epoch["train_s"],
+            "eval_s": epoch["eval_s"], "setup_s": epoch["setup_s"],
+            "overhead_s": wall - epoch["train_s"] - epoch["eval_s"] - epoch["setup_s"],
+            "rows": rows, "rows_per_s": rows / epoch["train_s"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interactions", type=int, default=5_000_000)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--users", type=int, default=None, help="default interactions / 50")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="PGD steps K")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "throughput")
+    args = parser.parse_args()
+    users = args.users or args.interactions // 50
+
+    name = f"synth-{args.interactions}-{args.items}"
+    log, data = args.out / name, str(args.out / f"{name}-prepared")
+    if not is_prepared(data):  # kept between invocations: generating 5M rows takes minutes
+        start = time.perf_counter()
+        synth(users, args.items, args.interactions, str(log), seed=0)
+        print(f"synth: {time.perf_counter() - start:.0f} s", flush=True)
+        start = time.perf_counter()
+        prepare(str(log), "parquet", data, seed=0)
+        print(f"prepare: {time.perf_counter() - start:.0f} s", flush=True)
+
+    rows = []
+    for method in ("bpr", f"pgd{args.steps}"):
+        for workers in (0, 1, args.workers):
+            rows.append(run_one(data, method, workers, args))
+            print(json.dumps(rows[-1]), flush=True)
+    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+
+    print(f"\n{args.interactions:,} interactions, {users:,} users, {args.items:,} items; MF dim "
+          f"{args.dim}, global batch {args.batch_size}, 1 epoch\n")
+    print("| method | workers | interactions/s | vs 1 worker | epoch s | setup s "
+          "| overhead s | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        one = next(o for o in rows if o["method"] == r["method"] and o["workers"] == 1)
+        print(f"| {r['method']} | {r['workers'] or 'in-process'} | {r['rows_per_s']:,.0f} "
+              f"| {r['rows_per_s'] / one['rows_per_s']:.2f} | {r['train_s']:.1f} "
+              f"| {r['setup_s']:.1f} | {r['overhead_s']:.1f} | {r['wall_s']:.0f} |")
+    print(f"\nPGD-{args.steps} / BPR epoch time:")
+    for workers in (0, 1, args.workers):
+        bpr, pgd = (next(r for r in rows if r["method"] == m and r["workers"] == workers)
+                    for m in ("bpr", f"pgd{args.steps}"))
+        print(f"- {workers or 'in-process'}: {pgd['train_s'] / bpr['train_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
