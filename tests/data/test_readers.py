@@ -292,6 +292,24 @@ def test_parquet_missing_column_names_the_part_file(tmp_path):
         read_log(str(tmp_path / "log"), "parquet")
 
 
+def test_parquet_corrupt_part_and_mismatched_schemas_name_the_culprit(tmp_path):
+    log = tmp_path / "log"
+    log.mkdir()
+    for i, ints in enumerate((pa.int64(), pa.int32(), pa.int64())):  # widths may differ
+        pq.write_table(pa.table({"user_id": pa.array([i], ints), "item_id": [i + 10]}),
+                       log / f"part-{i}.parquet")
+    assert read_log(str(log), "parquet").num_rows == 3
+    good = (log / "part-1.parquet").read_bytes()
+    (log / "part-1.parquet").write_bytes(good[: len(good) // 2])  # a truncated upload
+    with pytest.raises(AdvrecError, match=r"log/part-1\.parquet: cannot read Parquet"):
+        read_log(str(log), "parquet")
+    (log / "part-1.parquet").write_bytes(good)
+    pq.write_table(pa.table({"user_id": [7], "item_id": ["x"]}), log / "part-2.parquet")
+    with pytest.raises(AdvrecError, match=r"log/part-2\.parquet: column 'item_id' is string, "
+                       r"but int64 in .*log/part-0\.parquet"):
+        read_log(str(log), "parquet")
+
+
 def test_errors_name_the_file_found_below_the_directory(write, tmp_path):
     write("ml-1m/ratings.dat", "1::2::3::x\n")
     with pytest.raises(

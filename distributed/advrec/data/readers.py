@@ -409,6 +409,14 @@ def _read_atomic(fs: fsspec.AbstractFileSystem, path: str, where: str) -> pa.Tab
     return pa.Table.from_arrays([floats.get(n, table[n]) for n in names], schema=schema)
 
 
+def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether two parts' types of a column concatenate (int32 and int64 do; int and string
+    do not)."""
+    kinds = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string,
+             pa.types.is_large_string, pa.types.is_boolean)
+    return a == b or any(kind(a) and kind(b) for kind in kinds)
+
+
 _FILES_AT_ONCE = 16  # Parquet part files held in memory, still compressed, while reading
 
 
@@ -441,15 +449,19 @@ def _read_parquet(url: str, columns: ColumnMap) -> pa.Table:
                 names = pf.schema_arrow.names
                 source = _source_columns(names, columns, where)
                 wanted = [*source.values(), *_feature_sources(names, columns, where)]
-                parts.append(pf.read(columns=list(dict.fromkeys(wanted))))
+                part = pf.read(columns=list(dict.fromkeys(wanted)))
             except (pa.ArrowInvalid, OSError) as exc:
                 raise AdvrecError(f"{where}: cannot read Parquet ({_first_line(exc)})") from exc
-    try:
-        table = pa.concat_tables(parts, promote_options="permissive")
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise AdvrecError(
-            f"{url}: part files disagree on column types ({_first_line(exc)})"
-        ) from exc
+            if parts:  # every part as the first: the culprit is the part and column that differ
+                first = parts[0].schema
+                for field in part.schema:
+                    if field.name in first.names and not _same_kind(first.field(field.name).type,
+                                                                    field.type):
+                        raise AdvrecError(
+                            f"{where}: column '{field.name}' is {field.type}, but "
+                            f"{first.field(field.name).type} in {_where(url, path, files[0])}")
+            parts.append(part)
+    table = pa.concat_tables(parts, promote_options="permissive")
     if table.num_rows == 0:
         raise AdvrecError(f"{url}: empty (no interactions)")
     return _standardize(table, columns, url)
