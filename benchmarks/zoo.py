@@ -7,7 +7,8 @@ atomic files (ratings plus the users' and items' side features). Only ``data.sou
 then attacked with PGD (10 steps) at the ε of its own config, on its own training loss, and the
 relative drop of its headline metric is reported. Results: ``benchmarks/out/zoo/results.json``
 and a Markdown table on stdout (copied into benchmarks/README.md). Each finished run keeps its
-figures in ``<run>/zoo.json`` and is not trained again while its config is unchanged, so an interrupted benchmark resumes, and
+figures in ``<run>/zoo.json`` and is not trained again while its config is unchanged (a run
+trained elsewhere with the same config can be dropped in), so an interrupted benchmark resumes, and
 several invocations (one model each, in parallel) sharing ``--out`` can be tabulated by a last
 invocation over all of them.
 
@@ -40,11 +41,19 @@ def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
                       [*overrides, "adv.method=none"] if clean else overrides)
     run = out / f"{model}-{'clean' if clean else 'adv'}-seed{seed}"
     done = run / "zoo.json"
-    if done.exists() and load_config(run / "config.yaml") == cfg:
+    # the twin trains without an adversary, so its adv settings do not matter
+    exclude = {"adv": {"eps", "lam", "steps", "step_size", "norm", "random_start", "target",
+                       "start_epoch", "relative"}} if clean else None
+    same = run.exists() and (load_config(run / "config.yaml").model_dump(exclude=exclude)
+                             == cfg.model_dump(exclude=exclude))
+    if same and done.exists():
         return json.loads(done.read_text())
-    if run.exists():  # an interrupted run, or one of a config changed since: train it again
-        shutil.rmtree(run)
-    metrics = run_training(cfg, str(run), progress=False)
+    if same and (run / "metrics.json").exists():  # trained, not yet attacked
+        metrics = json.loads((run / "metrics.json").read_text())
+    else:  # new, interrupted, or of a config changed since: train it (again)
+        if run.exists():
+            shutil.rmtree(run)
+        metrics = run_training(cfg, str(run), progress=False)
     eps = repr(float(shipped.adv.eps))  # the twin is attacked at its adversarial sibling's ε
     curve = evaluate_run(str(run), ["pgd"], [0.0, shipped.adv.eps], steps=10, progress=False)
     metric = headline(cfg)[0]

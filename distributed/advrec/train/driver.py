@@ -27,9 +27,8 @@ from advrec.errors import AdvrecError
 from advrec.train.checkpoint import load_train_state
 from advrec.train.loop import train_loop_per_worker
 
-# Ray Train logs every report at INFO in local mode; the progress bar already shows them. On
-# workers `launch` sets Ray Train's LoggingConfig to WARNING, which quiets the controller's
-# set-up lines; the per-report line escapes it (its logger is named by file path, not ray.train).
+# Ray Train's INFO lines in local mode; on workers `launch` sets its LoggingConfig to WARNING,
+# which quiets the controller's set-up lines (the per-report lines: `loop.quiet_reports`).
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 

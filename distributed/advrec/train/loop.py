@@ -17,6 +17,7 @@ early-stopping decision; only rank 0 writes the run directory.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import time
@@ -132,6 +133,15 @@ def inject_fault(cfg: RunConfig) -> None:
     raise RuntimeError(f"fault injected in epoch {cfg.train.fault_epoch} (train.fault_epoch)")
 
 
+def quiet_reports() -> None:
+    """Ray Train logs every report at INFO, with all its metrics, under a logger named by its
+    source file, which its LoggingConfig does not reach; the progress bar (or the per-epoch
+    line) already shows them."""
+    from ray.train.v2._internal.execution import context  # private, hence only its name
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """Train one model. ``config``: ``run`` (a RunConfig dict), ``dataset`` and ``output`` URLs.
 
@@ -140,6 +150,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     ``output/metrics.json``).
     """
     entered = time.perf_counter()
+    quiet_reports()
     tune_malloc()  # before the first tensor: freed activations stay in the process
     cfg = RunConfig.model_validate(config["run"])
     output: str = config["output"]
