@@ -51,7 +51,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(cfg, data)
         runs[name] = (AdversarialObjective(model, LOSSES["bpr"], attack, lam=1.0),
-                      make_optimizer(model.parameters(), cfg.train),
+                      make_optimizer(model, cfg.train),
                       torch.Generator().manual_seed(0))
     task = PairTask(data, cfg.train.num_negatives)
     times: dict[str, list[float]] = {name: [] for name in methods}

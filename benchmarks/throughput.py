@@ -1,7 +1,8 @@
 """Training throughput on a large synthetic log (issue 4): in-process, 1 and 2 Ray Train workers.
 
 Writes a synthetic log (default 5M interactions over 1M items, `advrec synth`), prepares it
-once, then trains MF for one epoch with BPR and with PGD-K adversarial training, in this process
+once, then trains MF for one epoch with BPR and with PGD-K adversarial training, with dense and
+with sparse embedding gradients (``train.sparse_embeddings``), in this process
 (``scaling.num_workers=0``) and on 1 and N Ray Train workers (DDP over gloo). Validation uses the
 sampled protocol (100 negatives) so it does not dominate. Reports, per run:
 
@@ -15,7 +16,7 @@ Every run is a fresh ``run_training`` call, so each Ray run pays its own start-u
 ``benchmarks/out/throughput/results.json`` and a Markdown table on stdout.
 
     OMP_NUM_THREADS=... .venv/bin/python benchmarks/throughput.py [--interactions 5000000]
-        [--items 1000000] [--workers 2] [--steps 3]
+        [--items 1000000] [--workers 2] [--steps 3] [--runs bpr:0,bpr:1]
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_one(data: str, method: str, workers: int, args: argparse.Namespace) -> dict:
     adversary = (["adv.method=pgd", f"adv.steps={args.steps}", "adv.eps=0.1", "adv.relative=true"]
-                 if method != "bpr" else [])
+                 if method.startswith("pgd") else [])
+    if method.endswith("-sparse"):
+        adversary.append("train.sparse_embeddings=true")
     cfg = load_config(None, [f"data.source={data}", "model.name=mf", f"model.dim={args.dim}",
                              "train.epochs=1", f"train.batch_size={args.batch_size}",
                              "train.lr=0.001", "train.checkpoint_every=0",
@@ -62,6 +65,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="PGD steps K")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8192)
+    parser.add_argument("--runs", default=None, metavar="METHOD:WORKERS,...",
+                        help="only these runs, e.g. bpr:0,bpr-sparse:2 (default: all 12)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "throughput")
     args = parser.parse_args()
     users = args.users or args.interactions // 50
@@ -76,12 +81,18 @@ def main() -> None:
         prepare(str(log), "parquet", data, seed=0)
         print(f"prepare: {time.perf_counter() - start:.0f} s", flush=True)
 
-    rows = []
-    for method in ("bpr", f"pgd{args.steps}"):
-        for workers in (0, 1, args.workers):
-            rows.append(run_one(data, method, workers, args))
-            print(json.dumps(rows[-1]), flush=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    # earlier results of the same setting are kept, so --runs can redo one that was disturbed
+    results = args.out / "results.json"
+    rows = json.loads(results.read_text()) if results.exists() else []
+    methods = ("bpr", f"pgd{args.steps}", "bpr-sparse", f"pgd{args.steps}-sparse")
+    counts = (0, 1, args.workers)
+    for method, workers in ([tuple(r.split(":")) for r in args.runs.split(",")] if args.runs
+                            else [(m, w) for m in methods for w in counts]):
+        row = run_one(data, method, int(workers), args)
+        rows = [r for r in rows if (r["method"], r["workers"]) != (method, int(workers))] + [row]
+        print(json.dumps(row), flush=True)
+        results.write_text(json.dumps(rows, indent=1))
+    rows.sort(key=lambda r: (methods.index(r["method"]), r["workers"]))
 
     print(f"\n{args.interactions:,} interactions, {users:,} users, {args.items:,} items; MF dim "
           f"{args.dim}, global batch {args.batch_size}, 1 epoch\n")
@@ -89,15 +100,18 @@ def main() -> None:
           "| overhead s | wall s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        one = next(o for o in rows if o["method"] == r["method"] and o["workers"] == 1)
+        one = next((o for o in rows if o["method"] == r["method"] and o["workers"] == 1), r)
         print(f"| {r['method']} | {r['workers'] or 'in-process'} | {r['rows_per_s']:,.0f} "
               f"| {r['rows_per_s'] / one['rows_per_s']:.2f} | {r['train_s']:.1f} "
               f"| {r['setup_s']:.1f} | {r['overhead_s']:.1f} | {r['wall_s']:.0f} |")
     print(f"\nPGD-{args.steps} / BPR epoch time:")
-    for workers in (0, 1, args.workers):
-        bpr, pgd = (next(r for r in rows if r["method"] == m and r["workers"] == workers)
-                    for m in ("bpr", f"pgd{args.steps}"))
-        print(f"- {workers or 'in-process'}: {pgd['train_s'] / bpr['train_s']:.2f}")
+    for sparse in ("", "-sparse"):
+        for workers in counts:
+            pair = [next((r for r in rows if r["method"] == m + sparse and r["workers"] == workers),
+                         None) for m in ("bpr", f"pgd{args.steps}")]
+            if None not in pair:
+                print(f"- {sparse[1:] or 'dense'}, {workers or 'in-process'}: "
+                      f"{pair[1]['train_s'] / pair[0]['train_s']:.2f}")
 
 
 if __name__ == "__main__":

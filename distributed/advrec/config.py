@@ -165,12 +165,26 @@ class TrainConfig(_Section):
     monitor: str | None = Field(
         None, description="The valid metric for early stopping and the best epoch; default "
         "ndcg@K (first of eval.ks) for ranking, auc for CTR, click/auc for multi-task.")
+    sparse_embeddings: bool = Field(
+        False, description="Sparse gradients for the embedding tables, with a sparse optimizer "
+        "(SparseAdam for adam/adamw): a step updates the batch's rows only. For large "
+        "catalogues; gloo and CPU only (NCCL cannot all-reduce sparse gradients).")
     checkpoint_every: int = Field(
         1, ge=0, description="Save the whole training state every N epochs (0 = never), so a "
         "stopped run continues with `advrec train --resume` and failed workers restart from it.")
     fault_epoch: int | None = Field(
         None, ge=0, description="Fault injection, for tests: a worker dies half-way through "
         "this epoch (raises in-process), once; a resumed run never fails again.")
+
+    @model_validator(mode="after")
+    def _sparse_gradients(self) -> TrainConfig:
+        if self.sparse_embeddings and self.weight_decay:
+            raise ValueError("weight_decay does not apply to sparse gradients; with "
+                             "sparse_embeddings use train.reg (L2 on the batch's rows)")
+        if self.sparse_embeddings and self.num_negatives == "all":
+            raise ValueError("num_negatives=all scores every item, so its gradient is dense: "
+                             "it cannot train with sparse_embeddings")
+        return self
 
     @field_validator("num_negatives", mode="before")
     @classmethod

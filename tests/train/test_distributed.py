@@ -43,25 +43,27 @@ def _counting_allreduce(state, bucket):  # unannotated: DDP rejects string annot
 
 def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: dict,
                       out: str) -> None:
-    """Worker: ``STEPS`` steps of every zoo model, clean and with FGM and PGD-5, under DDP,
-    counting the all-reduces DDP launches (its communication hook runs once per bucket)."""
+    """Worker: ``STEPS`` steps of every zoo model, clean and with FGM and PGD-5 (also with
+    sparse embedding gradients), under DDP, counting the all-reduces DDP launches (its
+    communication hook runs once per bucket)."""
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     data = load_dataset(dataset)
     counts: dict[str, list[int]] = {}
     for name, model_options in MODELS.items():
-        for method in ("none", "fgm", "pgd"):
+        for variant in ("none", "fgm", "pgd", "pgd-sparse"):
+            method = variant.split("-")[0]
             cfg = build_config({
                 "data": {"source": dataset, **options},
                 "model": {"name": name, "dim": 8, **model_options},
                 "adv": {"method": method, "eps": 0.5, "steps": 5},
-                "train": {"num_negatives": 2}})
+                "train": {"num_negatives": 2, "sparse_embeddings": variant.endswith("sparse")}})
             torch.manual_seed(rank)  # different inits: DDP must make them equal (rank 0's)
             model = build_model(cfg, data)
+            optimizer = make_optimizer(model, cfg.train)
             objective = distribute(AdversarialObjective(
                 model, make_loss(cfg), attack_from_config(cfg), lam=1.0), world)
             calls = [0]
             objective.register_comm_hook(calls, _counting_allreduce)
-            optimizer = make_optimizer(model.parameters(), cfg.train)
             generator = sample_generator(0, rank)
             batches = make_task(cfg, data, shard=(rank, world)).batches(8, generator)
             per_step = []
@@ -72,12 +74,17 @@ def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: d
                 loss.backward()
                 optimizer.step()
                 per_step.append(calls[0] - before)
-            counts[f"{name}/{method}"] = per_step
+            counts[f"{name}/{variant}"] = per_step
             # the replicas stayed equal: same init (broadcast), same averaged gradients
             flat = torch.cat([p.detach().flatten() for p in model.parameters()])
             gathered = [torch.empty_like(flat) for _ in range(world)]
             dist.all_gather(gathered, flat)
-            counts[f"{name}/{method}/replicas_equal"] = [int(torch.equal(*gathered))]
+            counts[f"{name}/{variant}/replicas_equal"] = [int(torch.equal(*gathered))]
+            tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+            dense = sum(p.numel() for p in model.parameters()) > sum(
+                t.weight.numel() for t in tables)
+            # DDP gives each sparse gradient a bucket of its own, the dense rest shares one
+            counts[f"{name}/{variant}/buckets"] = [len(tables) + int(dense)]
     Path(out, f"rank{rank}.json").write_text(json.dumps(counts))
     dist.destroy_process_group()
 
@@ -94,8 +101,10 @@ def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, featu
             # off, so a parameter without a gradient would have failed the second step
             steps = [counts[f"{name}/{m}"] for m in ("none", "fgm", "pgd")]
             assert steps == [[1] * STEPS] * 3, name
+            # sparse tables (gloo): one all-reduce per bucket, still none from the attack
+            assert counts[f"{name}/pgd-sparse"] == counts[f"{name}/pgd-sparse/buckets"] * STEPS
             assert all(counts[f"{name}/{m}/replicas_equal"] == [1]
-                       for m in ("none", "fgm", "pgd")), name
+                       for m in ("none", "fgm", "pgd", "pgd-sparse")), name
 
 
 TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",

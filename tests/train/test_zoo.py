@@ -17,12 +17,12 @@ METHODS = ["random", "fgsm", "fgm", "pgd"]
 EPS = 0.1
 
 
-def _setup(name: str, method: str, source: str, feature_options: dict):
+def _setup(name: str, method: str, source: str, feature_options: dict, **train: object):
     cfg = build_config({
         "data": {"source": source, **feature_options},
         "model": {"name": name, "dim": 8, **MODELS[name]},
         "adv": {"method": method, "eps": EPS, "steps": 2},
-        "train": {"batch_size": 512, "lr": 0.01, "num_negatives": 2},
+        "train": {"batch_size": 512, "lr": 0.01, "num_negatives": 2, **train},
     })
     data = load_dataset(source)
     torch.manual_seed(0)
@@ -52,8 +52,24 @@ def test_perturbation_respects_the_budget(name: str, method: str, ctr_small: str
 @pytest.mark.parametrize("name", list(MODELS))
 def test_two_adversarial_epochs_lower_the_training_loss(name: str, method: str, ctr_small: str,
                                                         feature_options: dict) -> None:
-    cfg, model, objective, task = _setup(name, method, ctr_small, feature_options)
-    optimizer = make_optimizer(model.parameters(), cfg.train)
+    _two_epochs_lower_the_loss(*_setup(name, method, ctr_small, feature_options))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_sparse_embedding_gradients_train_every_model(name: str, ctr_small: str,
+                                                      feature_options: dict) -> None:
+    cfg, model, objective, task = _setup(name, "pgd", ctr_small, feature_options,
+                                         sparse_embeddings=True)
+    _two_epochs_lower_the_loss(cfg, model, objective, task)
+    # the last step's table gradients were sparse: only the batch's rows
+    for key, table in model.tables().items():
+        assert table.weight.grad is not None and table.weight.grad.is_sparse, key
+        touched = table.weight.grad.coalesce().indices().numel()
+        assert 0 < touched < table.num_embeddings or table.num_embeddings < 64, key
+
+
+def _two_epochs_lower_the_loss(cfg, model, objective, task) -> None:
+    optimizer = make_optimizer(model, cfg.train)
 
     def loss() -> float:
         # the clean + adversarial objective over a fixed draw of the training batches

@@ -51,8 +51,58 @@ OPTIMIZERS = {
 }
 
 
-def make_optimizer(params: Any, cfg: TrainConfig) -> torch.optim.Optimizer:
-    return OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+# Optimizers that apply sparse gradients (to the rows a step touched): Adam's sparse variant
+# keeps its moments per row and updates a row only when it is looked up, as "lazy Adam" does
+SPARSE_OPTIMIZERS = {
+    "adam": torch.optim.SparseAdam,
+    "adamw": torch.optim.SparseAdam,
+    "sgd": torch.optim.SGD,
+    "adagrad": torch.optim.Adagrad,
+}
+
+
+class SplitOptimizer:
+    """Several optimizers stepped as one (the sparse tables' and the dense rest's)."""
+
+    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
+        self.parts = parts
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts:
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts:
+            part.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [part.state_dict() for part in self.parts]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for part, saved in zip(self.parts, state["parts"], strict=True):
+            part.load_state_dict(saved)
+
+
+Optimizer = torch.optim.Optimizer | SplitOptimizer
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
+    """The configured optimizer over ``model``'s parameters, and with
+    ``train.sparse_embeddings`` a sparse optimizer of the same kind over the embedding tables,
+    whose gradients become sparse, so a step costs the batch's rows, not the tables. Call it
+    before wrapping the model in DDP, which lays out its buckets by the gradients' kind."""
+    if not cfg.sparse_embeddings:
+        return OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr,
+                                         weight_decay=cfg.weight_decay)
+    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
+    for table in tables:
+        table.sparse = True
+    sparse = {id(t.weight) for t in tables}
+    dense = [p for p in model.parameters() if id(p) not in sparse]
+    parts = [SPARSE_OPTIMIZERS[cfg.optimizer]([t.weight for t in tables], lr=cfg.lr)]
+    if dense:
+        parts.append(OPTIMIZERS[cfg.optimizer](dense, lr=cfg.lr))
+    return SplitOptimizer(parts)
 
 
 def attack_from_config(cfg: RunConfig) -> Attack:
@@ -78,7 +128,7 @@ def sample_generator(seed: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed if rank == 0 else hash((seed, rank)) % 2**63)
 
 
-def train_epoch(objective: nn.Module, optimizer: torch.optim.Optimizer, task: Task,
+def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
                 batch_size: int, adversarial: bool, generator: torch.Generator,
                 fault: Callable[[], None] | None = None) -> dict[str, float]:
     """One pass over the task's training batches (of this worker's shard); returns mean losses.
@@ -165,7 +215,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     generator = sample_generator(tc.seed, rank)  # shuffling, negatives, random attacks
     data = load_dataset(config["dataset"])
     model: Recommender = build_model(cfg, data)
-    optimizer = make_optimizer(model.parameters(), tc)
+    optimizer = make_optimizer(model, tc)
     monitor, higher_is_better = cfg.monitor()
     best = EarlyStopping(higher_is_better)
     history: list[dict[str, Any]] = []
@@ -245,7 +295,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def save_state(output: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+def save_state(output: str, model: nn.Module, optimizer: Optimizer,
                best: EarlyStopping, history: list[dict[str, Any]], generator: torch.Generator,
                shard: tuple[int, int]) -> None:
     """Rank 0 saves the training state after the last epoch of ``history``, with every
