@@ -23,7 +23,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from advrec.config import load_config
+from advrec.config import AdvConfig, load_config
 from advrec.report import evaluate_run, headline
 from advrec.train import run_training
 
@@ -42,8 +42,7 @@ def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
     run = out / f"{model}-{'clean' if clean else 'adv'}-seed{seed}"
     done = run / "zoo.json"
     # the twin trains without an adversary, so its adv settings do not matter
-    exclude = {"adv": {"eps", "lam", "steps", "step_size", "norm", "random_start", "target",
-                       "start_epoch", "relative"}} if clean else None
+    exclude = {"adv": set(AdvConfig.model_fields) - {"method"}} if clean else None
     same = run.exists() and (load_config(run / "config.yaml").model_dump(exclude=exclude)
                              == cfg.model_dump(exclude=exclude))
     if same and done.exists():

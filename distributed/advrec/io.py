@@ -50,21 +50,22 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     from deep inside a read.
     """
     protocol = get_protocol(url)
+    options = storage_options(protocol)
     try:
-        fs, path = url_to_fs(url, **storage_options(protocol))
+        fs, path = url_to_fs(url, **options)
     except (ImportError, ValueError) as exc:  # unknown protocol or missing driver (e.g. s3fs)
         raise AdvrecError(f"{url}: cannot open this location ({exc})") from exc
     if protocol in BUCKET_PROTOCOLS:
-        _check_bucket(fs, protocol, path.split("/", 1)[0])
+        _check_bucket(fs, protocol, options.get("endpoint_url", ""), path.split("/", 1)[0])
     return fs, path
 
 
 _reachable: set[tuple[str, str, str]] = set()
 
 
-def _check_bucket(fs: fsspec.AbstractFileSystem, protocol: str, bucket: str) -> None:
+def _check_bucket(fs: fsspec.AbstractFileSystem, protocol: str, endpoint: str,
+                  bucket: str) -> None:
     """Raise a one-line `AdvrecError` unless ``bucket`` exists and answers (cached once it does)."""
-    endpoint = str(storage_options(protocol).get("endpoint_url", ""))
     key = (protocol, endpoint, bucket)
     if key in _reachable:
         return

@@ -63,13 +63,18 @@ def save_train_state(run: str, state: dict[str, Any], keep: int) -> None:
             fs.rm(path)
 
 
+def has_train_state(run: str) -> bool:
+    """Whether ``run`` holds a saved training state (without reading it)."""
+    return bool(_train_states(run))
+
+
 def load_train_state(run: str) -> dict[str, Any] | None:
     """The latest training state saved in ``run``, or ``None`` when there is none."""
     states = _train_states(run)
     if not states:
         return None
     fs, _ = io.filesystem(run)
-    return load_checkpoint(f"{fs.unstrip_protocol(states[-1][1])}")
+    return load_checkpoint(fs.unstrip_protocol(states[-1][1]))
 
 
 def load_checkpoint(url: str) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from advrec import __version__, io
 from advrec.config import RunConfig, ScalingConfig, dump_config, load_config
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
-from advrec.train.checkpoint import load_train_state
+from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
 
 # Ray Train's INFO lines in local mode; on workers `launch` sets its LoggingConfig to WARNING,
@@ -104,7 +104,7 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     fs, path = io.filesystem(output)  # an unreachable output fails now, before any work
     dataset = resolve_dataset(cfg.data)
     if fs.exists(io.join(path, "run.json")):
-        if not fs.exists(io.join(path, "metrics.json")) and load_train_state(output) is not None:
+        if not fs.exists(io.join(path, "metrics.json")) and has_train_state(output):
             raise AdvrecError(f"{output}: holds an unfinished run; continue it with `advrec "
                               f"train --resume {output}`, or delete it")
         fs.rm(path, recursive=True)  # a finished run is replaced, leaving none of its files
@@ -115,7 +115,7 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
         io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__})
         return _train(cfg, dataset, output, progress, address)
     except BaseException:
-        if created and fs.exists(path) and load_train_state(output) is None:
+        if created and fs.exists(path) and not has_train_state(output):
             fs.rm(path, recursive=True)
         raise
 

@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import ray.train
@@ -174,6 +174,14 @@ class EarlyStopping:
         """Forget the best so far (the adversarial phase starts after a clean warm-up)."""
         self.value, self.stale = None, 0
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the direction, which the config gives (for a checkpoint)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "higher_is_better"}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+
 
 def inject_fault(cfg: RunConfig) -> None:
     """``train.fault_epoch``: die as a crashed worker would (a process killed by the OS), or
@@ -228,8 +236,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["rng"][rank]["sample"])
         torch.set_rng_state(state["rng"][rank]["torch"])
-        for key, value in state["early_stopping"].items():
-            setattr(best, key, value)
+        best.load_state_dict(state["early_stopping"])
         history = state["history"]
     first = len(history)
     objective = distribute(AdversarialObjective(
@@ -309,7 +316,6 @@ def save_state(output: str, model: nn.Module, optimizer: Optimizer,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": ranks,
-        "early_stopping": {k: getattr(best, k) for k in
-                           ("value", "epoch", "valid", "weights", "stale")},
+        "early_stopping": best.state_dict(),
         "history": history,
     }, keep=best.epoch)
