@@ -45,6 +45,12 @@ class DataConfig(_Section):
     exclude_features: list[str] = Field(
         default_factory=list, description="Side-feature columns the models ignore (free text).")
     feature_buckets: int = Field(10, gt=0, description="Equal-frequency bins of a numeric feature.")
+    stream: bool = Field(
+        False, description="Stream the training rows from the prepared train split with Ray Data "
+        "(read in blocks, split across workers) instead of loading them into every worker.")
+    shuffle_buffer: int = Field(
+        1_000_000, gt=0, description="With data.stream: rows a worker keeps to shuffle its "
+        "stream from (the prepared train split is ordered by user).")
 
     @field_validator("label_column")
     @classmethod
@@ -279,6 +285,13 @@ class RunConfig(_Section):
         if self.train.num_negatives == "all" and self.model.name != "sasrec":
             raise ValueError(f"train.num_negatives: 'all' (every item at every position) is for "
                              f"model.name=sasrec, not {self.model.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _sequences_load_whole(self) -> RunConfig:
+        if self.data.stream and self.model.name == "sasrec":
+            raise ValueError("data.stream: SASRec trains on whole per-user sequences, which "
+                             "are built in memory, not streamed; set data.stream=false")
         return self
 
     @model_validator(mode="after")

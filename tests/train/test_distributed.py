@@ -21,7 +21,7 @@ from advrec.cli import main
 from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.models import build_model
-from advrec.train.loop import attack_from_config, distribute, make_optimizer, sample_generator
+from advrec.train.loop import attack_from_config, distribute, epoch_generator, make_optimizer
 from advrec.train.tasks import make_loss, make_task
 from zoo_models import MODELS
 
@@ -64,7 +64,7 @@ def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: d
                 model, make_loss(cfg), attack_from_config(cfg), lam=1.0), world)
             calls = [0]
             objective.register_comm_hook(calls, _counting_allreduce)
-            generator = sample_generator(0, rank)
+            generator = epoch_generator(0, rank, 0)
             batches = make_task(cfg, data, shard=(rank, world)).batches(8, generator)
             per_step = []
             for _, batch in zip(range(STEPS), batches):
@@ -109,7 +109,7 @@ def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, featu
 
 TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",
                "adv.relative=true", "train.epochs=3", "train.lr=0.01", "train.batch_size=256",
-               "scaling.num_workers=2"]
+               "scaling.num_workers=2", "data.stream=true", "data.shuffle_buffer=2000"]
 
 
 def _history(history: list[dict]) -> list[dict]:
@@ -118,8 +118,9 @@ def _history(history: list[dict]) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def two_workers(prepared: str, s3_store: str, ray_local: None) -> dict:
-    """A 2-worker PGD run that reads its dataset from and writes its run to the S3 store;
-    returns where, and its history and metrics."""
+    """A 2-worker PGD run that streams its training rows from the S3 store (Ray Data, split
+    between the workers) and writes its run there; returns where, and its history and
+    metrics."""
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
     fs.put(prepared, "advrec/ddp/data", recursive=True)
     run = f"s3://advrec/ddp/run-{uuid.uuid4().hex[:6]}"

@@ -21,6 +21,12 @@ SETUPS = {
                       "adv.eps=0.5", "adv.relative=true", "adv.random_start=true",
                       "adv.start_epoch=2", "train.epochs=6", "train.lr=0.01",
                       "train.batch_size=256", "train.num_negatives=2"],
+    # the training rows streamed by Ray Data: each epoch's shuffle and negatives come from
+    # (seed, rank, epoch), so the restarted epoch draws what it drew the first time
+    "mf-pgd-stream": ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2",
+                      "adv.eps=0.5", "adv.relative=true", "adv.random_start=true",
+                      "train.epochs=4", "train.lr=0.01", "train.batch_size=256",
+                      "data.stream=true", "data.shuffle_buffer=1000"],
     "sasrec-fgm-dropout": ["model.name=sasrec", "model.dim=16", "model.max_len=20",
                            "model.dropout=0.3", "adv.method=fgm", "adv.eps=0.1",
                            "adv.relative=true", "train.epochs=5", "train.lr=0.01",
@@ -49,7 +55,10 @@ def _history(run: Path) -> list[dict]:
 
 @pytest.mark.parametrize("setup", list(SETUPS))
 def test_a_stopped_run_resumes_as_if_it_never_stopped(setup: str, prepared: dict[str, str],
-                                                      tmp_path: Path) -> None:
+                                                      tmp_path: Path,
+                                                      request: pytest.FixtureRequest) -> None:
+    if "data.stream=true" in SETUPS[setup]:
+        request.getfixturevalue("ray_local")  # Ray Data needs a Ray instance, even in-process
     whole, stopped = tmp_path / "whole", tmp_path / "stopped"
     assert main(["train", "--output", str(whole), "--quiet", *_overrides(setup, prepared)]) == 0
 

@@ -78,8 +78,13 @@ def is_prepared(url: str) -> bool:
     return fs.isfile(join(path, "meta.json"))
 
 
-def load_dataset(url: str) -> Dataset:
-    """Load the prepared dataset at ``url`` (a path or fsspec URL)."""
+def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
+    """Load the prepared dataset at ``url`` (a path or fsspec URL).
+
+    ``train_pairs_only``: of the train split, load only its (user, item) pairs, which negative
+    sampling and ranking evaluation need: the training rows themselves stream from Ray Data
+    (``data.stream``).
+    """
     fs, path = filesystem(url)
     try:
         with fs.open(join(path, "meta.json"), "r") as f:
@@ -102,8 +107,9 @@ def load_dataset(url: str) -> Dataset:
                 pf = pq.ParquetFile(f)
                 # label exists only in CTR datasets (prepare --label-threshold), rating only
                 # when the raw log has ratings
-                extra = [c for c in ("label", "rating") if c in pf.schema_arrow.names]
-                table = pf.read(columns=["user", "item", "timestamp", *extra])
+                extra = [c for c in ("label", "rating", "timestamp") if c in pf.schema_arrow.names
+                         and not (train_pairs_only and name == "train")]
+                table = pf.read(columns=["user", "item", *extra])
         except FileNotFoundError:
             raise AdvrecError(
                 f"{url}/{name}.parquet: missing; run `advrec prepare` again"
@@ -121,8 +127,8 @@ def load_dataset(url: str) -> Dataset:
                 )
             columns[column] = torch.from_numpy(ids)
         for column in extra:
-            columns[column] = torch.from_numpy(table[column].to_numpy().astype("float32"))
-        splits[name] = Interactions(
-            **columns, timestamp=torch.from_numpy(table["timestamp"].to_numpy().astype("int64")))
+            kind = "int64" if column == "timestamp" else "float32"
+            columns[column] = torch.from_numpy(table[column].to_numpy().astype(kind))
+        splits[name] = Interactions(**columns)
     return Dataset(url=url, num_users=meta["num_users"], num_items=meta["num_items"], meta=meta,
                    **splits)

@@ -4,6 +4,10 @@ The loop itself (`advrec.train.loop`) is the same function Ray Train runs on eac
 ``scaling.num_workers=0`` Ray Train's local mode runs it in this process, with no cluster to
 start. With N >= 1 workers the driver connects to the Ray cluster at ``address`` (or
 ``RAY_ADDRESS``), or starts a local Ray instance when there is none.
+
+With ``data.stream`` the training rows are a Ray Data stream of the prepared train split that
+Ray Train splits across the workers; the driver only plans it (reads file metadata), so it never
+holds the log.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 import ray
+import ray.data
 from pyarrow.fs import FSSpecHandler, PyFileSystem
-from ray.train import FailureConfig, LoggingConfig, WorkerGroupError
+from ray.train import DataConfig, FailureConfig, LoggingConfig, WorkerGroupError
 from ray.train import RunConfig as RayRunConfig
 from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
@@ -26,10 +31,19 @@ from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
 from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
+from advrec.train.tasks import LABELS, row_columns
 
 # Ray Train's INFO lines in local mode; on workers `launch` sets its LoggingConfig to WARNING,
 # which quiets the controller's set-up lines (the per-report lines: `loop.quiet_reports`).
 logging.getLogger("ray.train").setLevel(logging.WARNING)
+# Ray Data's lines at every epoch's read (the stream's progress bars are off: one warning says so)
+logging.getLogger("ray.data").setLevel(logging.WARNING)
+logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+DATA_CPUS = 2
+"""Logical CPUs a local Ray instance declares beyond the workers' for Ray Data's read tasks,
+which would otherwise wait forever for CPUs the train workers hold (DESIGN.md, Ray notes)."""
 
 
 def connect(address: str | None, num_cpus: float) -> None:
@@ -37,20 +51,49 @@ def connect(address: str | None, num_cpus: float) -> None:
     at least ``num_cpus`` logical CPUs, unless this process is already connected."""
     if ray.is_initialized():
         return
+    # Ray Data logs every epoch's read at INFO from the actor that splits the stream
+    quiet = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING")}}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=quiet)
         return
     # a local instance: declare enough logical CPUs for the workers even on a small machine
     # (they share the cores; Ray only counts reservations)
     cpus = max(os.cpu_count() or 1, int(-(-num_cpus // 1)))
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=quiet)
+
+
+def train_stream(dataset: str, columns: tuple[str, ...]) -> Callable[[], ray.data.Dataset]:
+    """What makes the stream of ``columns`` of the prepared ``dataset``'s train split, read
+    through the same filesystem as every other file, in order (so Ray Train's split gives each
+    worker the same rows every epoch, and a restarted run repeats itself)."""
+    def read() -> ray.data.Dataset:
+        fs, path = io.filesystem(dataset)
+        context = ray.data.DataContext.get_current()
+        # Ray Data's newer Parquet reader starts actors to read footers at every execution
+        # (every epoch): 6 s each on a 2-core machine, against 0.5 s to the first batch here
+        v2, context.use_datasource_v2 = context.use_datasource_v2, False
+        try:
+            stream = ray.data.read_parquet(io.join(path, "train.parquet"),
+                                           filesystem=PyFileSystem(FSSpecHandler(fs)))
+        finally:
+            context.use_datasource_v2 = v2
+        stream = stream.select_columns(list(columns))
+        stream.context.execution_options.preserve_order = True
+        stream.context.enable_progress_bars = False  # the training bar says enough
+        stream.context.print_on_execution_start = False
+        return stream
+    return read
 
 
 def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling: ScalingConfig,
-           address: str | None = None, storage: str | None = None) -> Any:
+           address: str | None = None, storage: str | None = None,
+           datasets: dict[str, Callable[[], ray.data.Dataset]] | None = None) -> Any:
     """Run ``fn(config)`` on ``scaling.num_workers`` Ray Train workers (in this process for 0)
     and return rank 0's return value.
+
+    ``datasets``: Ray Data streams by name, split equally across the workers (in order), which
+    take theirs with ``ray.train.get_dataset_shard``; they need a Ray instance even in-process.
 
     ``storage``: the run directory (a path or URL), which Ray Train's RunConfig gets as its
     storage (``storage_path/name``), so its experiment state lives beside advrec's checkpoints.
@@ -58,16 +101,18 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
     latest checkpoint there.
     """
     workers = scaling.num_workers
-    if workers:
-        connect(address, workers * scaling.cpus_per_worker)
+    if workers or datasets:
+        connect(address, workers * scaling.cpus_per_worker + (DATA_CPUS if datasets else 0))
     storage_options: dict[str, Any] = {}
     if storage is not None:
         fs, path = io.filesystem(storage)
         parent, _, name = path.rstrip("/").rpartition("/")
         storage_options = {"storage_path": parent or "/", "name": name,
                            "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
+    ingest = ray.data.ExecutionOptions(preserve_order=True)
     trainer = TorchTrainer(
-        fn, train_loop_config=config,
+        fn, train_loop_config=config, datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
         run_config=RayRunConfig(logging_config=LoggingConfig(log_level="WARNING"),
                                 failure_config=FailureConfig(max_failures=scaling.max_failures),
                                 **storage_options),
@@ -132,10 +177,12 @@ def resume_training(run: str, progress: bool = True, address: str | None = None)
 
 def _train(cfg: RunConfig, dataset: str, output: str, progress: bool,
            address: str | None) -> dict[str, Any]:
+    datasets = ({"train": train_stream(dataset, row_columns(LABELS[cfg.kind]))}
+                if cfg.data.stream else None)
     return launch(train_loop_per_worker,
                   {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
                    "output": output, "progress": progress},
-                  cfg.scaling, address, storage=output)
+                  cfg.scaling, address, storage=output, datasets=datasets)
 
 
 def read_run(run: str) -> tuple[RunConfig, str]:

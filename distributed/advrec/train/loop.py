@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -114,18 +115,20 @@ def attack_from_config(cfg: RunConfig) -> Attack:
 def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
     """Wrap the objective in DDP (gloo on CPU) when ``world`` > 1 workers train together.
 
-    Dense gradients everywhere: sparse embedding gradients would save traffic on gloo, but NCCL
-    cannot all-reduce them and Adam cannot apply them, so one dense path serves both.
+    Embedding gradients are dense unless ``train.sparse_embeddings`` made them sparse
+    (`make_optimizer`): DDP all-reduces those as sparse tensors, which gloo can and NCCL cannot.
     """
     if world == 1:
         return objective
     return DistributedDataParallel(objective, find_unused_parameters=False)
 
 
-def sample_generator(seed: int, rank: int) -> torch.Generator:
-    """Negatives and random attacks: a stream of its own per worker, so shards never draw the
-    same negatives; rank 0's is the seed's, as on a single worker."""
-    return torch.Generator().manual_seed(seed if rank == 0 else hash((seed, rank)) % 2**63)
+def epoch_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
+    """One epoch's shuffling, negatives and random attacks on worker ``rank``: a stream of its
+    own per worker, so shards never draw the same negatives, and a function of (seed, rank,
+    epoch) alone, so a restarted epoch draws what it drew the first time."""
+    # hash() of a tuple of ints is the same in every process (only str hashes are salted)
+    return torch.Generator().manual_seed(hash((seed, rank, epoch)) % 2**63)
 
 
 def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
@@ -220,8 +223,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     batch_size = -(-tc.batch_size // world)  # per worker; the global batch stays tc.batch_size
 
     torch.manual_seed(tc.seed)  # model init, the same on every worker
-    generator = sample_generator(tc.seed, rank)  # shuffling, negatives, random attacks
-    data = load_dataset(config["dataset"])
+    # the training rows stream from Ray Data: only the train split's pairs are loaded
+    data = load_dataset(config["dataset"], train_pairs_only=cfg.data.stream)
     model: Recommender = build_model(cfg, data)
     optimizer = make_optimizer(model, tc)
     monitor, higher_is_better = cfg.monitor()
@@ -234,15 +237,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                               f"scaling.num_workers={len(state['rng'])}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["rng"][rank]["sample"])
-        torch.set_rng_state(state["rng"][rank]["torch"])
+        torch.set_rng_state(state["rng"][rank]["torch"])  # dropout's
         best.load_state_dict(state["early_stopping"])
         history = state["history"]
     first = len(history)
     objective = distribute(AdversarialObjective(
         model, make_loss(cfg), attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
         reg=tc.reg), world)
-    task = make_task(cfg, data, shard=(rank, world))
+    task = make_task(cfg, data, shard=(rank, world),
+                     stream=ray.train.get_dataset_shard("train") if cfg.data.stream else None)
 
     bar = tqdm(range(first, tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
                unit="epoch", initial=first, total=tc.epochs,
@@ -256,6 +259,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             best.restart()
         model.train()
         start = time.perf_counter()
+        generator = epoch_generator(tc.seed, rank, epoch)  # shuffling, negatives, random attacks
         fault = epoch == tc.fault_epoch and state is None and rank == world - 1
         losses = train_epoch(objective, optimizer, task, batch_size, adversarial, generator,
                              fault=(lambda: inject_fault(cfg)) if fault else None)
@@ -275,15 +279,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             # not a terminal (a log file, a Ray job's logs): one line per epoch instead of a bar
             key = f"valid/{monitor}"
             shown = f" {monitor} {record[key]:.4f}" if key in record else ""
-            print(f"epoch {epoch + 1}/{tc.epochs} loss {losses['loss']:.4f}{shown} "
-                  f"({record['train_s']:.1f} s)", flush=True)
+            # not print(), which Ray Train workers also copy to their log: the line came twice
+            sys.stdout.write(f"epoch {epoch + 1}/{tc.epochs} loss {losses['loss']:.4f}{shown} "
+                             f"({record['train_s']:.1f} s)\n")
+            sys.stdout.flush()
         # a clean warm-up always runs to its end: APR's adversarial phase starts from it
         warming_up = cfg.adv.method != "none" and not adversarial
         record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
         history.append(record)
         ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
         if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or record["stopped"]):
-            save_state(output, model, optimizer, best, history, generator, (rank, world))
+            save_state(output, model, optimizer, best, history, (rank, world))
         if record["stopped"]:
             break
     bar.close()
@@ -303,11 +309,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_state(output: str, model: nn.Module, optimizer: Optimizer,
-               best: EarlyStopping, history: list[dict[str, Any]], generator: torch.Generator,
-               shard: tuple[int, int]) -> None:
+               best: EarlyStopping, history: list[dict[str, Any]], shard: tuple[int, int]) -> None:
     """Rank 0 saves the training state after the last epoch of ``history``, with every
-    worker's random streams (so each continues its own), keeping the best epoch's state too."""
-    rng = {"sample": generator.get_state(), "torch": torch.get_rng_state()}
+    worker's torch random state (dropout's; each continues its own), keeping the best epoch's
+    state too. Sampling needs none: each epoch seeds its own (`epoch_generator`)."""
+    rng = {"torch": torch.get_rng_state()}
     ranks = gather_objects(rng, shard)
     if shard[0] != 0:
         return

@@ -12,15 +12,17 @@ Everything else (the objective, the adversary, the robustness attack) is the sam
 
 Under Ray Train each worker builds its task with its own ``shard`` (rank, world size) and trains
 on that shard's examples only: a fixed slice of the training rows (of the users, for sequences),
-shuffled by the worker's own generator. Every shard yields the same number of batches, which DDP
-needs (a worker that steps once more would wait forever for the others' gradients). Evaluation
-is sharded the same way and combined, so every worker gets the whole split's metrics.
+shuffled by the epoch's generator. The rows come from memory (`MemoryRows`) or, with
+``data.stream``, from the worker's split of a Ray Data stream (`StreamRows`). Every shard yields
+the same number of batches, which DDP needs (a worker that steps once more would wait forever
+for the others' gradients). Evaluation is sharded the same way and combined, so every worker
+gets the whole split's metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -50,6 +52,63 @@ def epoch_order(n: int, shard: Shard, generator: torch.Generator, shuffle: bool)
     return order
 
 
+Rows = dict[str, Tensor]
+"""A batch of training rows: ``user`` and ``item`` (B,) int64, and ``label`` and ``rating``
+(B,) float32 where the task reads them (`row_columns`)."""
+
+
+LABELS = {"ranking": (), "ctr": ("click",), "multitask": ("click", "rating")}
+"""The labels each kind of model (`advrec.config.MODEL_KINDS`) learns, beside the pairs."""
+LABEL_COLUMNS = {"click": "label", "rating": "rating"}
+"""The prepared splits' column of each label."""
+
+
+def row_columns(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The train split's columns a task with ``labels`` (`LABELS`) trains on."""
+    return ("user", "item", *(LABEL_COLUMNS[t] for t in labels))
+
+
+class RowSource(Protocol):
+    def epoch(self, batch_size: int, generator: torch.Generator, shuffle: bool) -> Iterator[Rows]:
+        """This worker's training rows of one epoch, in batches of ``batch_size``."""
+        ...
+
+
+class MemoryRows:
+    """The train split held in memory: the shard's fixed slice of its rows, in an order drawn
+    from the epoch's generator."""
+
+    def __init__(self, part: Interactions, columns: tuple[str, ...], shard: Shard) -> None:
+        self.columns = {c: getattr(part, c) for c in columns}
+        self.n, self.shard = len(part), shard
+
+    def epoch(self, batch_size: int, generator: torch.Generator, shuffle: bool) -> Iterator[Rows]:
+        for idx in epoch_order(self.n, self.shard, generator, shuffle).split(batch_size):
+            yield {c: values[idx] for c, values in self.columns.items()}
+
+
+class StreamRows:
+    """The worker's split of the train split streamed by Ray Data (``data.stream``): blocks read
+    as they are needed, shuffled within a buffer of ``buffer`` rows.
+
+    Ray Train splits the stream equally (``streaming_split(equal=True)``), so every worker gets
+    as many rows, hence batches; in order (``preserve_order``, `advrec.train.driver`), so a
+    worker gets the same rows every epoch, and with the buffer's seed drawn from the epoch's
+    generator a restarted epoch repeats exactly.
+    """
+
+    def __init__(self, shard: Any, buffer: int) -> None:
+        """``shard``: what ``ray.train.get_dataset_shard`` returns (a DataIterator or Dataset)."""
+        self.shard, self.buffer = shard, buffer
+
+    def epoch(self, batch_size: int, generator: torch.Generator, shuffle: bool) -> Iterator[Rows]:
+        seed = int(torch.randint(2**62, (), generator=generator)) if shuffle else None
+        for batch in self.shard.iter_torch_batches(
+                batch_size=batch_size, local_shuffle_buffer_size=self.buffer if shuffle else None,
+                local_shuffle_seed=seed):
+            yield {c: v.long() if c in ("user", "item") else v.float() for c, v in batch.items()}
+
+
 class Task(Protocol):
     shard: Shard
     """This worker's share of the examples: (rank, world size)."""
@@ -69,9 +128,10 @@ class PairTask:
     in-batch negatives and each item's log sampling frequency (``in_batch=True``)."""
 
     def __init__(self, data: Dataset, num_negatives: int, in_batch: bool = False,
-                 shard: Shard = WHOLE) -> None:
+                 shard: Shard = WHOLE, rows: RowSource | None = None) -> None:
         self.data, self.num_negatives, self.in_batch = data, num_negatives, in_batch
         self.shard = shard
+        self.rows = rows or MemoryRows(data.train, ("user", "item"), shard)
         self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
         # log Q(item): how often an item is drawn as a batch's positive, hence as an in-batch
         # negative of everyone else (Yi et al. 2019); unseen items get log(1/(N+1)), never -inf
@@ -82,10 +142,8 @@ class PairTask:
                 shuffle: bool = True) -> Iterator[Batch]:
         """``user`` (B,) and ``item`` (B, 1 + n): the positive, then the negatives; in-batch,
         ``item`` (B, 1) and ``log_q`` (B,) of those items."""
-        train = self.data.train
-        order = epoch_order(train.user.numel(), self.shard, generator, shuffle)
-        for idx in order.split(batch_size):
-            users, items = train.user[idx], train.item[idx]
+        for rows in self.rows.epoch(batch_size, generator, shuffle):
+            users, items = rows["user"], rows["item"]
             if self.in_batch:
                 yield {"user": users, "item": items.unsqueeze(1), "log_q": self.log_q[items]}
                 continue
@@ -166,34 +224,33 @@ class LabelledTask:
     when ``tasks`` is ``("click", "rating")`` (multi-task)."""
 
     def __init__(self, data: Dataset, tasks: tuple[str, ...],
-                 shard: Shard = WHOLE) -> None:
+                 shard: Shard = WHOLE, rows: RowSource | None = None) -> None:
         self.data, self.tasks = data, tasks
         self.shard = shard
-        for split in ("train", "valid", "test"):
-            self._labels(data.split(split))  # fail now, not after an epoch
+        self.rows = rows or MemoryRows(data.train, row_columns(tasks), shard)
+        for split in ("valid", "test"):  # fail now, not after an epoch
+            self._labels(vars(data.split(split)))
 
-    def _labels(self, part: Interactions) -> Tensor:
-        """(N,) clicks for one task, (N, T) for several."""
-        columns = {"click": part.label, "rating": part.rating}
-        missing = [t for t in self.tasks if columns[t] is None]
+    def _labels(self, columns: dict[str, Tensor | None]) -> Tensor:
+        """(N,) clicks for one task, (N, T) for several, from a split's or a batch's (N,)
+        columns (`LABEL_COLUMNS`)."""
+        missing = [t for t in self.tasks if columns.get(LABEL_COLUMNS[t]) is None]
         if missing:
             why = {"click": ("a CTR dataset: set data.label_threshold (e.g. 4) "
                               "or data.label_column"),
                    "rating": "a log with ratings"}
             raise AdvrecError(f"{self.data.url}: no {missing[0]} labels; this model needs "
                               f"{why[missing[0]]}")
-        labels = [columns[t] for t in self.tasks]
+        labels = [columns[LABEL_COLUMNS[t]] for t in self.tasks]
         return labels[0] if len(labels) == 1 else torch.stack(labels, dim=-1)
 
     def batches(self, batch_size: int, generator: torch.Generator,
                 shuffle: bool = True) -> Iterator[Batch]:
         """``user`` (B,), ``item`` (B, 1) and ``label`` (B, 1), or (B, 1, T) per task."""
-        train = self.data.train
-        labels = self._labels(train)
-        order = epoch_order(train.user.numel(), self.shard, generator, shuffle)
-        for idx in order.split(batch_size):
-            yield {"user": train.user[idx], "item": train.item[idx].unsqueeze(1),
-                   "label": labels[idx].unsqueeze(1)}
+        for rows in self.rows.epoch(batch_size, generator, shuffle):
+            labels = self._labels(rows)
+            yield {"user": rows["user"], "item": rows["item"].unsqueeze(1),
+                   "label": labels.unsqueeze(1)}
 
     @torch.no_grad()
     def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
@@ -210,7 +267,7 @@ class LabelledTask:
         finally:
             model.train(was_training)
         logits = gather_shards(logits, part.user.numel(), self.shard)
-        labels = self._labels(part)
+        labels = self._labels(vars(part))
         if len(self.tasks) == 1:
             return ctr_metrics(logits, labels, part.user)
         out = {f"click/{k}": v for k, v in ctr_metrics(logits[:, 0], labels[:, 0], part.user).items()}
@@ -218,17 +275,18 @@ class LabelledTask:
         return out
 
 
-def make_task(cfg: RunConfig, data: Dataset, shard: Shard = WHOLE) -> Task:
+def make_task(cfg: RunConfig, data: Dataset, shard: Shard = WHOLE,
+              stream: Any = None) -> Task:
     """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.MODEL_KINDS`),
-    training on ``shard`` (rank, world size) of the examples."""
+    training on ``shard`` (rank, world size) of the examples, or on the rows of ``stream``
+    (this worker's Ray Data shard, with ``data.stream``)."""
     if cfg.model.name == "sasrec":
         return SequenceTask(data, cfg.model.max_len, cfg.train.num_negatives, shard)
-    if cfg.kind == "ctr":
-        return LabelledTask(data, ("click",), shard)
-    if cfg.kind == "multitask":
-        return LabelledTask(data, ("click", "rating"), shard)
+    rows = None if stream is None else StreamRows(stream, cfg.data.shuffle_buffer)
+    if LABELS[cfg.kind]:
+        return LabelledTask(data, LABELS[cfg.kind], shard, rows)
     return PairTask(data, cfg.train.num_negatives, in_batch=cfg.model.name == "twotower",
-                    shard=shard)
+                    shard=shard, rows=rows)
 
 
 def make_loss(cfg: RunConfig) -> LossFn:

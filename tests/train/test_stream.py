@@ -1,0 +1,45 @@
+"""Training rows streamed by Ray Data (``data.stream``): every row of the train split once per
+epoch, with the columns its task needs, in an order drawn from the epoch's generator."""
+
+from __future__ import annotations
+
+import torch
+
+from advrec.config import build_config
+from advrec.data.dataset import load_dataset
+from advrec.train.driver import train_stream
+from advrec.train.loop import epoch_generator
+from advrec.train.tasks import LABELS, StreamRows, make_task, row_columns
+
+
+def _epoch(task, seed: int, epoch: int) -> dict[str, torch.Tensor]:
+    """One epoch's batches of ``task``, concatenated."""
+    batches = list(task.batches(100, epoch_generator(seed, 0, epoch)))
+    assert all(b["user"].numel() == 100 for b in batches[:-1])
+    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+
+def test_a_streamed_epoch_is_the_train_split_shuffled_by_its_generator(
+        ctr_small: str, feature_options: dict, ray_local: None) -> None:
+    cfg = build_config({"data": {"source": ctr_small, "stream": True, "shuffle_buffer": 500,
+                                 **feature_options}, "model": {"name": "mmoe"}})
+    data = load_dataset(ctr_small, train_pairs_only=True)
+    assert data.train.label is None and data.train.timestamp is None  # only the pairs
+    stream = train_stream(ctr_small, row_columns(LABELS[cfg.kind]))()
+    task = make_task(cfg, data, stream=stream)
+    assert isinstance(task.rows, StreamRows)
+
+    first = _epoch(task, seed=0, epoch=0)
+    # every row once, each with its own click and rating (multi-task labels: (B, 1, 2))
+    whole = load_dataset(ctr_small).train
+    key = first["user"] * data.num_items + first["item"][:, 0]
+    order = torch.argsort(key)
+    assert torch.equal(key[order], torch.sort(whole.user * data.num_items + whole.item).values)
+    truth = torch.argsort(whole.user * data.num_items + whole.item)
+    assert torch.equal(first["label"][order, 0], torch.stack([whole.label, whole.rating], -1)[truth])
+
+    # the order is the generator's: the same for the same (seed, rank, epoch), else another
+    assert torch.equal(_epoch(task, seed=0, epoch=0)["user"], first["user"])
+    assert not torch.equal(_epoch(task, seed=0, epoch=1)["user"], first["user"])
+    # shuffled, not in the split's (user-sorted) order
+    assert not torch.equal(first["user"], whole.user)
