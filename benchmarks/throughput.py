@@ -2,12 +2,14 @@
 
 Writes a synthetic log (default 5M interactions over 1M items, `advrec synth`), prepares it
 once, then trains MF for one epoch with BPR and with PGD-K adversarial training, with dense and
-with sparse embedding gradients (``train.sparse_embeddings``), in this process
-(``scaling.num_workers=0``) and on 1 and N Ray Train workers (DDP over gloo). Validation uses the
+with sparse embedding gradients (``train.sparse_embeddings``, methods ``*-sparse``), with the
+training rows in memory or streamed by Ray Data (``data.stream``, methods ``*-stream``), in this
+process (``scaling.num_workers=0``) and on 1 and N Ray Train workers (DDP over gloo). Validation uses the
 sampled protocol (100 negatives) so it does not dominate. Reports, per run:
 
 - interactions/s: training rows / the epoch's training time (rank 0's clock);
-- setup s: from the worker loop's start to its first batch (data load, model, DDP);
+- setup s: from the worker loop's start to the first epoch's start (data load, model, DDP);
+  a stream's time to its first batch counts in the epoch;
 - overhead s: the rest of the wall time outside training and validation: Ray start-up,
   worker scheduling, the driver (the in-process run has no Ray to start);
 - the PGD-K / BPR ratio of the epoch time at each worker count (adversarial cost per step).
@@ -16,7 +18,7 @@ Every run is a fresh ``run_training`` call, so each Ray run pays its own start-u
 ``benchmarks/out/throughput/results.json`` and a Markdown table on stdout.
 
     OMP_NUM_THREADS=... .venv/bin/python benchmarks/throughput.py [--interactions 5000000]
-        [--items 1000000] [--workers 2] [--steps 3] [--runs bpr:0,bpr:1]
+        [--items 1000000] [--workers 2] [--steps 3] [--runs bpr:0,bpr-sparse-stream:2]
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_one(data: str, method: str, workers: int, args: argparse.Namespace) -> dict:
     adversary = (["adv.method=pgd", f"adv.steps={args.steps}", "adv.eps=0.1", "adv.relative=true"]
                  if method.startswith("pgd") else [])
-    if method.endswith("-sparse"):
+    if "-sparse" in method:
         adversary.append("train.sparse_embeddings=true")
+    if method.endswith("-stream"):
+        adversary.append("data.stream=true")
     cfg = load_config(None, [f"data.source={data}", "model.name=mf", f"model.dim={args.dim}",
                              "train.epochs=1", f"train.batch_size={args.batch_size}",
                              "train.lr=0.001", "train.checkpoint_every=0",
@@ -66,7 +70,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8192)
     parser.add_argument("--runs", default=None, metavar="METHOD:WORKERS,...",
-                        help="only these runs, e.g. bpr:0,bpr-sparse:2 (default: all 12)")
+                        help="only these runs, e.g. bpr:0,bpr-sparse-stream:2 (default: all 24)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "throughput")
     args = parser.parse_args()
     users = args.users or args.interactions // 50
@@ -84,7 +88,8 @@ def main() -> None:
     # earlier results of the same setting are kept, so --runs can redo one that was disturbed
     results = args.out / "results.json"
     rows = json.loads(results.read_text()) if results.exists() else []
-    methods = ("bpr", f"pgd{args.steps}", "bpr-sparse", f"pgd{args.steps}-sparse")
+    methods = tuple(f"{m}{sparse}{stream}" for stream in ("", "-stream")
+                    for sparse in ("", "-sparse") for m in ("bpr", f"pgd{args.steps}"))
     counts = (0, 1, args.workers)
     for method, workers in ([tuple(r.split(":")) for r in args.runs.split(",")] if args.runs
                             else [(m, w) for m in methods for w in counts]):
@@ -105,7 +110,7 @@ def main() -> None:
               f"| {r['rows_per_s'] / one['rows_per_s']:.2f} | {r['train_s']:.1f} "
               f"| {r['setup_s']:.1f} | {r['overhead_s']:.1f} | {r['wall_s']:.0f} |")
     print(f"\nPGD-{args.steps} / BPR epoch time:")
-    for sparse in ("", "-sparse"):
+    for sparse in ("", "-sparse", "-stream", "-sparse-stream"):
         for workers in counts:
             pair = [next((r for r in rows if r["method"] == m + sparse and r["workers"] == workers),
                          None) for m in ("bpr", f"pgd{args.steps}")]

@@ -4,10 +4,11 @@ Trains the shipped BPR and APR configs (`jobs/configs/ml100k-{bpr,apr}.yaml`) fo
 this process (``scaling.num_workers=0``) and on 2 Ray Train workers (DDP over gloo, each worker
 on its own shard with ``train.batch_size / 2`` rows per step), overriding only ``data.source``,
 ``data.format``, ``train.seed`` and ``scaling.num_workers``. Reports test NDCG@10 of both, their
-difference (target: within 0.01), epochs and wall time. Results:
-``benchmarks/out/workers/results.json`` and a Markdown table on stdout.
+difference (target: within 0.01), epochs and wall time. With ``--stream`` the workers stream
+their training rows with Ray Data (``data.stream=true``) against the same in-process baseline.
+Results: ``benchmarks/out/workers/results[-stream].json`` and a Markdown table on stdout.
 
-    .venv/bin/python benchmarks/workers.py [--seeds 0] [--workers 2]
+    .venv/bin/python benchmarks/workers.py [--seeds 0] [--workers 2] [--stream]
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("bpr", "apr")
 
 
-def run_one(method: str, seed: int, workers: int, data: Path, out: Path) -> dict:
+def run_one(method: str, seed: int, workers: int, stream: bool, data: Path, out: Path) -> dict:
     cfg = load_config(ROOT / "jobs" / "configs" / f"ml100k-{method}.yaml",
                       [f"data.source={data / 'u.data'}", "data.format=movielens",
-                       f"train.seed={seed}", f"scaling.num_workers={workers}"])
-    run = out / f"{method}-w{workers}-seed{seed}"
+                       f"train.seed={seed}", f"scaling.num_workers={workers}",
+                       f"data.stream={str(stream).lower()}"])
+    run = out / f"{method}-w{workers}{'-stream' if stream else ''}-seed{seed}"
     start = time.perf_counter()
     metrics = run_training(cfg, str(run), progress=False)
     wall = time.perf_counter() - start
@@ -45,15 +47,19 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument("--stream", action="store_true",
+                        help="the workers stream their rows (data.stream)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "workers")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = [run_one(m, s, w, args.data, args.out)
+    rows = [run_one(m, s, w, args.stream and w > 0, args.data, args.out)
             for m in METHODS for s in seeds for w in (0, args.workers)]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+    name = "results-stream.json" if args.stream else "results.json"
+    (args.out / name).write_text(json.dumps(rows, indent=1))
 
-    print(f"seeds {seeds}; test NDCG@10 in-process vs {args.workers} Ray Train workers\n")
+    print(f"seeds {seeds}; test NDCG@10 in-process vs {args.workers} Ray Train workers"
+          f"{' streaming their rows' if args.stream else ''}\n")
     print(f"| method | in-process | {args.workers} workers | difference | within 0.01 "
           f"| epochs (in-process / workers) | wall s (in-process / workers) |")
     print("|---|---|---|---|---|---|---|")

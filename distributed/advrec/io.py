@@ -128,10 +128,17 @@ def dump_json(url: str, obj: Any) -> None:
         f.write(_json_text(obj))
 
 
+ROW_GROUP_ROWS = 1 << 20
+"""Rows per Parquet row group: the unit a stream reads (``data.stream``), so a reader's memory
+stays bounded however long the file."""
+
+
 def write_parquet(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> None:
-    """Write a Parquet file whose bytes depend only on the table (no timestamps, one row group)."""
+    """Write a Parquet file whose bytes depend only on the table (no timestamps; row groups of
+    `ROW_GROUP_ROWS`)."""
     with fs.open(path, "wb") as f:
-        pq.write_table(table, f, compression="zstd", row_group_size=max(table.num_rows, 1))
+        pq.write_table(table, f, compression="zstd",
+                       row_group_size=min(max(table.num_rows, 1), ROW_GROUP_ROWS))
 
 
 @contextlib.contextmanager

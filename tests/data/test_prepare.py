@@ -310,3 +310,16 @@ def test_feature_files_keep_the_recbole_types(ml100k, tmp_path):
             "class": b"token_seq",
         },
     }
+
+
+def test_parquet_files_are_written_in_bounded_row_groups(tmp_path):
+    # a stream (data.stream) reads a row group at a time: its memory must not grow with the file
+    import fsspec
+
+    from advrec.io import ROW_GROUP_ROWS, write_parquet
+
+    table = pa.table({"user": np.arange(ROW_GROUP_ROWS + 5, dtype=np.int64)})
+    write_parquet(fsspec.filesystem("file"), str(tmp_path / "t.parquet"), table)
+    meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROW_GROUP_ROWS, 5]
+    assert pq.read_table(tmp_path / "t.parquet").equals(table)

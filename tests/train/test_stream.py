@@ -43,3 +43,17 @@ def test_a_streamed_epoch_is_the_train_split_shuffled_by_its_generator(
     assert not torch.equal(_epoch(task, seed=0, epoch=1)["user"], first["user"])
     # shuffled, not in the split's (user-sorted) order
     assert not torch.equal(first["user"], whole.user)
+
+
+def test_a_local_ray_too_small_for_a_run_is_started_again_bigger(ray_local: None) -> None:
+    # a stream's read tasks need CPUs beside the workers': on the too-small instance an earlier
+    # run started, this run would wait forever
+    import ray
+
+    from advrec.train.driver import connect
+
+    before = ray.cluster_resources()["CPU"]
+    connect(None, before + 1)
+    assert ray.cluster_resources()["CPU"] == before + 1
+    connect(None, 1)  # big enough: kept
+    assert ray.cluster_resources()["CPU"] == before + 1

@@ -46,11 +46,20 @@ DATA_CPUS = 2
 which would otherwise wait forever for CPUs the train workers hold (DESIGN.md, Ray notes)."""
 
 
+_local_cpus: int | None = None
+"""The logical CPUs of the local Ray instance that `connect` started in this process, if any."""
+
+
 def connect(address: str | None, num_cpus: float) -> None:
     """Join the Ray cluster at ``address`` (default ``RAY_ADDRESS``), or start a local one with
-    at least ``num_cpus`` logical CPUs, unless this process is already connected."""
+    at least ``num_cpus`` logical CPUs, unless this process is already connected. A local
+    instance started here for an earlier, smaller run is restarted bigger: a run that needs more
+    CPUs than Ray has waits forever."""
+    global _local_cpus
     if ray.is_initialized():
-        return
+        if _local_cpus is None or _local_cpus >= num_cpus:
+            return
+        ray.shutdown()
     # Ray Data logs every epoch's read at INFO from the actor that splits the stream
     quiet = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING")}}
     address = address or os.environ.get("RAY_ADDRESS")
@@ -61,6 +70,7 @@ def connect(address: str | None, num_cpus: float) -> None:
     # (they share the cores; Ray only counts reservations)
     cpus = max(os.cpu_count() or 1, int(-(-num_cpus // 1)))
     ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=quiet)
+    _local_cpus = cpus
 
 
 def train_stream(dataset: str, columns: tuple[str, ...]) -> Callable[[], ray.data.Dataset]:
@@ -70,17 +80,19 @@ def train_stream(dataset: str, columns: tuple[str, ...]) -> Callable[[], ray.dat
     def read() -> ray.data.Dataset:
         fs, path = io.filesystem(dataset)
         context = ray.data.DataContext.get_current()
+        saved = context.use_datasource_v2, context.enable_progress_bars
         # Ray Data's newer Parquet reader starts actors to read footers at every execution
         # (every epoch): 6 s each on a 2-core machine, against 0.5 s to the first batch here
-        v2, context.use_datasource_v2 = context.use_datasource_v2, False
+        context.use_datasource_v2 = False
+        context.enable_progress_bars = False  # the training bar says enough
         try:
             stream = ray.data.read_parquet(io.join(path, "train.parquet"),
                                            filesystem=PyFileSystem(FSSpecHandler(fs)))
         finally:
-            context.use_datasource_v2 = v2
+            context.use_datasource_v2, context.enable_progress_bars = saved
         stream = stream.select_columns(list(columns))
         stream.context.execution_options.preserve_order = True
-        stream.context.enable_progress_bars = False  # the training bar says enough
+        stream.context.enable_progress_bars = False
         stream.context.print_on_execution_start = False
         return stream
     return read
