@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from advrec.cli import main
 
@@ -82,6 +83,8 @@ def _no_output_left(path: Path) -> bool:
     (["adv.eps=-1"], "adv.eps"),
     (["adv.steps=0"], "adv.steps"),
     (["model.name=bert"], "model.name"),
+    pytest.param(["scaling.use_gpu=true"], "scaling.use_gpu: no CUDA device here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")),
 ])
 def test_bad_config_is_one_line_and_writes_nothing(prepared: Path, tmp_path: Path, overrides,
                                                    culprit, capsys) -> None:

@@ -48,6 +48,8 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
      "train: num_negatives=all scores every item, so its gradient is dense"),
     (["train.monitor=ndcg@50"], "train.monitor"),
     (["data.shuffle_buffer=0"], "data.shuffle_buffer"),
+    (["scaling.use_gpu=true", "train.sparse_embeddings=true"],
+     "train.sparse_embeddings: sparse gradients are all-reduced by gloo (CPU) only"),
     (["model.name=sasrec", "data.stream=true"],
      "data.stream: SASRec trains on whole per-user sequences"),
     (["adv.eps"], "override 'adv.eps'"),

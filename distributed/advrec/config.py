@@ -231,8 +231,11 @@ class EvalConfig(_Section):
 class ScalingConfig(_Section):
     num_workers: int = Field(
         0, ge=0, description="0 trains in this process; N >= 1 trains on N Ray Train workers "
-        "with DDP (gloo), each on its own shard of every epoch's batches.")
+        "with DDP (gloo; NCCL with use_gpu), each on its own shard of every epoch's batches.")
     cpus_per_worker: float = Field(1.0, gt=0.0, description="Logical CPUs Ray reserves per worker.")
+    use_gpu: bool = Field(
+        False, description="Train (and evaluate) on a GPU: one per worker, DDP over NCCL; "
+        "in this process, the first CUDA device.")
     max_failures: int = Field(
         0, ge=0, description="Worker-group failures Ray Train recovers from by restarting the "
         "workers from the latest checkpoint (train.checkpoint_every).")
@@ -285,6 +288,13 @@ class RunConfig(_Section):
         if self.train.num_negatives == "all" and self.model.name != "sasrec":
             raise ValueError(f"train.num_negatives: 'all' (every item at every position) is for "
                              f"model.name=sasrec, not {self.model.name}")
+        return self
+
+    @model_validator(mode="after")
+    def _nccl_has_no_sparse_all_reduce(self) -> RunConfig:
+        if self.scaling.use_gpu and self.train.sparse_embeddings:
+            raise ValueError("train.sparse_embeddings: sparse gradients are all-reduced by gloo "
+                             "(CPU) only, not by NCCL; with scaling.use_gpu keep them dense")
         return self
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ import torch
 from advrec import io
 from advrec.config import RunConfig
 from advrec.data import load_dataset
+from advrec.devices import train_device
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
 from advrec.train import launch, load_model, read_run
@@ -45,7 +46,8 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
         update={"num_workers": workers})
     return launch(robustness_per_worker,
                   {"run": io.absolute(run), "attacks": attacks, "eps": eps, "steps": steps,
-                   "split": split, "progress": progress}, scaling, address)
+                   "split": split, "progress": progress, "ray_worker": scaling.num_workers > 0},
+                  scaling, address)
 
 
 def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -61,6 +63,7 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     rank = context.get_world_rank()
     data = load_dataset(dataset)
     model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg, data)
+    model.to(train_device(cfg.scaling.use_gpu, config["ray_worker"]))
     # every training example with its negatives, the same for each attack step (APR's protocol)
     # and on every worker; each differentiates its share of them
     batches = list(make_task(cfg, data).batches(

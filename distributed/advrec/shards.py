@@ -2,8 +2,8 @@
 
 A shard is ``(rank, world)``: worker ``rank`` of ``world`` takes every world-th row, so each
 shard sees the whole log's mix and shard sizes differ by at most one. ``(0, 1)`` is the whole.
-Combining uses ``torch.distributed`` (the process group Ray Train sets up, gloo on CPU); with one
-worker nothing is communicated.
+Combining uses ``torch.distributed`` (the process group Ray Train sets up: gloo on CPU, NCCL on
+GPU, which communicates CUDA tensors only); with one worker nothing is communicated.
 """
 
 from __future__ import annotations
@@ -26,6 +26,11 @@ def shard_rows(n: int, shard: Shard) -> Tensor:
     return torch.arange(rank, n, world)
 
 
+def _on_wire(t: Tensor) -> Tensor:
+    """``t`` where the process group communicates: the current GPU under NCCL, else as is."""
+    return t.cuda() if dist.get_backend() == "nccl" else t
+
+
 def sum_over_shards(sums: dict[str, float], count: int, shard: Shard) -> tuple[dict[str, float], int]:
     """Every shard's ``sums`` and ``count`` added up (float64, so means match one worker's)."""
     if shard[1] == 1:
@@ -36,13 +41,14 @@ def sum_over_shards(sums: dict[str, float], count: int, shard: Shard) -> tuple[d
     everyone: list[list[str]] = [[] for _ in range(shard[1])]
     dist.all_gather_object(everyone, names)
     names = sorted({n for ns in everyone for n in ns})
-    packed = torch.tensor([sums.get(n, 0.0) for n in names] + [float(count)], dtype=torch.float64)
+    packed = _on_wire(torch.tensor([sums.get(n, 0.0) for n in names] + [float(count)],
+                                   dtype=torch.float64))
     dist.all_reduce(packed)
     return dict(zip(names, packed[:-1].tolist())), int(packed[-1])
 
 
 def sum_tensors_over_shards(tensors: dict[str, Tensor], shard: Shard) -> dict[str, Tensor]:
-    """Every shard's ``tensors`` added up, in place."""
+    """Every shard's ``tensors`` (on the model's device) added up, in place."""
     if shard[1] > 1:
         for t in tensors.values():
             dist.all_reduce(t)
@@ -55,14 +61,14 @@ def gather_shards(values: Tensor, n: int, shard: Shard) -> Tensor:
     if world == 1:
         return values
     size = -(-n // world)
-    padded = values.new_zeros((size, *values.shape[1:]))
+    padded = _on_wire(values.new_zeros((size, *values.shape[1:])))
     padded[: values.shape[0]] = values
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     out = values.new_empty((n, *values.shape[1:]))
     for r, part in enumerate(parts):
         rows = shard_rows(n, (r, world))
-        out[rows] = part[: rows.numel()]
+        out[rows] = part[: rows.numel()].to(out.device)
     return out
 
 

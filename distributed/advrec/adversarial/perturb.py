@@ -64,14 +64,22 @@ def project(delta: Tensor, radius: Tensor | float, norm: Norm, inplace: bool = F
     return delta.mul_(scale) if inplace else delta * scale
 
 
+def _draw(sample: Callable[..., Tensor], shape: tuple[int, ...], like: Tensor,
+          generator: torch.Generator | None) -> Tensor:
+    """``sample`` (torch.rand or torch.randn) of ``shape`` on ``generator``'s device, then on
+    ``like``'s: the sampling generator lives on the CPU (it also draws negatives there), so a
+    GPU run draws what a CPU run draws."""
+    device = generator.device if generator is not None else like.device
+    return sample(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
 def _random_in_ball(x: Tensor, radius: Tensor | float, norm: Norm,
                     generator: torch.Generator | None) -> Tensor:
     """A random point of the ball (L∞: uniform in the box; L2: random direction, uniform radius)."""
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        return (2 * u - 1) * radius
-    direction = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    r = torch.rand((*x.shape[:-1], 1), generator=generator, dtype=x.dtype, device=x.device)
+        return (2 * _draw(torch.rand, x.shape, x, generator) - 1) * radius
+    direction = _draw(torch.randn, x.shape, x, generator)
+    r = _draw(torch.rand, (*x.shape[:-1], 1), x, generator)
     return direction * (_inv_norm(direction) * r * radius)
 
 
@@ -108,8 +116,8 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     radius = {k: _radius(v, attack) for k, v in x.items()}
     if attack.method == "random":
         # noise on the sphere (L2) or a corner of the box (L∞): the full budget, no gradient
-        return {k: _step(torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device),
-                         radius[k], attack.norm) for k, v in x.items()}
+        return {k: _step(_draw(torch.randn, v.shape, v, generator), radius[k], attack.norm)
+                for k, v in x.items()}
     if attack.method in ("fgsm", "fgm"):
         g = init_grad if init_grad is not None else grad_fn({k: torch.zeros_like(v) for k, v in x.items()})
         norm: Norm = "linf" if attack.method == "fgsm" else "l2"

@@ -20,6 +20,7 @@ from torch import Tensor
 from advrec.config import EvalConfig
 from advrec.data.dataset import Dataset
 from advrec.data.negatives import NegativeSampler
+from advrec.devices import model_device, to_device
 from advrec.metrics.ranking import metrics_from_hits, topk_hits
 from advrec.models.base import Batch, Recommender
 from advrec.shards import WHOLE, Shard, shard_rows, sum_over_shards
@@ -50,9 +51,14 @@ def evaluate(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
     """Mean ranking metrics of ``split`` ('valid' or 'test') under ``cfg.protocol``."""
     was_training = model.training
     model.eval()
+    device = model_device(model)
+
+    def on_device(users: Tensor, split: str) -> Batch:  # contexts are made on the CPU
+        return to_device(context(users, split), device)
+
     try:
         protocol = _evaluate_sampled if cfg.protocol == "sampled" else _evaluate_full
-        sums, count = sum_over_shards(*protocol(model, data, split, cfg, context, shard), shard)
+        sums, count = sum_over_shards(*protocol(model, data, split, cfg, on_device, shard), shard)
     finally:
         model.train(was_training)
     return {name: total / max(count, 1) for name, total in sorted(sums.items())}
@@ -73,7 +79,7 @@ def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfi
             scores[csr_rows(ptr, idx, chunk)] = -torch.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[csr_rows(truth_ptr, truth_idx, chunk)] = True
-        hits = topk_hits(scores, relevant, max(cfg.ks))
+        hits = topk_hits(scores, relevant, max(cfg.ks)).cpu()  # (B, K): small
         for name, values in metrics_from_hits(hits, n_relevant[chunk], cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
     return sums, users.numel()
@@ -101,10 +107,10 @@ def _evaluate_sampled(model: Recommender, data: Dataset, split: str, cfg: EvalCo
         users, items, negatives = users[mine], items[mine], negatives[mine]
         count += users.numel()
         candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)  # (B, 1 + n), positive first
-        scores = model.score_candidates(context(users, split), candidates)
+        scores = model.score_candidates(context(users, split), candidates.to(model_device(model)))
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[:, 0] = True
-        hits = topk_hits(scores, relevant, max(cfg.ks))
+        hits = topk_hits(scores, relevant, max(cfg.ks)).cpu()
         ones = torch.ones_like(users)
         for name, values in metrics_from_hits(hits, ones, cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config import EvalConfig
+from advrec.devices import model_device, to_device
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LossFn, batch_loss, scored_rows
 from advrec.shards import WHOLE, Shard, sum_tensors_over_shards
@@ -53,11 +54,13 @@ def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
     them: this worker differentiates its ``shard`` of them, and the gradients are summed)."""
     tables = model.tables()
     weights = {k: t.weight.detach().clone() for k, t in tables.items()}
+    device = model_device(model)
 
     def grad_fn(delta: Tensors) -> Tensors:
         grads = {k: torch.zeros_like(w) for k, w in weights.items()}
         with shifted_tables(model, delta):
             for batch in batches[shard[0]::shard[1]]:
+                batch = to_device(batch, device)
                 logits = model(batch)
                 # summed over examples, so every interaction weighs the same whatever its batch
                 loss = batch_loss(loss_fn, logits, batch) * scored_rows(logits, batch).shape[0]

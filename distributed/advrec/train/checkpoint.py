@@ -78,11 +78,12 @@ def load_train_state(run: str) -> dict[str, Any] | None:
 
 
 def load_checkpoint(url: str) -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (never unpickles arbitrary objects)."""
+    """Read a checkpoint written by `save_checkpoint` (never unpickles arbitrary objects), its
+    tensors on the CPU whatever device saved them (loading copies them to the model's)."""
     fs, path = io.filesystem(url)
     try:
         with fs.open(path, "rb") as f:
-            return torch.load(_bytes_io.BytesIO(f.read()), weights_only=True)
+            return torch.load(_bytes_io.BytesIO(f.read()), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise AdvrecError(f"{url}: checkpoint not found") from None
     except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # corrupt or foreign

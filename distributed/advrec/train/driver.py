@@ -129,8 +129,11 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
                                 failure_config=FailureConfig(max_failures=scaling.max_failures),
                                 **storage_options),
         scaling_config=RayScalingConfig(
-            num_workers=workers, use_gpu=False,
-            resources_per_worker={"CPU": scaling.cpus_per_worker} if workers else None))
+            num_workers=workers, use_gpu=scaling.use_gpu,
+            # one GPU each with use_gpu, which also makes Ray Train's process group NCCL
+            resources_per_worker={"CPU": scaling.cpus_per_worker,
+                                  **({"GPU": 1} if scaling.use_gpu else {})}
+            if workers else None))
     try:
         return trainer.fit().return_value
     except WorkerGroupError as exc:

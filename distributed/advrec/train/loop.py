@@ -36,6 +36,7 @@ from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import RunConfig, TrainConfig
 from advrec.data.dataset import load_dataset
+from advrec.devices import CPU, to_device, train_device
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
@@ -113,7 +114,8 @@ def attack_from_config(cfg: RunConfig) -> Attack:
 
 
 def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
-    """Wrap the objective in DDP (gloo on CPU) when ``world`` > 1 workers train together.
+    """Wrap the objective in DDP when ``world`` > 1 workers train together (over the process
+    group Ray Train set up: gloo on CPU, NCCL with ``scaling.use_gpu``).
 
     Embedding gradients are dense unless ``train.sparse_embeddings`` made them sparse
     (`make_optimizer`): DDP all-reduces those as sparse tensors, which gloo can and NCCL cannot.
@@ -133,8 +135,10 @@ def epoch_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
 
 def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
                 batch_size: int, adversarial: bool, generator: torch.Generator,
+                device: torch.device = CPU,
                 fault: Callable[[], None] | None = None) -> dict[str, float]:
-    """One pass over the task's training batches (of this worker's shard); returns mean losses.
+    """One pass over the task's training batches (of this worker's shard, made on the CPU and
+    trained on ``device``); returns mean losses.
 
     ``fault``: called after the first step, mid-epoch (fault injection, `inject_fault`).
     """
@@ -143,7 +147,7 @@ def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
     for batch in task.batches(batch_size, generator):
         if fault and n_batches == 1:
             fault()
-        out = objective(batch, adversarial=adversarial, generator=generator)
+        out = objective(to_device(batch, device), adversarial=adversarial, generator=generator)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
@@ -225,7 +229,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(tc.seed)  # model init, the same on every worker
     # the training rows stream from Ray Data: only the train split's pairs are loaded
     data = load_dataset(config["dataset"], train_pairs_only=cfg.data.stream)
-    model: Recommender = build_model(cfg, data)
+    device = train_device(cfg.scaling.use_gpu, ray_worker=cfg.scaling.num_workers > 0)
+    model: Recommender = build_model(cfg, data).to(device)  # before its optimizer's state
     optimizer = make_optimizer(model, tc)
     monitor, higher_is_better = cfg.monitor()
     best = EarlyStopping(higher_is_better)
@@ -262,7 +267,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         generator = epoch_generator(tc.seed, rank, epoch)  # shuffling, negatives, random attacks
         fault = epoch == tc.fault_epoch and state is None and rank == world - 1
         losses = train_epoch(objective, optimizer, task, batch_size, adversarial, generator,
-                             fault=(lambda: inject_fault(cfg)) if fault else None)
+                             device, fault=(lambda: inject_fault(cfg)) if fault else None)
         record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                                   "train_s": time.perf_counter() - start, **losses}
         if epoch == first:  # loading the data, building the model, setting up DDP

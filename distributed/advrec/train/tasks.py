@@ -30,6 +30,7 @@ from torch import Tensor
 from advrec.config import EvalConfig, RunConfig
 from advrec.data.dataset import Dataset, Interactions
 from advrec.data.negatives import NegativeSampler
+from advrec.devices import model_device, to_device
 from advrec.errors import AdvrecError
 from advrec.metrics.ctr import ctr_metrics
 from advrec.metrics.evaluate import evaluate
@@ -260,9 +261,11 @@ class LabelledTask:
         rows = shard_rows(part.user.numel(), self.shard)  # this worker's rows, then everyone's
         was_training = model.training
         model.eval()
+        device = model_device(model)
         try:
             logits = torch.cat([
-                model({"user": part.user[r], "item": part.item[r].unsqueeze(1)})[:, 0]
+                model(to_device({"user": part.user[r], "item": part.item[r].unsqueeze(1)},
+                                device))[:, 0].cpu()
                 for r in rows.split(EVAL_ROWS)])
         finally:
             model.train(was_training)
