@@ -23,6 +23,7 @@ from advrec.data import load_dataset, prepare
 from advrec.models import build_model
 from advrec.train.loop import attack_from_config, distribute, epoch_generator, make_optimizer
 from advrec.train.tasks import make_loss, make_task
+from histories import without_times
 from zoo_models import MODELS
 
 STEPS = 3
@@ -112,10 +113,6 @@ TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2",
                "scaling.num_workers=2", "data.stream=true", "data.shuffle_buffer=2000"]
 
 
-def _history(history: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.endswith("_s")} for r in history]
-
-
 @pytest.fixture(scope="module")
 def two_workers(prepared: str, s3_store: str, ray_local: None) -> dict:
     """A 2-worker PGD run that streams its training rows from the S3 store (Ray Data, split
@@ -161,7 +158,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(two_workers: dict,
                  *TWO_WORKERS, "scaling.max_failures=1", "train.fault_epoch=1"]) == 0
     history = json.loads((run / "history.json").read_text())
     assert [r["epoch"] for r in history] == [0, 1, 2]  # none missing, none repeated
-    for resumed, whole in zip(_history(history), _history(two_workers["history"]), strict=True):
+    for resumed, whole in zip(without_times(history), without_times(two_workers["history"]), strict=True):
         assert resumed == pytest.approx(whole, abs=1e-4)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["best_epoch"] == two_workers["metrics"]["best_epoch"]

@@ -13,6 +13,7 @@ from advrec.cli import main
 from advrec.config import load_config
 from advrec.data import prepare
 from advrec.train import run_training
+from histories import without_times
 
 # MF under PGD with a random start after a clean warm-up (the generator, the warm-up reset of
 # early stopping), and SASRec, whose dropout draws from torch's global generator
@@ -49,8 +50,7 @@ def _overrides(setup: str, prepared: dict[str, str]) -> list[str]:
 
 def _history(run: Path) -> list[dict]:
     """The run's epoch history without its wall-clock times."""
-    return [{k: v for k, v in r.items() if not k.endswith("_s")}
-            for r in json.loads((run / "history.json").read_text())]
+    return without_times(json.loads((run / "history.json").read_text()))
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
