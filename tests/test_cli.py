@@ -128,3 +128,20 @@ def test_prepare_bad_input_leaves_nothing(ml100k_small: Path, tmp_path: Path, ca
     code, _, err = run(capsys, "prepare", "--input", str(one), "--format", "csv", "--output", str(out),
                        "--split", "loo")
     assert code == 2 and "'2'" in err and _no_output_left(out)
+
+
+def test_demo_trains_and_attacks_both_twins(tmp_path: Path, capsys) -> None:
+    # the newcomer's first command (`make demo`), shortened: a synthetic log, BPR and APR, both
+    # attacked across eps, one table and one plot
+    code, out, _ = run(capsys, "demo", "--output", str(tmp_path), "--epochs", "4", "--quiet")
+    assert code == 0
+    for name in ("bpr", "apr"):
+        curve = json.loads((tmp_path / name / "robustness.json").read_text())
+        assert curve["fgm"].keys() == curve["pgd"].keys() == {"0.0", "0.25", "0.5", "1.0"}
+        assert curve["pgd"]["1.0"]["ndcg@10"] < curve["pgd"]["0.0"]["ndcg@10"]
+    history = json.loads((tmp_path / "apr" / "history.json").read_text())
+    assert [r["adversarial"] for r in history] == [False, False, True, True]  # warm-up, then FGM
+    table = out.splitlines()
+    assert any(line.split()[0] == "bpr" for line in table if line.strip())
+    assert any(line.split()[0] == "apr" for line in table if line.strip())
+    assert (tmp_path / "robustness.png").stat().st_size > 0
