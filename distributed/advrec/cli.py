@@ -1,4 +1,4 @@
-"""The ``advrec`` console script: prepare, synth, train, evaluate, plot, demo.
+"""The ``advrec`` console script: prepare, synth, train, tune, evaluate, plot, demo.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2.
 Commands import their heavy modules (torch, Ray) inside, so ``advrec --help`` answers at once.
@@ -96,6 +96,29 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from advrec.config import load_raw
+    from advrec.report import format_table
+    from advrec.tune import resume_tune, run_tune
+
+    if args.resume:
+        if args.config or args.output or args.overrides:
+            raise AdvrecError("--resume continues a search as it was configured: give no "
+                              "--config, --output or overrides with it")
+        args.output = args.resume
+        summary = resume_tune(args.resume, progress=not args.quiet, address=args.address)
+    elif not args.output:
+        raise AdvrecError("--output is required (or --resume DIR to continue a search)")
+    else:
+        summary = run_tune(load_raw(args.config, args.overrides), args.output,
+                           progress=not args.quiet, address=args.address)
+    rows = summary["rows"]
+    print(format_table(rows, list(rows[0])))
+    print(f"{len(summary['front'])} trials on the Pareto front; epochs run {summary['epochs']} "
+          f"of {summary['budget']}; best trial {summary['best']['trial']}")
+    print(f"wrote {io.join(args.output, 'results.csv')}, pareto.csv, pareto.png and best.yaml")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table, headline
     from advrec.train import read_run
@@ -187,6 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="config overrides, e.g. adv.eps=0.5 train.epochs=20")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune", help="search config keys (eps, lambda, lr, ...) with Ray Tune")
+    p.add_argument("--config", help="YAML run config with a tune: section (see jobs/configs/)")
+    p.add_argument("--output", help="experiment directory: path or URL (must not exist)")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR: "
+                   "finished trials are kept, the others continue")
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. tune.num_samples=16 train.epochs=50")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
     p.add_argument("--run", required=True, help="run directory written by `advrec train`")

@@ -6,6 +6,7 @@ silently ignored setting. Defaults are the documented ones (see README.md, "Conf
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,6 +213,14 @@ class EvalConfig(_Section):
     relative: bool = Field(
         False, description="The robustness attack's ε is relative to each row's norm (as adv.relative).")
     seed: int = 0
+    robust_every: int = Field(
+        0, ge=0, description="Every N evaluated epochs also report valid metrics under attack "
+        "(robust/...), and at the end for the best epoch; 0 never.")
+    robust_attack: Literal["fgm", "pgd"] = Field("pgd", description="The attack of robust/...")
+    robust_eps: float = Field(0.5, gt=0.0, description="The ε of robust/...")
+    robust_rows: int = Field(
+        0, ge=0, description="Training examples the robust/... attack differentiates (its cost); "
+        "0 all of them.")
 
     @field_validator("ks")
     @classmethod
@@ -241,6 +250,72 @@ class ScalingConfig(_Section):
         "workers from the latest checkpoint (train.checkpoint_every).")
 
 
+class SearchDim(_Section):
+    """One key's search distribution: exactly one of these."""
+
+    loguniform: list[float] | None = None
+    uniform: list[float] | None = None
+    choice: list[Any] | None = None
+    grid: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchDim:
+        given = [k for k in SEARCH_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(SEARCH_KINDS)}")
+        values = getattr(self, given[0])
+        if given[0] in ("loguniform", "uniform"):
+            if len(values) != 2 or not values[0] < values[1]:
+                raise ValueError(f"{given[0]} takes [low, high] with low < high")
+            if given[0] == "loguniform" and values[0] <= 0:
+                raise ValueError("loguniform bounds must be > 0")
+        elif not values:
+            raise ValueError(f"{given[0]} needs at least one value")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SEARCH_KINDS if getattr(self, k) is not None)
+
+    @property
+    def values(self) -> list[Any]:
+        return getattr(self, self.kind)
+
+
+SEARCH_KINDS = ("loguniform", "uniform", "choice", "grid")
+
+
+def _default_space() -> dict[str, SearchDim]:
+    return {"adv.eps": SearchDim(loguniform=[0.05, 2.0]),
+            "adv.lambda": SearchDim(loguniform=[0.1, 2.0]),
+            "train.lr": SearchDim(loguniform=[1e-4, 1e-2])}
+
+
+class TuneConfig(_Section):
+    space: dict[str, SearchDim] = Field(
+        default_factory=_default_space, description="Config key -> its search distribution.")
+    num_samples: int = Field(8, gt=0, description="Trials (each grid point this many times).")
+    max_concurrent: int = Field(1, gt=0, description="Trials running at once.")
+    scheduler: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(5, gt=0, description="ASHA: epochs before a trial may be stopped.")
+    reduction_factor: float = Field(2.0, gt=1.0, description="ASHA: 1/fraction kept per rung.")
+    search: Literal["random", "optuna"] = Field(
+        "random", description="random (grid dims expanded) or optuna (extra advrec[optuna]).")
+    metric: str | None = Field(
+        None, description="What trials optimise: valid/M, robust/M (eval.robust_every) or "
+        "objective (tune.weights); default valid/ of train.monitor.")
+    mode: Literal["max", "min"] | None = Field(None, description="Default: the metric's own.")
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="objective = sum of weight * metric over these.")
+
+    @field_validator("space")
+    @classmethod
+    def _not_empty(cls, v: dict[str, SearchDim]) -> dict[str, SearchDim]:
+        if not v:
+            raise ValueError("is empty: name at least one config key to search")
+        return v
+
+
 class RunConfig(_Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -248,6 +323,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     scaling: ScalingConfig = Field(default_factory=ScalingConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
     @property
     def kind(self) -> str:
@@ -298,10 +374,50 @@ class RunConfig(_Section):
         return self
 
     @model_validator(mode="after")
+    def _robust_labels_in_memory(self) -> RunConfig:
+        if self.eval.robust_every and self.data.stream and self.kind != "ranking":
+            raise ValueError("eval.robust_every: the attack needs the train split's labels, "
+                             "which data.stream leaves out of memory; set data.stream=false")
+        return self
+
+    @model_validator(mode="after")
     def _sequences_load_whole(self) -> RunConfig:
         if self.data.stream and self.model.name == "sasrec":
             raise ValueError("data.stream: SASRec trains on whole per-user sequences, which "
                              "are built in memory, not streamed; set data.stream=false")
+        return self
+
+    def tune_metric(self) -> tuple[str, str]:
+        """What `advrec tune` optimises, and whether up (``max``) or down."""
+        name = self.tune.metric or f"valid/{self.monitor()[0]}"
+        if self.tune.mode is not None:
+            return name, self.tune.mode
+        lower = name != "objective" and name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+        return name, "min" if lower else "max"
+
+    def trial_metrics(self) -> list[str]:
+        """What each epoch reports that a search can optimise: valid metrics, and robust ones
+        with eval.robust_every."""
+        reported = [f"valid/{m}" for m in self.reported_metrics()]
+        if self.eval.robust_every:
+            reported += [f"robust/{m}" for m in self.reported_metrics()]
+        return reported
+
+    @model_validator(mode="after")
+    def _tune_metric_is_reported(self) -> RunConfig:
+        reported = self.trial_metrics()
+        for key in self.tune.weights:
+            if key not in reported:
+                raise ValueError(f"tune.weights: '{key}' is never reported (reported: "
+                                 f"{', '.join(reported)})")
+        metric = self.tune.metric
+        if metric == "objective" and not self.tune.weights:
+            raise ValueError("tune.metric: 'objective' needs tune.weights")
+        if metric is not None and metric != "objective" and metric not in reported:
+            hint = "; robust/ metrics need eval.robust_every > 0" if metric.startswith(
+                "robust/") and not self.eval.robust_every else ""
+            raise ValueError(f"tune.metric: '{metric}' is never reported (reported: "
+                             f"{', '.join(reported)}, objective){hint}")
         return self
 
     @model_validator(mode="after")
@@ -345,6 +461,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with each dotted key of ``values`` set to its value (an override written as JSON,
+    which YAML reads back exactly)."""
+    return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+
+
 def _error_line(exc: ValidationError) -> str:
     """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``."""
     err = exc.errors()[0]
@@ -370,6 +492,11 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> Run
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a YAML config file (or none, for overrides only) and validate it."""
+    return build_config(load_raw(path, overrides))
+
+
+def load_raw(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """A YAML config file (or none) with ``overrides`` applied, not yet validated."""
     raw: dict[str, Any] = {}
     if path is not None:
         from advrec import io
@@ -384,7 +511,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise AdvrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if not isinstance(raw, dict):
             raise AdvrecError(f"{path}: a config must be a YAML mapping of sections")
-    return build_config(raw, overrides)
+    return apply_overrides(raw, overrides or [])
 
 
 def dump_config(cfg: RunConfig) -> str:

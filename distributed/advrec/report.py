@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import ray.train
-import torch
 
 from advrec import io
 from advrec.config import RunConfig
@@ -13,13 +12,13 @@ from advrec.data import load_dataset
 from advrec.devices import train_device
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
+from advrec.metrics.robustness import attack_batches
 from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
 from advrec.train.tasks import make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
-ATTACK_BATCH = 8192  # training examples per gradient pass of the attack (bounds its memory)
 
 
 def headline(cfg: RunConfig) -> list[str]:
@@ -66,8 +65,7 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     model.to(train_device(cfg.scaling.use_gpu, config["ray_worker"]))
     # every training example with its negatives, the same for each attack step (APR's protocol)
     # and on every worker; each differentiates its share of them
-    batches = list(make_task(cfg, data).batches(
-        ATTACK_BATCH, torch.Generator().manual_seed(eval_cfg.seed), shuffle=False))
+    batches = attack_batches(make_task(cfg, data), 0, eval_cfg.seed)
     task = make_task(cfg, data, shard=(rank, context.get_world_size()))
     curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches,
                              split=config["split"], progress=config["progress"] and rank == 0)

@@ -30,6 +30,25 @@ def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Quality under attack")
+    _save(fig, output)
+
+
+def plot_front(points: list[tuple[float, float]], front: list[tuple[float, float]],
+               labels: tuple[str, str], output: str) -> None:
+    """Every trial's (clean, robust) point, the Pareto front highlighted; PNG to ``output``."""
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    ax.scatter(*zip(*points), color="0.6", label="trial")
+    front = sorted(front)
+    ax.plot(*zip(*front), "-o", color="C3", label="Pareto front")
+    ax.set_xlabel(f"clean {labels[0]}")
+    ax.set_ylabel(f"robust {labels[1]}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle("Clean against robust quality, one point per trial")
+    _save(fig, output)
+
+
+def _save(fig: plt.Figure, output: str) -> None:
     fig.tight_layout()
     buf = _bytes_io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

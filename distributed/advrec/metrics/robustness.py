@@ -71,6 +71,40 @@ def table_attack(model: Recommender, batches: list[Batch], loss_fn: LossFn,
     return perturb(weights, grad_fn, attack)
 
 
+def attack_batches(task: Task, max_rows: int, seed: int, batch_size: int = 8192) -> list[Batch]:
+    """The training examples an attack differentiates (the first ``max_rows`` of them in the
+    split's order, 0 for all), each with its negatives drawn from ``seed``: the same for every
+    attack step (APR's protocol) and on every worker. ``task``: the whole split's (unsharded)."""
+    batches: list[Batch] = []
+    rows = 0
+    for batch in task.batches(batch_size, torch.Generator().manual_seed(seed), shuffle=False):
+        first = next(iter(batch.values()))
+        if max_rows and rows + first.shape[0] > max_rows:
+            keep = max_rows - rows
+            if keep:
+                batches.append({k: v[:keep] for k, v in batch.items()})
+            break
+        batches.append(batch)
+        rows += first.shape[0]
+    return batches
+
+
+def attacked_metrics(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalConfig,
+                     batches: list[Batch], attack: Attack, split: str) -> dict[str, float]:
+    """The task's metrics on ``split`` with the tables moved by ``attack``'s δ (found on
+    ``batches``, this worker differentiating its shard of them)."""
+    delta = table_attack(model, batches, loss_fn, attack, task.shard)
+    with shifted_tables(model, delta):
+        return task.evaluate(model, split, cfg)
+
+
+def robust_attack(cfg: EvalConfig) -> Attack:
+    """``eval.robust_attack`` at ``eval.robust_eps``: the attack of the robust/... metrics."""
+    return Attack(method=cfg.robust_attack, eps=cfg.robust_eps,
+                  steps=cfg.steps if cfg.robust_attack == "pgd" else 1, norm="l2",
+                  relative=cfg.relative)
+
+
 def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalConfig,
                      batches: list[Batch], split: str = "test",
                      progress: bool = True) -> dict[str, dict[str, dict[str, float]]]:
@@ -92,9 +126,7 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
         else:
             attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2",
                             relative=cfg.relative)
-            delta = table_attack(model, batches, loss_fn, attack, task.shard)
-            with shifted_tables(model, delta):
-                metrics = task.evaluate(model, split, cfg)
+            metrics = attacked_metrics(model, task, loss_fn, cfg, batches, attack, split)
         out.setdefault(name, {})[repr(float(eps))] = metrics
     model.train(was_training)
     return out

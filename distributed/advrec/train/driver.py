@@ -24,6 +24,7 @@ from ray.train import DataConfig, FailureConfig, LoggingConfig, WorkerGroupError
 from ray.train import RunConfig as RayRunConfig
 from ray.train import ScalingConfig as RayScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from advrec import __version__, io
 from advrec.config import RunConfig, ScalingConfig, dump_config, load_config
@@ -69,7 +70,10 @@ def connect(address: str | None, num_cpus: float) -> None:
     # a local instance: declare enough logical CPUs for the workers even on a small machine
     # (they share the cores; Ray only counts reservations)
     cpus = max(os.cpu_count() or 1, int(-(-num_cpus // 1)))
-    ray.init(num_cpus=cpus, include_dashboard=False, runtime_env=quiet)
+    # the dashboard serves Ray's State API, without which Ray Train's placement-group cleaner
+    # cannot tell that a run's controller has gone: the CPUs of every Tune trial stayed reserved
+    ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
+             runtime_env=quiet)
     _local_cpus = cpus
 
 
@@ -100,7 +104,8 @@ def train_stream(dataset: str, columns: tuple[str, ...]) -> Callable[[], ray.dat
 
 def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling: ScalingConfig,
            address: str | None = None, storage: str | None = None,
-           datasets: dict[str, Callable[[], ray.data.Dataset]] | None = None) -> Any:
+           datasets: dict[str, Callable[[], ray.data.Dataset]] | None = None,
+           tune: bool = False) -> Any:
     """Run ``fn(config)`` on ``scaling.num_workers`` Ray Train workers (in this process for 0)
     and return rank 0's return value.
 
@@ -110,7 +115,8 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
     ``storage``: the run directory (a path or URL), which Ray Train's RunConfig gets as its
     storage (``storage_path/name``), so its experiment state lives beside advrec's checkpoints.
     A failed worker group is restarted ``scaling.max_failures`` times; ``fn`` continues from the
-    latest checkpoint there.
+    latest checkpoint there. ``tune``: this runs inside a Ray Tune trial, to which the workers'
+    reports go (by Tune's callback; Ray Train's local mode has none, so a trial needs workers).
     """
     workers = scaling.num_workers
     if workers or datasets:
@@ -126,6 +132,7 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
         fn, train_loop_config=config, datasets=datasets,
         dataset_config=DataConfig(execution_options=ingest),
         run_config=RayRunConfig(logging_config=LoggingConfig(log_level="WARNING"),
+                                callbacks=[TuneReportCallback()] if tune and workers else None,
                                 failure_config=FailureConfig(max_failures=scaling.max_failures),
                                 **storage_options),
         scaling_config=RayScalingConfig(
@@ -147,7 +154,7 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
 
 
 def run_training(cfg: RunConfig, output: str, progress: bool = True,
-                 address: str | None = None) -> dict[str, Any]:
+                 address: str | None = None, tune: bool = False) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``output``; returns the final metrics.
 
     ``address``: the Ray cluster of a multi-worker run (``scaling.num_workers >= 1``); default
@@ -173,31 +180,33 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
         with io.atomic_file(io.join(output, "config.yaml")) as f:
             f.write(dump_config(cfg))
         io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__})
-        return _train(cfg, dataset, output, progress, address)
+        return _train(cfg, dataset, output, progress, address, tune)
     except BaseException:
         if created and fs.exists(path) and not has_train_state(output):
             fs.rm(path, recursive=True)
         raise
 
 
-def resume_training(run: str, progress: bool = True, address: str | None = None) -> dict[str, Any]:
+def resume_training(run: str, progress: bool = True, address: str | None = None,
+                    tune: bool = False) -> dict[str, Any]:
     """Continue the stopped run in ``run`` from its latest checkpoint; returns the final
     metrics. The run continues exactly as if it had never stopped (same config and workers)."""
     run = io.absolute(run)
     cfg, dataset = read_run(run)
     if io.exists(io.join(run, "metrics.json")):
         raise AdvrecError(f"{run}: this run has finished; there is nothing to resume")
-    return _train(cfg, dataset, run, progress, address)
+    return _train(cfg, dataset, run, progress, address, tune)
 
 
 def _train(cfg: RunConfig, dataset: str, output: str, progress: bool,
-           address: str | None) -> dict[str, Any]:
+           address: str | None, tune: bool) -> dict[str, Any]:
+    """Launch the loop; ``tune``: this is a trial of `advrec tune`, whose epochs go to Tune."""
     datasets = ({"train": train_stream(dataset, row_columns(LABELS[cfg.kind]))}
                 if cfg.data.stream else None)
     return launch(train_loop_per_worker,
                   {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
                    "output": output, "progress": progress},
-                  cfg.scaling, address, storage=output, datasets=datasets)
+                  cfg.scaling, address, storage=output, datasets=datasets, tune=tune)
 
 
 def read_run(run: str) -> tuple[RunConfig, str]:

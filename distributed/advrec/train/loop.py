@@ -38,6 +38,7 @@ from advrec.config import RunConfig, TrainConfig
 from advrec.data.dataset import load_dataset
 from advrec.devices import CPU, to_device, train_device
 from advrec.errors import AdvrecError
+from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
 from advrec.models import build_model
 from advrec.models.base import Recommender
 from advrec.shards import gather_objects
@@ -246,11 +247,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         best.load_state_dict(state["early_stopping"])
         history = state["history"]
     first = len(history)
+    loss_fn = make_loss(cfg)
     objective = distribute(AdversarialObjective(
-        model, make_loss(cfg), attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
+        model, loss_fn, attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
         reg=tc.reg), world)
     task = make_task(cfg, data, shard=(rank, world),
                      stream=ray.train.get_dataset_shard("train") if cfg.data.stream else None)
+    if cfg.eval.robust_every:  # the robust/... attack differentiates the same examples each time
+        attacked = attack_batches(make_task(cfg, data), cfg.eval.robust_rows, cfg.eval.seed)
+
+    def robust_valid() -> dict[str, float]:
+        """Valid metrics under ``eval.robust_attack`` at ``eval.robust_eps``."""
+        return attacked_metrics(model, task, loss_fn, cfg.eval, attacked,
+                                robust_attack(cfg.eval), "valid")
+
+    latest: dict[str, float] = {}  # the last valid and robust metrics, carried into each report
 
     bar = tqdm(range(first, tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
                unit="epoch", initial=first, total=tc.epochs,
@@ -277,6 +288,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
             valid = task.evaluate(model, "valid", cfg.eval)
             record["eval_s"] = time.perf_counter() - start
             record.update({f"valid/{k}": v for k, v in valid.items()})
+            evaluations = sum("eval_s" in r for r in history)  # before this one
+            if cfg.eval.robust_every and evaluations % cfg.eval.robust_every == 0:
+                start = time.perf_counter()
+                record.update({f"robust/{k}": v for k, v in robust_valid().items()})
+                record["robust_s"] = time.perf_counter() - start
             best.update(epoch, valid, valid[monitor], model)
             bar.set_postfix(loss=f"{losses['loss']:.4f}", **{monitor: f"{valid[monitor]:.4f}"},
                             best=f"{best.value:.4f}")
@@ -292,7 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         warming_up = cfg.adv.method != "none" and not adversarial
         record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
         history.append(record)
-        ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+        ray.train.report(epoch_metrics(record, latest, cfg))
         if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or record["stopped"]):
             save_state(output, model, optimizer, best, history, (rank, world))
         if record["stopped"]:
@@ -305,11 +321,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         "valid": best.valid,  # evaluated when that epoch's weights were kept
         "test": task.evaluate(model, "test", cfg.eval),
     }
+    if cfg.eval.robust_every:
+        metrics["robust_valid"] = robust_valid()  # of the best epoch's weights
     if rank != 0:
         return metrics
     save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best.epoch)
     io.dump_json(io.join(output, "history.json"), history)
     io.dump_json(io.join(output, "metrics.json"), metrics)
+    return metrics
+
+
+def epoch_metrics(record: dict[str, Any], latest: dict[str, float],
+                  cfg: RunConfig) -> dict[str, float]:
+    """What an epoch reports to Ray Train (and so to Ray Tune, through its callback, in a trial
+    of `advrec tune`): its numbers, the latest valid and robust metrics (``latest``, updated
+    here: a search compares every epoch's), ``objective``, the ``tune.weights`` sum, and
+    ``epochs`` run."""
+    latest.update({k: v for k, v in record.items() if k.startswith(("valid/", "robust/"))})
+    metrics = {**latest, **{k: v for k, v in record.items() if isinstance(v, (int, float))},
+               "epochs": record["epoch"] + 1}  # a scheduler's clock: epochs run, resumed or not
+    if cfg.tune.weights and all(k in metrics for k in cfg.tune.weights):
+        metrics["objective"] = sum(w * metrics[k] for k, w in cfg.tune.weights.items())
     return metrics
 
 

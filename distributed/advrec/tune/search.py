@@ -1,0 +1,155 @@
+"""The search: a Ray Tune experiment whose trials are `advrec train` runs.
+
+A trial is a function that trains the base config with its own values of the searched keys
+(`advrec.train.run_training`, so nothing of training is reimplemented) on its own Ray Train
+workers: ``scaling.num_workers`` of them, at least 1 (Ray Train's in-process mode cannot report to
+Tune).
+Every epoch reports the valid metrics, the robust ones (``eval.robust_every``) and ``objective``
+(``tune.weights``) to Tune, whose scheduler (ASHA by default) stops trials that fall behind.
+The experiment directory holds Tune's state (so ``--resume`` continues it), each trial's run
+directory under ``trials/``, and the tables, front, plot and ``best.yaml`` of
+`advrec.tune.results`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+import ray.tune
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+from advrec import io
+from advrec.config import RunConfig, SearchDim, build_config, dump_config, with_values
+from advrec.data.source import resolve_dataset
+from advrec.errors import AdvrecError
+from advrec.train.checkpoint import has_train_state
+from advrec.train.driver import DATA_CPUS, connect, read_run, resume_training, run_training
+from advrec.train.loop import epoch_metrics
+from advrec.tune.results import write_results
+
+BASE_FILE = "base.yaml"
+"""The searched config as given (the user's source, before any trial's values)."""
+SEARCH_FILE = "search.json"
+"""The raw config of every trial (on the prepared dataset) and the user's, for ``--resume``."""
+
+
+def _distribution(dim: SearchDim) -> Any:
+    make = {"loguniform": lambda v: ray.tune.loguniform(*v), "uniform": lambda v: ray.tune.uniform(*v),
+            "choice": ray.tune.choice, "grid": ray.tune.grid_search}
+    return make[dim.kind](dim.values)
+
+
+def check_space(raw: dict[str, Any], cfg: RunConfig) -> None:
+    """Fail before any trial when a searched key, or a value at an end of its range, is not a
+    valid config; and when an epoch would report no metric to compare (no evaluation)."""
+    for key, dim in cfg.tune.space.items():
+        for value in (dim.values if dim.kind in ("choice", "grid") else dim.values[:2]):
+            try:
+                build_config(with_values(raw, {key: value}))
+            except AdvrecError as exc:
+                raise AdvrecError(f"tune.space: {key}={value!r}: {exc}") from None
+    if cfg.train.eval_every != 1:
+        raise AdvrecError("train.eval_every: a search compares trials at every epoch; set it to 1")
+
+
+def _trial(values: dict[str, Any], raw: dict[str, Any], experiment: str) -> None:
+    """One trial: the base config with this trial's ``values``, trained into
+    ``experiment/trials/<trial id>``; its epochs reach Tune as the run reports them. In a resumed
+    search, a trial whose run had finished (before Tune recorded it) reports that run's epochs
+    again instead of training again, and one interrupted after a checkpoint continues from it."""
+    run = io.join(experiment, "trials", ray.tune.get_context().get_trial_id())
+    if io.exists(io.join(run, "metrics.json")):
+        cfg = read_run(run)[0]
+        latest: dict[str, float] = {}
+        for record in io.read_json(io.join(run, "history.json")):
+            ray.tune.report(epoch_metrics(record, latest, cfg))
+    elif has_train_state(run):
+        resume_training(run, progress=False, tune=True)
+    else:
+        run_training(build_config(with_values(raw, values)), run, progress=False, tune=True)
+
+
+def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
+           restore: bool) -> ray.tune.Tuner:
+    fs, path = io.filesystem(experiment)
+    parent, _, name = path.rstrip("/").rpartition("/")
+    storage = {"storage_path": parent or "/", "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
+    # the trial's own process only waits on its Ray Train workers, which reserve their own
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(_trial, raw=raw, experiment=experiment), {"CPU": 0.01})
+    if restore:
+        return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                                      storage_filesystem=storage["storage_filesystem"])
+    metric, mode = cfg.tune_metric()
+    scheduler = None
+    if cfg.tune.scheduler == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="epochs", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
+                                  reduction_factor=cfg.tune.reduction_factor)
+    search = None
+    if cfg.tune.search == "optuna":
+        try:
+            from ray.tune.search.optuna import OptunaSearch
+        except ImportError:  # pragma: no cover - depends on the optional extra
+            raise AdvrecError("tune.search: optuna needs the extra: pip install 'advrec[optuna]'")
+        search = OptunaSearch()
+    return ray.tune.Tuner(
+        trainable,
+        param_space={key: _distribution(dim) for key, dim in cfg.tune.space.items()},
+        tune_config=ray.tune.TuneConfig(
+            metric=metric, mode=mode, num_samples=cfg.tune.num_samples, scheduler=scheduler,
+            search_alg=search, max_concurrent_trials=cfg.tune.max_concurrent),
+        run_config=ray.tune.RunConfig(name=name, verbose=1 if progress else 0, **storage))
+
+
+def _connect(cfg: RunConfig, address: str | None) -> None:
+    """Ray with room for every concurrent trial: its workers (or itself) and its stream."""
+    s = cfg.scaling
+    per_trial = s.num_workers * s.cpus_per_worker + (DATA_CPUS if cfg.data.stream else 0)
+    connect(address, cfg.tune.max_concurrent * per_trial + 1)  # + the trials' own processes
+
+
+def run_tune(raw: dict[str, Any], experiment: str, progress: bool = True,
+             address: str | None = None) -> dict[str, Any]:
+    """Search ``raw``'s ``tune.space`` into the experiment directory ``experiment``; returns
+    the summary of `advrec.tune.results.write_results`."""
+    cfg = build_config(raw)
+    check_space(raw, cfg)
+    experiment = io.absolute(experiment)
+    fs, path = io.filesystem(experiment)
+    if fs.exists(path):
+        raise AdvrecError(f"{experiment}: exists; continue it with `advrec tune --resume "
+                          f"{experiment}`, or choose another --output")
+    # prepared once here, not by every trial at once
+    dataset = resolve_dataset(cfg.data)
+    trial_raw = with_values(raw, {"data.source": dataset, "data.format": "prepared",
+                                  "scaling.num_workers": max(1, cfg.scaling.num_workers)})
+    trials = build_config(trial_raw)
+    fs.makedirs(path, exist_ok=True)
+    try:
+        with io.atomic_file(io.join(experiment, BASE_FILE)) as f:
+            f.write(dump_config(cfg))
+        io.dump_json(io.join(experiment, SEARCH_FILE), {"trials": trial_raw, "user": raw})
+        _connect(trials, address)
+        grid = _tuner(trial_raw, trials, experiment, progress, restore=False).fit()
+    except BaseException:
+        if not fs.exists(io.join(path, "trials")):  # no trial started: leave nothing behind
+            fs.rm(path, recursive=True)
+        raise
+    return write_results(grid, trials, experiment, raw)
+
+
+def resume_tune(experiment: str, progress: bool = True,
+                address: str | None = None) -> dict[str, Any]:
+    """Continue the interrupted search in ``experiment``: finished trials are kept, unfinished
+    and failed ones run again from their start."""
+    experiment = io.absolute(experiment)
+    if not io.exists(io.join(experiment, SEARCH_FILE)):
+        raise AdvrecError(f"{experiment}: not an advrec tune experiment (no {SEARCH_FILE})")
+    search = io.read_json(io.join(experiment, SEARCH_FILE))
+    cfg = build_config(search["trials"])
+    _connect(cfg, address)
+    grid = _tuner(search["trials"], cfg, experiment, progress, restore=True).fit()
+    return write_results(grid, cfg, experiment, search["user"])

@@ -1,0 +1,135 @@
+"""`advrec tune`: a Ray Tune search whose trials are `advrec train` runs on Ray Train workers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from advrec.cli import main
+from advrec.data import prepare
+
+# MF-APR on a tiny log: valid metrics and PGD-3 robust ones (on 2000 training examples) at
+# every epoch, so a trial of 3 epochs takes seconds
+SEARCH = ["model.name=mf", "model.dim=16", "adv.method=fgm", "adv.eps=0.5", "adv.relative=true",
+          "train.batch_size=256", "train.epochs=3", "eval.robust_every=1", "eval.robust_rows=2000",
+          "eval.steps=3", "eval.robust_eps=0.5"]
+
+
+@pytest.fixture(scope="module")
+def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    out = tmp_path_factory.mktemp("tune") / "data"
+    prepare(str(ml100k_small), "movielens", str(out), seed=0)
+    return str(out)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_search_writes_its_table_front_plot_and_a_config_train_runs(
+        prepared: str, tmp_path: Path, ray_local: None) -> None:
+    # a grid over the learning rate: the first trial learns, the next two barely move; ASHA
+    # (a rung after epoch 1, half kept) stops those once the first has set the bar
+    out = tmp_path / "search"
+    assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
+                 "tune.space={train.lr: {grid: [0.05, 1.0e-7, 1.0e-7]}}",
+                 "tune.num_samples=1", "tune.max_concurrent=1", "tune.grace_period=1"]) == 0
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 3 and {r["trial"] for r in rows} == {p.name for p in (out / "trials").iterdir()}
+    by_lr = sorted(rows, key=lambda r: -float(r["train.lr"]))
+    assert by_lr[0]["status"] == "finished" and by_lr[0]["epochs"] == "3"
+    assert any(r["status"] == "stopped" and int(r["epochs"]) < 3 for r in by_lr[1:])
+    assert float(by_lr[0]["clean"]) > max(float(r["clean"]) for r in by_lr[1:])
+    assert pq.read_table(out / "results.parquet").num_rows == 3
+
+    # the front: trials no other beats on both clean and robust NDCG, among the table's
+    front = _rows(out / "pareto.csv")
+    assert front and {r["trial"] for r in front} <= {r["trial"] for r in rows}
+    points = [(float(r["clean"]), float(r["robust"])) for r in rows]
+    for r in front:
+        c, b = float(r["clean"]), float(r["robust"])
+        assert not any(x >= c and y >= b and (x, y) != (c, b) for x, y in points)
+    assert (out / "pareto.png").stat().st_size > 0
+
+    # best.yaml: the user's config (its source, no trial's scaling) with the best trial's values
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert best["train"]["lr"] == 0.05 and best["data"]["source"] == prepared
+    assert best["scaling"]["num_workers"] == 0
+    assert main(["train", "--config", str(out / "best.yaml"), "--output", str(tmp_path / "run"),
+                 "--quiet", "train.epochs=1"]) == 0
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (["tune.space={adv.epsilon: {loguniform: [0.1, 1.0]}}"],
+     "tune.space: adv.epsilon=0.1: adv.epsilon: unknown config key"),
+    (["tune.space={}"], "tune.space: is empty"),
+    (["tune.space={adv.eps: {uniform: [1.0, 0.5]}}"], "tune.space.adv.eps"),
+    (["tune.metric=valid/auc"], "tune.metric: 'valid/auc' is never reported"),
+    (["eval.robust_every=0", "tune.metric=robust/ndcg@10"],
+     "robust/ metrics need eval.robust_every > 0"),
+    (["tune.metric=objective"], "tune.metric: 'objective' needs tune.weights"),
+])
+def test_a_bad_search_fails_before_any_trial(prepared: str, tmp_path: Path, overrides: list[str],
+                                             culprit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "search"
+    code = main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
+                 *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and culprit in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
+        prepared: str, tmp_path: Path, ray_local: None) -> None:
+    out = tmp_path / "search"
+    cmd = [sys.executable, "-m", "advrec.cli", "tune", "--output", str(out), "--quiet",
+           f"data.source={prepared}", *SEARCH, "tune.scheduler=none", "tune.num_samples=1",
+           "tune.max_concurrent=1",
+           "tune.space={train.lr: {grid: [0.05, 0.01]}}", "train.epochs=6"]
+    # the search in a process of its own (with its own Ray), killed once the first trial ends
+    search = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+    deadline = time.monotonic() + 300
+    finished: list[Path] = []
+    while not finished and time.monotonic() < deadline and search.poll() is None:
+        time.sleep(1)
+        finished = list(out.glob("trials/*/metrics.json"))
+    os.killpg(search.pid, signal.SIGKILL)
+    search.wait()
+    assert len(finished) == 1, "the first trial never finished"
+    first = finished[0].stat().st_mtime_ns
+
+    assert main(["tune", "--resume", str(out), "--quiet"]) == 0
+    assert finished[0].stat().st_mtime_ns == first  # kept, not trained again
+    rows = _rows(out / "results.csv")
+    assert [r["status"] for r in rows] == ["finished", "finished"]
+    assert all(r["epochs"] == "6" for r in rows)
+    assert json.loads(finished[0].read_text())["best_epoch"] >= 0
+
+
+def test_robust_metrics_of_training_equal_the_robustness_evaluation(prepared: str,
+                                                                    tmp_path: Path) -> None:
+    # robust/... as training reports it (here for the best epoch, in metrics.json) is the
+    # robustness evaluation's figure at that attack and eps, on the valid split
+    from advrec.report import evaluate_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={prepared}",
+                 *SEARCH, "eval.robust_rows=0", "train.lr=0.05"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    history = json.loads((run / "history.json").read_text())
+    assert all("robust/ndcg@10" in r for r in history)  # eval.robust_every=1
+    curve = evaluate_run(str(run), ["pgd"], [0.5], steps=3, split="valid", progress=False)
+    assert metrics["robust_valid"] == pytest.approx(curve["pgd"]["0.5"], abs=1e-6)
+    assert metrics["robust_valid"]["ndcg@10"] < metrics["valid"]["ndcg@10"]
