@@ -133,3 +133,14 @@ def test_robust_metrics_of_training_equal_the_robustness_evaluation(prepared: st
     curve = evaluate_run(str(run), ["pgd"], [0.5], steps=3, split="valid", progress=False)
     assert metrics["robust_valid"] == pytest.approx(curve["pgd"]["0.5"], abs=1e-6)
     assert metrics["robust_valid"]["ndcg@10"] < metrics["valid"]["ndcg@10"]
+
+
+def test_optuna_proposes_the_trials(prepared: str, tmp_path: Path, ray_local: None) -> None:
+    out = tmp_path / "search"
+    assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
+                 "train.epochs=1", "tune.search=optuna", "tune.scheduler=none",
+                 "tune.num_samples=2", "tune.space={train.lr: {loguniform: [0.001, 0.1]}}"]) == 0
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
+    assert all(0.001 <= float(r["train.lr"]) <= 0.1 for r in rows)
+    assert rows[0]["train.lr"] != rows[1]["train.lr"]
