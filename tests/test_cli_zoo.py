@@ -48,7 +48,14 @@ def test_train_and_evaluate_each_kind(name: str, keys: set[str], headline: str, 
     assert code == 0, err
     robust = json.loads((run_dir / "robustness.json").read_text())
     assert robust["fgm"]["0.0"][headline] == pytest.approx(metrics["test"][headline])
-    assert robust["pgd"]["1.0"][headline] < robust["pgd"]["0.0"][headline]  # the attack hurts
+    attacked, clean = robust["pgd"]["1.0"], robust["pgd"]["0.0"]
+    if name == "mmoe":
+        # the attack raises the sum of the click and the rating loss, not the click AUC as such
+        # (after 2 epochs the AUC can even rise): one of the two losses rises at least
+        assert (attacked["click/logloss"] > clean["click/logloss"]
+                or attacked["rating/rmse"] > clean["rating/rmse"])
+    else:
+        assert attacked[headline] < clean[headline]  # the attack hurts
 
 
 @pytest.mark.parametrize("overrides, culprit", [
