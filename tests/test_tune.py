@@ -144,3 +144,15 @@ def test_optuna_proposes_the_trials(prepared: str, tmp_path: Path, ray_local: No
     assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
     assert all(0.001 <= float(r["train.lr"]) <= 0.1 for r in rows)
     assert rows[0]["train.lr"] != rows[1]["train.lr"]
+
+
+def test_tune_takes_output_or_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    def error(args: list[str]) -> str:
+        assert main(args) == 2
+        return capsys.readouterr().err.strip()
+
+    assert "--output is required (or --resume DIR to continue a search)" in error(["tune"])
+    assert "give no --config, --output or overrides" in error(
+        ["tune", "--resume", str(tmp_path), "--output", str(tmp_path / "x")])
+    assert error(["tune", "--resume", str(tmp_path)]).endswith(
+        "not an advrec tune experiment (no search.json)")

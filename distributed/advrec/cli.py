@@ -74,20 +74,28 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote a synthetic log of {args.interactions} interactions to {args.output}")
 
 
+def _resuming(args: argparse.Namespace, what: str) -> bool:
+    """Whether ``--resume`` continues ``what`` (then ``args.output`` is its directory), or
+    ``--output`` starts one; the two exclude each other, and a resumed one takes no config."""
+    if args.resume:
+        if args.config or args.output or args.overrides:
+            raise AdvrecError(f"--resume continues a {what} as it was configured: give no "
+                              "--config, --output or overrides with it")
+        args.output = args.resume
+        return True
+    if not args.output:
+        raise AdvrecError(f"--output is required (or --resume DIR to continue a {what})")
+    return False
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from advrec.config import load_config
     from advrec.report import format_table, headline
     from advrec.train import read_run, resume_training, run_training
 
-    if args.resume:
-        if args.config or args.output or args.overrides:
-            raise AdvrecError("--resume continues a run as it was configured: give no --config, "
-                              "--output or overrides with it")
-        args.output = args.resume
+    if _resuming(args, "run"):
         cfg = read_run(args.resume)[0]
         metrics = resume_training(args.resume, progress=not args.quiet, address=args.address)
-    elif not args.output:
-        raise AdvrecError("--output is required (or --resume RUN to continue a stopped run)")
     else:
         cfg = load_config(args.config, args.overrides)
         metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
@@ -101,14 +109,8 @@ def cmd_tune(args: argparse.Namespace) -> None:
     from advrec.report import format_table
     from advrec.tune import resume_tune, run_tune
 
-    if args.resume:
-        if args.config or args.output or args.overrides:
-            raise AdvrecError("--resume continues a search as it was configured: give no "
-                              "--config, --output or overrides with it")
-        args.output = args.resume
+    if _resuming(args, "search"):
         summary = resume_tune(args.resume, progress=not args.quiet, address=args.address)
-    elif not args.output:
-        raise AdvrecError("--output is required (or --resume DIR to continue a search)")
     else:
         summary = run_tune(load_raw(args.config, args.overrides), args.output,
                            progress=not args.quiet, address=args.address)
