@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,3 +157,16 @@ def test_tune_takes_output_or_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
         ["tune", "--resume", str(tmp_path), "--output", str(tmp_path / "x")])
     assert error(["tune", "--resume", str(tmp_path)]).endswith(
         "not an advrec tune experiment (no search.json)")
+
+
+def test_a_failed_trial_is_a_row_of_its_own(prepared: str, tmp_path: Path, ray_local: None) -> None:
+    # DeepFM needs click labels, which this log lacks: its trial fails on its worker, the MF
+    # trial beside it finishes and is the best
+    out = tmp_path / "search"
+    assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
+                 "train.epochs=1", "tune.scheduler=none", "tune.num_samples=1",
+                 "tune.space={model.name: {grid: [mf, deepfm]}}"]) == 0
+    rows = {r["model.name"]: r for r in _rows(out / "results.csv")}
+    assert rows["mf"]["status"] == "finished" and rows["deepfm"]["status"] == "error"
+    assert re.fullmatch(r"[0-9a-f]+_\d{5}", rows["deepfm"]["trial"])  # Tune's trial id
+    assert yaml.safe_load((out / "best.yaml").read_text())["model"]["name"] == "mf"

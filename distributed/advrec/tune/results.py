@@ -29,7 +29,10 @@ def trial_row(result: Any, cfg: RunConfig, experiment: str) -> dict[str, Any]:
     """One trial's row: id, status, epochs run, its searched values, clean and robust quality,
     and the search's metric."""
     last = result.metrics or {}
-    trial = last.get("trial_id") or result.path.rstrip("/").rsplit("_", 2)[-2]
+    # a trial that failed before its first report has no metrics: its id is in its directory's
+    # name, "_trial_<experiment>_<number>_<index>_<values>_<date>"
+    trial = last.get("trial_id") or "_".join(result.path.rstrip("/").rsplit("/", 1)[-1]
+                                             .split("_")[2:4])
     run = io.join(experiment, "trials", trial)
     monitor = cfg.monitor()[0]
     values = {k: v for k, v in last.items() if k.startswith(("valid/", "robust/"))}
