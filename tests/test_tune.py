@@ -98,9 +98,14 @@ def test_an_interrupted_search_resumes_without_rerunning_finished_trials(
            f"data.source={prepared}", *SEARCH, "tune.scheduler=none", "tune.num_samples=1",
            "tune.max_concurrent=1",
            "tune.space={train.lr: {grid: [0.05, 0.01]}}", "train.epochs=6"]
-    # the search in a process of its own (with its own Ray), killed once the first trial ends
+    # the search in a process of its own, on this session's Ray instance (two instances on one
+    # machine leave Ray Train's placement-group cleaner unable to find its cluster), killed once
+    # the first trial ends
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
     search = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": ""})
+                              stderr=subprocess.DEVNULL, env={**os.environ, "RAY_ADDRESS": address})
     deadline = time.monotonic() + 300
     finished: list[Path] = []
     while not finished and time.monotonic() < deadline and search.poll() is None:
