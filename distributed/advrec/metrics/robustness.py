@@ -98,11 +98,16 @@ def attacked_metrics(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
         return task.evaluate(model, split, cfg)
 
 
+def eval_attack(cfg: EvalConfig, method: str, eps: float) -> Attack:
+    """The robustness protocol's ``method`` at ``eps``: L2 per row, ``eval.steps`` PGD steps
+    (one FGM step), absolute or relative ε as ``eval.relative`` says."""
+    return Attack(method=method, eps=eps, steps=cfg.steps if method == "pgd" else 1, norm="l2",
+                  relative=cfg.relative)
+
+
 def robust_attack(cfg: EvalConfig) -> Attack:
     """``eval.robust_attack`` at ``eval.robust_eps``: the attack of the robust/... metrics."""
-    return Attack(method=cfg.robust_attack, eps=cfg.robust_eps,
-                  steps=cfg.steps if cfg.robust_attack == "pgd" else 1, norm="l2",
-                  relative=cfg.relative)
+    return eval_attack(cfg, cfg.robust_attack, cfg.robust_eps)
 
 
 def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalConfig,
@@ -124,9 +129,8 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
         if eps == 0.0:
             metrics = clean
         else:
-            attack = Attack(method=name, eps=eps, steps=cfg.steps if name == "pgd" else 1, norm="l2",
-                            relative=cfg.relative)
-            metrics = attacked_metrics(model, task, loss_fn, cfg, batches, attack, split)
+            metrics = attacked_metrics(model, task, loss_fn, cfg, batches,
+                                       eval_attack(cfg, name, eps), split)
         out.setdefault(name, {})[repr(float(eps))] = metrics
     model.train(was_training)
     return out

@@ -47,6 +47,11 @@ DATA_CPUS = 2
 which would otherwise wait forever for CPUs the train workers hold (DESIGN.md, Ray notes)."""
 
 
+def run_cpus(scaling: ScalingConfig, streaming: bool) -> float:
+    """The logical CPUs one run takes: its workers', and Ray Data's beside them for a stream."""
+    return scaling.num_workers * scaling.cpus_per_worker + (DATA_CPUS if streaming else 0)
+
+
 _local_cpus: int | None = None
 """The logical CPUs of the local Ray instance that `connect` started in this process, if any."""
 
@@ -120,7 +125,7 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
     """
     workers = scaling.num_workers
     if workers or datasets:
-        connect(address, workers * scaling.cpus_per_worker + (DATA_CPUS if datasets else 0))
+        connect(address, run_cpus(scaling, streaming=bool(datasets)))
     storage_options: dict[str, Any] = {}
     if storage is not None:
         fs, path = io.filesystem(storage)

@@ -24,7 +24,7 @@ from advrec.config import RunConfig, SearchDim, build_config, dump_config, with_
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
 from advrec.train.checkpoint import has_train_state
-from advrec.train.driver import DATA_CPUS, connect, read_run, resume_training, run_training
+from advrec.train.driver import connect, read_run, resume_training, run_cpus, run_training
 from advrec.train.loop import epoch_metrics
 from advrec.tune.results import write_results
 
@@ -106,8 +106,7 @@ def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
 
 def _connect(cfg: RunConfig, address: str | None) -> None:
     """Ray with room for every concurrent trial: its workers (or itself) and its stream."""
-    s = cfg.scaling
-    per_trial = s.num_workers * s.cpus_per_worker + (DATA_CPUS if cfg.data.stream else 0)
+    per_trial = run_cpus(cfg.scaling, streaming=cfg.data.stream)
     connect(address, cfg.tune.max_concurrent * per_trial + 1)  # + the trials' own processes
 
 
