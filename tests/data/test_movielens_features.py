@@ -171,6 +171,15 @@ def test_ratings_alone_write_no_feature_files(tmp_path):
     assert not (out / "item_features.parquet").exists()
 
 
+def test_ratings_under_another_name_have_no_feature_files(tmp_path):
+    # a MovieLens ratings file renamed (a subset, a copy): its features are not guessed
+    directory = _write_ml100k(tmp_path / "ml-100k", names=("u.data", "u.user", "u.item"))
+    (directory / "u.data").rename(directory / "subset.data")
+    assert read_movielens_features(str(directory / "subset.data"), "user") is None
+    meta = prepare(str(directory / "subset.data"), "movielens", str(tmp_path / "out"), split="loo")
+    assert meta["features"] == []
+
+
 def test_real_ml100k_ratings_with_features_beside(ml100k, tmp_path):
     """The real u.data beside the fixture's feature files: ids link, unknown ones stay null."""
     directory = _write_ml100k(tmp_path / "ml-100k", names=("u.user", "u.item", "u.genre"))

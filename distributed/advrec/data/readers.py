@@ -179,7 +179,8 @@ def read_movielens_features(url: str, kind: str) -> pa.Table | None:
         raise AdvrecError(f"{url}: feature kind must be 'user' or 'item', not '{kind}'")
     with _movielens_files(url) as (fs, ratings, where):
         directory, name = posixpath.split(ratings)
-        found = _MOVIELENS_FEATURE_FILES[name][0 if kind == "user" else 1]
+        # a ratings file under another name has no feature files we know of
+        found = _MOVIELENS_FEATURE_FILES.get(name, (None, None))[0 if kind == "user" else 1]
         path = posixpath.join(directory, found) if found else None
         if path is None or not fs.isfile(path):
             return None
