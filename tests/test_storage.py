@@ -15,7 +15,7 @@ import pytest
 import s3fs
 
 from advrec.cli import main
-from advrec.local_s3 import free_ports
+from advrec.ports import free_ports
 from conftest import S3_SECRET
 
 

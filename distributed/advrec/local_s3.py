@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -21,22 +20,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from advrec.errors import AdvrecError
+from advrec.ports import free_ports
 
 # weed mini's servers, each with its HTTP and gRPC ports: all on free ports, not the defaults
 _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
           "volume.port.public", "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
           "admin.port", "admin.port.grpc", "webdav.port", "debug.port")
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct TCP ports free on 127.0.0.1 right now."""
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def weed_binary() -> str | None:

@@ -3,6 +3,8 @@ epoch, with the columns its task needs, in an order drawn from the epoch's gener
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from advrec.config import build_config
@@ -43,6 +45,23 @@ def test_a_streamed_epoch_is_the_train_split_shuffled_by_its_generator(
     assert not torch.equal(_epoch(task, seed=0, epoch=1)["user"], first["user"])
     # shuffled, not in the split's (user-sorted) order
     assert not torch.equal(first["user"], whole.user)
+
+
+def test_a_local_ray_tells_its_workers_where_its_state_api_is(ray_local: None) -> None:
+    # Ray Train's placement-group cleaner (a worker) asks the State API whether a run's
+    # controller is gone; told nothing, it looks for "the" local Ray instance, and with a second
+    # one on the machine it finds none, and a Tune trial's CPUs are never freed
+    import ray
+    from ray.util.state import list_nodes
+
+    @ray.remote(num_cpus=0)
+    def told() -> str | None:
+        return os.environ.get("RAY_API_SERVER_ADDRESS")
+
+    url = ray.get(told.remote())
+    assert url and url.startswith("http://127.0.0.1:")
+    nodes = list_nodes(address=url)  # this instance's API: its one node is ours
+    assert [n.node_id for n in nodes] == [ray.get_runtime_context().get_node_id()]
 
 
 def test_a_local_ray_too_small_for_a_run_is_started_again_bigger(ray_local: None) -> None:

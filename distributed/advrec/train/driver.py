@@ -30,6 +30,7 @@ from advrec import __version__, io
 from advrec.config import RunConfig, ScalingConfig, dump_config, load_config
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
+from advrec.ports import free_ports
 from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
 from advrec.train.tasks import LABELS, row_columns
@@ -67,18 +68,22 @@ def connect(address: str | None, num_cpus: float) -> None:
             return
         ray.shutdown()
     # Ray Data logs every epoch's read at INFO from the actor that splits the stream
-    quiet = {"env_vars": {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING")}}
+    env = {"RAY_DATA_LOG_LEVEL": os.environ.get("RAY_DATA_LOG_LEVEL", "WARNING")}
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=quiet)
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
         return
     # a local instance: declare enough logical CPUs for the workers even on a small machine
     # (they share the cores; Ray only counts reservations)
     cpus = max(os.cpu_count() or 1, int(-(-num_cpus // 1)))
     # the dashboard serves Ray's State API, without which Ray Train's placement-group cleaner
-    # cannot tell that a run's controller has gone: the CPUs of every Tune trial stayed reserved
+    # cannot tell that a run's controller has gone: the CPUs of every Tune trial stayed reserved.
+    # The cleaner finds the State API through RAY_API_SERVER_ADDRESS, else by looking for "the"
+    # local Ray instance, which fails when another one runs on the machine: so name it
+    port = free_ports(1)[0]
+    env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             runtime_env=quiet)
+             dashboard_port=port, runtime_env={"env_vars": env})
     _local_cpus = cpus
 
 
