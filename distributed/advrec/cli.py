@@ -1,4 +1,5 @@
-"""The ``advrec`` console script: prepare, synth, train, tune, evaluate, plot, demo.
+"""The ``advrec`` console script: prepare, synth, train, tune, evaluate, plot, submit, run, jobs,
+demo.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2.
 Commands import their heavy modules (torch, Ray) inside, so ``advrec --help`` answers at once.
@@ -41,6 +42,8 @@ _positive_int = _int_from(1, "positive")
 _non_negative_int = _int_from(0, "non-negative")
 ADDRESS_HELP = ("Ray cluster for scaling.num_workers >= 1 (default: RAY_ADDRESS, else a local "
                 "Ray instance)")
+JOBS_ADDRESS_HELP = ("the cluster's job server, http://HOST:8265 (default: RAY_API_SERVER_ADDRESS, "
+                     "else an http RAY_ADDRESS, else http://127.0.0.1:8265)")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -153,6 +156,61 @@ def cmd_plot(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}")
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from advrec.submit import connect_jobs, follow, load_job, submit
+
+    job = load_job(args.spec, args.overrides)  # a bad spec or config fails before any contact
+    client, url = connect_jobs(args.address)
+    submission_id = submit(client, job)
+    print(f"submitted {submission_id} to {url}")
+    print(f"outputs: {job.output_url(submission_id)}")
+    if not args.wait:
+        print(f"follow it with `advrec jobs logs {submission_id} --follow`")
+        return 0
+    status = follow(client, submission_id)
+    print(f"job {submission_id} {status.value}; outputs: {job.output_url(submission_id)}")
+    return 0 if status.value == "SUCCEEDED" else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from advrec.submit import load_job, new_submission_id
+
+    job = load_job(args.spec, args.overrides)
+    submission_id = new_submission_id(job)
+    job.write_config(submission_id)
+    print(f"running {submission_id}; outputs: {job.output_url(submission_id)}", flush=True)
+    return main(job.arguments(submission_id))  # exactly what a submitted job's entrypoint runs
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from advrec.report import format_table
+    from advrec.submit import connect_jobs, follow, job_info, job_rows
+
+    client, url = connect_jobs(args.address)
+    if args.action == "list":
+        rows = job_rows(client)
+        print(format_table(rows, ["id", "status", "started", "output"]) if rows
+              else f"no jobs on {url}")
+        return 0
+    if not args.id:
+        raise AdvrecError(f"jobs {args.action}: name a job id (see `advrec jobs list`)")
+    if args.action == "status":
+        info = job_info(client, args.id)
+        for key, value in info.items():
+            print(f"{key}: {value}")
+        return 0 if info["status"] != "FAILED" else 1
+    if args.action == "logs":
+        if args.follow:
+            return 0 if follow(client, args.id).value == "SUCCEEDED" else 1
+        job_info(client, args.id)  # an unknown id is an error, not empty logs
+        sys.stdout.write(client.get_job_logs(args.id))
+        return 0
+    job_info(client, args.id)
+    stopped = client.stop_job(args.id)
+    print(f"{args.id}: {'stop requested' if stopped else 'already ended'}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from advrec.demo import run_demo
 
@@ -244,6 +302,31 @@ def build_parser() -> argparse.ArgumentParser:
                    "ndcg@K, auc or click/auc)")
     p.set_defaults(func=cmd_plot)
 
+    p = sub.add_parser("submit", help="run a job spec (jobs/*.yaml) as a Ray job on a cluster")
+    p.add_argument("spec", help="job spec: a YAML file naming the command, its config, storage, "
+                   "runtime env and resources (see jobs/)")
+    p.add_argument("--address", help=JOBS_ADDRESS_HELP)
+    p.add_argument("--wait", action="store_true", help="stream the job's logs until it ends; the "
+                   "exit code is 0 if it succeeded, 1 if not")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="run config overrides, applied after the spec's own")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("run", help="run a job spec's command here, as a submitted job's entrypoint "
+                       "does (a KubeRay RayJob's entrypoint)")
+    p.add_argument("spec", help="job spec (see jobs/); its runtime_env and resources are the "
+                   "submitter's business and are not used here")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="run config overrides, applied after the spec's own")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("jobs", help="list, inspect, follow or stop the jobs on a Ray cluster")
+    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("id", nargs="?", help="the job's submission id (status, logs, stop)")
+    p.add_argument("--follow", action="store_true", help="logs: until the job ends")
+    p.add_argument("--address", help=JOBS_ADDRESS_HELP)
+    p.set_defaults(func=cmd_jobs)
+
     p = sub.add_parser("demo", help="APR vs. a clean-trained twin on a synthetic log, end to end")
     p.add_argument("--output", default="runs/demo", help="where runs and plots go (%(default)s)")
     p.add_argument("--source", default=None, help="a raw log or prepared dataset instead of synth")
@@ -254,14 +337,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives a positional's arguments one run: `submit SPEC --wait k=v` leaves `k=v` over
+    if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        func(args)
+        return func(args) or 0  # a command that follows a job returns its exit code
     except AdvrecError as exc:
         print(f"advrec: error: {exc}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from advrec.errors import AdvrecError
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment too."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     source: str = Field(description="A raw log or a prepared dataset: a path or any fsspec URL.")
     format: Literal["auto", "prepared", "movielens", "recbole", "sasrec", "csv", "parquet"] = "auto"
     split: str = "random:0.8,0.1,0.1"
@@ -88,7 +89,7 @@ TASK_NAMES = ("click", "rating")
 itself (MSE)."""
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     name: Literal["mf", "neumf", "sasrec", "twotower", "deepfm", "dcnv2", "mmoe"] = "mf"
     dim: int = Field(64, gt=0)
     mlp_layers: list[int] = Field(default_factory=lambda: [128, 64, 32])
@@ -133,7 +134,7 @@ class ModelConfig(_Section):
         return self
 
 
-class AdvConfig(_Section):
+class AdvConfig(Section):
     method: Literal["none", "random", "fgsm", "fgm", "pgd"] = "none"
     eps: float = Field(0.5, ge=0.0)
     lam: float = Field(1.0, ge=0.0, alias="lambda")
@@ -152,7 +153,7 @@ class AdvConfig(_Section):
     )
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: int = Field(100, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     batch_size: int = Field(2048, gt=0)
@@ -202,7 +203,7 @@ class TrainConfig(_Section):
         return v
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     protocol: Literal["full", "sampled"] = "full"
     num_negatives: int = Field(100, gt=0, description="Negatives per test item (sampled protocol).")
@@ -237,7 +238,7 @@ class EvalConfig(_Section):
         return sorted(set(v))
 
 
-class ScalingConfig(_Section):
+class ScalingConfig(Section):
     num_workers: int = Field(
         0, ge=0, description="0 trains in this process; N >= 1 trains on N Ray Train workers "
         "with DDP (gloo; NCCL with use_gpu), each on its own shard of every epoch's batches.")
@@ -250,7 +251,7 @@ class ScalingConfig(_Section):
         "workers from the latest checkpoint (train.checkpoint_every).")
 
 
-class SearchDim(_Section):
+class SearchDim(Section):
     """One key's search distribution: exactly one of these."""
 
     loguniform: list[float] | None = None
@@ -291,7 +292,7 @@ def _default_space() -> dict[str, SearchDim]:
             "train.lr": SearchDim(loguniform=[1e-4, 1e-2])}
 
 
-class TuneConfig(_Section):
+class TuneConfig(Section):
     space: dict[str, SearchDim] = Field(
         default_factory=_default_space, description="Config key -> its search distribution.")
     num_samples: int = Field(8, gt=0, description="Trials (each grid point this many times).")
@@ -316,7 +317,7 @@ class TuneConfig(_Section):
         return v
 
 
-class RunConfig(_Section):
+class RunConfig(Section):
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     adv: AdvConfig = Field(default_factory=AdvConfig)
@@ -467,7 +468,7 @@ def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in values.items()])
 
 
-def _error_line(exc: ValidationError) -> str:
+def error_line(exc: ValidationError) -> str:
     """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``."""
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "config"
@@ -487,7 +488,7 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> Run
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise AdvrecError(_error_line(exc)) from None
+        raise AdvrecError(error_line(exc)) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
