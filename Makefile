@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (see README.md):
 #   make demo   installs into .venv, then runs APR against a clean-trained twin, end to end
 #   make test   installs into .venv, then runs the test suite
+#   make head   installs into .venv, then starts a local Ray head for `advrec submit`
 # The CPU build of PyTorch is installed first; GPU users set TORCH_SPEC (or bring their own torch).
 
 VENV ?= .venv
@@ -8,7 +9,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install demo test benchmark clean
+.PHONY: install demo test head head-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +25,17 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# A local Ray head for `advrec submit` (README: "From one machine to a cluster"): token
+# authentication on (the token in ~/.ray/auth_token, made once), the job server on 127.0.0.1:8265,
+# and .venv/bin first on the PATH of its jobs, so their `advrec` is this one.
+head: install
+	$(VENV)/bin/ray get-auth-token --generate > /dev/null
+	PATH="$(abspath $(VENV))/bin:$$PATH" RAY_AUTH_MODE=token $(VENV)/bin/ray start --head \
+		--dashboard-host=127.0.0.1 --disable-usage-stats
+
+head-stop:
+	$(VENV)/bin/ray stop
 
 clean:
 	rm -rf $(VENV) runs
