@@ -141,15 +141,22 @@ def test_robust_metrics_of_training_equal_the_robustness_evaluation(prepared: st
     assert metrics["robust_valid"]["ndcg@10"] < metrics["valid"]["ndcg@10"]
 
 
-def test_optuna_proposes_the_trials(prepared: str, tmp_path: Path, ray_local: None) -> None:
-    out = tmp_path / "search"
-    assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
-                 "train.epochs=1", "tune.search=optuna", "tune.scheduler=none",
-                 "tune.num_samples=2", "tune.space={train.lr: {loguniform: [0.001, 0.1]}}"]) == 0
-    rows = _rows(out / "results.csv")
-    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
-    assert all(0.001 <= float(r["train.lr"]) <= 0.1 for r in rows)
-    assert rows[0]["train.lr"] != rows[1]["train.lr"]
+@pytest.mark.parametrize("search", ["random", "optuna"])
+def test_a_seeded_search_proposes_the_same_trials_again(
+        search: str, prepared: str, tmp_path: Path, ray_local: None) -> None:
+    def lrs(name: str) -> list[str]:
+        out = tmp_path / name
+        assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
+                     "train.epochs=1", f"tune.search={search}", "tune.scheduler=none",
+                     "tune.seed=3", "tune.num_samples=2", "tune.max_concurrent=2",
+                     "tune.space={train.lr: {loguniform: [0.001, 0.1]}}"]) == 0
+        rows = _rows(out / "results.csv")
+        assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
+        return sorted(r["train.lr"] for r in rows)
+
+    first = lrs("first")
+    assert all(0.001 <= float(lr) <= 0.1 for lr in first) and first[0] != first[1]
+    assert lrs("again") == first
 
 
 def test_tune_takes_output_or_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

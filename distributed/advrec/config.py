@@ -302,6 +302,8 @@ class TuneConfig(Section):
     reduction_factor: float = Field(2.0, gt=1.0, description="ASHA: 1/fraction kept per rung.")
     search: Literal["random", "optuna"] = Field(
         "random", description="random (grid dims expanded) or optuna (extra advrec[optuna]).")
+    seed: int | None = Field(
+        0, description="Seed of the search's sampler (the same trials again); null: random.")
     metric: str | None = Field(
         None, description="What trials optimise: valid/M, robust/M (eval.robust_every) or "
         "objective (tune.weights); default valid/ of train.monitor.")

@@ -88,13 +88,16 @@ def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
 
         scheduler = ASHAScheduler(time_attr="epochs", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
                                   reduction_factor=cfg.tune.reduction_factor)
-    search = None
     if cfg.tune.search == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:  # pragma: no cover - depends on the optional extra
             raise AdvrecError("tune.search: optuna needs the extra: pip install 'advrec[optuna]'")
-        search = OptunaSearch()
+        search = OptunaSearch(seed=cfg.tune.seed)
+    else:
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        search = BasicVariantGenerator(random_state=cfg.tune.seed)
     return ray.tune.Tuner(
         trainable,
         param_space={key: _distribution(dim) for key, dim in cfg.tune.space.items()},
