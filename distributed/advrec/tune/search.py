@@ -94,16 +94,20 @@ def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
         except ImportError:  # pragma: no cover - depends on the optional extra
             raise AdvrecError("tune.search: optuna needs the extra: pip install 'advrec[optuna]'")
         search = OptunaSearch(seed=cfg.tune.seed)
+        limit = cfg.tune.max_concurrent  # Tune wraps a Searcher in a ConcurrencyLimiter
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        search = BasicVariantGenerator(random_state=cfg.tune.seed)
+        # a generator given to Tune keeps its own limit (Tune ignores max_concurrent_trials)
+        search = BasicVariantGenerator(max_concurrent=cfg.tune.max_concurrent,
+                                       random_state=cfg.tune.seed)
+        limit = None
     return ray.tune.Tuner(
         trainable,
         param_space={key: _distribution(dim) for key, dim in cfg.tune.space.items()},
         tune_config=ray.tune.TuneConfig(
             metric=metric, mode=mode, num_samples=cfg.tune.num_samples, scheduler=scheduler,
-            search_alg=search, max_concurrent_trials=cfg.tune.max_concurrent),
+            search_alg=search, max_concurrent_trials=limit),
         run_config=ray.tune.RunConfig(name=name, verbose=1 if progress else 0, **storage))
 
 
