@@ -16,6 +16,7 @@ BPR trial's. Results: ``benchmarks/out/tune/{apr,bpr,default}/`` and ``summary.j
 Markdown table on stdout.
 
     .venv/bin/python benchmarks/tune.py [--data ../shared/data/ml-100k] [--bpr-lrs 0.001,0.003,0.01]
+        [--search optuna --out benchmarks/out/tune-optuna]
 """
 
 from __future__ import annotations
@@ -74,9 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--bpr-lrs", default="0.001,0.003,0.01")
+    parser.add_argument("--search", choices=["random", "optuna"], default=None,
+                        help="the APR search's sampler (default: the shipped config's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "tune")
     args = parser.parse_args()
-    raw = load_raw(CONFIG, [f"data.source={args.data / 'u.data'}", "data.format=movielens"])
+    raw = load_raw(CONFIG, [f"data.source={args.data / 'u.data'}", "data.format=movielens",
+                            *([f"tune.search={args.search}"] if args.search else [])])
     args.out.mkdir(parents=True, exist_ok=True)
     apr = search(raw, args.out / "apr")
     bpr = search(bpr_raw(raw, [float(x) for x in args.bpr_lrs.split(",")]), args.out / "bpr")
