@@ -80,6 +80,11 @@ def test_a_search_writes_its_table_front_plot_and_a_config_train_runs(
     (["eval.robust_every=0", "tune.metric=robust/ndcg@10"],
      "robust/ metrics need eval.robust_every > 0"),
     (["tune.metric=objective"], "tune.metric: 'objective' needs tune.weights"),
+    (["tune.objectives=[valid/ndcg@10, robust/ndcg@10]"],
+     "tune.objectives: a multi-objective search needs tune.search=optuna"),
+    (["tune.search=optuna", "tune.objectives=[valid/ndcg@10, robust/auc]"],
+     "tune.objectives: 'robust/auc' is never reported"),
+    (["tune.search=optuna", "tune.objectives=[valid/ndcg@10]"], "name two metrics or more"),
 ])
 def test_a_bad_search_fails_before_any_trial(prepared: str, tmp_path: Path, overrides: list[str],
                                              culprit: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -157,6 +162,29 @@ def test_a_seeded_search_proposes_the_same_trials_again(
     first = lrs("first")
     assert all(0.001 <= float(lr) <= 0.1 for lr in first) and first[0] != first[1]
     assert lrs("again") == first
+
+
+def test_optuna_searches_for_the_front_of_several_objectives(
+        prepared: str, tmp_path: Path, ray_local: None) -> None:
+    from ray.tune.search.optuna import OptunaSearch
+
+    out = tmp_path / "search"
+    assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
+                 "train.epochs=1", "tune.search=optuna", "tune.num_samples=2",
+                 "tune.max_concurrent=2", "tune.scheduler=none",
+                 "tune.objectives=[valid/ndcg@10, robust/ndcg@10]"]) == 0
+    rows = _rows(out / "results.csv")
+    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
+    # Optuna's own study (Tune saves the searcher): two directions, both values of each trial
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(out))
+    study = searcher._ot_study
+    assert len(study.directions) == 2 and all(d.name == "MAXIMIZE" for d in study.directions)
+    by_clean = {round(float(r["clean"]), 6): float(r["robust"]) for r in rows}
+    done = [t for t in study.trials if t.values is not None]
+    assert len(done) == 2
+    for trial in done:
+        assert by_clean[round(trial.values[0], 6)] == pytest.approx(trial.values[1])
 
 
 def test_tune_takes_output_or_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -310,6 +310,10 @@ class TuneConfig(Section):
     mode: Literal["max", "min"] | None = Field(None, description="Default: the metric's own.")
     weights: dict[str, float] = Field(
         default_factory=dict, description="objective = sum of weight * metric over these.")
+    objectives: list[str] = Field(
+        default_factory=list, description="With search=optuna: reported metrics Optuna's "
+        "multi-objective sampler pushes the front of (tune.metric still drives ASHA and "
+        "best.yaml).")
 
     @field_validator("space")
     @classmethod
@@ -393,10 +397,7 @@ class RunConfig(Section):
     def tune_metric(self) -> tuple[str, str]:
         """What `advrec tune` optimises, and whether up (``max``) or down."""
         name = self.tune.metric or f"valid/{self.monitor()[0]}"
-        if self.tune.mode is not None:
-            return name, self.tune.mode
-        lower = name != "objective" and name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
-        return name, "min" if lower else "max"
+        return name, self.tune.mode or metric_mode(name)
 
     def trial_metrics(self) -> list[str]:
         """What each epoch reports that a search can optimise: valid metrics, and robust ones
@@ -412,6 +413,16 @@ class RunConfig(Section):
         for key in self.tune.weights:
             if key not in reported:
                 raise ValueError(f"tune.weights: '{key}' is never reported (reported: "
+                                 f"{', '.join(reported)})")
+        if len(self.tune.objectives) == 1:
+            raise ValueError("tune.objectives: name two metrics or more (one alone is "
+                             "tune.metric)")
+        if self.tune.objectives and self.tune.search != "optuna":
+            raise ValueError("tune.objectives: a multi-objective search needs "
+                             "tune.search=optuna")
+        for key in self.tune.objectives:
+            if key not in reported:
+                raise ValueError(f"tune.objectives: '{key}' is never reported (reported: "
                                  f"{', '.join(reported)})")
         metric = self.tune.metric
         if metric == "objective" and not self.tune.weights:
@@ -437,6 +448,12 @@ class RunConfig(Section):
 RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
 CTR_METRICS = ("auc", "logloss", "gauc")
 LOWER_IS_BETTER = ("logloss", "rmse")
+
+
+def metric_mode(name: str) -> str:
+    """Whether a search maximises (``max``) or minimises (``min``) a reported metric."""
+    lower = name != "objective" and name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+    return "min" if lower else "max"
 
 
 def _parse_value(text: str) -> Any:

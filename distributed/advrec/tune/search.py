@@ -20,7 +20,14 @@ import ray.tune
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from advrec import io
-from advrec.config import RunConfig, SearchDim, build_config, dump_config, with_values
+from advrec.config import (
+    RunConfig,
+    SearchDim,
+    build_config,
+    dump_config,
+    metric_mode,
+    with_values,
+)
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
 from advrec.train.checkpoint import has_train_state
@@ -81,19 +88,26 @@ def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
     if restore:
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
                                       storage_filesystem=storage["storage_filesystem"])
+    # the scheduler and the searcher get their metrics themselves: Tune would hand its one
+    # metric to the searcher, over a multi-objective searcher's list
     metric, mode = cfg.tune_metric()
     scheduler = None
     if cfg.tune.scheduler == "asha":
         from ray.tune.schedulers import ASHAScheduler
 
-        scheduler = ASHAScheduler(time_attr="epochs", max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
+        scheduler = ASHAScheduler(time_attr="epochs", metric=metric, mode=mode,
+                                  max_t=cfg.train.epochs, grace_period=cfg.tune.grace_period,
                                   reduction_factor=cfg.tune.reduction_factor)
     if cfg.tune.search == "optuna":
         try:
             from ray.tune.search.optuna import OptunaSearch
         except ImportError:  # pragma: no cover - depends on the optional extra
             raise AdvrecError("tune.search: optuna needs the extra: pip install 'advrec[optuna]'")
-        search = OptunaSearch(seed=cfg.tune.seed)
+        if cfg.tune.objectives:  # multi-objective: Optuna's sampler pushes their front
+            search = OptunaSearch(metric=cfg.tune.objectives, seed=cfg.tune.seed,
+                                  mode=[metric_mode(m) for m in cfg.tune.objectives])
+        else:
+            search = OptunaSearch(metric=metric, mode=mode, seed=cfg.tune.seed)
         limit = cfg.tune.max_concurrent  # Tune wraps a Searcher in a ConcurrencyLimiter
     else:
         from ray.tune.search.basic_variant import BasicVariantGenerator
@@ -106,7 +120,7 @@ def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
         trainable,
         param_space={key: _distribution(dim) for key, dim in cfg.tune.space.items()},
         tune_config=ray.tune.TuneConfig(
-            metric=metric, mode=mode, num_samples=cfg.tune.num_samples, scheduler=scheduler,
+            num_samples=cfg.tune.num_samples, scheduler=scheduler,
             search_alg=search, max_concurrent_trials=limit),
         run_config=ray.tune.RunConfig(name=name, verbose=1 if progress else 0, **storage))
 
