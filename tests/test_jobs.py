@@ -219,3 +219,23 @@ def test_a_client_without_the_token_is_refused(head, tmp_path: Path) -> None:
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert done.stderr.startswith(f"advrec: error: {head.url}")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_running_job_is_stopped(head, ml100k_small: Path, tmp_path: Path) -> None:
+    import time
+
+    (tmp_path / "tiny.yaml").write_text(TINY.format(source=ml100k_small))
+    spec = _spec(tmp_path, f"command: train\nconfig: tiny.yaml\nstorage: {tmp_path / 'out'}\n")
+    env = head.client_env()
+    done = _advrec("submit", str(spec), "--address", head.url, "train.epochs=500", env=env)
+    assert done.returncode == 0 and "advrec jobs logs" in done.stdout  # not waited for
+    job_id = done.stdout.split("submitted ", 1)[1].split()[0]
+    stopped = _advrec("jobs", "stop", job_id, "--address", head.url, env=env)
+    assert stopped.returncode == 0 and f"{job_id}: stop requested" in stopped.stdout
+    deadline = time.monotonic() + 60
+    while "status: STOPPED" not in (status := _advrec("jobs", "status", job_id, "--address",
+                                                      head.url, env=env)).stdout:
+        assert time.monotonic() < deadline, status.stdout
+        time.sleep(1)
+    assert status.returncode == 1  # as `submit --wait` ends for a stopped job
+    assert not (tmp_path / "out" / job_id / "metrics.json").exists()

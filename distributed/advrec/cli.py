@@ -198,7 +198,7 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         info = job_info(client, args.id)
         for key, value in info.items():
             print(f"{key}: {value}")
-        return 0 if info["status"] != "FAILED" else 1
+        return 1 if info["status"] in ("FAILED", "STOPPED") else 0  # as `submit --wait`
     if args.action == "logs":
         if args.follow:
             return 0 if follow(client, args.id).value == "SUCCEEDED" else 1
@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("jobs", help="list, inspect, follow or stop the jobs on a Ray cluster")
-    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("action", choices=["list", "status", "logs", "stop"],
+                   help="status exits 1 for a failed or stopped job, as submit --wait does")
     p.add_argument("id", nargs="?", help="the job's submission id (status, logs, stop)")
     p.add_argument("--follow", action="store_true", help="logs: until the job ends")
     p.add_argument("--address", help=JOBS_ADDRESS_HELP)
