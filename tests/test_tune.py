@@ -187,6 +187,26 @@ def test_optuna_searches_for_the_front_of_several_objectives(
         assert by_clean[round(trial.values[0], 6)] == pytest.approx(trial.values[1])
 
 
+def test_a_search_writes_its_experiment_to_object_storage(
+        prepared: str, s3_store: str, ray_local: None) -> None:
+    import s3fs
+
+    from conftest import S3_KEY, S3_SECRET
+
+    out = "s3://advrec/tune-test/search"
+    assert main(["tune", "--output", out, "--quiet", f"data.source={prepared}", *SEARCH,
+                 "train.epochs=1", "tune.scheduler=none", "tune.num_samples=1",
+                 "tune.space={train.lr: {grid: [0.05]}}"]) == 0
+    store = s3fs.S3FileSystem(key=S3_KEY, secret=S3_SECRET, endpoint_url=s3_store,
+                              skip_instance_cache=True)
+    rows = list(csv.DictReader(store.cat("advrec/tune-test/search/results.csv").decode()
+                               .splitlines()))
+    assert len(rows) == 1 and rows[0]["status"] == "finished"
+    for name in ("results.parquet", "pareto.csv", "pareto.png", "best.yaml"):
+        assert store.exists(f"advrec/tune-test/search/{name}"), name
+    assert store.exists(f"advrec/tune-test/search/trials/{rows[0]['trial']}/metrics.json")
+
+
 def test_tune_takes_output_or_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     def error(args: list[str]) -> str:
         assert main(args) == 2
