@@ -114,6 +114,7 @@ def _spec(tmp_path: Path, text: str) -> Path:
      "adv.epsilon: unknown config key"),
     ("command: train\nconfig: c.yaml\nstorage: out\nresources: {num_cpus: -1}\n",
      "resources.num_cpus"),
+    ("- command: train\n", "spec.yaml: a job spec must be a YAML mapping"),
 ])
 def test_a_bad_spec_fails_before_contacting_a_cluster(
         tmp_path: Path, text: str, culprit: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -517,21 +517,26 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 def load_raw(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
     """A YAML config file (or none) with ``overrides`` applied, not yet validated."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        from advrec import io
-
-        fs, p = io.filesystem(str(path))
-        try:
-            with fs.open(p, "r") as f:
-                raw = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise AdvrecError(f"{path}: config file not found") from None
-        except yaml.YAMLError as exc:
-            raise AdvrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(raw, dict):
-            raise AdvrecError(f"{path}: a config must be a YAML mapping of sections")
+    raw = read_mapping(path, "config file") if path is not None else {}
     return apply_overrides(raw, overrides or [])
+
+
+def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
+    """The YAML mapping in the file at ``path`` (a path or URL; empty: ``{}``); a missing file,
+    bad YAML or another kind of document is one error naming the file as a ``what``."""
+    from advrec import io
+
+    fs, p = io.filesystem(str(path))
+    try:
+        with fs.open(p, "r") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise AdvrecError(f"{path}: {what} not found") from None
+    except yaml.YAMLError as exc:
+        raise AdvrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise AdvrecError(f"{path}: a {what} must be a YAML mapping")
+    return raw
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from advrec import io
@@ -38,6 +37,7 @@ from advrec.config import (
     dump_config,
     error_line,
     load_raw,
+    read_mapping,
     with_values,
 )
 from advrec.errors import AdvrecError
@@ -106,15 +106,7 @@ class Job:
 def read_spec(path: str) -> JobSpec:
     """Parse and validate the spec file at ``path``; one-line errors name the file and key."""
     try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise AdvrecError(f"{path}: job spec not found") from None
-    except yaml.YAMLError as exc:
-        raise AdvrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise AdvrecError(f"{path}: a job spec must be a YAML mapping")
-    try:
-        return JobSpec.model_validate(raw)
+        return JobSpec.model_validate(read_mapping(path, "job spec"))
     except ValidationError as exc:
         raise AdvrecError(f"{path}: {error_line(exc)}") from None
 
