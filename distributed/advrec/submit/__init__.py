@@ -2,6 +2,7 @@
 
 from advrec.submit.client import (
     connect_jobs,
+    exit_code,
     follow,
     job_info,
     job_rows,
@@ -10,5 +11,5 @@ from advrec.submit.client import (
 )
 from advrec.submit.spec import Job, JobSpec, load_job, read_spec
 
-__all__ = ["Job", "JobSpec", "connect_jobs", "follow", "job_info", "job_rows", "load_job",
+__all__ = ["Job", "JobSpec", "connect_jobs", "exit_code", "follow", "job_info", "job_rows", "load_job",
            "new_submission_id", "read_spec", "submit"]

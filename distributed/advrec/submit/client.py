@@ -109,15 +109,23 @@ def follow(client: JobSubmissionClient, submission_id: str) -> JobStatus:
     return status
 
 
+def exit_code(status: str) -> int:
+    """The exit code a job's status gives `advrec`: 1 once it failed or was stopped, else 0."""
+    return 1 if status in ("FAILED", "STOPPED") else 0
+
+
+def _info_row(info: Any) -> dict[str, Any]:
+    """A job's id, status, message, times, output and entrypoint from Ray's JobDetails."""
+    return {"id": info.submission_id or info.job_id, "status": str(info.status.value),
+            "message": info.message or "", "started": _when(info.start_time),
+            "ended": _when(info.end_time), "output": (info.metadata or {}).get(OUTPUT_KEY, ""),
+            "entrypoint": info.entrypoint}
+
+
 def job_rows(client: JobSubmissionClient) -> list[dict[str, Any]]:
-    """Every job the server knows, oldest first: id, status, command, start, output."""
-    rows = []
-    for info in sorted(_call("jobs", client.list_jobs), key=lambda j: j.start_time or 0):
-        rows.append({"id": info.submission_id or info.job_id, "status": str(info.status.value),
-                     "started": _when(info.start_time), "ended": _when(info.end_time),
-                     "output": (info.metadata or {}).get(OUTPUT_KEY, ""),
-                     "entrypoint": info.entrypoint})
-    return rows
+    """Every job the server knows, oldest first (`_info_row`)."""
+    return [_info_row(info) for info in
+            sorted(_call("jobs", client.list_jobs), key=lambda j: j.start_time or 0)]
 
 
 def _when(ms: int | None) -> str:
@@ -125,8 +133,5 @@ def _when(ms: int | None) -> str:
 
 
 def job_info(client: JobSubmissionClient, submission_id: str) -> dict[str, Any]:
-    """One job's status, message, times and output."""
-    info = _call(submission_id, client.get_job_info, submission_id)
-    return {"id": submission_id, "status": str(info.status.value), "message": info.message or "",
-            "started": _when(info.start_time), "ended": _when(info.end_time),
-            "output": (info.metadata or {}).get(OUTPUT_KEY, ""), "entrypoint": info.entrypoint}
+    """One job's `_info_row`; an unknown id is an error."""
+    return _info_row(_call(submission_id, client.get_job_info, submission_id))
