@@ -157,7 +157,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from advrec.submit import connect_jobs, follow, load_job, submit
+    from advrec.submit import connect_jobs, exit_code, follow, load_job, submit
 
     job = load_job(args.spec, args.overrides)  # a bad spec or config fails before any contact
     client, url = connect_jobs(args.address)
@@ -169,7 +169,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         return 0
     status = follow(client, submission_id)
     print(f"job {submission_id} {status.value}; outputs: {job.output_url(submission_id)}")
-    return 0 if status.value == "SUCCEEDED" else 1
+    return exit_code(status.value)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -184,7 +184,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_jobs(args: argparse.Namespace) -> int:
     from advrec.report import format_table
-    from advrec.submit import connect_jobs, follow, job_info, job_rows
+    from advrec.submit import connect_jobs, exit_code, follow, job_info, job_rows
 
     client, url = connect_jobs(args.address)
     if args.action == "list":
@@ -198,10 +198,10 @@ def cmd_jobs(args: argparse.Namespace) -> int:
         info = job_info(client, args.id)
         for key, value in info.items():
             print(f"{key}: {value}")
-        return 1 if info["status"] in ("FAILED", "STOPPED") else 0  # as `submit --wait`
+        return exit_code(info["status"])  # as `submit --wait`
     if args.action == "logs":
         if args.follow:
-            return 0 if follow(client, args.id).value == "SUCCEEDED" else 1
+            return exit_code(follow(client, args.id).value)
         job_info(client, args.id)  # an unknown id is an error, not empty logs
         sys.stdout.write(client.get_job_logs(args.id))
         return 0
@@ -218,6 +218,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 # --- parser -----------------------------------------------------------------------------------
+
+def _run_arguments(p: argparse.ArgumentParser, *, config: str, output: str,
+                   resume_as: str, resume: str, quiet: str, example: str) -> None:
+    """The arguments of a command that starts or resumes a run of a config (train, tune)."""
+    p.add_argument("--config", help=config)
+    p.add_argument("--output", help=output)
+    p.add_argument("--resume", metavar=resume_as, help=resume)
+    p.add_argument("--quiet", action="store_true", help=quiet)
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help=f"config overrides, e.g. {example}")
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -260,26 +272,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a model (clean or adversarial) into a run directory")
-    p.add_argument("--config", help="YAML run config (see jobs/configs/)")
-    p.add_argument("--output", help="run directory: path or URL (a finished run there is "
-                   "replaced)")
-    p.add_argument("--resume", metavar="RUN", help="continue the stopped run in RUN from its "
-                   "latest checkpoint, exactly as if it had not stopped")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--address", help=ADDRESS_HELP)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. adv.eps=0.5 train.epochs=20")
+    _run_arguments(p, config="YAML run config (see jobs/configs/)",
+                   output="run directory: path or URL (a finished run there is replaced)",
+                   resume_as="RUN", resume="continue the stopped run in RUN from its latest "
+                   "checkpoint, exactly as if it had not stopped",
+                   quiet="no progress bar", example="adv.eps=0.5 train.epochs=20")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search config keys (eps, lambda, lr, ...) with Ray Tune")
-    p.add_argument("--config", help="YAML run config with a tune: section (see jobs/configs/)")
-    p.add_argument("--output", help="experiment directory: path or URL (must not exist)")
-    p.add_argument("--resume", metavar="DIR", help="continue the interrupted search in DIR: "
-                   "finished trials are kept, the others continue")
-    p.add_argument("--quiet", action="store_true", help="no progress table")
-    p.add_argument("--address", help=ADDRESS_HELP)
-    p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="config overrides, e.g. tune.num_samples=16 train.epochs=50")
+    _run_arguments(p, config="YAML run config with a tune: section (see jobs/configs/)",
+                   output="experiment directory: path or URL (must not exist)",
+                   resume_as="DIR", resume="continue the interrupted search in DIR: finished "
+                   "trials are kept, the others continue",
+                   quiet="no progress table", example="tune.num_samples=16 train.epochs=50")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
