@@ -10,8 +10,13 @@ import pytest
 
 from advrec.train.allocator import DISABLE_ENV
 
-# minor page faults per PGD-3 training step of a 2048-row MF batch, after a warm-up
+# minor page faults per PGD-3 training step of a 2048-row MF batch, after a warm-up. Transparent
+# huge pages are off for the process (prctl PR_SET_THP_DISABLE = 41): with THP on (a machine's
+# `always` setting) one fault maps 2 MiB and the count no longer shows how often memory goes back
+# to the kernel (CI saw 76 untuned faults per step against ~850 here).
 _STEP_FAULTS = """
+import ctypes
+assert ctypes.CDLL(None).prctl(41, 1, 0, 0, 0) == 0
 import resource, torch
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.models import LOSSES
@@ -38,7 +43,8 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 
 def _start(keep_malloc: bool) -> subprocess.Popen[str]:
-    env = {**os.environ, DISABLE_ENV: "1" if keep_malloc else "0"}
+    # one thread: no per-thread malloc arenas whose faults would blur the count
+    env = {**os.environ, DISABLE_ENV: "1" if keep_malloc else "0", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", _STEP_FAULTS], env=env, text=True,
                             stdout=subprocess.PIPE)
 
@@ -56,6 +62,5 @@ def test_tuned_malloc_stops_page_faulting_every_step() -> None:
     (tuned, faults), (untuned, baseline) = map(_result, runs)
     assert tuned and not untuned
     # glibc's defaults return the step's large blocks to the kernel and fault them back in
-    # (hundreds of faults per step here); tuned, most blocks are reused: 10-100x fewer faults
-    # on a quiet machine, 7.5x with two trainings beside it
+    # (~850 faults per step here); tuned, most blocks are reused (~13-26 faults per step)
     assert faults * 4 < baseline, (faults, baseline)
