@@ -47,6 +47,11 @@ class DataConfig(Section):
     exclude_features: list[str] = Field(
         default_factory=list, description="Side-feature columns the models ignore (free text).")
     feature_buckets: int = Field(10, gt=0, description="Equal-frequency bins of a numeric feature.")
+    user_buckets: int = Field(
+        0, ge=0, description="Hash the raw user ids into a table of this many rows (0: a row "
+        "per user), for id spaces too large to give each id its own row; meta.json reports "
+        "the collision rate.")
+    item_buckets: int = Field(0, ge=0, description="As data.user_buckets, for the items.")
     stream: bool = Field(
         False, description="Stream the training rows from the prepared train split with Ray Data "
         "(read in blocks, split across workers) instead of loading them into every worker.")
@@ -89,6 +94,17 @@ TASK_NAMES = ("click", "rating")
 itself (MSE)."""
 
 
+SHARDING_TYPE = Literal["table_wise", "column_wise", "row_wise", "table_row_wise",
+                        "table_column_wise", "data_parallel"]
+"""torchrec's sharding types (``ShardingType`` values) a table can be given (`model.sharding`)."""
+ROW_SHARDING = ("row_wise", "table_row_wise")
+"""The sharding types torchrec implements on CUDA only."""
+TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+"""The fused in-backward table optimizers of ``model.embeddings=torchrec`` (FBGEMM's)."""
+CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
+"""Those FBGEMM implements on CPU."""
+
+
 class ModelConfig(Section):
     name: Literal["mf", "neumf", "sasrec", "twotower", "deepfm", "dcnv2", "mmoe"] = "mf"
     dim: int = Field(64, gt=0)
@@ -107,6 +123,16 @@ class ModelConfig(Section):
         description="MMoE: the weight of each task's loss.")
     init: Literal["xavier", "normal"] = "xavier"
     init_std: float = Field(0.1, gt=0.0, description="Std of the `normal` init.")
+    embeddings: Literal["dense", "torchrec"] = Field(
+        "dense", description="dense: nn.Embedding tables, replicated on every worker (DDP). "
+        "torchrec: tables sharded across the workers by torchrec's DistributedModelParallel "
+        "(the planner picks each table's sharding; `model.sharding` overrides it), updated by "
+        "a fused optimizer in the backward (`train.table_optimizer`); the dense layers stay "
+        "data-parallel. Needs `make torchrec`.")
+    sharding: dict[str, SHARDING_TYPE] = Field(
+        default_factory=dict, description="With embeddings=torchrec: a sharding type per table "
+        "name (the model's tables: user, item, user_gmf, ...), e.g. {user: column_wise}. "
+        "row_wise and table_row_wise need GPUs.")
 
     @field_validator("mlp_layers")
     @classmethod
@@ -177,6 +203,10 @@ class TrainConfig(Section):
         False, description="Sparse gradients for the embedding tables, with a sparse optimizer "
         "(SparseAdam for adam/adamw): a step updates the batch's rows only. For large "
         "catalogues; gloo and CPU only (NCCL cannot all-reduce sparse gradients).")
+    table_optimizer: Literal["sgd", "adagrad", "rowwise_adagrad", "adam"] | None = Field(
+        None, description="With model.embeddings=torchrec: the tables' fused optimizer "
+        "(applied in the backward, to the rows looked up); default train.optimizer (adam for "
+        "adamw, without weight decay). On CPU FBGEMM has sgd, adagrad and rowwise_adagrad.")
     checkpoint_every: int = Field(
         1, ge=0, description="Save the whole training state every N epochs (0 = never), so a "
         "stopped run continues with `advrec train --resume` and failed workers restart from it.")
@@ -378,6 +408,37 @@ class RunConfig(Section):
         if self.scaling.use_gpu and self.train.sparse_embeddings:
             raise ValueError("train.sparse_embeddings: sparse gradients are all-reduced by gloo "
                              "(CPU) only, not by NCCL; with scaling.use_gpu keep them dense")
+        return self
+
+    def table_optimizer(self) -> str:
+        """The fused optimizer of torchrec tables (`TABLE_OPTIMIZERS`)."""
+        return self.train.table_optimizer or {"adamw": "adam"}.get(self.train.optimizer,
+                                                                    self.train.optimizer)
+
+    @model_validator(mode="after")
+    def _torchrec_tables(self) -> RunConfig:
+        if self.model.embeddings != "torchrec":
+            if self.model.sharding or self.train.table_optimizer:
+                key = "model.sharding" if self.model.sharding else "train.table_optimizer"
+                raise ValueError(f"{key} applies to model.embeddings=torchrec only")
+            return self
+        if self.train.sparse_embeddings:
+            raise ValueError("train.sparse_embeddings: torchrec tables update their looked-up "
+                             "rows with a fused optimizer already; leave it false")
+        if self.eval.robust_every:
+            raise ValueError("eval.robust_every: the robust/... attack moves whole tables, "
+                             "which torchrec shards; measure robustness with `advrec evaluate` "
+                             "on the run's checkpoint")
+        if not self.scaling.use_gpu:
+            for table, kind in self.model.sharding.items():
+                if kind in ROW_SHARDING:
+                    raise ValueError(f"model.sharding: {table}: {kind} is CUDA-only in torchrec; "
+                                     "on CPU use table_wise, column_wise, table_column_wise or "
+                                     "data_parallel")
+            if self.table_optimizer() not in CPU_TABLE_OPTIMIZERS:
+                raise ValueError(f"train.table_optimizer: {self.table_optimizer()} tables are "
+                                 "GPU-only in FBGEMM; on CPU set train.table_optimizer to one "
+                                 f"of {', '.join(CPU_TABLE_OPTIMIZERS)}")
         return self
 
     @model_validator(mode="after")

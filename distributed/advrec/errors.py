@@ -6,3 +6,8 @@ class AdvrecError(ValueError):
 
     The message is one line and names the culprit (file, column or config key).
     """
+
+
+TORCHREC_MISSING = ("model.embeddings=torchrec needs torchrec: run `make torchrec` (CPU: "
+                    "fbgemm-gpu-cpu, then torchrec without its CUDA dependency; see README.md)")
+"""The error of the optional torchrec backend when torchrec is not installed."""

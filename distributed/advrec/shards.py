@@ -8,6 +8,7 @@ GPU, which communicates CUDA tensors only); with one worker nothing is communica
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,6 +25,21 @@ def shard_rows(n: int, shard: Shard) -> Tensor:
     if not 0 <= rank < world:
         raise ValueError(f"shard rank {rank} is not in [0, {world})")
     return torch.arange(rank, n, world)
+
+
+def lockstep_chunks(rows: Tensor, n: int, size: int, shard: Shard) -> Iterator[tuple[Tensor, int]]:
+    """This shard's ``rows`` (its `shard_rows` of ``n``) in chunks of ``size``, as many chunks
+    as the largest shard has, each with the count of its real rows: a chunk past the shard's end
+    holds one stand-in row (its first, or row 0) whose results the caller drops. Lookups in
+    sharded tables are collective (`advrec.train.sharding`): every worker must call the model
+    as often as the others."""
+    most = -(-n // shard[1])
+    for start in range(0, most, size):
+        chunk = rows[start:start + size]
+        if chunk.numel():
+            yield chunk, chunk.numel()
+        else:
+            yield (rows[:1] if rows.numel() else rows.new_zeros(1)), 0
 
 
 def _on_wire(t: Tensor) -> Tensor:

@@ -50,7 +50,8 @@ class AdversarialObjective(nn.Module):
         super().__init__()
         self.model, self.loss_fn, self.attack = model, loss_fn, attack
         self.lam, self.target, self.reg = lam, target, reg
-        tables = {id(t.weight) for t in model.tables().values()}
+        # every parameter of a table module (a torchrec table's live in its collection)
+        tables = {id(p) for t in model.tables().values() for p in t.parameters()}
         self._dense = [p for p in model.parameters() if id(p) not in tables]
 
     def forward(self, batch: Batch, adversarial: bool,

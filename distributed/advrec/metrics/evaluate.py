@@ -23,7 +23,7 @@ from advrec.data.negatives import NegativeSampler
 from advrec.devices import model_device, to_device
 from advrec.metrics.ranking import metrics_from_hits, topk_hits
 from advrec.models.base import Batch, Recommender
-from advrec.shards import WHOLE, Shard, shard_rows, sum_over_shards
+from advrec.shards import WHOLE, Shard, lockstep_chunks, shard_rows, sum_over_shards
 
 SPLITS_SEEN_BEFORE = {"valid": ("train",), "test": ("train", "valid")}
 
@@ -71,10 +71,13 @@ def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfi
     seen = [data.positives(s) for s in SPLITS_SEEN_BEFORE[split]]
     n_relevant = truth_ptr.diff()
     users = torch.nonzero(n_relevant > 0).squeeze(1)
-    users = users[shard_rows(users.numel(), shard)]
+    everyone = users.numel()
+    users = users[shard_rows(everyone, shard)]
     sums: dict[str, float] = {}
-    for chunk in users.split(cfg.batch_users) if users.numel() else ():  # more workers than users
+    for chunk, real in lockstep_chunks(users, everyone, cfg.batch_users, shard):
         scores = model.rank_scores(context(chunk, split))  # (B, N)
+        if not real:  # a stand-in chunk (more workers than users, or fewer for this one)
+            continue
         for ptr, idx in seen:
             scores[csr_rows(ptr, idx, chunk)] = -torch.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
@@ -102,12 +105,15 @@ def _evaluate_sampled(model: Recommender, data: Dataset, split: str, cfg: EvalCo
         users, items = held_out.user[rows], held_out.item[rows]
         negatives = sampler.sample(users, cfg.num_negatives, generator)
         mine = rows % world == rank
-        if not mine.any():  # a small chunk, all of it other workers' rows
-            continue
-        users, items, negatives = users[mine], items[mine], negatives[mine]
-        count += users.numel()
+        # a small chunk, all of it other workers' rows: score its first row all the same (and
+        # drop it), as every worker scores every chunk (`lockstep_chunks`)
+        pick = mine if mine.any() else rows == rows[0]
+        users, items, negatives = users[pick], items[pick], negatives[pick]
         candidates = torch.cat([items.unsqueeze(1), negatives], dim=1)  # (B, 1 + n), positive first
         scores = model.score_candidates(context(users, split), candidates.to(model_device(model)))
+        if not mine.any():
+            continue
+        count += users.numel()
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[:, 0] = True
         hits = topk_hits(scores, relevant, max(cfg.ks)).cpu()

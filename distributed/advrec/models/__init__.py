@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from advrec.config import RunConfig
 from advrec.data.dataset import Dataset
 from advrec.data.features import FeatureSet, load_side_features
-from advrec.models.base import Batch, Recommender
+from advrec.models.base import Batch, Recommender, tables_from
 from advrec.models.dcnv2 import DCNv2
 from advrec.models.deepfm import DeepFM
 from advrec.models.losses import LOSSES, LossFn
@@ -34,8 +36,19 @@ FEATURE_MODELS = ("deepfm", "dcnv2", "twotower", "mmoe")
 """The models that use the users' and items' side features (when the dataset has them)."""
 
 
-def build_model(cfg: RunConfig, data: Dataset) -> Recommender:
-    """Instantiate ``cfg.model.name`` for ``data``'s users, items and side features."""
+def build_model(cfg: RunConfig, data: Dataset, sharded: bool = False) -> Recommender:
+    """Instantiate ``cfg.model.name`` for ``data``'s users, items and side features, with
+    ``model.embeddings``' tables: ``nn.Embedding`` or torchrec's, on the CPU, or with
+    ``sharded`` on the meta device, for `advrec.train.sharding` to allocate each worker's share."""
+    if cfg.model.embeddings == "dense":
+        return _build(cfg, data)
+    from advrec.models.torchrec_tables import torchrec_tables  # optional: imported when asked
+
+    with tables_from(torchrec_tables(torch.device("meta" if sharded else "cpu"))):
+        return _build(cfg, data)
+
+
+def _build(cfg: RunConfig, data: Dataset) -> Recommender:
     m, users, items = cfg.model, data.num_users, data.num_items
     if m.name == "mf":
         return MF(users, items, m.dim, m.init, m.init_std)

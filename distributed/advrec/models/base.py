@@ -6,8 +6,15 @@ re-runs only `score`, so K attack steps never touch the (possibly huge) tables a
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 Batch = dict[str, Tensor]
 """A training or evaluation batch. Keys used by the core models:
@@ -38,8 +45,8 @@ class Recommender(nn.Module):
         """Everything after the lookup: returns logits (B, C), one per candidate item."""
         raise NotImplementedError
 
-    def tables(self) -> dict[str, nn.Embedding]:
-        """The distinct embedding tables, each listed once (an attack on tables moves it once).
+    def tables(self) -> dict[str, nn.Module]:
+        """The distinct embedding tables (`new_table`), each listed once (an attack on tables moves it once).
 
         Every key of `embed`'s output starts with the side (``user``/``item``) of the table it
         was looked up from; several keys may share one table (SASRec's ``item_seq`` and ``item``).
@@ -78,12 +85,54 @@ class Recommender(nn.Module):
         return torch.cat(out, dim=1)
 
 
-def init_embedding(table: nn.Embedding, init: str, std: float) -> None:
-    """Initialise a table: ``xavier`` (normal, as RecBole's BPR) or ``normal`` with the given std."""
-    if init == "xavier":
-        nn.init.xavier_normal_(table.weight)
-    else:
-        nn.init.normal_(table.weight, std=std)
+def init_std(init: str, std: float, num_embeddings: int, embedding_dim: int) -> float:
+    """The std of a table's normal init: ``xavier`` (RecBole's BPR) or ``normal`` with ``std``."""
+    if init == "xavier":  # xavier_normal_'s std for a (num_embeddings, embedding_dim) weight
+        return math.sqrt(2.0 / (num_embeddings + embedding_dim))
+    return std
+
+
+class TableFactory(Protocol):
+    def __call__(self, name: str, num_embeddings: int, embedding_dim: int, std: float,
+                 padding_idx: int | None = None) -> nn.Module:
+        """A table named ``name`` (unique in its model: the key of `Recommender.tables`),
+        (num_embeddings, embedding_dim), initialised normal with ``std``; looked up as
+        ``nn.Embedding`` is: ids (...) -> rows (..., embedding_dim)."""
+        ...
+
+
+def dense_table(name: str, num_embeddings: int, embedding_dim: int, std: float,
+                padding_idx: int | None = None) -> nn.Module:
+    """An ``nn.Embedding`` (``model.embeddings=dense``), its padding row zero."""
+    # skip_init: nn.Embedding's own N(0, 1) init would be drawn only to be overwritten
+    table = skip_init(nn.Embedding, num_embeddings, embedding_dim, padding_idx=padding_idx)
+    nn.init.normal_(table.weight, std=std)
+    if padding_idx is not None:
+        with torch.no_grad():
+            table.weight[padding_idx].zero_()  # the init overwrote it
+    return table
+
+
+_TABLES: ContextVar[TableFactory] = ContextVar("advrec_tables", default=dense_table)
+
+
+@contextlib.contextmanager
+def tables_from(factory: TableFactory) -> Iterator[None]:
+    """Models built inside this context make their id tables with ``factory`` (e.g. torchrec's,
+    `advrec.models.torchrec_tables`), instead of ``nn.Embedding``."""
+    token = _TABLES.set(factory)
+    try:
+        yield
+    finally:
+        _TABLES.reset(token)
+
+
+def new_table(name: str, num_embeddings: int, embedding_dim: int, init: str, std: float,
+              padding_idx: int | None = None) -> nn.Module:
+    """A model's id table ``name``, initialised by ``init`` (`init_std`), made by the factory of
+    the enclosing `tables_from` (``nn.Embedding`` by default)."""
+    return _TABLES.get()(name, num_embeddings, embedding_dim,
+                         init_std(init, std, num_embeddings, embedding_dim), padding_idx)
 
 
 def mlp(width: int, layers: list[int], dropout: float,

@@ -41,7 +41,7 @@ class DeepFM(FieldModel):
         return {**super().embed(batch), **self.user_linear(batch["user"]),
                 **self.item_linear(batch["item"])}
 
-    def tables(self) -> dict[str, nn.Embedding]:
+    def tables(self) -> dict[str, nn.Module]:
         return {**super().tables(), **self.user_linear.as_dict(), **self.item_linear.as_dict()}
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from advrec.data.features import FeatureSet
-from advrec.models.base import Batch, Recommender, init_embedding
+from advrec.models.base import Batch, Recommender, new_table
 
 
 class FieldEmbeddings(nn.Module):
@@ -26,7 +26,8 @@ class FieldEmbeddings(nn.Module):
                  init: str = "xavier", init_std: float = 0.1, suffix: str = "") -> None:
         super().__init__()
         self.side = side + suffix
-        self.tables = nn.ModuleDict({self.side: nn.Embedding(num_rows, dim)})
+        self.tables = nn.ModuleDict({self.side: new_table(self.side, num_rows, dim, init,
+                                                          init_std)})
         self.single: list[str] = []
         self.multi: list[str] = []
         if features is not None:
@@ -34,14 +35,12 @@ class FieldEmbeddings(nn.Module):
                 raise ValueError(f"{side} features have {features.num_rows} rows, not {num_rows}")
             for field in features.fields:
                 key = f"{side}_{field.name}{suffix}".replace(".", "_")  # ModuleDict: no dots
-                self.tables[key] = nn.Embedding(field.vocab_size, dim)
+                self.tables[key] = new_table(key, field.vocab_size, dim, init, init_std)
                 (self.single if field.kind == "single" else self.multi).append(key)
             # the encoded ids travel with the model (not its checkpoint: they come from the data)
             self.register_buffer("single_ids", features.single, persistent=False)
             for key, ids in zip(self.multi, features.multi.values()):
                 self.register_buffer(f"ids_{key}", ids, persistent=False)
-        for table in self.tables.values():
-            init_embedding(table, init, init_std)
 
     @property
     def keys(self) -> list[str]:
@@ -62,7 +61,7 @@ class FieldEmbeddings(nn.Module):
             out[key] = summed / present.sum(-2).clamp(min=1.0)  # rows without a token stay 0
         return out
 
-    def as_dict(self) -> dict[str, nn.Embedding]:
+    def as_dict(self) -> dict[str, nn.Module]:
         """The tables by key (each a distinct table)."""
         return {key: self.tables[key] for key in self.keys}  # type: ignore[misc]
 
@@ -96,7 +95,7 @@ class FieldModel(Recommender):
     def embed(self, batch: Batch) -> dict[str, Tensor]:
         return {**self.users(batch["user"]), **self.items(batch["item"])}
 
-    def tables(self) -> dict[str, nn.Embedding]:
+    def tables(self) -> dict[str, nn.Module]:
         return {**self.users.as_dict(), **self.items.as_dict()}
 
     def fields(self, emb: dict[str, Tensor]) -> Tensor:

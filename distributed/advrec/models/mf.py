@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from advrec.models.base import Batch, Recommender, init_embedding
+from advrec.models.base import Batch, Recommender, new_table
 
 
 class MF(Recommender):
@@ -14,10 +15,8 @@ class MF(Recommender):
                  init_std: float = 0.1) -> None:
         super().__init__()
         self.num_users, self.num_items = num_users, num_items
-        self.user = nn.Embedding(num_users, dim)
-        self.item = nn.Embedding(num_items, dim)
-        for table in (self.user, self.item):
-            init_embedding(table, init, init_std)
+        self.user = new_table("user", num_users, dim, init, init_std)
+        self.item = new_table("item", num_items, dim, init, init_std)
 
     def embed(self, batch: Batch) -> dict[str, Tensor]:
         """``user`` (B, d) and ``item`` (B, C, d)."""
@@ -27,9 +26,11 @@ class MF(Recommender):
         """(B, 1, d) x (B, C, d) -> (B, C) dot products."""
         return (emb["user"].unsqueeze(1) * emb["item"]).sum(-1)
 
-    def tables(self) -> dict[str, nn.Embedding]:
+    def tables(self) -> dict[str, nn.Module]:
         return {"user": self.user, "item": self.item}
 
     def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
         """``user`` (B,) -> (B, num_items) in one matrix product."""
-        return self.user(context["user"]) @ self.item.weight.T
+        users = context["user"]
+        # every item's row by lookup, not .weight: a sharded table has no whole weight
+        return self.user(users) @ self.item(torch.arange(self.num_items, device=users.device)).T

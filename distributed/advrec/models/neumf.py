@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advrec.models.base import Batch, Recommender, init_embedding, mlp
+from advrec.models.base import Batch, Recommender, mlp, new_table
 
 
 class NeuMF(Recommender):
@@ -15,12 +15,10 @@ class NeuMF(Recommender):
                  dropout: float = 0.0, init: str = "xavier", init_std: float = 0.1) -> None:
         super().__init__()
         self.num_users, self.num_items = num_users, num_items
-        self.user_gmf = nn.Embedding(num_users, dim)
-        self.item_gmf = nn.Embedding(num_items, dim)
-        self.user_mlp = nn.Embedding(num_users, dim)
-        self.item_mlp = nn.Embedding(num_items, dim)
-        for table in self.tables().values():
-            init_embedding(table, init, init_std)
+        self.user_gmf = new_table("user_gmf", num_users, dim, init, init_std)
+        self.item_gmf = new_table("item_gmf", num_items, dim, init, init_std)
+        self.user_mlp = new_table("user_mlp", num_users, dim, init, init_std)
+        self.item_mlp = new_table("item_mlp", num_items, dim, init, init_std)
         self.mlp, width = mlp(2 * dim, mlp_layers, dropout)
         self.head = nn.Linear(dim + width, 1)
 
@@ -40,6 +38,6 @@ class NeuMF(Recommender):
         mlp = self.mlp(torch.cat([user_mlp, item_mlp], dim=-1))
         return self.head(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
 
-    def tables(self) -> dict[str, nn.Embedding]:
+    def tables(self) -> dict[str, nn.Module]:
         return {"user_gmf": self.user_gmf, "item_gmf": self.item_gmf,
                 "user_mlp": self.user_mlp, "item_mlp": self.item_mlp}

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from advrec.errors import AdvrecError
-from advrec.models.base import Batch, Recommender, init_embedding
+from advrec.models.base import Batch, Recommender, new_table
 
 
 class SASRec(Recommender):
@@ -38,10 +38,7 @@ class SASRec(Recommender):
             raise AdvrecError(f"model.max_len: must be > 0 (got {max_len})")
         self.num_users, self.num_items, self.max_len, self.heads = num_users, num_items, max_len, heads
         self.pad = num_items
-        self.item = nn.Embedding(num_items + 1, dim, padding_idx=self.pad)
-        init_embedding(self.item, init, init_std)
-        with torch.no_grad():
-            self.item.weight[self.pad].zero_()  # init overwrote the padding row
+        self.item = new_table("item", num_items + 1, dim, init, init_std, padding_idx=self.pad)
         self.position = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
@@ -53,7 +50,7 @@ class SASRec(Recommender):
         """``item_seq`` (B, L, d) the history's rows; ``item`` (B, L, C, d) the candidates' rows,
         or (N, d) every item's row when the batch has a ``target`` instead of candidates."""
         candidates = (self.item(batch["item"]) if "item" in batch
-                      else self.item.weight[: self.num_items])
+                      else self.all_items(batch["seq"].device))
         return {"item_seq": self.item(batch["seq"]), "item": candidates}
 
     def hidden(self, item_seq: Tensor, seq: Tensor) -> Tensor:
@@ -91,7 +88,7 @@ class SASRec(Recommender):
         rest = logits.scatter(-1, t, torch.finfo(logits.dtype).min)
         return torch.cat([logits.gather(-1, t), rest], -1)
 
-    def tables(self) -> dict[str, nn.Embedding]:
+    def tables(self) -> dict[str, nn.Module]:
         # one table serves both embed keys; listed once so an attack on tables moves it once
         return {"item": self.item}
 
@@ -105,4 +102,9 @@ class SASRec(Recommender):
         """Next-item scores of every item after each history: ``seq`` (B, L) -> (B, num_items)."""
         seq = context["seq"]
         h = self.hidden(self.item(seq), seq)[:, -1]
-        return h @ self.item.weight[: self.num_items].T
+        return h @ self.all_items(seq.device).T
+
+    def all_items(self, device: torch.device) -> Tensor:
+        """Every item's row (N, d), the padding row left out; by lookup, not ``.weight``: a
+        sharded table has no whole weight."""
+        return self.item(torch.arange(self.num_items, device=device))

@@ -1,10 +1,12 @@
-"""Embedding tables backed by torchrec, the library that shards them across workers (issue 7).
+"""Embedding tables backed by torchrec, the library that shards them across workers
+(``model.embeddings=torchrec``).
 
-`TorchrecEmbedding` is a drop-in for ``nn.Embedding`` (same call, same shapes, same weights)
-holding one torchrec ``EmbeddingCollection`` table, the module type torchrec's
-``DistributedModelParallel`` knows how to shard. `use_torchrec` swaps every ``nn.Embedding`` of a
-model for one, keeping its weights, so every model of the zoo keeps its `embed`/`score` split: the
-adversary still perturbs what `embed` returns, the looked-up rows, never the tables.
+`TorchrecEmbedding` is a drop-in for ``nn.Embedding`` (same call, same shapes, same state-dict
+keys) holding one table of a torchrec ``EmbeddingCollection``, the module type torchrec's
+``DistributedModelParallel`` shards (`advrec.train.sharding`). A model built inside
+``tables_from(torchrec_tables(device))`` makes every id table this way, so every model of the zoo
+keeps its `embed`/`score` split: the adversary perturbs what `embed` returns, the looked-up rows,
+never the tables.
 
 torchrec is optional (``make torchrec``, see README.md): importing this module without it raises
 an `AdvrecError` that says how to install it.
@@ -12,45 +14,59 @@ an `AdvrecError` that says how to install it.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-from advrec.errors import AdvrecError
-from advrec.models.base import Recommender
+from advrec.errors import TORCHREC_MISSING, AdvrecError
+from advrec.models.base import TableFactory, dense_table
 
 try:
     from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
-except ImportError:  # pragma: no cover - depends on the optional install
-    raise AdvrecError("model.embeddings=torchrec needs torchrec: run `make torchrec` (CPU: "
-                      "fbgemm-gpu-cpu, then torchrec without its CUDA dependency; see "
-                      "README.md)") from None
+except ImportError:  # depends on the optional install
+    raise AdvrecError(TORCHREC_MISSING) from None
 
 
 class TorchrecEmbedding(nn.Module):
     """One table, ``num_embeddings`` x ``embedding_dim``, looked up through torchrec.
 
-    ``padding_idx`` behaves as in ``nn.Embedding``: its row is looked up as zeros and gets no
-    gradient (torchrec tables have no padding row, so its lookups are masked out).
+    Its state-dict key is ``<prefix>weight``, as ``nn.Embedding``'s (not torchrec's
+    ``collection.embeddings.<name>.weight``), so a checkpoint of either backend loads into the
+    other. ``padding_idx`` behaves as in ``nn.Embedding``: its row is looked up as zeros and gets
+    no gradient (torchrec tables have no padding row, so its lookups are masked out).
     """
 
-    def __init__(self, name: str, num_embeddings: int, embedding_dim: int,
+    def __init__(self, name: str, num_embeddings: int, embedding_dim: int, std: float,
                  padding_idx: int | None = None, device: torch.device | None = None) -> None:
+        """``device`` ``meta`` allocates nothing: `DistributedModelParallel` then allocates and
+        initialises (normal with ``std``) only this worker's shard."""
         super().__init__()
         self.name, self.padding_idx = name, padding_idx
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.collection = EmbeddingCollection(
             tables=[EmbeddingConfig(name=name, embedding_dim=embedding_dim,
-                                    num_embeddings=num_embeddings, feature_names=[name])],
+                                    num_embeddings=num_embeddings, feature_names=[name],
+                                    init_fn=functools.partial(nn.init.normal_, std=std))],
             device=device or torch.device("cpu"))
+        self._inner = f"collection.embeddings.{name}.weight"
+        self._register_state_dict_hook(TorchrecEmbedding._outer_key)
+        self._register_load_state_dict_pre_hook(self._inner_key)
 
     @property
     def weight(self) -> Tensor:
-        """The table (num_embeddings, embedding_dim), while it is not sharded."""
+        """The whole table (num_embeddings, embedding_dim), while it is not sharded."""
+        if not isinstance(self.collection, EmbeddingCollection):
+            raise AdvrecError(f"table '{self.name}' is sharded across workers: it has no whole "
+                              "weight here (look its rows up instead)")
         return self.collection.embeddings[self.name].weight
 
     def forward(self, ids: Tensor) -> Tensor:
         """``ids`` of any shape (...) -> rows (..., embedding_dim)."""
-        flat = ids.reshape(-1)
+        # contiguous: a sharded lookup reads the ids' memory as is (one field of a feature
+        # model's (B, F) ids is a strided view)
+        flat = ids.reshape(-1).contiguous()
         # one id per "bag": a jagged batch whose every length is 1
         features = KeyedJaggedTensor.from_lengths_sync(
             keys=[self.name], values=flat, lengths=torch.ones_like(flat, dtype=torch.int32))
@@ -59,21 +75,30 @@ class TorchrecEmbedding(nn.Module):
             rows = rows * (flat != self.padding_idx).unsqueeze(-1).to(rows.dtype)
         return rows.reshape(*ids.shape, self.embedding_dim)
 
+    @staticmethod
+    def _outer_key(module: TorchrecEmbedding, state: dict[str, Any], prefix: str,
+                   _metadata: Any) -> None:
+        state[prefix + "weight"] = state.pop(prefix + module._inner)
 
-def use_torchrec(model: Recommender) -> Recommender:
-    """``model`` with each of its id tables (`Recommender.tables`) replaced by a
-    `TorchrecEmbedding` of the same weights, named after its place in the model (``user``,
-    ``item_fields.tables.age``, ...); other embeddings (SASRec's positions) stay dense, as its
-    other layers do. Returns the model."""
-    tables = {id(t) for t in model.tables().values()}
-    for path, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if id(child) in tables:
-                name = f"{path}.{child_name}" if path else child_name
-                table = TorchrecEmbedding(name.replace(".", "__"), child.num_embeddings,
-                                          child.embedding_dim, child.padding_idx,
-                                          child.weight.device)
-                with torch.no_grad():
-                    table.weight.copy_(child.weight)
-                setattr(module, child_name, table)
-    return model
+    def _inner_key(self, state: dict[str, Any], prefix: str, *_: Any) -> None:
+        if prefix + "weight" in state:
+            state[prefix + self._inner] = state.pop(prefix + "weight")
+
+
+SHARDABLE_WIDTH = 4
+"""FBGEMM's tables have widths that are multiples of this."""
+
+
+def torchrec_tables(device: torch.device) -> TableFactory:
+    """A table factory (`advrec.models.base.tables_from`) making `TorchrecEmbedding` tables on
+    ``device`` (``meta`` to be sharded). A table whose width FBGEMM cannot take (not a multiple
+    of `SHARDABLE_WIDTH`: DeepFM's first-order weights, width 1, a 1/dim of its tables) stays an
+    ``nn.Embedding``, replicated and data-parallel as the dense layers."""
+
+    def factory(name: str, num_embeddings: int, embedding_dim: int, std: float,
+                padding_idx: int | None = None) -> nn.Module:
+        if embedding_dim % SHARDABLE_WIDTH:
+            return dense_table(name, num_embeddings, embedding_dim, std, padding_idx)
+        return TorchrecEmbedding(name, num_embeddings, embedding_dim, std, padding_idx, device)
+
+    return factory

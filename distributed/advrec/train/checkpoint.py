@@ -3,15 +3,27 @@
 Two kinds live in a run directory: ``checkpoint/model.pt``, the finished run's best model (what
 `advrec evaluate` loads), and ``checkpoints/epoch-NNNNNN.pt``, the whole training state every
 ``train.checkpoint_every`` epochs, from which a stopped run or a failed worker group continues.
+
+Tables sharded across workers (``model.embeddings=torchrec``) are saved beside the file, in a
+``torch.distributed.checkpoint`` directory of the same name without ``.pt``, each worker writing
+its own shards; the file, written last, says the checkpoint is whole. Such a directory loads into
+any number of workers, resharded, or into one process's dense model (`advrec evaluate`). Its
+metadata is read by an unpickler that builds checkpoint-metadata classes only, and its tensors
+with ``weights_only=True``, as the files'.
 """
 
 from __future__ import annotations
 
 import io as _bytes_io
 import pickle
+import warnings
 from typing import Any
 
+import fsspec
 import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint.metadata import Metadata
 
 from advrec import io
 from advrec.config import RunConfig
@@ -21,8 +33,11 @@ from advrec.models import build_model
 from advrec.models.base import Recommender
 
 
-def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int) -> None:
-    """Write the model's weights with what is needed to rebuild it, atomically."""
+def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int,
+                    shard: tuple[int, int] = (0, 1)) -> None:
+    """Write the model's weights with what is needed to rebuild it, atomically. Sharded
+    (``model.embeddings=torchrec``), every worker calls it: the weights go to the directory
+    (`sharded_dir`), then worker 0 writes the file."""
     state = {
         "model": model.state_dict(),
         "epoch": epoch,
@@ -30,7 +45,62 @@ def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int) ->
         "num_users": model.num_users,
         "num_items": model.num_items,
     }
-    _write(url, state)
+    if cfg.model.embeddings == "torchrec":
+        save_sharded(sharded_dir(url), {"model": state.pop("model")})
+    if shard[0] == 0:
+        _write(url, state)
+
+
+def sharded_dir(url: str) -> str:
+    """The directory of a checkpoint file's sharded tensors: its URL without ``.pt``."""
+    return url.removesuffix(".pt")
+
+
+def _options(url: str) -> dict[str, Any]:
+    return io.storage_options(fsspec.utils.get_protocol(url))
+
+
+def save_sharded(url: str, tensors: dict[str, Any]) -> None:
+    """Every worker writes its shards of ``tensors`` (nested dicts of tensors and
+    ShardedTensors, nothing else) into the directory ``url``."""
+    dcp.save(tensors, storage_writer=FsspecWriter(url, **_options(url)))
+
+
+def load_sharded(url: str, tensors: dict[str, Any]) -> None:
+    """Read the directory ``url`` into ``tensors`` (the same structure as saved, each tensor
+    laid out as this worker holds it, whatever the layout it was saved with), in place."""
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(tensors, storage_reader=_MetadataReader(url, **_options(url)))
+    except (FileNotFoundError, dcp.api.CheckpointException) as exc:
+        raise AdvrecError(f"{url}: not a whole sharded checkpoint ({type(exc).__name__})") from None
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds the classes of a checkpoint's ``.metadata`` only, never arbitrary objects."""
+
+    MODULES = ("torch.distributed.checkpoint.",)
+    CLASSES = frozenset({("torch", "Size"), ("torch.serialization", "_get_layout"),
+                         ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")})
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module.startswith(self.MODULES) or (module, name) in self.CLASSES
+                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not checkpoint metadata")
+
+
+class _MetadataReader(FsspecReader):
+    """torch's fsspec reader, but its metadata (a pickle) unpickled by `_MetadataUnpickler`."""
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
+        path = self.fs.concat_path(self.path, ".metadata")
+        with self.fs.create_stream(path, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+        metadata.storage_meta = metadata.storage_meta or dcp.metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
 
 
 def _write(url: str, state: dict[str, Any]) -> None:
@@ -51,16 +121,29 @@ def _train_states(run: str) -> list[tuple[int, str]]:
     return sorted((int(f.rsplit("/", 1)[-1][len("epoch-"):-len(".pt")]), f) for f in files)
 
 
-def save_train_state(run: str, state: dict[str, Any], keep: int) -> None:
+def train_state_url(run: str, epoch: int) -> str:
+    """The training-state file of ``epoch`` in ``run``."""
+    return io.join(run, TRAIN_STATES, f"epoch-{epoch:06d}.pt")
+
+
+def save_train_state(run: str, state: dict[str, Any], keep: int,
+                     sharded: dict[str, Any] | None = None, rank: int = 0) -> None:
     """Write the training state after epoch ``state["epoch"]`` into ``run``, atomically, then
     delete older states except the one of epoch ``keep`` (the best model's, as Ray Train's
-    CheckpointConfig keeps the best and the latest)."""
-    epoch = state["epoch"]
-    _write(io.join(run, TRAIN_STATES, f"epoch-{epoch:06d}.pt"), state)
+    CheckpointConfig keeps the best and the latest). With ``sharded`` tensors (torchrec's
+    tables), every worker calls it: they write those first, then worker ``rank`` 0 the file."""
+    url = train_state_url(run, state["epoch"])
+    if sharded is not None:
+        save_sharded(sharded_dir(url), sharded)
+    if rank != 0:
+        return
+    _write(url, state)
     fs, _ = io.filesystem(run)
     for old, path in _train_states(run):
-        if old not in (epoch, keep):
+        if old not in (state["epoch"], keep):
             fs.rm(path)
+            if fs.exists(sharded_dir(path)):
+                fs.rm(sharded_dir(path), recursive=True)
 
 
 def has_train_state(run: str) -> bool:
@@ -92,13 +175,21 @@ def load_checkpoint(url: str) -> dict[str, Any]:
 
 def load_model(url: str, cfg: RunConfig, data: Dataset) -> tuple[Recommender, dict[str, Any]]:
     """Rebuild the model of a checkpoint for the dataset it was trained on (which also holds the
-    side features of feature models) and load its weights; returns (model, checkpoint)."""
+    side features of feature models) and load its weights; returns (model, checkpoint). Tables
+    saved sharded load into dense ones (one process holds them whole)."""
     ckpt = load_checkpoint(url)
     if (ckpt["num_users"], ckpt["num_items"]) != (data.num_users, data.num_items):
         raise AdvrecError(
             f"{url}: trained on {ckpt['num_users']} users and {ckpt['num_items']} items, but "
             f"{data.url} has {data.num_users} and {data.num_items}")
-    model = build_model(cfg, data)
-    model.load_state_dict(ckpt["model"])
+    if "model" in ckpt:
+        model = build_model(cfg, data)
+        state = ckpt["model"]
+    else:  # sharded tables: they load into this process's dense ones, whole
+        dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
+        model = build_model(cfg.model_copy(update={"model": dense}), data)
+        state = model.state_dict()
+        load_sharded(sharded_dir(url), {"model": state})
+    model.load_state_dict(state)
     model.eval()
     return model, ckpt

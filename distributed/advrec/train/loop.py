@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import signal
 import sys
 import time
@@ -43,7 +44,14 @@ from advrec.models import build_model
 from advrec.models.base import Recommender
 from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
-from advrec.train.checkpoint import load_train_state, save_checkpoint, save_train_state
+from advrec.train.checkpoint import (
+    load_sharded,
+    load_train_state,
+    save_checkpoint,
+    save_train_state,
+    sharded_dir,
+    train_state_url,
+)
 from advrec.train.tasks import Task, make_loss, make_task
 
 OPTIMIZERS = {
@@ -89,11 +97,22 @@ class SplitOptimizer:
 Optimizer = torch.optim.Optimizer | SplitOptimizer
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> Optimizer:
+def make_optimizer(model: Recommender, cfg: TrainConfig, fused_tables: bool = False) -> Optimizer:
     """The configured optimizer over ``model``'s parameters, and with
     ``train.sparse_embeddings`` a sparse optimizer of the same kind over the embedding tables,
     whose gradients become sparse, so a step costs the batch's rows, not the tables. Call it
-    before wrapping the model in DDP, which lays out its buckets by the gradients' kind."""
+    before wrapping the model in DDP, which lays out its buckets by the gradients' kind.
+
+    ``fused_tables`` (torchrec's): the tables update themselves in the backward
+    (`advrec.train.sharding`), so this optimizer has the other parameters only, if any."""
+    if fused_tables:
+        from advrec.train.sharding import sharded_tables
+
+        tables = {id(p) for t in sharded_tables(model).values() for p in t.parameters()}
+        dense = [p for p in model.parameters() if id(p) not in tables]
+        return SplitOptimizer([OPTIMIZERS[cfg.optimizer](dense, lr=cfg.lr,
+                                                         weight_decay=cfg.weight_decay)]
+                              if dense else [])
     if not cfg.sparse_embeddings:
         return OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr,
                                          weight_decay=cfg.weight_decay)
@@ -219,6 +238,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     quiet_reports()
     tune_malloc()  # before the first tensor: freed activations stay in the process
     cfg = RunConfig.model_validate(config["run"])
+    if cfg.model.embeddings == "torchrec":  # sharding needs a process group, even of one
+        from advrec.train.sharding import process_group
+
+        with process_group():
+            return _train(cfg, config, entered)
+    return _train(cfg, config, entered)
+
+
+def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, Any]:
     output: str = config["output"]
     progress: bool = config.get("progress", True)
     tc = cfg.train
@@ -231,8 +259,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # the training rows stream from Ray Data: only the train split's pairs are loaded
     data = load_dataset(config["dataset"], train_pairs_only=cfg.data.stream)
     device = train_device(cfg.scaling.use_gpu, ray_worker=cfg.scaling.num_workers > 0)
-    model: Recommender = build_model(cfg, data).to(device)  # before its optimizer's state
-    optimizer = make_optimizer(model, tc)
+    sharded = cfg.model.embeddings == "torchrec"
+    # torchrec's tables are built on the meta device: each worker allocates its shard only
+    model: Recommender = build_model(cfg, data, sharded=sharded)
+    if not sharded:
+        model = model.to(device)  # before its optimizer's state
+    optimizer = make_optimizer(model, tc, fused_tables=sharded)
+    loss_fn = make_loss(cfg)
+    objective: nn.Module = AdversarialObjective(
+        model, loss_fn, attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
+        reg=tc.reg)
+    tables: torch.optim.Optimizer | None = None  # sharded tables' fused optimizer
+    if sharded:
+        from advrec.train.sharding import shard
+
+        objective = shard(objective, model, cfg, device)
+        tables = objective.fused_optimizer
+        # what each worker holds of the tables (metrics.json shows it)
+        held = sum(p.numel() * p.element_size()
+                   for t in model.tables().values() for p in t.parameters())
+        table_bytes = gather_objects(held, (rank, world))
+    else:
+        objective = distribute(objective, world)
     monitor, higher_is_better = cfg.monitor()
     best = EarlyStopping(higher_is_better)
     history: list[dict[str, Any]] = []
@@ -241,16 +289,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         if len(state["rng"]) != world:  # as if it had never stopped
             raise AdvrecError(f"{output}: saved by {len(state['rng'])} workers; resume it with "
                               f"scaling.num_workers={len(state['rng'])}")
+        if tables is not None:
+            load_sharded_state(output, state, model, tables)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"][rank]["torch"])  # dropout's
         best.load_state_dict(state["early_stopping"])
         history = state["history"]
     first = len(history)
-    loss_fn = make_loss(cfg)
-    objective = distribute(AdversarialObjective(
-        model, loss_fn, attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
-        reg=tc.reg), world)
     task = make_task(cfg, data, shard=(rank, world),
                      stream=ray.train.get_dataset_shard("train") if cfg.data.stream else None)
     if cfg.eval.robust_every:  # the robust/... attack differentiates the same examples each time
@@ -310,7 +356,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         history.append(record)
         ray.train.report(epoch_metrics(record, latest, cfg))
         if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or record["stopped"]):
-            save_state(output, model, optimizer, best, history, (rank, world))
+            save_state(output, model, optimizer, best, history, (rank, world), tables)
         if record["stopped"]:
             break
     bar.close()
@@ -323,9 +369,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     }
     if cfg.eval.robust_every:
         metrics["robust_valid"] = robust_valid()  # of the best epoch's weights
+    if sharded:
+        metrics["table_bytes"] = table_bytes  # per worker
+    # each worker's peak resident memory so far: what the run needed (KiB on Linux, bytes on
+    # macOS)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    metrics["peak_rss_bytes"] = gather_objects(
+        peak * (1 if sys.platform == "darwin" else 1024), (rank, world))
+    save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best.epoch,
+                    (rank, world))
     if rank != 0:
         return metrics
-    save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best.epoch)
     io.dump_json(io.join(output, "history.json"), history)
     io.dump_json(io.join(output, "metrics.json"), metrics)
     return metrics
@@ -346,19 +400,42 @@ def epoch_metrics(record: dict[str, Any], latest: dict[str, float],
 
 
 def save_state(output: str, model: nn.Module, optimizer: Optimizer,
-               best: EarlyStopping, history: list[dict[str, Any]], shard: tuple[int, int]) -> None:
+               best: EarlyStopping, history: list[dict[str, Any]], shard: tuple[int, int],
+               tables: torch.optim.Optimizer | None = None) -> None:
     """Rank 0 saves the training state after the last epoch of ``history``, with every
     worker's torch random state (dropout's; each continues its own), keeping the best epoch's
-    state too. Sampling needs none: each epoch seeds its own (`epoch_generator`)."""
+    state too. Sampling needs none: each epoch seeds its own (`epoch_generator`).
+
+    With sharded tables (their fused optimizer ``tables``), every worker saves its shards of
+    the model, of the best epoch's weights and of the tables' optimizer state."""
     rng = {"torch": torch.get_rng_state()}
     ranks = gather_objects(rng, shard)
-    if shard[0] != 0:
-        return
-    save_train_state(output, {
+    state = {
         "epoch": history[-1]["epoch"],
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "rng": ranks,
         "early_stopping": best.state_dict(),
         "history": history,
-    }, keep=best.epoch)
+    }
+    sharded = None
+    if tables is not None:  # tensors only: the file keeps everything else
+        sharded = {"model": state.pop("model"), "tables": tables.state_dict()["state"]}
+        if best.weights:
+            sharded["best"] = best.weights
+        state["early_stopping"] = {**state["early_stopping"], "weights": bool(best.weights)}
+    save_train_state(output, state, keep=best.epoch, sharded=sharded, rank=shard[0])
+
+
+def load_sharded_state(output: str, state: dict[str, Any], model: nn.Module,
+                       tables: torch.optim.Optimizer) -> None:
+    """Read the sharded part of a training state (`save_state`) into ``state``, as this
+    worker holds it, and the tables' optimizer state into ``tables``."""
+    current = model.state_dict()
+    wanted = {"model": current, "tables": tables.state_dict()["state"]}
+    if state["early_stopping"]["weights"]:
+        wanted["best"] = {k: v.clone() for k, v in current.items()}
+    load_sharded(sharded_dir(train_state_url(output, state["epoch"])), wanted)
+    tables.load_state_dict({**tables.state_dict(), "state": wanted["tables"]})
+    state["model"] = wanted["model"]
+    state["early_stopping"]["weights"] = wanted.get("best", {})

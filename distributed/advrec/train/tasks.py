@@ -36,7 +36,7 @@ from advrec.metrics.ctr import ctr_metrics
 from advrec.metrics.evaluate import evaluate
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LOSSES, LossFn, MultiTaskLoss, bce, mse
-from advrec.shards import WHOLE, Shard, gather_shards, shard_rows
+from advrec.shards import WHOLE, Shard, gather_shards, lockstep_chunks, shard_rows
 
 EVAL_ROWS = 8192
 """Interactions scored at a time when evaluating a labelled task."""
@@ -258,15 +258,16 @@ class LabelledTask:
         """``auc``, ``logloss``, ``gauc`` (by user) for CTR; ``click/...`` and ``rating/rmse``
         for multi-task."""
         part = self.data.split(split)
-        rows = shard_rows(part.user.numel(), self.shard)  # this worker's rows, then everyone's
+        n = part.user.numel()
+        rows = shard_rows(n, self.shard)  # this worker's rows, then everyone's
         was_training = model.training
         model.eval()
         device = model_device(model)
         try:
             logits = torch.cat([
                 model(to_device({"user": part.user[r], "item": part.item[r].unsqueeze(1)},
-                                device))[:, 0].cpu()
-                for r in rows.split(EVAL_ROWS)])
+                                device))[:real, 0].cpu()
+                for r, real in lockstep_chunks(rows, n, EVAL_ROWS, self.shard)])
         finally:
             model.train(was_training)
         logits = gather_shards(logits, part.user.numel(), self.shard)
