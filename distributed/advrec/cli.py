@@ -58,16 +58,21 @@ def _names(text: str) -> tuple[str, ...]:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from advrec.data import ColumnMap, prepare
+    from advrec.data.source import buckets
 
     columns = ColumnMap(user=args.user_col, item=args.item_col, rating=args.rating_col,
                         timestamp=args.time_col, sep=args.sep, label=args.label_col,
                         user_features=args.user_features, item_features=args.item_features)
     meta = prepare(args.input, args.format, args.output, split=args.split,
                    min_rating=args.min_rating, kcore=args.kcore, seed=args.seed, columns=columns,
-                   label_threshold=args.label_threshold)
+                   label_threshold=args.label_threshold,
+                   buckets=buckets(args.user_buckets, args.item_buckets))
     counts = meta["counts"]
     print(f"prepared {args.output}: {meta['num_users']} users, {meta['num_items']} items, "
           f"train/valid/test = {counts['train']}/{counts['valid']}/{counts['test']}")
+    for kind, report in meta.get("hashing", {}).items():
+        print(f"{kind} ids hashed: {report['ids']} ids into {report['buckets']} rows, "
+              f"collision rate {report['collision_rate']:.2%}")
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -261,6 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="csv/parquet/recbole: columns carried as user features (first row wins)")
     p.add_argument("--item-features", type=_names, default=(), metavar="COL,...",
                    help="csv/parquet/recbole: columns carried as item features (first row wins)")
+    p.add_argument("--user-buckets", type=int, default=0, metavar="N",
+                   help="hash the raw user ids into N rows instead of a row per user; meta.json "
+                        "reports the collision rate (default: 0, no hashing)")
+    p.add_argument("--item-buckets", type=int, default=0, metavar="N",
+                   help="as --user-buckets, for the items")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("synth", help="write a deterministic synthetic interaction log (Parquet)")

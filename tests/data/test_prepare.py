@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from advrec.data import load_dataset, prepare, read_log
+from advrec.data import ColumnMap, load_dataset, prepare, read_log
 from advrec.data.splits import split_counts
 from advrec.errors import AdvrecError
 
@@ -323,3 +324,48 @@ def test_parquet_files_are_written_in_bounded_row_groups(tmp_path):
     meta = pq.ParquetFile(tmp_path / "t.parquet").metadata
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [ROW_GROUP_ROWS, 5]
     assert pq.read_table(tmp_path / "t.parquet").equals(table)
+
+
+def test_hashed_ids_share_bounded_rows_and_report_their_collisions(ml100k, tmp_path):
+    whole = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "whole"))
+    meta = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "hashed"),
+                   buckets={"user": 300})
+    assert (meta["num_users"], meta["num_items"]) == (300, whole["num_items"])
+    vocab = _read(tmp_path / "hashed/users.parquet")
+    assert len(vocab["raw_id"]) == 943  # every id, with its row
+    for raw, row in zip(vocab["raw_id"], vocab["index"]):  # the documented hash, any process
+        digest = hashlib.blake2b(raw.encode(), digest_size=8).digest()
+        assert row == int.from_bytes(digest, "little") % 300
+    rows_used = len(set(vocab["index"]))
+    assert meta["hashing"] == {"user": {"buckets": 300, "ids": 943, "rows_used": rows_used,
+                                        "collision_rate": 1 - rows_used / 943}}
+    # 943 ids into 300 rows: most rows are shared, as balls into bins predict
+    assert 0.65 < meta["hashing"]["user"]["collision_rate"] < 0.72
+    # the interactions are the same, only the users' rows change
+    assert meta["counts"] == whole["counts"]
+    hashed = load_dataset(str(tmp_path / "hashed"))
+    assert int(hashed.train.user.max()) < 300
+    raw_rows = dict(zip(_read(tmp_path / "whole/users.parquet")["index"],
+                        _read(tmp_path / "whole/users.parquet")["raw_id"]))
+    row_of = dict(zip(vocab["raw_id"], vocab["index"]))
+    plain = load_dataset(str(tmp_path / "whole"))
+    expected = sorted(zip([row_of[raw_rows[int(u)]] for u in plain.train.user],
+                          plain.train.item.tolist(), plain.train.timestamp.tolist()))
+    assert sorted(zip(hashed.train.user.tolist(), hashed.train.item.tolist(),
+                      hashed.train.timestamp.tolist())) == expected
+    # a table as large as the id space leaves few collisions
+    wide = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "wide"),
+                   buckets={"user": 1_000_000})
+    assert wide["hashing"]["user"]["collision_rate"] < 0.01
+
+
+def test_hashed_ids_errors(write, tmp_path):
+    with pytest.raises(AdvrecError, match=r"--item-buckets/data.item_buckets must be >= 0"):
+        prepare(write("log.csv", LOG), "csv", str(tmp_path / "out"), buckets={"item": -1})
+    with_age = LOG.replace("timestamp\n", "timestamp,age\n").replace("\n", ",30\n")
+    with_age = with_age.replace("timestamp,age,30\n", "timestamp,age\n")
+    with pytest.raises(AdvrecError, match="user side features need a row per user; they do not "
+                                          "go with --user-buckets/data.user_buckets"):
+        prepare(write("aged.csv", with_age), "csv", str(tmp_path / "features"),
+                columns=ColumnMap(user_features=("age",)), buckets={"user": 100})
+    assert not (tmp_path / "out").exists() and not (tmp_path / "features").exists()

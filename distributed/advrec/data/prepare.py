@@ -21,6 +21,7 @@ leaves nothing behind, and the same input and options give byte-identical files.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ def prepare(
     seed: int = 0,
     columns: ColumnMap | None = None,
     label_threshold: float | None = None,
+    buckets: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """Prepare the raw log at ``input`` (format ``fmt``) into a dataset at ``output``.
 
@@ -69,6 +71,9 @@ def prepare(
         label_threshold: make a CTR dataset: keep every rated interaction and add a ``label``
             column, 1 where ``rating >= label_threshold`` else 0. Excludes ``min_rating``, which
             would drop the negatives.
+        buckets: ``{"user": N, "item": M}``: hash that side's raw ids into a table of N rows
+            (`hash_ids`) instead of one row per id, for id spaces too large to give each its
+            own row; ``meta.json`` reports the collision rate under ``hashing``.
 
     ``columns.label`` makes a CTR dataset from the log's own 0/1 column instead (the log needs
     no rating then); it excludes ``label_threshold`` and ``min_rating``. ``columns.user_features``
@@ -79,6 +84,11 @@ def prepare(
         The dataset's metadata, as written to ``meta.json``.
     """
     spec = parse_split(split)  # a bad spec fails before a large log is read
+    buckets = buckets or {}
+    for kind, n in buckets.items():
+        if n < 1:
+            raise AdvrecError(f"--{kind}-buckets/data.{kind}_buckets must be >= 0 (0: a row "
+                              f"per {kind}), not {n}")
     if kcore < 0:
         raise AdvrecError(f"--kcore/data.kcore must be >= 0, not {kcore}")
     if seed < 0:
@@ -134,8 +144,16 @@ def prepare(
 
     parts = assign_split(spec, user, item, timestamp, seed, users.dictionary)
     kept = parts != DROPPED
-    user_index, user_vocab = _vocab(users.dictionary, user[kept])
-    item_index, item_vocab = _vocab(items.dictionary, item[kept])
+    hashing: dict[str, dict[str, Any]] = {}
+    indices = {}
+    for kind, names, codes in (("user", users.dictionary, user[kept]),
+                               ("item", items.dictionary, item[kept])):
+        if kind in buckets:
+            index, vocab, hashing[kind] = hash_ids(names, codes, buckets[kind])
+            indices[kind] = index, vocab
+        else:
+            indices[kind] = _vocab(names, codes)
+    (user_index, user_vocab), (item_index, item_vocab) = indices["user"], indices["item"]
 
     tables = {}
     for name, part in SPLITS.items():
@@ -173,11 +191,14 @@ def prepare(
             features[kind] = _features(raw, vocab, id_column, where)
         if from_log is not None:
             features[kind] = _join_features(features.get(kind), from_log, kind, input)
+        if kind in features and kind in hashing:
+            raise AdvrecError(f"{input}: {kind} side features need a row per {kind}; they do "
+                              f"not go with --{kind}-buckets/data.{kind}_buckets")
 
     meta = {
         "format_version": FORMAT_VERSION,
-        "num_users": len(user_vocab),
-        "num_items": len(item_vocab),
+        "num_users": buckets.get("user", len(user_vocab)),
+        "num_items": buckets.get("item", len(item_vocab)),
         "counts": {name: t.num_rows for name, t in tables.items()},
         "schema": {f.name: str(f.type) for f in tables["train"].schema},
         "split": spec.to_dict(),
@@ -190,6 +211,8 @@ def prepare(
         "seed": seed,
         "source": input,
         "input_format": fmt,
+        # Only when set, as label_column
+        **({"hashing": hashing} if hashing else {}),
     }
     with atomic_dir(output) as (fs, tmp):
         for name, table in tables.items():
@@ -321,6 +344,33 @@ def _vocab(names: pa.Array, codes: np.ndarray) -> tuple[np.ndarray, pa.Table]:
         }
     )
     return index, vocab
+
+
+def hash_ids(names: pa.Array, codes: np.ndarray,
+             buckets: int) -> tuple[np.ndarray, pa.Table, dict[str, Any]]:
+    """Hash the raw ids behind ``codes`` into ``buckets`` rows: row = the first 8 bytes of the
+    id's BLAKE2b digest (little-endian) mod ``buckets``, the same for an id in any run or
+    process, so new logs hash as the training log did.
+
+    Returns ``index`` (as `_vocab`'s, rows instead of indices), the vocabulary table (``index``,
+    ``raw_id``: every id with its row, several ids per row where they collide, sorted by row),
+    and the hashing's report: ``buckets``, ``ids``, ``rows_used`` and ``collision_rate``, the
+    share of ids that share their row with another, earlier id (1 - rows used / ids).
+    """
+    used = np.unique(codes)
+    raw = names.take(pa.array(used)).cast(pa.string()).to_pylist()
+    rows = np.fromiter((int.from_bytes(hashlib.blake2b(r.encode(), digest_size=8).digest(),
+                                       "little") % buckets for r in raw),
+                       dtype=np.int64, count=len(raw))
+    index = np.full(len(names), -1, dtype=np.int32)
+    index[used] = rows
+    order = np.lexsort((np.array(raw, dtype=object), rows))
+    vocab = pa.table({"index": pa.array(rows[order].astype(np.int32)),
+                      "raw_id": pa.array(raw, pa.string()).take(pa.array(order))})
+    distinct = int(np.unique(rows).size)
+    report = {"buckets": buckets, "ids": len(raw), "rows_used": distinct,
+              "collision_rate": 1.0 - distinct / max(len(raw), 1)}
+    return index, vocab, report
 
 
 def _interactions(

@@ -57,6 +57,11 @@ def _identity(source: str) -> str:
     return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
 
 
+def buckets(users: int, items: int) -> dict[str, int]:
+    """`prepare`'s ``buckets`` from the two options (0: a row per id)."""
+    return {kind: n for kind, n in (("user", users), ("item", items)) if n}
+
+
 def resolve_dataset(cfg: DataConfig) -> str:
     """The URL of a prepared dataset for ``cfg``, preparing the raw log first if needed."""
     if cfg.format == "prepared" or (cfg.format == "auto" and is_prepared(cfg.source)):
@@ -68,7 +73,8 @@ def resolve_dataset(cfg: DataConfig) -> str:
                "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed,
                "label_threshold": cfg.label_threshold}
     # Only when set, so the keys of datasets prepared without them (the same bytes) stay valid.
-    for key in ("label_column", "user_features", "item_features"):
+    for key in ("label_column", "user_features", "item_features", "user_buckets",
+                "item_buckets"):
         if getattr(cfg, key):
             options[key] = getattr(cfg, key)
     columns = ColumnMap(label=cfg.label_column, user_features=tuple(cfg.user_features),
@@ -78,5 +84,6 @@ def resolve_dataset(cfg: DataConfig) -> str:
     url = io.join(cache, key)
     if not is_prepared(url):
         prepare(cfg.source, fmt, url, split=cfg.split, min_rating=cfg.min_rating, kcore=cfg.kcore,
-                seed=cfg.seed, label_threshold=cfg.label_threshold, columns=columns)
+                seed=cfg.seed, label_threshold=cfg.label_threshold, columns=columns,
+                buckets=buckets(cfg.user_buckets, cfg.item_buckets))
     return url
