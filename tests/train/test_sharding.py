@@ -136,7 +136,14 @@ def test_a_stopped_sharded_run_resumes_as_if_it_never_stopped(prepared: str,
         main(["train", "--output", str(stopped), "--quiet", *overrides, "train.fault_epoch=3"])
     assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == [
         "epoch-000002", "epoch-000002.pt"]
+    # the best epoch's weights are spilled to the run, not held twice in memory: the one the
+    # checkpoint refers to is there for the resumed run, and a finished run has none left
+    state = torch.load(stopped / "checkpoints/epoch-000002.pt", weights_only=True)
+    best = state["early_stopping"]["epoch"]
+    assert [p.name for p in (stopped / "best").iterdir()] == [f"epoch-{best:06d}"]
+    assert not (whole / "best").exists()
     assert main(["train", "--resume", str(stopped), "--quiet"]) == 0
+    assert not (stopped / "best").exists()
     history = [json.loads((r / "history.json").read_text()) for r in (stopped, whole)]
     assert without_times(history[0]) == without_times(history[1])
     resumed, uninterrupted = (json.loads((r / "metrics.json").read_text())

@@ -15,6 +15,7 @@ an `AdvrecError` that says how to install it.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import torch
@@ -23,10 +24,16 @@ from torch import Tensor, nn
 from advrec.errors import TORCHREC_MISSING, AdvrecError
 from advrec.models.base import TableFactory, dense_table
 
+# fbgemm_gpu logs a line per library it loads on the root logger, at INFO, which Ray's workers
+# print: raise the root's level for the import only
+_root_level = logging.root.level
+logging.root.setLevel(max(_root_level, logging.WARNING))
 try:
     from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 except ImportError:  # depends on the optional install
     raise AdvrecError(TORCHREC_MISSING) from None
+finally:
+    logging.root.setLevel(_root_level)
 
 
 class TorchrecEmbedding(nn.Module):

@@ -146,6 +146,28 @@ def save_train_state(run: str, state: dict[str, Any], keep: int,
                 fs.rm(sharded_dir(path), recursive=True)
 
 
+BEST = "best"
+
+
+def best_url(run: str, epoch: int) -> str:
+    """The directory of the best epoch's sharded weights, while a run with sharded tables
+    trains (`advrec.train.loop.EarlyStopping`)."""
+    return io.join(run, BEST, f"epoch-{epoch:06d}")
+
+
+def prune_best(run: str, keep: set[int]) -> None:
+    """Delete the best-weight directories of ``run`` but those of the epochs ``keep``; all of
+    them when ``keep`` is empty (the run has finished)."""
+    fs, path = io.filesystem(io.join(run, BEST))
+    if not keep:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        return
+    for old in fs.glob(f"{path}/epoch-*") if fs.exists(path) else []:
+        if int(old.rsplit("-", 1)[-1]) not in keep:
+            fs.rm(old, recursive=True)
+
+
 def has_train_state(run: str) -> bool:
     """Whether ``run`` holds a saved training state (without reading it)."""
     return bool(_train_states(run))

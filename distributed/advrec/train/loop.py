@@ -45,9 +45,12 @@ from advrec.models.base import Recommender
 from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
 from advrec.train.checkpoint import (
+    best_url,
     load_sharded,
     load_train_state,
+    prune_best,
     save_checkpoint,
+    save_sharded,
     save_train_state,
     sharded_dir,
     train_state_url,
@@ -180,7 +183,14 @@ def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
 
 @dataclass
 class EarlyStopping:
-    """The best epoch so far by the monitored valid metric, and epochs since it improved."""
+    """The best epoch so far by the monitored valid metric, its weights, and epochs since it
+    improved.
+
+    ``spill``: (run directory, rank) of a run with sharded tables, whose best weights go to
+    ``run/best/epoch-N/`` (every worker its shards) instead of a second copy in memory: tables
+    too large for one worker should not be held twice. The directory a training state refers
+    to is kept until a later state refers to another (`save_state`), so a resumed run finds it.
+    """
 
     higher_is_better: bool
     value: float | None = None
@@ -188,22 +198,45 @@ class EarlyStopping:
     valid: dict[str, float] = field(default_factory=dict)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     stale: int = 0
+    spill: tuple[str, int] | None = None
+    saved: int = -1  # spilled: the best epoch the latest training state refers to
 
     def update(self, epoch: int, valid: dict[str, float], value: float, model: nn.Module) -> None:
         if self.value is None or (value > self.value if self.higher_is_better
                                   else value < self.value):
             self.value, self.epoch, self.valid, self.stale = value, epoch, valid, 0
-            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            self.keep(model)
         else:
             self.stale += 1
+
+    def keep(self, model: nn.Module) -> None:
+        """Keep the model's weights as the best epoch's."""
+        if self.spill is None:
+            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            return
+        run, rank = self.spill
+        save_sharded(best_url(run, self.epoch), {"model": model.state_dict()})
+        if rank == 0:
+            prune_best(run, {self.epoch, self.saved})
+
+    def restore(self, model: nn.Module) -> None:
+        """Load the best epoch's weights into the model."""
+        if self.spill is None:
+            model.load_state_dict(self.weights)
+            return
+        state = model.state_dict()
+        load_sharded(best_url(self.spill[0], self.epoch), {"model": state})
+        model.load_state_dict(state)
 
     def restart(self) -> None:
         """Forget the best so far (the adversarial phase starts after a clean warm-up)."""
         self.value, self.stale = None, 0
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything but the direction, which the config gives (for a checkpoint)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "higher_is_better"}
+        """Everything but the direction and where weights spill, which the run gives (for a
+        checkpoint)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)
+                if f.name not in ("higher_is_better", "spill")}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for name, value in state.items():
@@ -282,7 +315,7 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
     else:
         objective = distribute(objective, world)
     monitor, higher_is_better = cfg.monitor()
-    best = EarlyStopping(higher_is_better)
+    best = EarlyStopping(higher_is_better, spill=(output, rank) if sharded else None)
     history: list[dict[str, Any]] = []
     state = load_train_state(output)
     if state is not None:  # everything that decides what happens next, so the run continues
@@ -361,7 +394,7 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
             break
     bar.close()
 
-    model.load_state_dict(best.weights)
+    best.restore(model)
     metrics = {
         "best_epoch": best.epoch,
         "valid": best.valid,  # evaluated when that epoch's weights were kept
@@ -380,6 +413,8 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
                     (rank, world))
     if rank != 0:
         return metrics
+    if sharded:  # the best epoch's weights are in the checkpoint now
+        prune_best(output, set())
     io.dump_json(io.join(output, "history.json"), history)
     io.dump_json(io.join(output, "metrics.json"), metrics)
     return metrics
@@ -407,7 +442,8 @@ def save_state(output: str, model: nn.Module, optimizer: Optimizer,
     state too. Sampling needs none: each epoch seeds its own (`epoch_generator`).
 
     With sharded tables (their fused optimizer ``tables``), every worker saves its shards of
-    the model, of the best epoch's weights and of the tables' optimizer state."""
+    the model and of the tables' optimizer state (the best epoch's weights are spilled
+    already, `EarlyStopping`)."""
     rng = {"torch": torch.get_rng_state()}
     ranks = gather_objects(rng, shard)
     state = {
@@ -421,21 +457,18 @@ def save_state(output: str, model: nn.Module, optimizer: Optimizer,
     sharded = None
     if tables is not None:  # tensors only: the file keeps everything else
         sharded = {"model": state.pop("model"), "tables": tables.state_dict()["state"]}
-        if best.weights:
-            sharded["best"] = best.weights
-        state["early_stopping"] = {**state["early_stopping"], "weights": bool(best.weights)}
     save_train_state(output, state, keep=best.epoch, sharded=sharded, rank=shard[0])
+    if best.spill is not None:  # the state refers to this best epoch's weights from now on
+        best.saved = best.epoch
+        if shard[0] == 0:
+            prune_best(output, {best.epoch})
 
 
 def load_sharded_state(output: str, state: dict[str, Any], model: nn.Module,
                        tables: torch.optim.Optimizer) -> None:
     """Read the sharded part of a training state (`save_state`) into ``state``, as this
     worker holds it, and the tables' optimizer state into ``tables``."""
-    current = model.state_dict()
-    wanted = {"model": current, "tables": tables.state_dict()["state"]}
-    if state["early_stopping"]["weights"]:
-        wanted["best"] = {k: v.clone() for k, v in current.items()}
+    wanted = {"model": model.state_dict(), "tables": tables.state_dict()["state"]}
     load_sharded(sharded_dir(train_state_url(output, state["epoch"])), wanted)
     tables.load_state_dict({**tables.state_dict(), "state": wanted["tables"]})
     state["model"] = wanted["model"]
-    state["early_stopping"]["weights"] = wanted.get("best", {})
