@@ -14,8 +14,10 @@ an `AdvrecError` that says how to install it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -24,16 +26,27 @@ from torch import Tensor, nn
 from advrec.errors import TORCHREC_MISSING, AdvrecError
 from advrec.models.base import TableFactory, dense_table
 
-# fbgemm_gpu logs a line per library it loads on the root logger, at INFO, which Ray's workers
-# print: raise the root's level for the import only
-_root_level = logging.root.level
-logging.root.setLevel(max(_root_level, logging.WARNING))
-try:
-    from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
-except ImportError:  # depends on the optional install
-    raise AdvrecError(TORCHREC_MISSING) from None
-finally:
-    logging.root.setLevel(_root_level)
+
+@contextlib.contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Keep torchrec's and fbgemm's INFO lines (a line per library loaded, per table kernel,
+    per planner estimate; some on the root logger), which Ray's workers print, out of the
+    logs while inside."""
+    saved = logging.root.level
+    logging.root.setLevel(max(saved, logging.WARNING))
+    for library in ("torchrec", "fbgemm_gpu"):
+        logging.getLogger(library).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.root.setLevel(saved)
+
+
+with quiet_logs():
+    try:
+        from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+    except ImportError:  # depends on the optional install
+        raise AdvrecError(TORCHREC_MISSING) from None
 
 
 class TorchrecEmbedding(nn.Module):

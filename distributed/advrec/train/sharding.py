@@ -28,6 +28,7 @@ from torch import nn
 from advrec.config import RunConfig
 from advrec.errors import TORCHREC_MISSING, AdvrecError
 from advrec.models.base import Recommender
+from advrec.models.torchrec_tables import TorchrecEmbedding, quiet_logs  # imports torchrec
 from advrec.ports import free_ports
 
 try:
@@ -43,8 +44,6 @@ try:
     )
     from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-
-    from advrec.models.torchrec_tables import TorchrecEmbedding
 except ImportError:  # depends on the optional install
     raise AdvrecError(TORCHREC_MISSING) from None
 
@@ -118,14 +117,13 @@ def shard(objective: nn.Module, model: Recommender, cfg: RunConfig,
         topology=topology, constraints=constraints,
         storage_reservation=FixedPercentageStorageReservation(0.15))
     sharders = [EmbeddingCollectionSharder()]
-    plan = planner.collective_plan(objective, sharders, dist.GroupMember.WORLD)
     # torchrec asks torch.fx whether it is tracing, which warns on every process, and its state
     # dicts hold ShardedTensors, which torch warns it will replace (by DTensor) on every copy
     logging.getLogger("torch.fx._symbolic_trace").setLevel(logging.ERROR)
-    for library in ("torchrec", "fbgemm_gpu"):  # their INFO lines: every table's kernel set-up
-        logging.getLogger(library).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", "Please use DTensor instead", FutureWarning)
-    # static_graph off: a clean warm-up epoch and an adversarial one differ in their graphs
-    return DistributedModelParallel(
-        objective, device=device, plan=plan, sharders=sharders,
-        data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False))
+    with quiet_logs():  # the planner's estimates, each table kernel's set-up
+        plan = planner.collective_plan(objective, sharders, dist.GroupMember.WORLD)
+        # static_graph off: a clean warm-up epoch and an adversarial one differ in their graphs
+        return DistributedModelParallel(
+            objective, device=device, plan=plan, sharders=sharders,
+            data_parallel_wrapper=DefaultDataParallelWrapper(static_graph=False))
