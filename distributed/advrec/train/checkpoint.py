@@ -104,10 +104,9 @@ class _MetadataReader(FsspecReader):
 
 
 def _write(url: str, state: dict[str, Any]) -> None:
-    buf = _bytes_io.BytesIO()
-    torch.save(state, buf)
+    # straight into the file: a buffer first would hold the whole state twice more in memory
     with io.atomic_file(url, "wb") as f:
-        f.write(buf.getvalue())
+        torch.save(state, f)
 
 
 TRAIN_STATES = "checkpoints"
