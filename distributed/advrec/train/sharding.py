@@ -26,26 +26,21 @@ import torch.distributed as dist
 from torch import nn
 
 from advrec.config import RunConfig
-from advrec.errors import TORCHREC_MISSING, AdvrecError
+from advrec.errors import AdvrecError
 from advrec.models.base import Recommender
-from advrec.models.torchrec_tables import TorchrecEmbedding, quiet_logs  # imports torchrec
+
+# first: it imports torchrec quietly, or says how to install it
+from advrec.models.torchrec_tables import TorchrecEmbedding, quiet_logs
 from advrec.ports import free_ports
 
-try:
-    from torchrec import optim as trec_optim
-    from torchrec.distributed.embedding import EmbeddingCollectionSharder
-    from torchrec.distributed.model_parallel import (
-        DefaultDataParallelWrapper,
-        DistributedModelParallel,
-    )
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
-    from torchrec.distributed.planner.storage_reservations import (
-        FixedPercentageStorageReservation,
-    )
-    from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
-    from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-except ImportError:  # depends on the optional install
-    raise AdvrecError(TORCHREC_MISSING) from None
+# isort: split
+from torchrec import optim as trec_optim
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 
 TABLE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
