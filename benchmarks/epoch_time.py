@@ -23,7 +23,8 @@ from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.models import LOSSES, build_model
 from advrec.train.allocator import tune_malloc
-from advrec.train.loop import make_optimizer, train_epoch
+from advrec.train.loop import train_epoch
+from advrec.train.optim import make_optimizer
 from advrec.train.tasks import PairTask
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -147,7 +147,7 @@ def _run(case: Case, places: Places) -> tuple[int, str, str]:
     env = {**os.environ, **{k: places.fill(v) for k, v in case.env.items()}}
     if case.signal is None:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=places.d,
-                              timeout=300)
+                              timeout=300, check=False)
         return done.returncode, done.stdout, done.stderr
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, cwd=places.d)

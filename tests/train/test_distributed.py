@@ -21,7 +21,8 @@ from advrec.cli import main
 from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.models import build_model
-from advrec.train.loop import attack_from_config, distribute, epoch_generator, make_optimizer
+from advrec.train.loop import attack_from_config, distribute, epoch_generator
+from advrec.train.optim import make_optimizer
 from advrec.train.tasks import make_loss, make_task
 from histories import without_times
 from zoo_models import MODELS

@@ -9,7 +9,8 @@ from advrec.adversarial import AdversarialObjective
 from advrec.config import build_config
 from advrec.data import load_dataset
 from advrec.models import build_model
-from advrec.train.loop import attack_from_config, make_optimizer, train_epoch
+from advrec.train.loop import attack_from_config, train_epoch
+from advrec.train.optim import make_optimizer
 from advrec.train.tasks import make_loss, make_task
 from zoo_models import MODELS
 

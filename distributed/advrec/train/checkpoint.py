@@ -150,7 +150,7 @@ BEST = "best"
 
 def best_url(run: str, epoch: int) -> str:
     """The directory of the best epoch's sharded weights, while a run with sharded tables
-    trains (`advrec.train.loop.EarlyStopping`)."""
+    trains (`advrec.train.state.EarlyStopping`)."""
     return io.join(run, BEST, f"epoch-{epoch:06d}")
 
 

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Any
 
 import ray.train
@@ -35,99 +35,20 @@ from tqdm.auto import tqdm
 
 from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
-from advrec.config import RunConfig, TrainConfig
+from advrec.config import RunConfig
 from advrec.data.dataset import load_dataset
 from advrec.devices import CPU, to_device, train_device
 from advrec.errors import AdvrecError
 from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.models.losses import LossFn
 from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
-from advrec.train.checkpoint import (
-    best_url,
-    load_sharded,
-    load_train_state,
-    prune_best,
-    save_checkpoint,
-    save_sharded,
-    save_train_state,
-    sharded_dir,
-    train_state_url,
-)
+from advrec.train.checkpoint import load_train_state, prune_best, save_checkpoint
+from advrec.train.optim import Optimizer, make_optimizer
+from advrec.train.state import EarlyStopping, load_sharded_state, save_state
 from advrec.train.tasks import Task, make_loss, make_task
-
-OPTIMIZERS = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-    "adagrad": torch.optim.Adagrad,
-}
-
-
-# Optimizers that apply sparse gradients (to the rows a step touched): Adam's sparse variant
-# keeps its moments per row and updates a row only when it is looked up, as "lazy Adam" does
-SPARSE_OPTIMIZERS = {
-    "adam": torch.optim.SparseAdam,
-    "adamw": torch.optim.SparseAdam,
-    "sgd": torch.optim.SGD,
-    "adagrad": torch.optim.Adagrad,
-}
-
-
-class SplitOptimizer:
-    """Several optimizers stepped as one (the sparse tables' and the dense rest's)."""
-
-    def __init__(self, parts: list[torch.optim.Optimizer]) -> None:
-        self.parts = parts
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for part in self.parts:
-            part.zero_grad(set_to_none=set_to_none)
-
-    def step(self) -> None:
-        for part in self.parts:
-            part.step()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"parts": [part.state_dict() for part in self.parts]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for part, saved in zip(self.parts, state["parts"], strict=True):
-            part.load_state_dict(saved)
-
-
-Optimizer = torch.optim.Optimizer | SplitOptimizer
-
-
-def make_optimizer(model: Recommender, cfg: TrainConfig, fused_tables: bool = False) -> Optimizer:
-    """The configured optimizer over ``model``'s parameters, and with
-    ``train.sparse_embeddings`` a sparse optimizer of the same kind over the embedding tables,
-    whose gradients become sparse, so a step costs the batch's rows, not the tables. Call it
-    before wrapping the model in DDP, which lays out its buckets by the gradients' kind.
-
-    ``fused_tables`` (torchrec's): the tables update themselves in the backward
-    (`advrec.train.sharding`), so this optimizer has the other parameters only, if any."""
-    if fused_tables:
-        from advrec.train.sharding import sharded_tables
-
-        tables = {id(p) for t in sharded_tables(model).values() for p in t.parameters()}
-        dense = [p for p in model.parameters() if id(p) not in tables]
-        return SplitOptimizer([OPTIMIZERS[cfg.optimizer](dense, lr=cfg.lr,
-                                                         weight_decay=cfg.weight_decay)]
-                              if dense else [])
-    if not cfg.sparse_embeddings:
-        return OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr,
-                                         weight_decay=cfg.weight_decay)
-    tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
-    for table in tables:
-        table.sparse = True
-    sparse = {id(t.weight) for t in tables}
-    dense = [p for p in model.parameters() if id(p) not in sparse]
-    parts = [SPARSE_OPTIMIZERS[cfg.optimizer]([t.weight for t in tables], lr=cfg.lr)]
-    if dense:
-        parts.append(OPTIMIZERS[cfg.optimizer](dense, lr=cfg.lr))
-    return SplitOptimizer(parts)
 
 
 def attack_from_config(cfg: RunConfig) -> Attack:
@@ -181,68 +102,6 @@ def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
     return {k: v / n_batches for k, v in totals.items() if k != "adv" or adversarial}
 
 
-@dataclass
-class EarlyStopping:
-    """The best epoch so far by the monitored valid metric, its weights, and epochs since it
-    improved.
-
-    ``spill``: (run directory, rank) of a run with sharded tables, whose best weights go to
-    ``run/best/epoch-N/`` (every worker its shards) instead of a second copy in memory: tables
-    too large for one worker should not be held twice. The directory a training state refers
-    to is kept until a later state refers to another (`save_state`), so a resumed run finds it.
-    """
-
-    higher_is_better: bool
-    value: float | None = None
-    epoch: int = -1
-    valid: dict[str, float] = field(default_factory=dict)
-    weights: dict[str, torch.Tensor] = field(default_factory=dict)
-    stale: int = 0
-    spill: tuple[str, int] | None = None
-    saved: int = -1  # spilled: the best epoch the latest training state refers to
-
-    def update(self, epoch: int, valid: dict[str, float], value: float, model: nn.Module) -> None:
-        if self.value is None or (value > self.value if self.higher_is_better
-                                  else value < self.value):
-            self.value, self.epoch, self.valid, self.stale = value, epoch, valid, 0
-            self.keep(model)
-        else:
-            self.stale += 1
-
-    def keep(self, model: nn.Module) -> None:
-        """Keep the model's weights as the best epoch's."""
-        if self.spill is None:
-            self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            return
-        run, rank = self.spill
-        save_sharded(best_url(run, self.epoch), {"model": model.state_dict()})
-        if rank == 0:
-            prune_best(run, {self.epoch, self.saved})
-
-    def restore(self, model: nn.Module) -> None:
-        """Load the best epoch's weights into the model."""
-        if self.spill is None:
-            model.load_state_dict(self.weights)
-            return
-        state = model.state_dict()
-        load_sharded(best_url(self.spill[0], self.epoch), {"model": state})
-        model.load_state_dict(state)
-
-    def restart(self) -> None:
-        """Forget the best so far (the adversarial phase starts after a clean warm-up)."""
-        self.value, self.stale = None, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything but the direction and where weights spill, which the run gives (for a
-        checkpoint)."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name not in ("higher_is_better", "spill")}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name, value in state.items():
-            setattr(self, name, value)
-
-
 def inject_fault(cfg: RunConfig) -> None:
     """``train.fault_epoch``: die as a crashed worker would (a process killed by the OS), or
     raise when training in this process, which must survive to report it."""
@@ -279,16 +138,70 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     return _train(cfg, config, entered)
 
 
+@dataclass
+class Training:
+    """What one worker trains with: built once (`_build`), then used by every epoch."""
+
+    cfg: RunConfig
+    output: str
+    shard: tuple[int, int]  # (rank, world)
+    device: torch.device
+    model: Recommender
+    optimizer: Optimizer
+    objective: nn.Module  # the model's adversarial objective, DDP-wrapped or sharded
+    tables: torch.optim.Optimizer | None  # sharded tables' fused optimizer
+    loss_fn: LossFn
+    task: Task
+    attacked: list[dict[str, torch.Tensor]] | None  # the robust/... attack's examples
+
+    def robust_valid(self) -> dict[str, float]:
+        """Valid metrics under ``eval.robust_attack`` at ``eval.robust_eps``."""
+        assert self.attacked is not None
+        return attacked_metrics(self.model, self.task, self.loss_fn, self.cfg.eval,
+                                self.attacked, robust_attack(self.cfg.eval), "valid")
+
+
 def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, Any]:
-    output: str = config["output"]
-    progress: bool = config.get("progress", True)
-    tc = cfg.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    progress = progress and rank == 0
-    batch_size = -(-tc.batch_size // world)  # per worker; the global batch stays tc.batch_size
+    progress = config.get("progress", True) and rank == 0
+    run = _build(cfg, config, (rank, world))
+    best, history, resumed = _resume(run)
+    first = len(history)
+    latest: dict[str, float] = {}  # the last valid and robust metrics, carried into each report
 
-    torch.manual_seed(tc.seed)  # model init, the same on every worker
+    bar = tqdm(range(first, cfg.train.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
+               unit="epoch", initial=first, total=cfg.train.epochs,
+               disable=None if progress else True)  # None: only on a terminal
+    stopped = bool(history) and history[-1].get("stopped", False)
+    for epoch in bar if not stopped else ():
+        setup = time.perf_counter() - entered  # loading the data, building the model, DDP
+        record = _epoch(run, epoch, best, history, fault=not resumed)
+        if epoch == first:
+            record["setup_s"] = setup
+        if "eval_s" in record:
+            monitor = cfg.monitor()[0]
+            bar.set_postfix(loss=f"{record['loss']:.4f}",
+                            **{monitor: f"{record['valid/' + monitor]:.4f}"},
+                            best=f"{best.value:.4f}")
+        if progress and bar.disable:
+            _epoch_line(record, cfg)
+        history.append(record)
+        ray.train.report(epoch_metrics(record, latest, cfg))
+        every = cfg.train.checkpoint_every
+        if every and ((epoch + 1) % every == 0 or record["stopped"]):
+            save_state(run.output, run.model, run.optimizer, best, history, run.shard,
+                       run.tables)
+        if record["stopped"]:
+            break
+    bar.close()
+    return _finish(run, best, history)
+
+
+def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Training:
+    """Load the data, build the model, its optimizer and its adversarial objective (DDP-wrapped,
+    or with torchrec's tables sharded across the workers), and this worker's task."""
+    torch.manual_seed(cfg.train.seed)  # model init, the same on every worker
     # the training rows stream from Ray Data: only the train split's pairs are loaded
     data = load_dataset(config["dataset"], train_pairs_only=cfg.data.stream)
     device = train_device(cfg.scaling.use_gpu, ray_worker=cfg.scaling.num_workers > 0)
@@ -297,123 +210,127 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
     model: Recommender = build_model(cfg, data, sharded=sharded)
     if not sharded:
         model = model.to(device)  # before its optimizer's state
-    optimizer = make_optimizer(model, tc, fused_tables=sharded)
+    optimizer = make_optimizer(model, cfg.train, fused_tables=sharded)
     loss_fn = make_loss(cfg)
     objective: nn.Module = AdversarialObjective(
         model, loss_fn, attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
-        reg=tc.reg)
-    tables: torch.optim.Optimizer | None = None  # sharded tables' fused optimizer
+        reg=cfg.train.reg)
+    tables = None
     if sharded:
-        from advrec.train.sharding import shard
+        from advrec.train.sharding import shard as shard_tables
 
-        objective = shard(objective, model, cfg, device)
+        objective = shard_tables(objective, model, cfg, device)
         tables = objective.fused_optimizer
-        # what each worker holds of the tables (metrics.json shows it)
-        held = sum(p.numel() * p.element_size()
-                   for t in model.tables().values() for p in t.parameters())
-        table_bytes = gather_objects(held, (rank, world))
     else:
-        objective = distribute(objective, world)
-    monitor, higher_is_better = cfg.monitor()
-    best = EarlyStopping(higher_is_better, spill=(output, rank) if sharded else None)
-    history: list[dict[str, Any]] = []
-    state = load_train_state(output)
-    if state is not None:  # everything that decides what happens next, so the run continues
-        if len(state["rng"]) != world:  # as if it had never stopped
-            raise AdvrecError(f"{output}: saved by {len(state['rng'])} workers; resume it with "
-                              f"scaling.num_workers={len(state['rng'])}")
-        if tables is not None:
-            load_sharded_state(output, state, model, tables)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"][rank]["torch"])  # dropout's
-        best.load_state_dict(state["early_stopping"])
-        history = state["history"]
-    first = len(history)
-    task = make_task(cfg, data, shard=(rank, world),
+        objective = distribute(objective, shard[1])
+    task = make_task(cfg, data, shard=shard,
                      stream=ray.train.get_dataset_shard("train") if cfg.data.stream else None)
-    if cfg.eval.robust_every:  # the robust/... attack differentiates the same examples each time
-        attacked = attack_batches(make_task(cfg, data), cfg.eval.robust_rows, cfg.eval.seed)
+    # the robust/... attack differentiates the same examples every time
+    attacked = (attack_batches(make_task(cfg, data), cfg.eval.robust_rows, cfg.eval.seed)
+                if cfg.eval.robust_every else None)
+    return Training(cfg, config["output"], shard, device, model, optimizer, objective, tables,
+                    loss_fn, task, attacked)
 
-    def robust_valid() -> dict[str, float]:
-        """Valid metrics under ``eval.robust_attack`` at ``eval.robust_eps``."""
-        return attacked_metrics(model, task, loss_fn, cfg.eval, attacked,
-                                robust_attack(cfg.eval), "valid")
 
-    latest: dict[str, float] = {}  # the last valid and robust metrics, carried into each report
+def _resume(run: Training) -> tuple[EarlyStopping, list[dict[str, Any]], bool]:
+    """Early stopping and the epoch history, from the latest training state in the run
+    directory when there is one (a resumed run, or workers Ray Train restarted), loaded with
+    everything else that decides what happens next, so the run continues as if it had never
+    stopped; and whether there was one."""
+    rank, world = run.shard
+    sharded = run.tables is not None
+    best = EarlyStopping(run.cfg.monitor()[1], spill=(run.output, rank) if sharded else None)
+    state = load_train_state(run.output)
+    if state is None:
+        return best, [], False
+    if len(state["rng"]) != world:
+        raise AdvrecError(f"{run.output}: saved by {len(state['rng'])} workers; resume it with "
+                          f"scaling.num_workers={len(state['rng'])}")
+    if run.tables is not None:
+        load_sharded_state(run.output, state, run.model, run.tables)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"][rank]["torch"])  # dropout's
+    best.load_state_dict(state["early_stopping"])
+    return best, state["history"], True
 
-    bar = tqdm(range(first, tc.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
-               unit="epoch", initial=first, total=tc.epochs,
-               disable=None if progress else True)  # None: only on a terminal
-    stopped = bool(history) and history[-1].get("stopped", False)
-    for epoch in bar if not stopped else ():
-        adversarial = cfg.adv.method != "none" and epoch >= cfg.adv.start_epoch
-        if adversarial and epoch == cfg.adv.start_epoch and epoch > 0:
-            # the adversarial phase starts: select the best model, and count patience, among
-            # adversarial epochs only, so a clean warm-up epoch is never returned as "the" model
-            best.restart()
-        model.train()
-        start = time.perf_counter()
-        generator = epoch_generator(tc.seed, rank, epoch)  # shuffling, negatives, random attacks
-        fault = epoch == tc.fault_epoch and state is None and rank == world - 1
-        losses = train_epoch(objective, optimizer, task, batch_size, adversarial, generator,
-                             device, fault=(lambda: inject_fault(cfg)) if fault else None)
-        record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
-                                  "train_s": time.perf_counter() - start, **losses}
-        if epoch == first:  # loading the data, building the model, setting up DDP
-            record["setup_s"] = start - entered
-        if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-            start = time.perf_counter()
-            valid = task.evaluate(model, "valid", cfg.eval)
-            record["eval_s"] = time.perf_counter() - start
-            record.update({f"valid/{k}": v for k, v in valid.items()})
-            evaluations = sum("eval_s" in r for r in history)  # before this one
-            if cfg.eval.robust_every and evaluations % cfg.eval.robust_every == 0:
-                start = time.perf_counter()
-                record.update({f"robust/{k}": v for k, v in robust_valid().items()})
-                record["robust_s"] = time.perf_counter() - start
-            best.update(epoch, valid, valid[monitor], model)
-            bar.set_postfix(loss=f"{losses['loss']:.4f}", **{monitor: f"{valid[monitor]:.4f}"},
-                            best=f"{best.value:.4f}")
-        if progress and bar.disable:
-            # not a terminal (a log file, a Ray job's logs): one line per epoch instead of a bar
-            key = f"valid/{monitor}"
-            shown = f" {monitor} {record[key]:.4f}" if key in record else ""
-            # not print(), which Ray Train workers also copy to their log: the line came twice
-            sys.stdout.write(f"epoch {epoch + 1}/{tc.epochs} loss {losses['loss']:.4f}{shown} "
-                             f"({record['train_s']:.1f} s)\n")
-            sys.stdout.flush()
-        # a clean warm-up always runs to its end: APR's adversarial phase starts from it
-        warming_up = cfg.adv.method != "none" and not adversarial
-        record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
-        history.append(record)
-        ray.train.report(epoch_metrics(record, latest, cfg))
-        if tc.checkpoint_every and ((epoch + 1) % tc.checkpoint_every == 0 or record["stopped"]):
-            save_state(output, model, optimizer, best, history, (rank, world), tables)
-        if record["stopped"]:
-            break
-    bar.close()
 
-    best.restore(model)
+def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[str, Any]],
+           fault: bool) -> dict[str, Any]:
+    """Train one epoch, evaluate it when due, and keep its weights if they are the best;
+    returns its record for the history (with ``stopped``: whether early stopping ends the run
+    here). ``fault``: `train.fault_epoch` may fire (not in
+    a resumed or restarted run)."""
+    cfg, tc = run.cfg, run.cfg.train
+    rank, world = run.shard
+    adversarial = cfg.adv.method != "none" and epoch >= cfg.adv.start_epoch
+    if adversarial and epoch == cfg.adv.start_epoch and epoch > 0:
+        # the adversarial phase starts: select the best model, and count patience, among
+        # adversarial epochs only, so a clean warm-up epoch is never returned as "the" model
+        best.restart()
+    run.model.train()
+    start = time.perf_counter()
+    generator = epoch_generator(tc.seed, rank, epoch)  # shuffling, negatives, random attacks
+    fires = fault and epoch == tc.fault_epoch and rank == world - 1
+    batch_size = -(-tc.batch_size // world)  # per worker; the global batch stays tc.batch_size
+    losses = train_epoch(run.objective, run.optimizer, run.task, batch_size, adversarial,
+                         generator, run.device, fault=(lambda: inject_fault(cfg)) if fires else None)
+    record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
+                              "train_s": time.perf_counter() - start, **losses}
+    if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
+        monitor = cfg.monitor()[0]
+        started = time.perf_counter()
+        valid = run.task.evaluate(run.model, "valid", cfg.eval)
+        record["eval_s"] = time.perf_counter() - started
+        record.update({f"valid/{k}": v for k, v in valid.items()})
+        evaluations = sum("eval_s" in r for r in history)  # before this one
+        if cfg.eval.robust_every and evaluations % cfg.eval.robust_every == 0:
+            started = time.perf_counter()
+            record.update({f"robust/{k}": v for k, v in run.robust_valid().items()})
+            record["robust_s"] = time.perf_counter() - started
+        best.update(epoch, valid, valid[monitor], run.model)
+    # a clean warm-up always runs to its end: APR's adversarial phase starts from it
+    warming_up = cfg.adv.method != "none" and not adversarial
+    record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
+    return record
+
+
+def _epoch_line(record: dict[str, Any], cfg: RunConfig) -> None:
+    """The progress of an epoch where no terminal shows a bar (a log file, a Ray job's logs)."""
+    key = f"valid/{cfg.monitor()[0]}"
+    shown = f" {cfg.monitor()[0]} {record[key]:.4f}" if key in record else ""
+    # not print(), which Ray Train workers also copy to their log: the line came twice
+    sys.stdout.write(f"epoch {record['epoch'] + 1}/{cfg.train.epochs} loss "
+                     f"{record['loss']:.4f}{shown} ({record['train_s']:.1f} s)\n")
+    sys.stdout.flush()
+
+
+def _finish(run: Training, best: EarlyStopping, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Restore the best epoch's weights, evaluate them on valid (robust) and test, and write the
+    run directory's checkpoint (every worker its shards), history and metrics (rank 0)."""
+    cfg, output = run.cfg, run.output
+    best.restore(run.model)
     metrics = {
         "best_epoch": best.epoch,
         "valid": best.valid,  # evaluated when that epoch's weights were kept
-        "test": task.evaluate(model, "test", cfg.eval),
+        "test": run.task.evaluate(run.model, "test", cfg.eval),
     }
     if cfg.eval.robust_every:
-        metrics["robust_valid"] = robust_valid()  # of the best epoch's weights
-    if sharded:
-        metrics["table_bytes"] = table_bytes  # per worker
+        metrics["robust_valid"] = run.robust_valid()  # of the best epoch's weights
+    if run.tables is not None:  # what each worker holds of the tables
+        held = sum(p.numel() * p.element_size()
+                   for t in run.model.tables().values() for p in t.parameters())
+        metrics["table_bytes"] = gather_objects(held, run.shard)
     # each worker's peak resident memory so far: what the run needed (KiB on Linux, bytes on
     # macOS)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     metrics["peak_rss_bytes"] = gather_objects(
-        peak * (1 if sys.platform == "darwin" else 1024), (rank, world))
-    save_checkpoint(io.join(output, "checkpoint", "model.pt"), model, cfg, best.epoch,
-                    (rank, world))
-    if rank != 0:
+        peak * (1 if sys.platform == "darwin" else 1024), run.shard)
+    save_checkpoint(io.join(output, "checkpoint", "model.pt"), run.model, cfg, best.epoch,
+                    run.shard)
+    if run.shard[0] != 0:
         return metrics
-    if sharded:  # the best epoch's weights are in the checkpoint now
+    if run.tables is not None:  # the best epoch's weights are in the checkpoint now
         prune_best(output, set())
     io.dump_json(io.join(output, "history.json"), history)
     io.dump_json(io.join(output, "metrics.json"), metrics)
@@ -432,43 +349,3 @@ def epoch_metrics(record: dict[str, Any], latest: dict[str, float],
     if cfg.tune.weights and all(k in metrics for k in cfg.tune.weights):
         metrics["objective"] = sum(w * metrics[k] for k, w in cfg.tune.weights.items())
     return metrics
-
-
-def save_state(output: str, model: nn.Module, optimizer: Optimizer,
-               best: EarlyStopping, history: list[dict[str, Any]], shard: tuple[int, int],
-               tables: torch.optim.Optimizer | None = None) -> None:
-    """Rank 0 saves the training state after the last epoch of ``history``, with every
-    worker's torch random state (dropout's; each continues its own), keeping the best epoch's
-    state too. Sampling needs none: each epoch seeds its own (`epoch_generator`).
-
-    With sharded tables (their fused optimizer ``tables``), every worker saves its shards of
-    the model and of the tables' optimizer state (the best epoch's weights are spilled
-    already, `EarlyStopping`)."""
-    rng = {"torch": torch.get_rng_state()}
-    ranks = gather_objects(rng, shard)
-    state = {
-        "epoch": history[-1]["epoch"],
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "rng": ranks,
-        "early_stopping": best.state_dict(),
-        "history": history,
-    }
-    sharded = None
-    if tables is not None:  # tensors only: the file keeps everything else
-        sharded = {"model": state.pop("model"), "tables": tables.state_dict()["state"]}
-    save_train_state(output, state, keep=best.epoch, sharded=sharded, rank=shard[0])
-    if best.spill is not None:  # the state refers to this best epoch's weights from now on
-        best.saved = best.epoch
-        if shard[0] == 0:
-            prune_best(output, {best.epoch})
-
-
-def load_sharded_state(output: str, state: dict[str, Any], model: nn.Module,
-                       tables: torch.optim.Optimizer) -> None:
-    """Read the sharded part of a training state (`save_state`) into ``state``, as this
-    worker holds it, and the tables' optimizer state into ``tables``."""
-    wanted = {"model": model.state_dict(), "tables": tables.state_dict()["state"]}
-    load_sharded(sharded_dir(train_state_url(output, state["epoch"])), wanted)
-    tables.load_state_dict({**tables.state_dict(), "state": wanted["tables"]})
-    state["model"] = wanted["model"]
