@@ -29,7 +29,7 @@ from advrec.config import (
     with_values,
 )
 from advrec.data.source import resolve_dataset
-from advrec.errors import AdvrecError
+from advrec.errors import AdvrecError, shown
 from advrec.train.checkpoint import has_train_state
 from advrec.train.driver import connect, read_run, resume_training, run_cpus, run_training
 from advrec.train.loop import epoch_metrics
@@ -55,7 +55,7 @@ def check_space(raw: dict[str, Any], cfg: RunConfig) -> None:
             try:
                 build_config(with_values(raw, {key: value}))
             except AdvrecError as exc:
-                raise AdvrecError(f"tune.space: {key}={value!r}: {exc}") from None
+                raise AdvrecError(f"tune.space: {shown(key)}={shown(value)}: {exc}") from None
     if cfg.train.eval_every != 1:
         raise AdvrecError("train.eval_every: a search compares trials at every epoch; set it to 1")
 
