@@ -223,6 +223,22 @@ def test_overrides_leave_the_raw_config_as_it_was() -> None:
     assert raw == before
 
 
+@pytest.mark.parametrize("override", [
+    "adv.eps=.inf", "adv.lambda=.nan", "adv.step_size=.inf", "train.lr=.inf", "train.lr=.nan",
+    "train.weight_decay=.inf", "train.reg=.nan", "model.dropout=.nan", "model.temperature=.inf",
+    "model.init_std=.inf", "model.task_weights={click: .nan}", "data.min_rating=-.inf",
+    "data.label_threshold=.nan", "eval.eps=[0, .inf]", "eval.robust_eps=.inf",
+    "scaling.cpus_per_worker=.inf", "tune.reduction_factor=.inf",
+    "tune.weights={valid/ndcg@10: .nan}",
+    "tune.space={adv.eps: {loguniform: [0.1, .inf]}}", "train.lr=1.0e400",
+])
+def test_non_finite_numbers_are_refused_everywhere(override: str) -> None:
+    key = override.split("=", 1)[0]
+    with pytest.raises(AdvrecError) as err:
+        build_config(BASE, [override])
+    assert str(err.value).startswith(key) and "Input should be a finite number" in str(err.value)
+
+
 def test_dumped_yaml_has_no_aliases_and_reads_back() -> None:
     shared = [1, 2]
     text = strict_yaml.dump({"a": shared, "b": shared})

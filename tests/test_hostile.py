@@ -120,6 +120,15 @@ CONFIG: list[Case] = [
          setup=both(write("c.yaml", "data: {source: x}\n"),
                     write("spec.yaml", "command: train\nconfig: c.yaml\nstorage: out\n"
                                        "overrides: {adv.eps: *e, adv.lambda: &e 1}\n"))),
+    Case("train-eps-inf", (*TRAIN, "adv.eps=.inf"), "adv.eps: Input should be a finite number"),
+    Case("train-lr-inf", (*TRAIN, "train.lr=.inf"), "train.lr: Input should be a finite number"),
+    Case("train-lr-nan", (*TRAIN, "train.lr=nan"), "train.lr: Input should be a finite number"),
+    Case("train-eval-eps-nan", (*TRAIN, "eval.eps=[0, .nan]"), "eval.eps.1: Input should be a "
+         "finite number"),
+    Case("run-spec-override-inf", ("run", "{d}/spec.yaml"), "adv.eps: Input should be a finite "
+         "number", setup=both(write("c.yaml", "data: {source: x}\n"),
+                              write("spec.yaml", "command: train\nconfig: c.yaml\n"
+                                    "storage: out\noverrides: {adv.eps: .inf}\n"))),
     Case("train-config-duplicate-section", ("train", "--config", "{d}/c.yaml", "--output",
                                             "{d}/out"),
          "{d}/c.yaml at line 3, column 1: key 'adv' is repeated",
@@ -171,6 +180,9 @@ CONFIG: list[Case] = [
          "dictionary", setup=both(write("c.yaml", "data: 3\n"),
                                   write("spec.yaml", "command: train\nconfig: c.yaml\n"
                                                      "storage: out\n"))),
+    Case("tune-grace-period-over-epochs", ("tune", "--output", "{d}/out", "data.source={data}",
+                                           "train.epochs=2", "tune.grace_period=5"),
+         "tune.grace_period=5 is more than train.epochs=2"),
     Case("tune-space-choice-a-date", ("tune", "--output", "{d}/out", "data.source={data}",
                                       "tune.space={{data.seed: {{choice: [2001-01-01]}}}}"),
          "tune.space: 'data.seed'=datetime.date(2001, 1, 1): data.seed: Input should be a valid "

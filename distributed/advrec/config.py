@@ -16,8 +16,10 @@ from advrec.errors import AdvrecError, shown
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked on assignment too."""
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    """A config section: unknown keys are errors, values are checked on assignment too, and no
+    number is infinite or NaN (``adv.eps=.inf`` would train a NaN model)."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
 
 class DataConfig(Section):

@@ -49,7 +49,8 @@ def _distribution(dim: SearchDim) -> Any:
 
 def check_space(raw: dict[str, Any], cfg: RunConfig) -> None:
     """Fail before any trial when a searched key, or a value at an end of its range, is not a
-    valid config; and when an epoch would report no metric to compare (no evaluation)."""
+    valid config; when an epoch would report no metric to compare (no evaluation); and when
+    ASHA's grace period outlasts the trials."""
     for key, dim in cfg.tune.space.items():
         for value in (dim.values if dim.kind in ("choice", "grid") else dim.values[:2]):
             try:
@@ -58,6 +59,10 @@ def check_space(raw: dict[str, Any], cfg: RunConfig) -> None:
                 raise AdvrecError(f"tune.space: {shown(key)}={shown(value)}: {exc}") from None
     if cfg.train.eval_every != 1:
         raise AdvrecError("train.eval_every: a search compares trials at every epoch; set it to 1")
+    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period > cfg.train.epochs:
+        raise AdvrecError(f"tune.grace_period={cfg.tune.grace_period} is more than "
+                          f"train.epochs={cfg.train.epochs}: ASHA stops no trial before its "
+                          "grace period; lower it, or set tune.scheduler=none")
 
 
 def _trial(values: dict[str, Any], raw: dict[str, Any], experiment: str) -> None:
