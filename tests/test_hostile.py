@@ -187,6 +187,10 @@ CONFIG: list[Case] = [
                                       "tune.space={{data.seed: {{choice: [2001-01-01]}}}}"),
          "tune.space: 'data.seed'=datetime.date(2001, 1, 1): data.seed: Input should be a valid "
          "integer"),
+    Case("evaluate-eps-nan", ("evaluate", "--run", "{run}", "--eps", "nan,inf"),
+         "--eps: expected finite numbers >= 0, got 'nan,inf'", unchanged=("{run}",)),
+    Case("evaluate-eps-huge", ("evaluate", "--run", "{run}", "--eps", "0,1e400"),
+         "--eps: expected finite numbers >= 0, got '0,1e400'", unchanged=("{run}",)),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

@@ -7,7 +7,7 @@ silently ignored setting. Defaults are the documented ones (see README.md, "Conf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -234,12 +234,17 @@ class TrainConfig(Section):
         return v
 
 
+Attack = Literal["fgm", "pgd"]
+"""The robustness attacks (`advrec.metrics.robustness`)."""
+ATTACKS: tuple[str, ...] = get_args(Attack)
+
+
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     protocol: Literal["full", "sampled"] = "full"
     num_negatives: int = Field(100, gt=0, description="Negatives per test item (sampled protocol).")
     batch_users: int = Field(1024, gt=0, description="Users scored per chunk (bounds memory).")
-    attacks: list[Literal["fgm", "pgd"]] = Field(default_factory=lambda: ["fgm", "pgd"])
+    attacks: list[Attack] = Field(default_factory=lambda: list(ATTACKS))
     eps: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
     steps: int = Field(10, gt=0, description="PGD steps of the robustness attack.")
     relative: bool = Field(
@@ -248,7 +253,7 @@ class EvalConfig(Section):
     robust_every: int = Field(
         0, ge=0, description="Every N evaluated epochs also report valid metrics under attack "
         "(robust/...), and at the end for the best epoch; 0 never.")
-    robust_attack: Literal["fgm", "pgd"] = Field("pgd", description="The attack of robust/...")
+    robust_attack: Attack = Field("pgd", description="The attack of robust/...")
     robust_eps: float = Field(0.5, gt=0.0, description="The ε of robust/...")
     robust_rows: int = Field(
         0, ge=0, description="Training examples the robust/... attack differentiates (its cost); "
