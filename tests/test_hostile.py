@@ -185,7 +185,7 @@ CONFIG: list[Case] = [
          "tune.grace_period=5 is more than train.epochs=2"),
     Case("tune-space-choice-a-date", ("tune", "--output", "{d}/out", "data.source={data}",
                                       "tune.space={{data.seed: {{choice: [2001-01-01]}}}}"),
-         "tune.space: 'data.seed'=datetime.date(2001, 1, 1): data.seed: Input should be a valid "
+         "tune.space: data.seed=datetime.date(2001, 1, 1): data.seed: Input should be a valid "
          "integer"),
     Case("evaluate-eps-nan", ("evaluate", "--run", "{run}", "--eps", "nan,inf"),
          "--eps: expected finite numbers >= 0, got 'nan,inf'", unchanged=("{run}",)),

@@ -528,7 +528,7 @@ def _parse_value(text: str, culprit: str) -> Any:
     return strict_yaml.load(text, culprit) if text != "" else ""
 
 
-def _key_text(key: Any) -> str:
+def key_text(key: Any) -> str:
     """A config key as an error names it: as written, or quoted and cut when it is long or
     holds a newline or another unprintable character."""
     text = str(key)
@@ -547,7 +547,7 @@ def _with_value(raw: dict[str, Any], key: str, value: Any, culprit: str) -> dict
         if child is None:
             child = {}
         elif not isinstance(child, dict):
-            raise AdvrecError(f"{culprit}: {_key_text(part)} is not a section")
+            raise AdvrecError(f"{culprit}: {key_text(part)} is not a section")
         node[part] = dict(child)
         node = node[part]
     node[parts[-1]] = value
@@ -569,7 +569,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with each dotted key of ``values`` set to its value (returns a new dict)."""
     for key, value in values.items():
-        raw = _with_value(raw, key, value, _key_text(key))
+        raw = _with_value(raw, key, value, key_text(key))
     return raw
 
 
@@ -577,7 +577,7 @@ def error_line(exc: ValidationError) -> str:
     """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``; keys and
     values are echoed cut short (a value can be megabytes long)."""
     err = exc.errors()[0]
-    loc = ".".join(_key_text(p) for p in err["loc"]) or "config"
+    loc = ".".join(key_text(p) for p in err["loc"]) or "config"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown config key"

@@ -25,6 +25,7 @@ from advrec.config import (
     SearchDim,
     build_config,
     dump_config,
+    key_text,
     metric_mode,
     with_values,
 )
@@ -56,7 +57,7 @@ def check_space(raw: dict[str, Any], cfg: RunConfig) -> None:
             try:
                 build_config(with_values(raw, {key: value}))
             except AdvrecError as exc:
-                raise AdvrecError(f"tune.space: {shown(key)}={shown(value)}: {exc}") from None
+                raise AdvrecError(f"tune.space: {key_text(key)}={shown(value)}: {exc}") from None
     if cfg.train.eval_every != 1:
         raise AdvrecError("train.eval_every: a search compares trials at every epoch; set it to 1")
     if cfg.tune.scheduler == "asha" and cfg.tune.grace_period > cfg.train.epochs:
