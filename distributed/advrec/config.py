@@ -568,9 +568,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """``raw`` with each dotted key of ``values`` set to its value (returns a new dict)."""
+    out = dict(raw)
     for key, value in values.items():
-        raw = _with_value(raw, key, value, key_text(key))
-    return raw
+        out = _with_value(out, key, value, key_text(key))
+    return out
 
 
 def error_line(exc: ValidationError) -> str:
