@@ -108,9 +108,8 @@ def test_missing_source_and_bad_run_dir(tmp_path: Path, capsys) -> None:
 
 
 def test_bad_cli_values_exit_non_zero(tmp_path: Path, capsys) -> None:
-    with pytest.raises(SystemExit) as exc:
-        main(["evaluate", "--run", str(tmp_path), "--eps", "0,-0.5"])
-    assert exc.value.code == 2
+    code, _, err = run(capsys, "evaluate", "--run", str(tmp_path), "--eps", "0,-0.5")
+    assert code == 2 and "--eps" in err
     code, _, err = run(capsys, "evaluate", "--run", str(tmp_path), "--attack", "cw")
     assert code == 2 and "--attack" in err
 

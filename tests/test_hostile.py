@@ -85,6 +85,12 @@ def both(*setups: Setup) -> Setup:
 
 
 TRAIN = ("train", "--output", "{d}/out", "data.source={data}", "model.dim=8", "train.epochs=1")
+ALIAS_BOMB = "".join(f"a{i}: &a{i} [{','.join([f'*a{i - 1}' if i else '1'] * 9)}]\n"
+                     for i in range(9))
+"""Nested YAML aliases: 9 anchors of a few hundred bytes, 9**9 numbers once expanded."""
+FLOW_ALIAS_BOMB = "[&a0 [1,1,1,1,1,1,1,1,1]," + ",".join(
+    f"&a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)) + "]"
+"""The same in one flow sequence, as an override's value."""
 
 # --- security: nothing from a run directory or a config is ever executed ----------------------
 SECURITY: list[Case] = [
@@ -101,6 +107,90 @@ CONFIG: list[Case] = [
     Case("train-unknown-key", (*TRAIN, "adv.nope=1"), "adv.nope"),
     Case("train-config-missing", ("train", "--config", "{d}/missing.yaml", "--output", "{d}/out"),
          "{d}/missing.yaml"),
+    Case("train-config-alias-bomb", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml at line 3, column 10: alias *a0: aliases are refused",
+         setup=write("c.yaml", f"data: {{source: x}}\n{ALIAS_BOMB}adv: {{eps: *a8}}\n")),
+    Case("train-override-alias-bomb", (*TRAIN, f"adv.eps={FLOW_ALIAS_BOMB}"),
+         "at line 1, column 31: alias *a0: aliases are refused"),
+    Case("tune-space-alias-bomb", ("tune", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml at line 3, column 10: alias *a0",
+         setup=write("c.yaml", f"data: {{source: x}}\n{ALIAS_BOMB}"
+                               "tune: {space: {adv.eps: {choice: *a8}}}\n")),
+    Case("run-spec-alias", ("run", "{d}/spec.yaml"), "{d}/spec.yaml at line 4, column 22: alias *e",
+         setup=both(write("c.yaml", "data: {source: x}\n"),
+                    write("spec.yaml", "command: train\nconfig: c.yaml\nstorage: out\n"
+                                       "overrides: {adv.eps: *e, adv.lambda: &e 1}\n"))),
+    Case("train-eps-inf", (*TRAIN, "adv.eps=.inf"), "adv.eps: Input should be a finite number"),
+    Case("train-lr-inf", (*TRAIN, "train.lr=.inf"), "train.lr: Input should be a finite number"),
+    Case("train-lr-nan", (*TRAIN, "train.lr=nan"), "train.lr: Input should be a finite number"),
+    Case("train-eval-eps-nan", (*TRAIN, "eval.eps=[0, .nan]"), "eval.eps.1: Input should be a "
+         "finite number"),
+    Case("run-spec-override-inf", ("run", "{d}/spec.yaml"), "adv.eps: Input should be a finite "
+         "number", setup=both(write("c.yaml", "data: {source: x}\n"),
+                              write("spec.yaml", "command: train\nconfig: c.yaml\n"
+                                    "storage: out\noverrides: {adv.eps: .inf}\n"))),
+    Case("train-config-duplicate-section", ("train", "--config", "{d}/c.yaml", "--output",
+                                            "{d}/out"),
+         "{d}/c.yaml at line 3, column 1: key 'adv' is repeated",
+         setup=write("c.yaml", "data: {source: x}\nadv: {method: fgm}\nadv: {eps: 0.1}\n")),
+    Case("run-spec-duplicate-key", ("run", "{d}/spec.yaml"),
+         "{d}/spec.yaml at line 3, column 1: key 'command' is repeated",
+         setup=both(write("c.yaml", "data: {source: x}\n"),
+                    write("spec.yaml", "command: train\nconfig: c.yaml\ncommand: tune\n"
+                                       "storage: out\n"))),
+    Case("train-config-is-a-directory", ("train", "--config", "{d}", "--output", "{d}/out"),
+         "{d}: is a directory, not a config file"),
+    Case("train-config-binary", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml: not YAML text (not utf-8: byte 0x80",
+         setup=write("c.yaml", bytes(range(256)) * 4)),
+    Case("train-config-empty", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "data: required config key is missing", setup=write("c.yaml", "")),
+    Case("train-config-a-list", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml: a config file must be a YAML mapping, not a list",
+         setup=write("c.yaml", "- data\n- adv\n")),
+    Case("train-config-10mb-value", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml: more than 64 KiB of YAML",
+         setup=write("c.yaml", "data: {source: " + "x" * (10 << 20) + "}\n")),
+    Case("train-config-deep", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml at line 2, column 37: nested deeper than 32 levels",
+         setup=write("c.yaml", "data: {source: x}\nadv: " + "[" * 5000 + "]" * 5000 + "\n")),
+    Case("train-config-python-tag", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "{d}/c.yaml: not valid YAML at line 1, column 7: could not determine a constructor",
+         setup=write("c.yaml", "data: !!python/object/apply:os.system [touch PWNED]\n")),
+    Case("train-config-unicode-key", ("train", "--config", "{d}/c.yaml", "--output", "{d}/out"),
+         "adv.épsilon: unknown config key",
+         setup=write("c.yaml", "data: {source: x}\nadv: {épsilon: 1}\n")),
+    Case("train-section-is-a-scalar", (*TRAIN, "adv=3"),
+         "adv: Input should be a valid dictionary"),
+    Case("train-override-under-a-scalar", (*TRAIN, "adv=3", "adv.eps=1"),
+         "override 'adv.eps=1': adv is not a section"),
+    Case("train-override-trailing-dot", (*TRAIN, "adv.=1"),
+         "override 'adv.=1': a key is names joined by dots"),
+    Case("train-override-bad-yaml", (*TRAIN, "adv.eps=[0.1"),
+         "override 'adv.eps=[0.1': not valid YAML"),
+    Case("train-override-control-character", (*TRAIN, "adv.eps=\x07"),
+         "override 'adv.eps=\\x07': not YAML text (character U+0007"),
+    Case("train-override-bad-date", (*TRAIN, "data.seed=2001-02-30"),
+         "override 'data.seed=2001-02-30': not valid YAML at line 1, column 1: day is out of "
+         "range"),
+    Case("train-override-long-value", (*TRAIN, "adv.method=" + "x" * 60_000),
+         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm' or 'pgd' (got 'xxx"),
+    Case("train-override-newline-key", (*TRAIN, "adv.a\nb=1"), "adv.'a\\nb': unknown config key"),
+    Case("run-spec-data-scalar", ("run", "{d}/spec.yaml"), "data: Input should be a valid "
+         "dictionary", setup=both(write("c.yaml", "data: 3\n"),
+                                  write("spec.yaml", "command: train\nconfig: c.yaml\n"
+                                                     "storage: out\n"))),
+    Case("tune-grace-period-over-epochs", ("tune", "--output", "{d}/out", "data.source={data}",
+                                           "train.epochs=2", "tune.grace_period=5"),
+         "tune.grace_period=5 is more than train.epochs=2"),
+    Case("tune-space-choice-a-date", ("tune", "--output", "{d}/out", "data.source={data}",
+                                      "tune.space={{data.seed: {{choice: [2001-01-01]}}}}"),
+         "tune.space: data.seed=datetime.date(2001, 1, 1): data.seed: Input should be a valid "
+         "integer"),
+    Case("evaluate-eps-nan", ("evaluate", "--run", "{run}", "--eps", "nan,inf"),
+         "--eps: expected finite numbers >= 0, got 'nan,inf'", unchanged=("{run}",)),
+    Case("evaluate-eps-huge", ("evaluate", "--run", "{run}", "--eps", "0,1e400"),
+         "--eps: expected finite numbers >= 0, got '0,1e400'", unchanged=("{run}",)),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

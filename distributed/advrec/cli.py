@@ -8,21 +8,38 @@ Commands import their heavy modules (torch, Ray) inside, so ``advrec --help`` an
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
 from advrec import io
-from advrec.errors import AdvrecError
+from advrec.errors import AdvrecError, shown
 
 
-def _floats(text: str) -> list[float]:
+def _eps(text: str) -> list[float]:
+    """Comma-separated budgets, finite numbers >= 0 (`--eps 0,0.1,0.5`): nan or inf would
+    report the metrics of a NaN model as if valid."""
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
-    if not values or any(v < 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected non-negative numbers, got '{text}'")
+        raise AdvrecError(f"--eps: expected comma-separated numbers, got {shown(text)}") from None
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise AdvrecError(f"--eps: expected finite numbers >= 0, got {shown(text)}")
     return values
+
+
+def _attacks(text: str) -> list[str]:
+    """Comma-separated robustness attacks (`--attack fgm,pgd`)."""
+    from advrec.config import ATTACKS
+
+    attacks = [a for a in text.split(",") if a]
+    choose = " or ".join(ATTACKS)
+    if not attacks:
+        raise AdvrecError(f"--attack: name {choose} (comma-separated)")
+    for a in attacks:
+        if a not in ATTACKS:
+            raise AdvrecError(f"--attack: unknown attack {shown(a)} (choose {choose})")
+    return attacks
 
 
 def _int_from(least: int, kind: str) -> Callable[[str], int]:
@@ -133,15 +150,17 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table, headline
     from advrec.train import read_run
 
-    attacks = [a for a in args.attack.split(",") if a]
-    for a in attacks:
-        if a not in ("fgm", "pgd"):
-            raise AdvrecError(f"--attack: unknown attack '{a}' (choose fgm or pgd)")
-    merged = evaluate_run(args.run, attacks, args.eps, args.steps, progress=not args.quiet,
+    flag_attacks = None if args.attack is None else _attacks(args.attack)
+    flag_eps = None if args.eps is None else _eps(args.eps)
+    cfg = read_run(args.run)[0]
+    # the run's own eval section gives what the flags leave out
+    attacks = cfg.eval.attacks if flag_attacks is None else flag_attacks
+    eps = cfg.eval.eps if flag_eps is None else flag_eps
+    merged = evaluate_run(args.run, attacks, eps, args.steps, progress=not args.quiet,
                           workers=args.workers, address=args.address)
     rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
             for e in sorted(merged[a], key=float)]
-    print(format_table(rows, ["attack", "eps", *headline(read_run(args.run)[0])]))
+    print(format_table(rows, ["attack", "eps", *headline(cfg)]))
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
@@ -299,9 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
     p.add_argument("--run", required=True, help="run directory written by `advrec train`")
-    p.add_argument("--attack", default="fgm,pgd", help="fgm, pgd or both (comma-separated)")
-    p.add_argument("--eps", type=_floats, default=[0.0, 0.1, 0.25, 0.5, 1.0],
-                   help="comma-separated budgets, e.g. 0,0.1,0.5 (default %(default)s)")
+    p.add_argument("--attack", help="fgm, pgd or both, comma-separated (default: the run's "
+                   "eval.attacks)")
+    p.add_argument("--eps", help="comma-separated budgets, e.g. 0,0.1,0.5 "
+                   "(default: the run's eval.eps)")
     p.add_argument("--steps", type=_positive_int, default=None, help="PGD steps (default eval.steps)")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the attack and the ranking (default: the run's "

@@ -6,19 +6,20 @@ silently ignored setting. Defaults are the documented ones (see README.md, "Conf
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from advrec.errors import AdvrecError
+from advrec import strict_yaml
+from advrec.errors import AdvrecError, shown
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked on assignment too."""
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+    """A config section: unknown keys are errors, values are checked on assignment too, and no
+    number is infinite or NaN (``adv.eps=.inf`` would train a NaN model)."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -73,7 +74,7 @@ class DataConfig(Section):
             if not name.strip():
                 raise ValueError("column names must be non-empty")
             if name in v[:j]:
-                raise ValueError(f"column '{name}' is listed twice")
+                raise ValueError(f"column {shown(name)} is listed twice")
         return v
 
     @model_validator(mode="after")
@@ -146,7 +147,7 @@ class ModelConfig(Section):
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
         for name, weight in v.items():
             if name not in TASK_NAMES:
-                raise ValueError(f"unknown task '{name}' (tasks: {', '.join(TASK_NAMES)})")
+                raise ValueError(f"unknown task {shown(name)} (tasks: {', '.join(TASK_NAMES)})")
             if not weight >= 0:  # also rejects NaN
                 raise ValueError(f"task '{name}': weight must be >= 0 (got {weight})")
         if not any(weight > 0 for weight in v.values()):
@@ -233,12 +234,17 @@ class TrainConfig(Section):
         return v
 
 
+Attack = Literal["fgm", "pgd"]
+"""The robustness attacks (`advrec.metrics.robustness`)."""
+ATTACKS: tuple[str, ...] = get_args(Attack)
+
+
 class EvalConfig(Section):
     ks: list[int] = Field(default_factory=lambda: [10, 20])
     protocol: Literal["full", "sampled"] = "full"
     num_negatives: int = Field(100, gt=0, description="Negatives per test item (sampled protocol).")
     batch_users: int = Field(1024, gt=0, description="Users scored per chunk (bounds memory).")
-    attacks: list[Literal["fgm", "pgd"]] = Field(default_factory=lambda: ["fgm", "pgd"])
+    attacks: list[Attack] = Field(default_factory=lambda: list(ATTACKS))
     eps: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
     steps: int = Field(10, gt=0, description="PGD steps of the robustness attack.")
     relative: bool = Field(
@@ -247,7 +253,7 @@ class EvalConfig(Section):
     robust_every: int = Field(
         0, ge=0, description="Every N evaluated epochs also report valid metrics under attack "
         "(robust/...), and at the end for the best epoch; 0 never.")
-    robust_attack: Literal["fgm", "pgd"] = Field("pgd", description="The attack of robust/...")
+    robust_attack: Attack = Field("pgd", description="The attack of robust/...")
     robust_eps: float = Field(0.5, gt=0.0, description="The ε of robust/...")
     robust_rows: int = Field(
         0, ge=0, description="Training examples the robust/... attack differentiates (its cost); "
@@ -432,9 +438,9 @@ class RunConfig(Section):
         if not self.scaling.use_gpu:
             for table, kind in self.model.sharding.items():
                 if kind in ROW_SHARDING:
-                    raise ValueError(f"model.sharding: {table}: {kind} is CUDA-only in torchrec; "
-                                     "on CPU use table_wise, column_wise, table_column_wise or "
-                                     "data_parallel")
+                    raise ValueError(f"model.sharding: {shown(table)}: {kind} is CUDA-only in "
+                                     "torchrec; on CPU use table_wise, column_wise, "
+                                     "table_column_wise or data_parallel")
             if self.table_optimizer() not in CPU_TABLE_OPTIMIZERS:
                 raise ValueError(f"train.table_optimizer: {self.table_optimizer()} tables are "
                                  "GPU-only in FBGEMM; on CPU set train.table_optimizer to one "
@@ -473,7 +479,7 @@ class RunConfig(Section):
         reported = self.trial_metrics()
         for key in self.tune.weights:
             if key not in reported:
-                raise ValueError(f"tune.weights: '{key}' is never reported (reported: "
+                raise ValueError(f"tune.weights: {shown(key)} is never reported (reported: "
                                  f"{', '.join(reported)})")
         if len(self.tune.objectives) == 1:
             raise ValueError("tune.objectives: name two metrics or more (one alone is "
@@ -483,7 +489,7 @@ class RunConfig(Section):
                              "tune.search=optuna")
         for key in self.tune.objectives:
             if key not in reported:
-                raise ValueError(f"tune.objectives: '{key}' is never reported (reported: "
+                raise ValueError(f"tune.objectives: {shown(key)} is never reported (reported: "
                                  f"{', '.join(reported)})")
         metric = self.tune.metric
         if metric == "objective" and not self.tune.weights:
@@ -491,7 +497,7 @@ class RunConfig(Section):
         if metric is not None and metric != "objective" and metric not in reported:
             hint = "; robust/ metrics need eval.robust_every > 0" if metric.startswith(
                 "robust/") and not self.eval.robust_every else ""
-            raise ValueError(f"tune.metric: '{metric}' is never reported (reported: "
+            raise ValueError(f"tune.metric: {shown(metric)} is never reported (reported: "
                              f"{', '.join(reported)}, objective){hint}")
         return self
 
@@ -500,8 +506,8 @@ class RunConfig(Section):
         reported = self.reported_metrics()
         if self.train.monitor is not None and self.train.monitor not in reported:
             raise ValueError(
-                f"train.monitor: '{self.train.monitor}' is not one of the metrics reported for "
-                f"model.name={self.model.name} ({', '.join(reported)})"
+                f"train.monitor: {shown(self.train.monitor)} is not one of the metrics reported "
+                f"for model.name={self.model.name} ({', '.join(reported)})"
             )
         return self
 
@@ -517,49 +523,70 @@ def metric_mode(name: str) -> str:
     return "min" if lower else "max"
 
 
-def _parse_value(text: str) -> Any:
+def _parse_value(text: str, culprit: str) -> Any:
     """Parse an override's value as YAML, so `0.5`, `true`, `[10,20]` and `null` get their types."""
-    return yaml.safe_load(text) if text != "" else ""
+    return strict_yaml.load(text, culprit) if text != "" else ""
+
+
+def key_text(key: Any) -> str:
+    """A config key as an error names it: as written, or quoted and cut when it is long or
+    holds a newline or another unprintable character."""
+    text = str(key)
+    return text if text.isprintable() and len(text) <= 60 else shown(key)
+
+
+def _with_value(raw: dict[str, Any], key: str, value: Any, culprit: str) -> dict[str, Any]:
+    """``raw`` with the dotted ``key`` set to ``value``: a new dict, whose sections on the key's
+    path are new too (``raw`` is left as it was)."""
+    parts = key.split(".")
+    if not all(parts):
+        raise AdvrecError(f"{culprit}: a key is names joined by dots, e.g. adv.eps")
+    out = node = dict(raw)
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            raise AdvrecError(f"{culprit}: {key_text(part)} is not a section")
+        node[part] = dict(child)
+        node = node[part]
+    node[parts[-1]] = value
+    return out
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides to a raw config dict (returns a new dict)."""
-    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    out = raw
     for item in overrides:
         key, sep, value = item.partition("=")
+        culprit = f"override {shown(item)}"
         if not sep or not key:
-            raise AdvrecError(f"override '{item}': expected key=value, e.g. adv.eps=0.5")
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise AdvrecError(f"override '{item}': '{part}' is not a section")
-            node = child
-        node[leaf] = _parse_value(value)
-    return out
+            raise AdvrecError(f"{culprit}: expected key=value, e.g. adv.eps=0.5")
+        out = _with_value(out, key, _parse_value(value, culprit), culprit)
+    return dict(out)
 
 
 def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with each dotted key of ``values`` set to its value (an override written as JSON,
-    which YAML reads back exactly)."""
-    return apply_overrides(raw, [f"{k}={json.dumps(v)}" for k, v in values.items()])
+    """``raw`` with each dotted key of ``values`` set to its value (returns a new dict)."""
+    out = dict(raw)
+    for key, value in values.items():
+        out = _with_value(out, key, value, key_text(key))
+    return out
 
 
 def error_line(exc: ValidationError) -> str:
-    """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``."""
+    """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``; keys and
+    values are echoed cut short (a value can be megabytes long)."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "config"
+    loc = ".".join(key_text(p) for p in err["loc"]) or "config"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown config key"
     if err["type"] == "missing":
         return f"{loc}: required config key is missing"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
-    return f"{loc}: {msg}{shown}"
+    echo = "" if isinstance(got, dict) else f" (got {shown(got)})"
+    return f"{loc}: {msg}{echo}"
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
@@ -583,23 +610,29 @@ def load_raw(path: str | Path | None, overrides: list[str] | None = None) -> dic
 
 
 def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The YAML mapping in the file at ``path`` (a path or URL; empty: ``{}``); a missing file,
-    bad YAML or another kind of document is one error naming the file as a ``what``."""
+    """The YAML mapping in the file at ``path`` (a path or URL; empty: ``{}``), read by
+    `advrec.strict_yaml`; a missing or unreadable file, bad or refused YAML or another kind of
+    document is one error naming the file as a ``what``."""
     from advrec import io
 
     fs, p = io.filesystem(str(path))
     try:
-        with fs.open(p, "r") as f:
-            raw = yaml.safe_load(f) or {}
+        with fs.open(p, "rb") as f:
+            data = f.read(strict_yaml.MAX_BYTES + 1)  # more is refused unread
     except FileNotFoundError:
         raise AdvrecError(f"{path}: {what} not found") from None
-    except yaml.YAMLError as exc:
-        raise AdvrecError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except IsADirectoryError:
+        raise AdvrecError(f"{path}: is a directory, not a {what}") from None
+    except OSError as exc:
+        raise AdvrecError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    raw = strict_yaml.load(data, str(path))
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
-        raise AdvrecError(f"{path}: a {what} must be a YAML mapping")
+        raise AdvrecError(f"{path}: a {what} must be a YAML mapping, not a {type(raw).__name__}")
     return raw
 
 
 def dump_config(cfg: RunConfig) -> str:
     """The resolved config as YAML (by alias, so ``adv.lambda`` round-trips)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json", by_alias=True), sort_keys=False)
+    return strict_yaml.dump(cfg.model_dump(mode="json", by_alias=True))

@@ -1,4 +1,8 @@
-"""The one exception type the CLI turns into a one-line error and a non-zero exit."""
+"""The one exception type the CLI turns into a one-line error and a non-zero exit, and how its
+messages echo a value."""
+
+import reprlib
+from typing import Any
 
 
 class AdvrecError(ValueError):
@@ -6,6 +10,18 @@ class AdvrecError(ValueError):
 
     The message is one line and names the culprit (file, column or config key).
     """
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxset = _SHORT.maxdict = 6
+_SHORT.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """``value`` as an error message echoes it: its repr on one line, cut to a few dozen
+    characters, since a value can be megabytes long or nested deep."""
+    return _SHORT.repr(value)
 
 
 TORCHREC_MISSING = ("model.embeddings=torchrec needs torchrec: run `make torchrec` (CPU: "

@@ -123,7 +123,8 @@ def load_job(path: str, overrides: list[str]) -> Job:
     if not io.exists(config):
         raise AdvrecError(f"{path}: config: {spec.config}: config file not found")
     raw = apply_overrides(with_values(load_raw(config), spec.overrides), overrides)
-    source = raw.get("data", {}).get("source")
+    data = raw.get("data")
+    source = data.get("source") if isinstance(data, dict) else None
     if isinstance(source, str) and "://" not in source:
         raw = with_values(raw, {"data.source": io.absolute(source)})
     cfg = build_config(raw)

@@ -25,11 +25,12 @@ from advrec.config import (
     SearchDim,
     build_config,
     dump_config,
+    key_text,
     metric_mode,
     with_values,
 )
 from advrec.data.source import resolve_dataset
-from advrec.errors import AdvrecError
+from advrec.errors import AdvrecError, shown
 from advrec.train.checkpoint import has_train_state
 from advrec.train.driver import connect, read_run, resume_training, run_cpus, run_training
 from advrec.train.loop import epoch_metrics
@@ -49,15 +50,20 @@ def _distribution(dim: SearchDim) -> Any:
 
 def check_space(raw: dict[str, Any], cfg: RunConfig) -> None:
     """Fail before any trial when a searched key, or a value at an end of its range, is not a
-    valid config; and when an epoch would report no metric to compare (no evaluation)."""
+    valid config; when an epoch would report no metric to compare (no evaluation); and when
+    ASHA's grace period outlasts the trials."""
     for key, dim in cfg.tune.space.items():
         for value in (dim.values if dim.kind in ("choice", "grid") else dim.values[:2]):
             try:
                 build_config(with_values(raw, {key: value}))
             except AdvrecError as exc:
-                raise AdvrecError(f"tune.space: {key}={value!r}: {exc}") from None
+                raise AdvrecError(f"tune.space: {key_text(key)}={shown(value)}: {exc}") from None
     if cfg.train.eval_every != 1:
         raise AdvrecError("train.eval_every: a search compares trials at every epoch; set it to 1")
+    if cfg.tune.scheduler == "asha" and cfg.tune.grace_period > cfg.train.epochs:
+        raise AdvrecError(f"tune.grace_period={cfg.tune.grace_period} is more than "
+                          f"train.epochs={cfg.train.epochs}: ASHA stops no trial before its "
+                          "grace period; lower it, or set tune.scheduler=none")
 
 
 def _trial(values: dict[str, Any], raw: dict[str, Any], experiment: str) -> None:
