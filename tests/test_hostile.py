@@ -191,6 +191,13 @@ CONFIG: list[Case] = [
          "--eps: expected finite numbers >= 0, got 'nan,inf'", unchanged=("{run}",)),
     Case("evaluate-eps-huge", ("evaluate", "--run", "{run}", "--eps", "0,1e400"),
          "--eps: expected finite numbers >= 0, got '0,1e400'", unchanged=("{run}",)),
+    # argparse's own errors: one line too, not the usage block
+    Case("cli-unknown-flag", ("train", "--nope"), "--nope"),
+    Case("cli-not-an-integer", ("synth", "--users", "many", "--items", "5", "--interactions", "9",
+                                "--output", "{d}/out"), "--users"),
+    Case("cli-bad-choice", ("prepare", "--input", "{log}", "--format", "xlsx", "--output",
+                            "{d}/out"), "xlsx"),
+    Case("cli-no-command", (), "COMMAND"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

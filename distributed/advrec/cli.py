@@ -11,6 +11,7 @@ import argparse
 import math
 import sys
 from collections.abc import Callable, Sequence
+from typing import NoReturn
 
 from advrec import io
 from advrec.errors import AdvrecError, shown
@@ -255,8 +256,18 @@ def _run_arguments(p: argparse.ArgumentParser, *, config: str, output: str,
                    help=f"config overrides, e.g. {example}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one ``advrec: error:`` line, as every other bad input
+    (argparse's own prints the usage block, then ``advrec CMD: error: ...``); exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.removeprefix("advrec").strip()
+        where = f"{command}: " if command else ""
+        self.exit(2, f"advrec: error: {where}{message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="advrec", description="Adversarial training for embedding-based recommenders, on Ray.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -379,7 +390,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if extra and hasattr(args, "overrides") and not any(e.startswith("-") for e in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
         return func(args) or 0  # a command that follows a job returns its exit code
