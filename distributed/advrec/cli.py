@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from advrec import io
+from advrec.config import DataConfig
 from advrec.errors import AdvrecError, shown
 
 
@@ -276,15 +277,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True,
                    choices=["movielens", "recbole", "sasrec", "csv", "parquet"])
     p.add_argument("--output", required=True, help="dataset directory: path or URL")
-    p.add_argument("--split", default="random:0.8,0.1,0.1",
+    data = DataConfig.model_fields  # the defaults of a run config's data section, not copies
+    p.add_argument("--split", default=data["split"].default,
                    help="random:TRAIN,VALID,TEST per user | loo (leave-one-out by time) | "
                         "time:FRACTION (global time cut); default %(default)s")
     p.add_argument("--label-threshold", type=float, default=None, metavar="R",
                    help="CTR data: keep every rating, labelled 1 where rating >= R else 0")
     p.add_argument("--min-rating", type=float, default=None,
                    help="keep ratings >= R as implicit positives (default: every rating)")
-    p.add_argument("--kcore", type=int, default=0, help="k-core filter of users and items")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kcore", type=_non_negative_int, default=data["kcore"].default,
+                   help="k-core filter of users and items")
+    p.add_argument("--seed", type=int, default=data["seed"].default)
     p.add_argument("--user-col", default="user_id", help="csv/parquet: the user column")
     p.add_argument("--item-col", default="item_id", help="csv/parquet: the item column")
     p.add_argument("--rating-col", default="rating", help="csv/parquet: the rating column")

@@ -59,7 +59,7 @@ Rows = dict[str, Tensor]
 
 
 LABELS = {"ranking": (), "ctr": ("click",), "multitask": ("click", "rating")}
-"""The labels each kind of model (`advrec.config.MODEL_KINDS`) learns, beside the pairs."""
+"""The labels each kind of model (`advrec.config.policy.MODEL_KINDS`) learns, beside the pairs."""
 LABEL_COLUMNS = {"click": "label", "rating": "rating"}
 """The prepared splits' column of each label."""
 
@@ -281,7 +281,7 @@ class LabelledTask:
 
 def make_task(cfg: RunConfig, data: Dataset, shard: Shard = WHOLE,
               stream: Any = None) -> Task:
-    """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.MODEL_KINDS`),
+    """The task that trains and evaluates ``cfg.model.name`` (`advrec.config.policy.MODEL_KINDS`),
     training on ``shard`` (rank, world size) of the examples, or on the rows of ``stream``
     (this worker's Ray Data shard, with ``data.stream``)."""
     if cfg.model.name == "sasrec":

@@ -1,18 +1,29 @@
-"""The typed run config: one YAML file plus ``key=value`` overrides, validated by pydantic.
+"""The run config's schema: one pydantic model per section, and `RunConfig`, which checks the
+sections against each other.
 
 Every section forbids unknown keys, so a typo is an error that names the key instead of a
-silently ignored setting. Defaults are the documented ones (see README.md, "Config reference").
-"""
+silently ignored setting, and no number may be infinite or NaN. Defaults are the documented ones
+(README.md, "Config reference")."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from advrec import strict_yaml
-from advrec.errors import AdvrecError, shown
+from advrec.config.policy import (
+    CPU_TABLE_OPTIMIZERS,
+    MODEL_KINDS,
+    ROW_SHARDING,
+    SHARDING_TYPE,
+    TASK_NAMES,
+    default_monitor,
+    metric_mode,
+    model_loss,
+    reported_metrics,
+    table_optimizer,
+)
+from advrec.errors import shown
 
 
 class Section(BaseModel):
@@ -84,26 +95,6 @@ class DataConfig(Section):
                 if getattr(self, key) is not None:
                     raise ValueError(f"data.label_column and data.{key} exclude each other")
         return self
-
-
-MODEL_KINDS = {"mf": "ranking", "neumf": "ranking", "sasrec": "ranking", "twotower": "ranking",
-               "deepfm": "ctr", "dcnv2": "ctr", "mmoe": "multitask"}
-"""What each model is trained and evaluated for: top-K ranking, click-through rate, or several
-tasks at once (`advrec.train.tasks`)."""
-TASK_NAMES = ("click", "rating")
-"""The multi-task model's objectives: click (rating >= data.label_threshold, BCE) and the rating
-itself (MSE)."""
-
-
-SHARDING_TYPE = Literal["table_wise", "column_wise", "row_wise", "table_row_wise",
-                        "table_column_wise", "data_parallel"]
-"""torchrec's sharding types (``ShardingType`` values) a table can be given (`model.sharding`)."""
-ROW_SHARDING = ("row_wise", "table_row_wise")
-"""The sharding types torchrec implements on CUDA only."""
-TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
-"""The fused in-backward table optimizers of ``model.embeddings=torchrec`` (FBGEMM's)."""
-CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
-"""Those FBGEMM implements on CPU."""
 
 
 class ModelConfig(Section):
@@ -375,24 +366,16 @@ class RunConfig(Section):
 
     def reported_metrics(self) -> list[str]:
         """The metric keys evaluation reports for this config's model."""
-        if self.kind == "ctr":
-            return list(CTR_METRICS)
-        if self.kind == "multitask":
-            return [*(f"click/{m}" for m in CTR_METRICS), "rating/rmse"]
-        return [f"{m}@{k}" for m in RANKING_METRICS for k in self.eval.ks]
+        return reported_metrics(self.kind, self.eval.ks)
 
     def monitor(self) -> tuple[str, bool]:
         """The monitored valid metric and whether higher is better."""
-        name = self.train.monitor
-        if name is None:
-            name = {"ranking": f"ndcg@{self.eval.ks[0]}", "ctr": "auc",
-                    "multitask": "click/auc"}[self.kind]
-        return name, name.rsplit("/", 1)[-1] not in LOWER_IS_BETTER
+        name = self.train.monitor or default_monitor(self.kind, self.eval.ks)
+        return name, metric_mode(name) == "max"
 
     def loss(self) -> str | None:
         """The training loss of a single-task model (None for the multi-task one)."""
-        own = {"twotower": "softmax", "deepfm": "bce", "dcnv2": "bce", "mmoe": None}
-        return own.get(self.model.name, self.train.loss or "bpr")
+        return model_loss(self.model.name, self.train.loss)
 
     @model_validator(mode="after")
     def _loss_fits_the_model(self) -> RunConfig:
@@ -418,8 +401,7 @@ class RunConfig(Section):
 
     def table_optimizer(self) -> str:
         """The fused optimizer of torchrec tables (`TABLE_OPTIMIZERS`)."""
-        return self.train.table_optimizer or {"adamw": "adam"}.get(self.train.optimizer,
-                                                                    self.train.optimizer)
+        return table_optimizer(self.train.optimizer, self.train.table_optimizer)
 
     @model_validator(mode="after")
     def _torchrec_tables(self) -> RunConfig:
@@ -510,129 +492,3 @@ class RunConfig(Section):
                 f"for model.name={self.model.name} ({', '.join(reported)})"
             )
         return self
-
-
-RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
-CTR_METRICS = ("auc", "logloss", "gauc")
-LOWER_IS_BETTER = ("logloss", "rmse")
-
-
-def metric_mode(name: str) -> str:
-    """Whether a search maximises (``max``) or minimises (``min``) a reported metric."""
-    lower = name != "objective" and name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
-    return "min" if lower else "max"
-
-
-def _parse_value(text: str, culprit: str) -> Any:
-    """Parse an override's value as YAML, so `0.5`, `true`, `[10,20]` and `null` get their types."""
-    return strict_yaml.load(text, culprit) if text != "" else ""
-
-
-def key_text(key: Any) -> str:
-    """A config key as an error names it: as written, or quoted and cut when it is long or
-    holds a newline or another unprintable character."""
-    text = str(key)
-    return text if text.isprintable() and len(text) <= 60 else shown(key)
-
-
-def _with_value(raw: dict[str, Any], key: str, value: Any, culprit: str) -> dict[str, Any]:
-    """``raw`` with the dotted ``key`` set to ``value``: a new dict, whose sections on the key's
-    path are new too (``raw`` is left as it was)."""
-    parts = key.split(".")
-    if not all(parts):
-        raise AdvrecError(f"{culprit}: a key is names joined by dots, e.g. adv.eps")
-    out = node = dict(raw)
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = {}
-        elif not isinstance(child, dict):
-            raise AdvrecError(f"{culprit}: {key_text(part)} is not a section")
-        node[part] = dict(child)
-        node = node[part]
-    node[parts[-1]] = value
-    return out
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides to a raw config dict (returns a new dict)."""
-    out = raw
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        culprit = f"override {shown(item)}"
-        if not sep or not key:
-            raise AdvrecError(f"{culprit}: expected key=value, e.g. adv.eps=0.5")
-        out = _with_value(out, key, _parse_value(value, culprit), culprit)
-    return dict(out)
-
-
-def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``raw`` with each dotted key of ``values`` set to its value (returns a new dict)."""
-    out = dict(raw)
-    for key, value in values.items():
-        out = _with_value(out, key, value, key_text(key))
-    return out
-
-
-def error_line(exc: ValidationError) -> str:
-    """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``; keys and
-    values are echoed cut short (a value can be megabytes long)."""
-    err = exc.errors()[0]
-    loc = ".".join(key_text(p) for p in err["loc"]) or "config"
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        return f"{loc}: unknown config key"
-    if err["type"] == "missing":
-        return f"{loc}: required config key is missing"
-    got = err.get("input")
-    echo = "" if isinstance(got, dict) else f" (got {shown(got)})"
-    return f"{loc}: {msg}{echo}"
-
-
-def build_config(raw: dict[str, Any], overrides: list[str] | None = None) -> RunConfig:
-    """Validate a raw dict (plus overrides) into a RunConfig, or raise a one-line AdvrecError."""
-    raw = apply_overrides(raw, overrides or [])
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise AdvrecError(error_line(exc)) from None
-
-
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Load a YAML config file (or none, for overrides only) and validate it."""
-    return build_config(load_raw(path, overrides))
-
-
-def load_raw(path: str | Path | None, overrides: list[str] | None = None) -> dict[str, Any]:
-    """A YAML config file (or none) with ``overrides`` applied, not yet validated."""
-    raw = read_mapping(path, "config file") if path is not None else {}
-    return apply_overrides(raw, overrides or [])
-
-
-def read_mapping(path: str | Path, what: str) -> dict[str, Any]:
-    """The YAML mapping in the file at ``path`` (a path or URL; empty: ``{}``), read by
-    `advrec.strict_yaml`; a missing or unreadable file, bad or refused YAML or another kind of
-    document is one error naming the file as a ``what``."""
-    from advrec import io
-
-    fs, p = io.filesystem(str(path))
-    try:
-        with fs.open(p, "rb") as f:
-            data = f.read(strict_yaml.MAX_BYTES + 1)  # more is refused unread
-    except FileNotFoundError:
-        raise AdvrecError(f"{path}: {what} not found") from None
-    except IsADirectoryError:
-        raise AdvrecError(f"{path}: is a directory, not a {what}") from None
-    except OSError as exc:
-        raise AdvrecError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    raw = strict_yaml.load(data, str(path))
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise AdvrecError(f"{path}: a {what} must be a YAML mapping, not a {type(raw).__name__}")
-    return raw
-
-
-def dump_config(cfg: RunConfig) -> str:
-    """The resolved config as YAML (by alias, so ``adv.lambda`` round-trips)."""
-    return strict_yaml.dump(cfg.model_dump(mode="json", by_alias=True))
