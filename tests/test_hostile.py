@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from advrec.cli import main
+from payloads import Touch, dotted_pickle, system_pickle
 
 Setup = Callable[["Places"], None]
 
@@ -87,7 +88,110 @@ def both(*setups: Setup) -> Setup:
 TRAIN = ("train", "--output", "{d}/out", "data.source={data}", "model.dim=8", "train.epochs=1")
 
 # --- security: nothing from a run directory or a config is ever executed ----------------------
+def writable(name: str = "run") -> Setup:
+    """A setup that makes the copied ``{d}/name`` writable again (copies keep the modes)."""
+    def setup(p: Places) -> None:
+        for path in [p.d / name, *(p.d / name).rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    return setup
+
+
+def plant(name: str, payload: Callable[[str], bytes]) -> Setup:
+    """A setup that writes ``payload({d}/PWNED)`` to ``{d}/name``, replacing any file there."""
+    def setup(p: Places) -> None:
+        (p.d / name).unlink(missing_ok=True)
+        write(name, payload(str(p.d / "PWNED")))(p)
+    return setup
+
+
+def torch_payload(marker: str) -> bytes:
+    """A checkpoint in torch's own format whose pickle runs ``touch marker``."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"model": Touch(marker)}, buffer)
+    return buffer.getvalue()
+
+
+def sharded_model(p: Places) -> None:
+    """The copied run's model.pt as a sharded run's: no ``model`` key (its tables are in the
+    ``checkpoint/model`` directory, where a case plants its metadata)."""
+    import torch
+
+    path = p.d / "run/checkpoint/model.pt"
+    state = torch.load(path, weights_only=True)
+    del state["model"]
+    torch.save(state, path)
+
+
+def unfinished(p: Places) -> None:
+    """The copied run as if stopped after its checkpoint (resumable)."""
+    (p.d / "run/metrics.json").unlink()
+
+
+def pickled_ids(path: Path, marker: str) -> None:
+    """Rewrite the Parquet file ``path`` with its ``user`` column as Ray Data's pickled Python
+    objects (``ray.data.arrow_pickled_object``), each a payload touching ``marker``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowPythonObjectType
+
+    table = pq.read_table(path)
+    blobs = pa.array([system_pickle(marker)] * table.num_rows, pa.large_binary())
+    column = table.schema.get_field_index("user")
+    table = table.set_column(column, "user", ArrowPythonObjectType().wrap_array(blobs))
+    path.unlink()
+    pq.write_table(table, path)
+
+
 SECURITY: list[Case] = [
+    # a pickle passing a module-prefix check by a dotted name (torch...filesystem + os.system)
+    Case("evaluate-sharded-metadata-dotted-name", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model/.metadata: refused to unpickle",
+         both(copy_run(), writable(), sharded_model,
+              plant("run/checkpoint/model/.metadata", dotted_pickle)),
+         unchanged=("{d}/run",)),
+    Case("evaluate-sharded-metadata-reduce", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model/.metadata: refused to unpickle",
+         both(copy_run(), writable(), sharded_model,
+              plant("run/checkpoint/model/.metadata", system_pickle)),
+         unchanged=("{d}/run",)),
+    Case("evaluate-model-pickle", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model.pt: refused to unpickle",
+         both(copy_run(), writable(), plant("run/checkpoint/model.pt", torch_payload)),
+         unchanged=("{d}/run",)),
+    Case("train-resume-state-pickle", ("train", "--resume", "{d}/run"),
+         "{d}/run/checkpoints/epoch-000000.pt: refused to unpickle",
+         both(copy_run(), writable(), unfinished,
+              plant("run/checkpoints/epoch-000000.pt", torch_payload)),
+         unchanged=("{d}/run",)),
+    Case("train-resume-state-bare-pickle", ("train", "--resume", "{d}/run"),
+         "{d}/run/checkpoints/epoch-000000.pt: refused to unpickle",
+         both(copy_run(), writable(), unfinished,
+              plant("run/checkpoints/epoch-000000.pt", system_pickle)),
+         unchanged=("{d}/run",)),
+    # Ray Tune unpickles an experiment's state: only what this user's advrec signed is resumed
+    Case("tune-resume-planted-tuner-pickle", ("tune", "--resume", "{d}/exp"),
+         "{d}/exp/tuner.pkl: refused: not signed",
+         both(write("exp/search.json", "{}"), plant("exp/tuner.pkl", system_pickle)),
+         unchanged=("{d}/exp",), env={"XDG_CONFIG_HOME": "{d}/config"}),
+    Case("tune-resume-planted-searcher-state", ("tune", "--resume", "{d}/exp"),
+         "{d}/exp/searcher-state-2026-01-01_00-00-00.pkl: refused: not signed",
+         both(write("exp/search.json", "{}"),
+              plant("exp/searcher-state-2026-01-01_00-00-00.pkl", dotted_pickle)),
+         unchanged=("{d}/exp",), env={"XDG_CONFIG_HOME": "{d}/config"}),
+    # Ray Data unpickles a column of its pickled-object type once a value is read as Python
+    Case("train-dataset-pickled-column", ("train", "--output", "{d}/out", "data.source={d}/evil",
+                                          "model.dim=8", "train.epochs=1"),
+         "{d}/evil/train.parquet: column 'user' has the extension type",
+         both(lambda p: shutil.copytree(p.data, p.d / "evil"), writable("evil"),
+              lambda p: pickled_ids(p.d / "evil/train.parquet", str(p.d / "PWNED"))),
+         unchanged=("{d}/evil",)),
+    Case("config-yaml-python-tag", ("train", "--config", "{d}/evil.yaml", "--output", "{d}/out"),
+         "{d}/evil.yaml: not valid YAML",
+         write("evil.yaml", "model: !!python/object/apply:os.system ['touch PWNED']\n")),
 ]
 
 # --- outputs: never delete what advrec did not write; no half-written output -----------------

@@ -85,6 +85,21 @@ def _check_bucket(fs: fsspec.AbstractFileSystem, protocol: str, endpoint: str,
     _reachable.add(key)
 
 
+def refuse_extension_types(schema: pa.Schema, where: str) -> None:
+    """Raise a one-line `AdvrecError` when a column of a Parquet file's ``schema``, at any
+    depth, has an extension type: Ray Data's ``ray.data.arrow_pickled_object`` (registered
+    once Ray Data is imported, as training does) turns its values into Python objects by
+    unpickling them, so a file handed to advrec could run code the moment one is read."""
+    def extension(t: pa.DataType) -> bool:
+        return isinstance(t, pa.BaseExtensionType) or any(
+            extension(t.field(i).type) for i in range(t.num_fields))
+
+    for field in schema:
+        if extension(field.type):
+            raise AdvrecError(f"{where}: column '{field.name}' has the extension type "
+                              f"{field.type}; advrec reads plain numbers, strings and lists")
+
+
 def absolute(url: str) -> str:
     """A local path made absolute (other processes resolve it the same way); URLs unchanged."""
     return url if "://" in url else os.path.abspath(url)
