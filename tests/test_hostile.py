@@ -7,19 +7,23 @@ no marker file from a planted payload (a payload, if ever executed, touches ``{d
 
 Placeholders in a case's arguments: ``{d}`` the case's own empty directory, ``{log}`` a raw
 synthetic log (Parquet, from ``advrec synth``), ``{data}`` that log prepared, ``{run}`` a finished
-MF run on it. The shared ones are read-only: a case that alters one copies it first
-(`copy_run`). The count of cases is written in README.md under "Reliability".
+MF run on it, ``{silent}`` the URL of an endpoint that accepts connections and never answers.
+The shared ones are read-only: a case that alters one copies it first (`copy_run`). The count
+of cases is written in README.md under "Reliability".
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,9 +43,11 @@ class Places:
     log: Path
     data: Path
     run: Path
+    silent: str = ""
 
     def fill(self, text: str) -> str:
-        return text.format(d=self.d, log=self.log, data=self.data, run=self.run)
+        return text.format(d=self.d, log=self.log, data=self.data, run=self.run,
+                           silent=self.silent)
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,15 @@ DATA: list[Case] = [
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------
+S3_ENV = {"AWS_ACCESS_KEY_ID": "hostile", "AWS_SECRET_ACCESS_KEY": "hostile"}
+
 RUNTIME: list[Case] = [
+    # an object store that accepts the connection and never answers: an error naming it, in
+    # seconds (the bucket check's timeout), not a hang
+    Case("prepare-silent-object-store", ("prepare", "--input", "s3://b/x", "--format", "parquet",
+                                         "--output", "{d}/out"),
+         "s3://b at {silent}: cannot reach the object store",
+         env={**S3_ENV, "AWS_ENDPOINT_URL": "{silent}"}),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME]
@@ -232,6 +246,27 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
         for f in path.rglob("*"):
             f.chmod(f.stat().st_mode & ~0o222)
     return log, data, run
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[str]:
+    """The URL of a TCP server on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the listening socket shut down: done
+            while True:
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+    server.close()
+    thread.join(timeout=10)
+    for conn in accepted:
+        conn.close()
 
 
 def _digest(path: Path) -> str:
@@ -267,8 +302,9 @@ def _run(case: Case, places: Places) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_input(case: Case, shared: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    places = Places(tmp_path, *shared)
+def test_hostile_input(case: Case, shared: tuple[Path, Path, Path], silent: str,
+                       tmp_path: Path) -> None:
+    places = Places(tmp_path, *shared, silent=silent)
     if case.setup is not None:
         case.setup(places)
     before = {u: _digest(Path(places.fill(u))) for u in case.unchanged}
