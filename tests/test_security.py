@@ -9,6 +9,7 @@ import pickle
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -109,27 +110,34 @@ def key_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def _write(handler_fs: PyFileSystem, path: Path, data: bytes) -> None:
+def _write(handler_fs: PyFileSystem, path: Path | str, data: bytes) -> None:
     with handler_fs.open_output_stream(str(path)) as f:
         f.write(data)
 
 
-def test_files_written_through_the_signing_handler_verify(key_home: Path, tmp_path: Path) -> None:
-    exp = tmp_path / "exp"
-    exp.mkdir()
-    fs, _ = io.filesystem(str(exp))
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_files_written_through_the_signing_handler_verify(where: str, key_home: Path,
+                                                          tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
+    if where == "s3":
+        request.getfixturevalue("s3_store")
+        url = f"s3://advrec/signed-{uuid.uuid4().hex[:8]}"
+    else:
+        url = str(tmp_path / "exp")
+    fs, root = io.filesystem(url)
+    fs.makedirs(root, exist_ok=True)
     pafs = PyFileSystem(SigningHandler(fs))
-    _write(pafs, exp / "tuner.pkl", pickle.dumps({"state": 1}))
-    pafs.create_dir(str(exp / "trial"))
-    _write(pafs, exp / "trial" / "params.pkl", b"x" * 100_000)
-    pafs.move(str(exp / "trial" / "params.pkl"), str(exp / "trial" / "moved.pkl"))
-    pafs.copy_file(str(exp / "tuner.pkl"), str(exp / "copy.pkl"))
-    (exp / "results.csv").write_text("not signed, but exempt\n")
-    verify(str(exp), lambda name: name == "results.csv")
+    _write(pafs, f"{root}/tuner.pkl", pickle.dumps({"state": 1}))
+    pafs.create_dir(f"{root}/trial")
+    _write(pafs, f"{root}/trial/params.pkl", b"x" * 100_000)
+    pafs.move(f"{root}/trial/params.pkl", f"{root}/trial/moved.pkl")
+    pafs.copy_file(f"{root}/tuner.pkl", f"{root}/copy.pkl")
+    fs.pipe_file(f"{root}/results.csv", b"not signed, but exempt\n")
+    verify(url, lambda name: name == "results.csv")
+    assert not fs.exists(f"{root}/trial/params.pkl{SUFFIX}")
     # the key: 32 random bytes only this user reads
     assert key_path() == key_home / "advrec" / "key"
     assert stat.S_IMODE(key_path().stat().st_mode) == 0o600 and len(key_path().read_bytes()) == 32
-    assert not (exp / "trial" / f"params.pkl{SUFFIX}").exists()
 
 
 @pytest.mark.parametrize("attack", ["planted", "changed", "renamed", "other key"])
