@@ -7,25 +7,30 @@ no marker file from a planted payload (a payload, if ever executed, touches ``{d
 
 Placeholders in a case's arguments: ``{d}`` the case's own empty directory, ``{log}`` a raw
 synthetic log (Parquet, from ``advrec synth``), ``{data}`` that log prepared, ``{run}`` a finished
-MF run on it. The shared ones are read-only: a case that alters one copies it first
-(`copy_run`). The count of cases is written in README.md under "Reliability".
+MF run on it, ``{silent}`` the URL of an endpoint that accepts connections and never answers.
+The shared ones are read-only: a case that alters one copies it first (`copy_run`). The count
+of cases is written in README.md under "Reliability".
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from advrec.cli import main
+from payloads import Touch, dotted_pickle, system_pickle
 
 Setup = Callable[["Places"], None]
 
@@ -38,9 +43,11 @@ class Places:
     log: Path
     data: Path
     run: Path
+    silent: str = ""
 
     def fill(self, text: str) -> str:
-        return text.format(d=self.d, log=self.log, data=self.data, run=self.run)
+        return text.format(d=self.d, log=self.log, data=self.data, run=self.run,
+                           silent=self.silent)
 
 
 @dataclass(frozen=True)
@@ -93,7 +100,110 @@ FLOW_ALIAS_BOMB = "[&a0 [1,1,1,1,1,1,1,1,1]," + ",".join(
 """The same in one flow sequence, as an override's value."""
 
 # --- security: nothing from a run directory or a config is ever executed ----------------------
+def writable(name: str = "run") -> Setup:
+    """A setup that makes the copied ``{d}/name`` writable again (copies keep the modes)."""
+    def setup(p: Places) -> None:
+        for path in [p.d / name, *(p.d / name).rglob("*")]:
+            path.chmod(path.stat().st_mode | 0o200)
+    return setup
+
+
+def plant(name: str, payload: Callable[[str], bytes]) -> Setup:
+    """A setup that writes ``payload({d}/PWNED)`` to ``{d}/name``, replacing any file there."""
+    def setup(p: Places) -> None:
+        (p.d / name).unlink(missing_ok=True)
+        write(name, payload(str(p.d / "PWNED")))(p)
+    return setup
+
+
+def torch_payload(marker: str) -> bytes:
+    """A checkpoint in torch's own format whose pickle runs ``touch marker``."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"model": Touch(marker)}, buffer)
+    return buffer.getvalue()
+
+
+def sharded_model(p: Places) -> None:
+    """The copied run's model.pt as a sharded run's: no ``model`` key (its tables are in the
+    ``checkpoint/model`` directory, where a case plants its metadata)."""
+    import torch
+
+    path = p.d / "run/checkpoint/model.pt"
+    state = torch.load(path, weights_only=True)
+    del state["model"]
+    torch.save(state, path)
+
+
+def unfinished(p: Places) -> None:
+    """The copied run as if stopped after its checkpoint (resumable)."""
+    (p.d / "run/metrics.json").unlink()
+
+
+def pickled_ids(path: Path, marker: str) -> None:
+    """Rewrite the Parquet file ``path`` with its ``user`` column as Ray Data's pickled Python
+    objects (``ray.data.arrow_pickled_object``), each a payload touching ``marker``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from ray.data.extensions import ArrowPythonObjectType
+
+    table = pq.read_table(path)
+    blobs = pa.array([system_pickle(marker)] * table.num_rows, pa.large_binary())
+    column = table.schema.get_field_index("user")
+    table = table.set_column(column, "user", ArrowPythonObjectType().wrap_array(blobs))
+    path.unlink()
+    pq.write_table(table, path)
+
+
 SECURITY: list[Case] = [
+    # a pickle passing a module-prefix check by a dotted name (torch...filesystem + os.system)
+    Case("evaluate-sharded-metadata-dotted-name", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model/.metadata: refused to unpickle",
+         both(copy_run(), writable(), sharded_model,
+              plant("run/checkpoint/model/.metadata", dotted_pickle)),
+         unchanged=("{d}/run",)),
+    Case("evaluate-sharded-metadata-reduce", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model/.metadata: refused to unpickle",
+         both(copy_run(), writable(), sharded_model,
+              plant("run/checkpoint/model/.metadata", system_pickle)),
+         unchanged=("{d}/run",)),
+    Case("evaluate-model-pickle", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model.pt: refused to unpickle",
+         both(copy_run(), writable(), plant("run/checkpoint/model.pt", torch_payload)),
+         unchanged=("{d}/run",)),
+    Case("train-resume-state-pickle", ("train", "--resume", "{d}/run"),
+         "{d}/run/checkpoints/epoch-000000.pt: refused to unpickle",
+         both(copy_run(), writable(), unfinished,
+              plant("run/checkpoints/epoch-000000.pt", torch_payload)),
+         unchanged=("{d}/run",)),
+    Case("train-resume-state-bare-pickle", ("train", "--resume", "{d}/run"),
+         "{d}/run/checkpoints/epoch-000000.pt: refused to unpickle",
+         both(copy_run(), writable(), unfinished,
+              plant("run/checkpoints/epoch-000000.pt", system_pickle)),
+         unchanged=("{d}/run",)),
+    # Ray Tune unpickles an experiment's state: only what this user's advrec signed is resumed
+    Case("tune-resume-planted-tuner-pickle", ("tune", "--resume", "{d}/exp"),
+         "{d}/exp/tuner.pkl: refused: not signed",
+         both(write("exp/search.json", "{}"), plant("exp/tuner.pkl", system_pickle)),
+         unchanged=("{d}/exp",), env={"XDG_CONFIG_HOME": "{d}/config"}),
+    Case("tune-resume-planted-searcher-state", ("tune", "--resume", "{d}/exp"),
+         "{d}/exp/searcher-state-2026-01-01_00-00-00.pkl: refused: not signed",
+         both(write("exp/search.json", "{}"),
+              plant("exp/searcher-state-2026-01-01_00-00-00.pkl", dotted_pickle)),
+         unchanged=("{d}/exp",), env={"XDG_CONFIG_HOME": "{d}/config"}),
+    # Ray Data unpickles a column of its pickled-object type once a value is read as Python
+    Case("train-dataset-pickled-column", ("train", "--output", "{d}/out", "data.source={d}/evil",
+                                          "model.dim=8", "train.epochs=1"),
+         "{d}/evil/train.parquet: column 'user' has the extension type",
+         both(lambda p: shutil.copytree(p.data, p.d / "evil"), writable("evil"),
+              lambda p: pickled_ids(p.d / "evil/train.parquet", str(p.d / "PWNED"))),
+         unchanged=("{d}/evil",)),
+    Case("config-yaml-python-tag", ("train", "--config", "{d}/evil.yaml", "--output", "{d}/out"),
+         "{d}/evil.yaml: not valid YAML",
+         write("evil.yaml", "model: !!python/object/apply:os.system ['touch PWNED']\n")),
 ]
 
 # --- outputs: never delete what advrec did not write; no half-written output -----------------
@@ -205,7 +315,15 @@ DATA: list[Case] = [
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------
+S3_ENV = {"AWS_ACCESS_KEY_ID": "hostile", "AWS_SECRET_ACCESS_KEY": "hostile"}
+
 RUNTIME: list[Case] = [
+    # an object store that accepts the connection and never answers: an error naming it, in
+    # seconds (the bucket check's timeout), not a hang
+    Case("prepare-silent-object-store", ("prepare", "--input", "s3://b/x", "--format", "parquet",
+                                         "--output", "{d}/out"),
+         "s3://b at {silent}: cannot reach the object store",
+         env={**S3_ENV, "AWS_ENDPOINT_URL": "{silent}"}),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME]
@@ -225,6 +343,27 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
         for f in path.rglob("*"):
             f.chmod(f.stat().st_mode & ~0o222)
     return log, data, run
+
+
+@pytest.fixture(scope="module")
+def silent() -> Iterator[str]:
+    """The URL of a TCP server on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):  # the listening socket shut down: done
+            while True:
+                accepted.append(server.accept()[0])
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept
+    server.close()
+    thread.join(timeout=10)
+    for conn in accepted:
+        conn.close()
 
 
 def _digest(path: Path) -> str:
@@ -260,8 +399,9 @@ def _run(case: Case, places: Places) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_hostile_input(case: Case, shared: tuple[Path, Path, Path], tmp_path: Path) -> None:
-    places = Places(tmp_path, *shared)
+def test_hostile_input(case: Case, shared: tuple[Path, Path, Path], silent: str,
+                       tmp_path: Path) -> None:
+    places = Places(tmp_path, *shared, silent=silent)
     if case.setup is not None:
         case.setup(places)
     before = {u: _digest(Path(places.fill(u))) for u in case.unchanged}

@@ -222,6 +222,24 @@ def test_a_client_without_the_token_is_refused(head, tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_only_the_job_servers_answers_become_one_line(head) -> None:
+    # an unknown job is the server's 404, which Ray's client raises as a bare RuntimeError:
+    # advrec's client raises its own type for it (so this fails loudly if Ray stops calling
+    # the hook), and a RuntimeError of anything else, a bug, is not taken for the server's
+    from advrec.submit.client import _call
+
+    done = _advrec("jobs", "status", "no-such-job", "--address", head.url, env=head.client_env(),
+                   timeout=60)
+    assert done.returncode == 2 and done.stderr == "advrec: error: no-such-job: no such job " \
+        "on this server\n", done.stderr
+
+    def bug() -> None:
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="^a bug$"):
+        _call("job", bug)
+
+
 def test_a_running_job_is_stopped(head, ml100k_small: Path, tmp_path: Path) -> None:
     import time
 

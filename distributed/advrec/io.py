@@ -27,6 +27,8 @@ BUCKET_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "abfs", "az")
 # botocore's defaults retry a dead endpoint for about a minute: fail in seconds instead
 S3_CLIENT = {"connect_timeout": 5, "read_timeout": 60,
              "retries": {"max_attempts": 3, "mode": "standard"}}
+CHECK_TIMEOUT = "ADVREC_S3_CHECK_TIMEOUT"
+"""The variable of the bucket check's connect and read timeouts, in seconds (default 5)."""
 
 
 def storage_options(protocol: str) -> dict[str, Any]:
@@ -56,8 +58,30 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     except (ImportError, ValueError) as exc:  # unknown protocol or missing driver (e.g. s3fs)
         raise AdvrecError(f"{url}: cannot open this location ({exc})") from exc
     if protocol in BUCKET_PROTOCOLS:
-        _check_bucket(fs, protocol, options.get("endpoint_url", ""), path.split("/", 1)[0])
+        _check_bucket(_probe(fs, options), protocol, options.get("endpoint_url", ""),
+                      path.split("/", 1)[0])
     return fs, path
+
+
+def _probe(fs: fsspec.AbstractFileSystem, options: dict[str, Any]) -> fsspec.AbstractFileSystem:
+    """A filesystem like ``fs`` for the bucket check only: on S3, one attempt (s3fs's retries
+    and botocore's off) within ``ADVREC_S3_CHECK_TIMEOUT`` seconds to connect and as many to
+    answer, so an endpoint that accepts connections and never answers is an error in seconds,
+    where the client that moves data waits longer (`S3_CLIENT`) and retries."""
+    if "config_kwargs" not in options:  # not S3
+        return fs
+    raw = os.environ.get(CHECK_TIMEOUT, "5")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = float("nan")
+    if not 0 < timeout < float("inf"):
+        raise AdvrecError(f"{CHECK_TIMEOUT}={raw!r}: not a positive number of seconds")
+    config = {"connect_timeout": timeout, "read_timeout": timeout,
+              "retries": {"total_max_attempts": 1, "mode": "standard"}}
+    probe = type(fs)(**{**options, "config_kwargs": config}, skip_instance_cache=True)
+    probe.retries = 1  # s3fs's own retry loop around botocore's (a class attribute, 5)
+    return probe
 
 
 _reachable: set[tuple[str, str, str]] = set()
@@ -83,6 +107,21 @@ def _check_bucket(fs: fsspec.AbstractFileSystem, protocol: str, endpoint: str,
         raise AdvrecError(f"{where}: cannot reach the object store ({type(exc).__name__}: "
                           f"{exc})") from None
     _reachable.add(key)
+
+
+def refuse_extension_types(schema: pa.Schema, where: str) -> None:
+    """Raise a one-line `AdvrecError` when a column of a Parquet file's ``schema``, at any
+    depth, has an extension type: Ray Data's ``ray.data.arrow_pickled_object`` (registered
+    once Ray Data is imported, as training does) turns its values into Python objects by
+    unpickling them, so a file handed to advrec could run code the moment one is read."""
+    def extension(t: pa.DataType) -> bool:
+        return isinstance(t, pa.BaseExtensionType) or any(
+            extension(t.field(i).type) for i in range(t.num_fields))
+
+    for field in schema:
+        if extension(field.type):
+            raise AdvrecError(f"{where}: column '{field.name}' has the extension type "
+                              f"{field.type}; advrec reads plain numbers, strings and lists")
 
 
 def absolute(url: str) -> str:

@@ -11,7 +11,7 @@ import torch
 
 from advrec.data.prepare import FORMAT_VERSION
 from advrec.errors import AdvrecError
-from advrec.io import filesystem, join
+from advrec.io import filesystem, join, refuse_extension_types
 
 SPLIT_NAMES = ("train", "valid", "test")
 
@@ -105,6 +105,7 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
         try:
             with fs.open(join(path, f"{name}.parquet"), "rb") as f:
                 pf = pq.ParquetFile(f)
+                refuse_extension_types(pf.schema_arrow, f"{url}/{name}.parquet")
                 # label exists only in CTR datasets (prepare --label-threshold), rating only
                 # when the raw log has ratings
                 extra = [c for c in ("label", "rating", "timestamp") if c in pf.schema_arrow.names

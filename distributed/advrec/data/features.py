@@ -26,7 +26,7 @@ import torch
 
 from advrec.data.readers import RECBOLE_TYPE
 from advrec.errors import AdvrecError
-from advrec.io import filesystem, join
+from advrec.io import filesystem, join, refuse_extension_types
 
 KINDS = ("user", "item")
 
@@ -118,6 +118,7 @@ def load_features(
             table = pq.read_table(f)
     except (pa.ArrowInvalid, OSError) as exc:
         raise AdvrecError(f"{where}: cannot read this Parquet file ({exc})") from None
+    refuse_extension_types(table.schema, where)
 
     if "index" not in table.column_names:
         raise AdvrecError(f"{where}: no 'index' column; run `advrec prepare` again")

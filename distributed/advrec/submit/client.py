@@ -28,9 +28,26 @@ from advrec.submit.spec import Job
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 CONNECT_TIMEOUT_S = 5.0
 """How long an unreachable job server may take to say so."""
-RAY_ERRORS = (RuntimeError, ConnectionError, requests.RequestException, AuthenticationError)
-"""What Ray's job client raises: RuntimeError for an answer other than 200, AuthenticationError
-for a missing or wrong token, the others when the server cannot be reached."""
+
+
+class JobServerError(RuntimeError):
+    """The job server answered other than 200 (Ray's client raises a bare RuntimeError, as a
+    bug would: `_JobClient` raises this instead, so only the server's answers become one line)."""
+
+
+class _JobClient(JobSubmissionClient):
+    """Ray's job client, its answers other than 200 raised as `JobServerError`. Every request
+    method of Ray's client reports those through ``_raise_error`` (tests/test_jobs.py fails
+    loudly if a Ray upgrade stops calling it: an unknown job would no longer be one line)."""
+
+    def _raise_error(self, r: requests.Response) -> None:
+        raise JobServerError(f"Request failed with status code {r.status_code}: {r.text}.")
+
+
+RAY_ERRORS = (JobServerError, ConnectionError, requests.RequestException, AuthenticationError)
+"""What Ray's job client raises: `JobServerError` for an answer other than 200,
+AuthenticationError for a missing or wrong token, the others when the server cannot be
+reached."""
 OUTPUT_KEY = "advrec_output"
 """The job metadata key holding where its outputs go."""
 
@@ -53,8 +70,10 @@ def connect_jobs(address: str | None) -> tuple[JobSubmissionClient, str]:
                           "--head --dashboard-host 127.0.0.1`, forward a cluster's port 8265, or "
                           "pass --address)") from None
     try:
-        return JobSubmissionClient(url), url
-    except RAY_ERRORS as exc:
+        return _JobClient(url), url
+    # the constructor's version check raises a bare RuntimeError (a 404, a Ray too old); this
+    # call runs Ray's code only, so here that is the server's answer
+    except (*RAY_ERRORS, RuntimeError) as exc:
         raise AdvrecError(f"{url}: {_first_line(exc)}") from None
 
 
@@ -71,12 +90,13 @@ def submit(client: JobSubmissionClient, job: Job) -> str:
     """Write the job's run config to its storage and submit the job; returns its id. If Ray
     refuses the job, the config written for it is removed again."""
     submission_id = new_submission_id(job)
+    # advrec's own part outside the try: its errors are not the server's
+    request = {"entrypoint": job.entrypoint(submission_id), "submission_id": submission_id,
+               "metadata": {OUTPUT_KEY: job.output_url(submission_id), "advrec_spec": job.name},
+               **job.submit_kwargs()}
     job.write_config(submission_id)
     try:
-        client.submit_job(entrypoint=job.entrypoint(submission_id), submission_id=submission_id,
-                          metadata={OUTPUT_KEY: job.output_url(submission_id),
-                                    "advrec_spec": job.name},
-                          **job.submit_kwargs())
+        client.submit_job(**request)
     except RAY_ERRORS as exc:
         fs, path = io.filesystem(job.config_url(submission_id))
         fs.rm(path)

@@ -23,6 +23,7 @@ import fsspec
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
+from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata
 
 from advrec import io
@@ -69,38 +70,80 @@ def save_sharded(url: str, tensors: dict[str, Any]) -> None:
 def load_sharded(url: str, tensors: dict[str, Any]) -> None:
     """Read the directory ``url`` into ``tensors`` (the same structure as saved, each tensor
     laid out as this worker holds it, whatever the layout it was saved with), in place."""
+    reader = _MetadataReader(url, read_metadata(url), **_options(url))
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process"
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(tensors, storage_reader=_MetadataReader(url, **_options(url)))
+            dcp.load(tensors, storage_reader=reader)
     except (FileNotFoundError, dcp.api.CheckpointException) as exc:
         raise AdvrecError(f"{url}: not a whole sharded checkpoint ({type(exc).__name__})") from None
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    """Builds the classes of a checkpoint's ``.metadata`` only, never arbitrary objects."""
+class _Refused(pickle.UnpicklingError):
+    """A pickle that asks for something other than checkpoint metadata."""
 
-    MODULES = ("torch.distributed.checkpoint.",)
-    CLASSES = frozenset({("torch", "Size"), ("torch.serialization", "_get_layout"),
-                         ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath")})
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds the classes of a checkpoint's ``.metadata`` only, never arbitrary objects: the
+    exact (module, name) pairs that torch's `dcp.save` of tensors and ShardedTensors pickles
+    (recorded from the saves of every table layout; torch.distributed.checkpoint.metadata),
+    and torch's dtypes. A name is looked up as given, so a dotted one (``os.system`` in an
+    allowed module) is no pair here. `BytesStorageMetadata` is left out on purpose: dcp loads
+    such an entry with ``torch.load(weights_only=False)``, and advrec saves tensors only."""
+
+    CLASSES = frozenset({
+        *(("torch.distributed.checkpoint.metadata", name) for name in (
+            "Metadata", "StorageMeta", "MetadataIndex", "TensorStorageMetadata",
+            "TensorProperties", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING")),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("torch", "Size"), ("torch.serialization", "_get_layout"),
+        *(("torch", name) for name in dir(torch) if isinstance(getattr(torch, name), torch.dtype)),
+    })
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module.startswith(self.MODULES) or (module, name) in self.CLASSES
-                or (module == "torch" and isinstance(getattr(torch, name, None), torch.dtype))):
+        if (module, name) in self.CLASSES:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not checkpoint metadata")
+        raise _Refused(f"it asks for {module!r}, {name!r}, which is not checkpoint metadata")
+
+
+def read_metadata(url: str) -> Metadata:
+    """The metadata of the sharded checkpoint directory ``url``, unpickled by
+    `_MetadataUnpickler` and checked to describe tensors in files of that directory only."""
+    path = io.join(url, ".metadata")
+    fs, local = io.filesystem(path)
+    try:
+        with fs.open(local, "rb") as f:
+            metadata = _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise AdvrecError(f"{url}: not a whole sharded checkpoint (no .metadata)") from None
+    except _Refused as exc:
+        raise AdvrecError(f"{path}: refused to unpickle: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any corrupt pickle, whatever it raises
+        raise AdvrecError(f"{path}: not checkpoint metadata ({type(exc).__name__})") from None
+    if not (isinstance(metadata, Metadata) and isinstance(metadata.state_dict_metadata, dict)
+            and isinstance(metadata.storage_data, dict)
+            and all(isinstance(m, dcp.metadata.TensorStorageMetadata)
+                    for m in metadata.state_dict_metadata.values())
+            # the tensors' files are plain names in this directory, read untransformed
+            and all(isinstance(s, _StorageInfo) and isinstance(s.relative_path, str)
+                    and s.relative_path.endswith(".distcp") and "/" not in s.relative_path
+                    and "\\" not in s.relative_path and not s.transform_descriptors
+                    for s in metadata.storage_data.values())):
+        raise AdvrecError(f"{path}: refused: not the metadata of a checkpoint of tensors")
+    return metadata
 
 
 class _MetadataReader(FsspecReader):
-    """torch's fsspec reader, but its metadata (a pickle) unpickled by `_MetadataUnpickler`."""
+    """torch's fsspec reader, with the metadata that `read_metadata` read and checked."""
+
+    def __init__(self, url: str, metadata: Metadata, **options: Any) -> None:
+        super().__init__(url, **options)
+        self._checked = metadata
 
     def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        path = self.fs.concat_path(self.path, ".metadata")
-        with self.fs.create_stream(path, "rb") as f:
-            metadata = _MetadataUnpickler(f).load()
-        metadata.storage_meta = metadata.storage_meta or dcp.metadata.StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+        self._checked.storage_meta = self._checked.storage_meta or dcp.metadata.StorageMeta()
+        self._checked.storage_meta.load_id = self.load_id
+        return self._checked
 
 
 def _write(url: str, state: dict[str, Any]) -> None:
@@ -190,7 +233,10 @@ def load_checkpoint(url: str) -> dict[str, Any]:
             return torch.load(_bytes_io.BytesIO(f.read()), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise AdvrecError(f"{url}: checkpoint not found") from None
-    except (RuntimeError, EOFError, ValueError, pickle.UnpicklingError) as exc:  # corrupt or foreign
+    except pickle.UnpicklingError:  # torch's weights-only unpickler: a global it does not allow
+        raise AdvrecError(f"{url}: refused to unpickle: not tensors and plain values only, as "
+                          f"an advrec checkpoint is") from None
+    except (RuntimeError, EOFError, ValueError, KeyError) as exc:  # corrupt or foreign
         raise AdvrecError(f"{url}: not an advrec checkpoint ({type(exc).__name__})") from None
 
 

@@ -8,7 +8,9 @@ Every epoch reports the valid metrics, the robust ones (``eval.robust_every``) a
 (``tune.weights``) to Tune, whose scheduler (ASHA by default) stops trials that fall behind.
 The experiment directory holds Tune's state (so ``--resume`` continues it), each trial's run
 directory under ``trials/``, and the tables, front, plot and ``best.yaml`` of
-`advrec.tune.results`.
+`advrec.tune.results`. Tune's state is pickled: Tune writes it through
+`advrec.signing.SigningHandler`, which signs every file, and ``--resume`` refuses a directory
+holding a file advrec did not sign.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 import ray
 import ray.tune
-from pyarrow.fs import FSSpecHandler, PyFileSystem
+from pyarrow.fs import PyFileSystem
 
 from advrec import io
 from advrec.config import (
@@ -31,15 +33,26 @@ from advrec.config import (
 )
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError, shown
+from advrec.signing import SigningHandler, verify
 from advrec.train.checkpoint import has_train_state
 from advrec.train.driver import connect, read_run, resume_training, run_cpus, run_training
 from advrec.train.loop import epoch_metrics
-from advrec.tune.results import write_results
+from advrec.tune.results import BEST, FRONT, RESULTS, write_results
 
 BASE_FILE = "base.yaml"
 """The searched config as given (the user's source, before any trial's values)."""
 SEARCH_FILE = "search.json"
 """The raw config of every trial (on the prepared dataset) and the user's, for ``--resume``."""
+_OWN = frozenset({BASE_FILE, SEARCH_FILE, f"{RESULTS}.csv", f"{RESULTS}.parquet",
+                  f"{FRONT}.csv", f"{FRONT}.png", BEST})
+"""advrec's own files in an experiment: read as JSON or YAML, or not at all."""
+
+
+def _unpickled_by_none(name: str) -> bool:
+    """Whether nothing unpickles the experiment's file ``name`` (a path relative to it), so it
+    needs no signature: advrec's own files and the trials' run directories (whose checkpoints
+    advrec reads with ``weights_only``). Every file Tune writes is signed."""
+    return name in _OWN or name.startswith("trials/")
 
 
 def _distribution(dim: SearchDim) -> Any:
@@ -87,7 +100,9 @@ def _tuner(raw: dict[str, Any], cfg: RunConfig, experiment: str, progress: bool,
            restore: bool) -> ray.tune.Tuner:
     fs, path = io.filesystem(experiment)
     parent, _, name = path.rstrip("/").rpartition("/")
-    storage = {"storage_path": parent or "/", "storage_filesystem": PyFileSystem(FSSpecHandler(fs))}
+    # Tune writes its (pickled) state through a handler that signs every file, for --resume
+    storage = {"storage_path": parent or "/",
+               "storage_filesystem": PyFileSystem(SigningHandler(fs))}
     # the trial's own process only waits on its Ray Train workers, which reserve their own
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(_trial, raw=raw, experiment=experiment), {"CPU": 0.01})
@@ -174,6 +189,7 @@ def resume_tune(experiment: str, progress: bool = True,
     experiment = io.absolute(experiment)
     if not io.exists(io.join(experiment, SEARCH_FILE)):
         raise AdvrecError(f"{experiment}: not an advrec tune experiment (no {SEARCH_FILE})")
+    verify(experiment, _unpickled_by_none)  # before Ray unpickles any of it
     search = io.read_json(io.join(experiment, SEARCH_FILE))
     cfg = build_config(search["trials"])
     _connect(cfg, address)
