@@ -357,7 +357,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_received: list[int] = []
+"""The signals `_raise` got: what stopped the command, whatever exception reached `main` (Ray's
+``ray.get`` turns one raised in a handler into a plain KeyboardInterrupt)."""
+
+
 def _raise(signum: int, frame: object) -> None:
+    _received.append(signum)
     raise Interrupted(signum)
 
 
@@ -393,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"advrec: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Interrupted, or a library's own KeyboardInterrupt
-        signum = getattr(exc, "signum", signal.SIGINT)
+        signum = _received[-1] if _received else getattr(exc, "signum", signal.SIGINT)
         print(f"advrec: error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
         return 128 + signum
 

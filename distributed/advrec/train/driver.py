@@ -132,8 +132,14 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
     reports go (by Tune's callback; Ray Train's local mode has none, so a trial needs workers).
     """
     workers = scaling.num_workers
+    main_thread = threading.current_thread() is threading.main_thread()
     if workers or datasets:
+        sigterm = signal.getsignal(signal.SIGTERM)
         connect(address, run_cpus(scaling, streaming=bool(datasets)))
+        if callable(sigterm) and main_thread:
+            # ray.init puts its own SIGTERM handler in place, which exits at once (status 1);
+            # the CLI's raises, so the run is cleaned up (and Ray stopped, below)
+            signal.signal(signal.SIGTERM, sigterm)
     storage_options: dict[str, Any] = {}
     if storage is not None:
         fs, path = io.filesystem(storage)
@@ -162,9 +168,10 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
         # which aborts the worker group and calls sys.exit(0), reaching here as SystemExit(1)
         # (Ray 2.60); no other code on this path exits: an interrupt it is
         raise Interrupted(signal.SIGINT) from None
-    except Interrupted:
-        # SIGTERM (or SIGINT without Ray's handler): the workers go on until Ray stops, and
-        # must not write into the run directory the caller is about to clean up
+    except KeyboardInterrupt:
+        # SIGTERM (the CLI's handler; ray.get re-raises it as a plain KeyboardInterrupt): the
+        # workers go on until Ray stops, and must not write into the run directory the caller
+        # is about to clean up
         if workers or datasets:
             ray.shutdown()
         raise
@@ -177,7 +184,7 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
                 raise AdvrecError(str(error)) from None
         raise
     finally:
-        if threading.current_thread() is threading.main_thread():
+        if main_thread:
             signal.signal(signal.SIGINT, handler)  # Ray leaves its own, for a run now over
 
 
