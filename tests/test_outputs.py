@@ -123,3 +123,12 @@ def test_the_rule_on_s3(s3_store: str, data: str) -> None:
     assert json.loads(fs.cat("advrec/outputs/data/meta.json"))["split"]["ratios"] == [
         0.6, 0.2, 0.2]
     assert not any(".tmp-" in p for p in fs.find("advrec"))  # every write was committed
+
+
+def test_a_failed_run_in_an_empty_directory_leaves_it_empty(data: str, tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    cfg = load_config(None, [f"data.source={data}", "model.dim=8", "train.batch_size=256",
+                             "train.fault_epoch=0"])
+    with pytest.raises(RuntimeError, match="fault injected in epoch 0"):
+        run_training(cfg, str(tmp_path / "run"), progress=False)
+    assert list((tmp_path / "run").iterdir()) == []  # no config.yaml, no run.json
