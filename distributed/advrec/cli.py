@@ -1,21 +1,25 @@
 """The ``advrec`` console script: prepare, synth, train, tune, evaluate, plot, submit, run, jobs,
 demo.
 
-Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2.
+Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2;
+SIGINT and SIGTERM into one line and exit code 130 or 143, after removing temporary outputs.
 Commands import their heavy modules (torch, Ray) inside, so ``advrec --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import NoReturn
 
 from advrec import io
 from advrec.config import DataConfig
-from advrec.errors import AdvrecError, shown
+from advrec.errors import AdvrecError, Interrupted, shown
 
 
 def _eps(text: str) -> list[float]:
@@ -316,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (clean or adversarial) into a run directory")
     _run_arguments(p, config="YAML run config (see jobs/configs/)",
-                   output="run directory: path or URL (a finished run there is replaced)",
+                   output="run directory: path or URL (a finished run there is replaced once the "
+                   "new one has finished)",
                    resume_as="RUN", resume="continue the stopped run in RUN from its latest "
                    "checkpoint, exactly as if it had not stopped",
                    quiet="no progress bar", example="adv.eps=0.5 train.epochs=20")
@@ -386,6 +391,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_received: list[int] = []
+"""The signals `_raise` got: what stopped the command, whatever exception reached `main` (Ray's
+``ray.get`` turns one raised in a handler into a plain KeyboardInterrupt)."""
+
+
+def _raise(signum: int, frame: object) -> None:
+    _received.append(signum)
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGINT and SIGTERM raise `Interrupted` in the main thread while a command runs (SIGTERM
+    would otherwise end the process without unwinding, leaving temporary outputs behind); the
+    previous handlers come back after. Elsewhere than the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _raise) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -396,10 +427,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"{args.command}: unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
-        return func(args) or 0  # a command that follows a job returns its exit code
+        with _signals_raise():
+            return func(args) or 0  # a command that follows a job returns its exit code
     except AdvrecError as exc:
         print(f"advrec: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Interrupted, or a library's own KeyboardInterrupt
+        signum = _received[-1] if _received else getattr(exc, "signum", signal.SIGINT)
+        print(f"advrec: error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -27,3 +27,12 @@ def shown(value: Any) -> str:
 TORCHREC_MISSING = ("model.embeddings=torchrec needs torchrec: run `make torchrec` (CPU: "
                     "fbgemm-gpu-cpu, then torchrec without its CUDA dependency; see README.md)")
 """The error of the optional torchrec backend when torchrec is not installed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised in the main thread: a command unwinds as from any failure
+    (removing its temporary outputs) and the CLI exits with 128 + ``signum``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

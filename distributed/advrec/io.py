@@ -1,7 +1,8 @@
 """File access through fsspec: a local path and an ``s3://`` URL take the same code path.
 
 Outputs are written atomically: everything goes to a temporary sibling first and is moved to
-its final name only when complete, so a failed command leaves nothing half-written behind.
+its final name only when complete, so a failed command leaves nothing half-written behind. An
+output directory replaces only one that advrec wrote (`check_output`): never the user's files.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import contextlib
 import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import fsspec
@@ -180,50 +182,150 @@ def write_parquet(fs: fsspec.AbstractFileSystem, path: str, table: pa.Table) -> 
                        row_group_size=min(max(table.num_rows, 1), ROW_GROUP_ROWS))
 
 
-@contextlib.contextmanager
-def atomic_dir(url: str, overwrite: bool = True) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
-    """Yield ``(fs, tmp_path)`` to fill; on success ``tmp_path`` becomes ``url``, on error it is removed.
+@dataclass(frozen=True)
+class Marker:
+    """What marks a directory as an output advrec wrote, which it may therefore replace: the
+    JSON object in ``file`` has the key ``key``. ``what`` names such an output in errors."""
 
-    On a local disk the final step is a rename. On object stores it is a copy then delete of the
-    temporary prefix, which readers never see because ``meta.json``-style markers are written last.
-    """
-    fs, final = filesystem(url)
-    final = final.rstrip("/")
-    if fs.exists(final) and not overwrite:
-        raise AdvrecError(f"{url}: output already exists")
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-    fs.makedirs(tmp, exist_ok=True)
+    file: str
+    key: str
+    what: str
+
+
+def temporary(url: str) -> str:
+    """A fresh sibling name of ``url`` to write into before the result takes ``url``'s place."""
+    return f"{url.rstrip('/')}.tmp-{uuid.uuid4().hex[:8]}"
+
+
+def owned(url: str, marker: Marker) -> bool:
+    """Whether the directory ``url`` is an output advrec wrote, as ``marker`` tells."""
+    fs, path = filesystem(url)
     try:
+        with fs.open(f"{path.rstrip('/')}/{marker.file}", "r") as f:
+            content = json.load(f)
+    except (OSError, ValueError):  # missing, unreadable or not JSON
+        return False
+    return isinstance(content, dict) and marker.key in content
+
+
+def _location(url: str) -> tuple[str, str]:
+    """``url``'s filesystem and path, a local one resolved (links, ``..``), for comparisons."""
+    fs, path = filesystem(url)
+    if isinstance(fs, LocalFileSystem):
+        return "file", os.path.realpath(path)
+    return str(fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]), path.rstrip("/")
+
+
+def _within(inner: tuple[str, str], outer: tuple[str, str]) -> bool:
+    """Whether location ``inner`` is ``outer`` or lies under it."""
+    return inner[0] == outer[0] and (inner[1] == outer[1]
+                                     or inner[1].startswith(outer[1].rstrip("/") + "/"))
+
+
+def check_output(url: str, marker: Marker, inputs: Sequence[str] = ()) -> None:
+    """Raise a one-line `AdvrecError` unless advrec may write the directory ``url``: where
+    nothing is, an empty directory, or an output advrec wrote (``marker``), which the new one
+    replaces. Never a file, a directory of anything else, the working directory or one above
+    it; never one of ``inputs``, one inside an input (it would be read as input next time) or
+    one that holds an input (replacing it would delete the input)."""
+    where = _location(url)
+    if where[0] == "file" and _within(_location(os.getcwd()), where):
+        raise AdvrecError(f"{url}: holds the working directory, which advrec never replaces; "
+                          "choose another output")
+    for source in inputs:
+        place = _location(source)
+        if _within(where, place) or _within(place, where):
+            raise AdvrecError(f"{url}: overlaps the input {source}; the output must be apart "
+                              "from it (neither inside the other)")
+    fs, path = filesystem(url)
+    path = path.rstrip("/")
+    if not fs.exists(path):
+        check_file(url)  # nothing there: but not under a file either
+        return
+    if not fs.isdir(path):
+        raise AdvrecError(f"{url}: is a file, not {marker.what}; advrec replaces only outputs "
+                          "it wrote: choose another output or delete it")
+    if fs.ls(path) and not owned(url, marker):
+        raise AdvrecError(f"{url}: exists and is not {marker.what} (no advrec {marker.file}); "
+                          "advrec replaces only outputs it wrote: choose another output or "
+                          "delete it")
+
+
+@contextlib.contextmanager
+def atomic_dir(url: str, marker: Marker) -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
+    """Yield ``(fs, tmp_path)`` to fill (``marker``'s file last); on success ``tmp_path`` takes
+    the place of ``url`` (`replace_tree`), on error it is removed. What is at ``url`` must be
+    replaceable (`check_output`): that is checked before and again just before the swap."""
+    check_output(url, marker)
+    fs, final = filesystem(url)
+    tmp = temporary(final)
+    try:
+        fs.makedirs(tmp, exist_ok=True)
         yield fs, tmp
-        if fs.exists(final):
-            fs.rm(final, recursive=True)
-        _move_tree(fs, tmp, final)
+        replace_tree(url, fs.unstrip_protocol(tmp), marker)
     except BaseException:
         if fs.exists(tmp):
             fs.rm(tmp, recursive=True)
         raise
 
 
-def _move_tree(fs: fsspec.AbstractFileSystem, src: str, dst: str) -> None:
-    """Rename the directory ``src`` to ``dst``: one rename on a local disk. Object stores have
-    no directories (fsspec's recursive move would copy the prefixes too), so each object is
-    copied, then the source prefix deleted."""
+def replace_tree(url: str, new: str, marker: Marker) -> None:
+    """Move the finished output ``new`` (a sibling directory) to ``url``, replacing what is
+    there, which `check_output` must allow. On a local disk the old tree is renamed aside, the
+    new one renamed into place and only then the old one deleted, so a failure leaves one of
+    them whole at ``url``. Object stores have no rename: the old objects are deleted (the
+    marker first) and the new ones copied (the marker last), so a reader never takes a partial
+    output for a whole one."""
+    check_output(url, marker)
+    fs, final = filesystem(url)
+    final = final.rstrip("/")
+    src = filesystem(new)[1].rstrip("/")
     if isinstance(fs, LocalFileSystem):
-        fs.mv(src, dst, recursive=True)
+        old = temporary(final) if fs.exists(final) else None
+        if old:
+            os.rename(final, old)
+        try:
+            os.rename(src, final)
+        except BaseException:
+            if old:
+                os.rename(old, final)
+            raise
+        if old:
+            fs.rm(old, recursive=True)
         return
-    for path in fs.find(src):
-        fs.copy(path, dst + path[len(src):])
+    if fs.exists(final):
+        if fs.exists(f"{final}/{marker.file}"):
+            fs.rm(f"{final}/{marker.file}")
+        fs.rm(final, recursive=True)
+    for path in sorted(fs.find(src), key=lambda p: p == f"{src}/{marker.file}"):
+        fs.copy(path, final + path[len(src):])
     fs.rm(src, recursive=True)
+
+
+def check_file(url: str) -> None:
+    """Raise a one-line `AdvrecError` unless a file can be written at ``url``: not where a
+    directory is (a rename would move the file into it), nor under a file."""
+    fs, path = filesystem(url)
+    if fs.isdir(path):
+        raise AdvrecError(f"{url}: is a directory; name a file")
+    parent = path.rpartition("/")[0]
+    while parent and not fs.exists(parent):
+        parent = parent.rpartition("/")[0]
+    if parent and not fs.isdir(parent):
+        shown = parent if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(parent)
+        raise AdvrecError(f"{url}: cannot be created, {shown} is a file")
 
 
 @contextlib.contextmanager
 def atomic_file(url: str, mode: str = "w") -> Iterator[Any]:
-    """Open ``url`` for writing through a temporary name that is renamed into place on success."""
+    """Open ``url`` for writing through a temporary name that is renamed into place on success
+    (replacing a file there, never a directory: that is an error naming it)."""
+    check_file(url)
     fs, final = filesystem(url)
     parent = final.rsplit("/", 1)[0] if "/" in final else ""
     if parent:
         fs.makedirs(parent, exist_ok=True)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = temporary(final)
     try:
         with fs.open(tmp, mode) as f:
             yield f

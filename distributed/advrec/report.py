@@ -41,6 +41,8 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     0 runs in this process); ``address`` as for `advrec.train.run_training`.
     """
     cfg, _ = read_run(run)
+    for name in (ROBUSTNESS_FILE, ROBUSTNESS_PLOT):  # a bad one fails before the attacks
+        io.check_file(io.join(run, name))
     scaling = cfg.scaling if workers is None else cfg.scaling.model_copy(
         update={"num_workers": workers})
     return launch(robustness_per_worker,

@@ -38,9 +38,11 @@ from advrec.data.readers import (
 )
 from advrec.data.splits import DROPPED, TEST, TRAIN, VALID, assign_split, parse_split
 from advrec.errors import AdvrecError
-from advrec.io import atomic_dir, join, write_json, write_parquet
+from advrec.io import Marker, atomic_dir, check_output, join, write_json, write_parquet
 
 FORMAT_VERSION = 1
+DATASET = Marker("meta.json", "format_version", "a prepared dataset")
+"""What marks a directory as a dataset `prepare` wrote, which a new one may replace."""
 SPLITS = {"train": TRAIN, "valid": VALID, "test": TEST}
 
 
@@ -61,7 +63,8 @@ def prepare(
     Args:
         input: path or fsspec URL of the raw log (see :func:`~advrec.data.readers.read_log`).
         fmt: the log's format, one of :data:`~advrec.data.readers.FORMATS`.
-        output: the dataset directory to (re)write, a path or fsspec URL.
+        output: the dataset directory to write, a path or fsspec URL: new, empty, or a
+            dataset prepared before (which is replaced); apart from ``input``.
         split: a split spec, see :func:`~advrec.data.splits.parse_split`.
         min_rating: keep only interactions rated at least this (implicit positives).
         kcore: keep the largest subset where every user and item has >= ``kcore`` interactions
@@ -84,6 +87,7 @@ def prepare(
         The dataset's metadata, as written to ``meta.json``.
     """
     spec = parse_split(split)  # a bad spec fails before a large log is read
+    check_output(output, DATASET, inputs=(input,))  # and a bad output
     buckets = buckets or {}
     for kind, n in buckets.items():
         if n < 1:
@@ -214,7 +218,7 @@ def prepare(
         # Only when set, as label_column
         **({"hashing": hashing} if hashing else {}),
     }
-    with atomic_dir(output) as (fs, tmp):
+    with atomic_dir(output, DATASET) as (fs, tmp):
         for name, table in tables.items():
             write_parquet(fs, join(tmp, f"{name}.parquet"), table)
         write_parquet(fs, join(tmp, "users.parquet"), user_vocab)

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from advrec.errors import AdvrecError
-from advrec.io import atomic_dir, join, write_json, write_parquet
+from advrec.io import Marker, atomic_dir, join, write_json, write_parquet
 
 DIM = 16
 TEMPERATURE = 0.5
@@ -37,6 +37,9 @@ _BLOCK_SCORES = 1 << 20  # candidate scores held at once per block (with their f
 CANDIDATES_PER_PICK = 8
 _EPOCH = 1_577_836_800  # 2020-01-01 UTC: users start within the following year
 _MEAN_GAP_S = 3600.0  # mean seconds between a user's consecutive interactions
+SYNTH_LOG = Marker("_synth.json", "written_by", "a synthetic log")
+"""What marks a directory as a log `synth` wrote, which a new one may replace (readers of the
+log skip it: a Parquet directory's files named ``_*`` are not data)."""
 
 
 def synth(
@@ -55,7 +58,8 @@ def synth(
     ``prepare(output, "parquet")`` reads it with the default column map.
 
     Returns:
-        A summary (also written to ``output/_synth.json``, without ``output``).
+        A summary (also written to ``output/_synth.json``, without ``output``), which marks
+        the directory as advrec's: a later `synth` may replace it, and nothing else.
     """
     for name, value in (("users", users), ("items", items), ("rows_per_file", rows_per_file)):
         if value < 1:
@@ -83,7 +87,7 @@ def synth(
     popularity_cdf = np.cumsum(np.exp(log_pop, dtype=np.float64))
 
     files: list[str] = []
-    with atomic_dir(output) as (fs, tmp):
+    with atomic_dir(output, SYNTH_LOG) as (fs, tmp):
         pending: list[pa.Table] = []
         pending_rows = 0
         for start, stop in _blocks(counts, items):
@@ -100,6 +104,7 @@ def synth(
         if pending_rows:
             files.append(_write_part(fs, tmp, len(files), pa.concat_tables(pending)))
         summary = {
+            "written_by": "advrec synth",
             "users": users,
             "items": items,
             "interactions": interactions,

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +32,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from advrec import __version__, io
 from advrec.config import RunConfig, ScalingConfig, dump_config, load_config
 from advrec.data.source import resolve_dataset
-from advrec.errors import AdvrecError
+from advrec.errors import AdvrecError, Interrupted
 from advrec.ports import free_ports
 from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
@@ -129,8 +132,14 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
     reports go (by Tune's callback; Ray Train's local mode has none, so a trial needs workers).
     """
     workers = scaling.num_workers
+    main_thread = threading.current_thread() is threading.main_thread()
     if workers or datasets:
+        sigterm = signal.getsignal(signal.SIGTERM)
         connect(address, run_cpus(scaling, streaming=bool(datasets)))
+        if callable(sigterm) and main_thread:
+            # ray.init puts its own SIGTERM handler in place, which exits at once (status 1);
+            # the CLI's raises, so the run is cleaned up (and Ray stopped, below)
+            signal.signal(signal.SIGTERM, sigterm)
     storage_options: dict[str, Any] = {}
     if storage is not None:
         fs, path = io.filesystem(storage)
@@ -151,8 +160,21 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
             resources_per_worker={"CPU": scaling.cpus_per_worker,
                                   **({"GPU": 1} if scaling.use_gpu else {})}
             if workers else None))
+    handler = signal.getsignal(signal.SIGINT)
     try:
         return trainer.fit().return_value
+    except SystemExit:
+        # with workers, fit() puts Ray Train's own SIGINT handler in place (on the main thread),
+        # which aborts the worker group and calls sys.exit(0), reaching here as SystemExit(1)
+        # (Ray 2.60); no other code on this path exits: an interrupt it is
+        raise Interrupted(signal.SIGINT) from None
+    except KeyboardInterrupt:
+        # SIGTERM (the CLI's handler; ray.get re-raises it as a plain KeyboardInterrupt): the
+        # workers go on until Ray stops, and must not write into the run directory the caller
+        # is about to clean up
+        if workers or datasets:
+            ray.shutdown()
+        raise
     except WorkerGroupError as exc:
         # bad input found on a worker (a dataset without labels, say): the one-line error it
         # is, not a trace from every worker. Ray wraps user errors to carry their trace text.
@@ -161,6 +183,13 @@ def launch(fn: Callable[[dict[str, Any]], Any], config: dict[str, Any], scaling:
             if isinstance(error, AdvrecError):
                 raise AdvrecError(str(error)) from None
         raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, handler)  # Ray leaves its own, for a run now over
+
+
+RUN = io.Marker("run.json", "advrec", "an advrec run")
+"""What marks a directory as a run `run_training` wrote, which a new run may replace."""
 
 
 def run_training(cfg: RunConfig, output: str, progress: bool = True,
@@ -174,38 +203,65 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     The run directory gets ``config.yaml`` (resolved), ``run.json`` (the prepared dataset used),
     ``checkpoint/model.pt``, ``history.json`` and ``metrics.json``, and the training state
     every ``train.checkpoint_every`` epochs under ``checkpoints/``. A run that fails before its
-    first checkpoint removes the directory it created, so no half-written run is left behind;
-    a later failure keeps it for `resume_training`. A finished run in ``output`` is replaced.
+    first checkpoint removes what it wrote, so no half-written run is left behind; a later
+    failure keeps it for `resume_training`.
+
+    ``output`` may be new, an empty directory, or a run written here before that is not
+    unfinished (`io.check_output`: never anything else). A new run replaces an old one only
+    once it has finished: it is trained beside it, in ``OUTPUT.tmp-XXXXXXXX`` (its ``run.json``
+    says which run it ``replaces``), then swapped in (`io.replace_tree`). One that fails keeps
+    the old run, and, when it has a checkpoint, is kept too: resuming it finishes the
+    replacement.
     """
     output = io.absolute(output)  # Ray workers do not share the driver's working directory
-    fs, path = io.filesystem(output)  # an unreachable output fails now, before any work
+    io.check_output(output, RUN)  # an unreachable or a foreign output fails now, before any work
+    fs, path = io.filesystem(output)
     dataset = resolve_dataset(cfg.data)
+    replaces = None
     if fs.exists(io.join(path, "run.json")):
         if not fs.exists(io.join(path, "metrics.json")) and has_train_state(output):
             raise AdvrecError(f"{output}: holds an unfinished run; continue it with `advrec "
                               f"train --resume {output}`, or delete it")
-        fs.rm(path, recursive=True)  # a finished run is replaced, leaving none of its files
+        replaces, output = output, io.temporary(output)
+        path = io.filesystem(output)[1]
     created = not fs.exists(path)
     try:
         with io.atomic_file(io.join(output, "config.yaml")) as f:
             f.write(dump_config(cfg))
-        io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__})
-        return _train(cfg, dataset, output, progress, address, tune)
+        io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__,
+                                                   **({"replaces": replaces} if replaces else {})})
+        metrics = _train(cfg, dataset, output, progress, address, tune)
     except BaseException:
-        if created and fs.exists(path) and not has_train_state(output):
+        if has_train_state(output):
+            if replaces:
+                print(f"advrec: {replaces} is unchanged; its replacement stopped after a "
+                      f"checkpoint: `advrec train --resume {output}` finishes it and replaces "
+                      f"{replaces}", file=sys.stderr)
+        elif not created:  # an empty directory the user made: empty it again
+            for child in fs.ls(path, detail=False):
+                fs.rm(child, recursive=True)
+        elif fs.exists(path):
             fs.rm(path, recursive=True)
         raise
+    if replaces:
+        io.replace_tree(replaces, output, RUN)
+    return metrics
 
 
 def resume_training(run: str, progress: bool = True, address: str | None = None,
                     tune: bool = False) -> dict[str, Any]:
     """Continue the stopped run in ``run`` from its latest checkpoint; returns the final
-    metrics. The run continues exactly as if it had never stopped (same config and workers)."""
+    metrics. The run continues exactly as if it had never stopped (same config and workers).
+    A stopped replacement (`run_training`) replaces its run once it has finished."""
     run = io.absolute(run)
     cfg, dataset = read_run(run)
     if io.exists(io.join(run, "metrics.json")):
         raise AdvrecError(f"{run}: this run has finished; there is nothing to resume")
-    return _train(cfg, dataset, run, progress, address, tune)
+    metrics = _train(cfg, dataset, run, progress, address, tune)
+    replaces = io.read_json(io.join(run, "run.json")).get("replaces")
+    if replaces:
+        io.replace_tree(replaces, run, RUN)
+    return metrics
 
 
 def _train(cfg: RunConfig, dataset: str, output: str, progress: bool,
