@@ -398,7 +398,7 @@ RUNTIME: list[Case] = [
          "s3://b at {silent}: cannot reach the object store",
          env={**S3_ENV, "AWS_ENDPOINT_URL": "{silent}"}),
     # SIGINT and SIGTERM: one line, 130 or 143, temporary outputs gone; a run stopped before its
-    # first checkpoint leaves nothing, one after it stays resumable (tests/test_interrupts.py)
+    # first checkpoint leaves nothing; a replacement stopped keeps the finished run it replaces
     Case("prepare-sigint", ("prepare", "--input", "{d}/big", "--format", "parquet", "--output",
                             "{d}/out"), "interrupted (SIGINT)", big_log, code=130,
          signal=signal.SIGINT, after_file="{d}/out.tmp-*", unchanged=("{d}/big",)),
