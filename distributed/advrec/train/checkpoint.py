@@ -31,6 +31,7 @@ from advrec.data.dataset import Dataset
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.models.memory import allocating, check_fits
 
 
 def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int,
@@ -203,14 +204,16 @@ def load_model(url: str, cfg: RunConfig, data: Dataset) -> tuple[Recommender, di
         raise AdvrecError(
             f"{url}: trained on {ckpt['num_users']} users and {ckpt['num_items']} items, but "
             f"{data.url} has {data.num_users} and {data.num_items}")
-    if "model" in ckpt:
-        model = build_model(cfg, data)
-        state = ckpt["model"]
-    else:  # sharded tables: they load into this process's dense ones, whole
-        dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
-        model = build_model(cfg.model_copy(update={"model": dense}), data)
-        state = model.state_dict()
-        load_sharded(sharded_dir(url), {"model": state})
+    check_fits(cfg.model, data.num_users, data.num_items)
+    with allocating(cfg.model):
+        if "model" in ckpt:
+            model = build_model(cfg, data)
+            state = ckpt["model"]
+        else:  # sharded tables: they load into this process's dense ones, whole
+            dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
+            model = build_model(cfg.model_copy(update={"model": dense}), data)
+            state = model.state_dict()
+            load_sharded(sharded_dir(url), {"model": state})
     model.load_state_dict(state)
     model.eval()
     return model, ckpt

@@ -42,6 +42,7 @@ from advrec.errors import AdvrecError
 from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.models.memory import allocating, check_fits
 from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
 from advrec.train.checkpoint import (
@@ -271,12 +272,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     quiet_reports()
     tune_malloc()  # before the first tensor: freed activations stay in the process
     cfg = RunConfig.model_validate(config["run"])
-    if cfg.model.embeddings == "torchrec":  # sharding needs a process group, even of one
-        from advrec.train.sharding import process_group
+    with allocating(cfg.model):  # a failed allocation: one line naming model.dim
+        if cfg.model.embeddings == "torchrec":  # sharding needs a process group, even of one
+            from advrec.train.sharding import process_group
 
-        with process_group():
-            return _train(cfg, config, entered)
-    return _train(cfg, config, entered)
+            with process_group():
+                return _train(cfg, config, entered)
+        return _train(cfg, config, entered)
 
 
 def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, Any]:
@@ -293,6 +295,8 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
     data = load_dataset(config["dataset"], train_pairs_only=cfg.data.stream)
     device = train_device(cfg.scaling.use_gpu, ray_worker=cfg.scaling.num_workers > 0)
     sharded = cfg.model.embeddings == "torchrec"
+    check_fits(cfg.model, data.num_users, data.num_items, tc.optimizer,
+               share=world if sharded else 1)
     # torchrec's tables are built on the meta device: each worker allocates its shard only
     model: Recommender = build_model(cfg, data, sharded=sharded)
     if not sharded:
