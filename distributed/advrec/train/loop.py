@@ -50,6 +50,7 @@ from advrec.train.checkpoint import (
     best_url,
     load_sharded,
     load_train_state,
+    load_weights,
     prune_best,
     save_checkpoint,
     save_sharded,
@@ -356,7 +357,7 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
                               f"scaling.num_workers={len(state['rng'])}")
         if tables is not None:
             load_sharded_state(output, state, model, tables)
-        model.load_state_dict(state["model"])
+        load_weights(output, model, state["model"])
         optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"][rank]["torch"])  # dropout's
         best.load_state_dict(state["early_stopping"])
