@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import fsspec
-import pytest
 
 from advrec.config import DataConfig
 from advrec.data.source import resolve_dataset

@@ -4,7 +4,6 @@ allocation is one line, and the zoo builds each configured name as its own model
 from __future__ import annotations
 
 import typing
-from pathlib import Path
 
 import pytest
 import torch

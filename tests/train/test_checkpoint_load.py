@@ -34,8 +34,8 @@ def _saved(dataset: str, tmp_path: Path, **model) -> str:
 def test_a_config_of_another_shape_names_the_tensor_and_the_key(dataset, tmp_path) -> None:
     url = _saved(dataset, tmp_path)
     data = load_dataset(dataset)
-    model, _ = load_model(url, build_config({"data": {"source": dataset},
-                                             "model": {"dim": 8}}), data)  # as trained: loads
+    load_model(url, build_config({"data": {"source": dataset},
+                                  "model": {"dim": 8}}), data)  # as trained: loads
     edited = build_config({"data": {"source": dataset}, "model": {"dim": 16}})
     with pytest.raises(AdvrecError, match=rf"model\.pt: 'user\.weight' has shape "
                        rf"\[{data.num_users}, 8\], but \[{data.num_users}, 16\] in the model of "
