@@ -1,7 +1,7 @@
 """The training loop's guards: a loss that turns non-finite stops training naming the epoch and
 the step, a shard without rows is an error (never a division by zero) and, with fewer rows than
 workers, gets the first rows as DistributedSampler's padding does; and the one reach into Ray's
-internals (`report_logger`) still finds what it needs."""
+internals (`ray_train_loggers`) still finds what it needs."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from advrec.models import build_model
 from advrec.train.loop import (
     attack_from_config,
     make_optimizer,
-    quiet_reports,
-    report_logger,
+    quiet_ray_train,
+    ray_train_loggers,
     train_epoch,
 )
 from advrec.train.tasks import MemoryRows, PairTask, epoch_order, make_loss, make_task
@@ -80,13 +80,30 @@ def test_fewer_rows_than_workers_pad_every_shard_to_as_many_rows() -> None:
     assert epoch_order(5, (1, 2), g, False).tolist() == [1, 3, 1]
 
 
-def test_ray_train_report_logger_is_still_where_advrec_quiets_it() -> None:
-    """Ray Train logs each report from a private module; when Ray moves it, this fails (and
-    training only gets louder): find the new place for `report_logger`."""
-    logger = report_logger()
-    assert logger is not None, "ray.train.v2._internal.execution.context.logger is gone"
+def test_ray_train_loggers_are_still_where_advrec_quiets_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Ray Train logs each report, and each error's traceback, from private modules; when Ray
+    moves them, this fails (and training only gets louder): find their new place for
+    `ray_train_loggers`."""
+    loggers = ray_train_loggers()
+    assert loggers is not None, "ray.train.v2._internal's context.logger or util.logger is gone"
+    from ray.train.v2._internal import util
     from ray.train.v2._internal.execution import context
 
-    assert logger is logging.getLogger(context.__file__)
-    quiet_reports()
-    assert logger.level == logging.WARNING
+    reports, errors = loggers
+    assert reports is logging.getLogger(context.__file__)
+    quiet_ray_train()
+    assert reports.level == logging.WARNING
+    errors.addHandler(caplog.handler)  # Ray's loggers may not propagate to the root
+    try:
+        # what a Ray Train worker does with an error of the training function
+        for exc, logged in ((AdvrecError("bad input"), False), (RuntimeError("a bug"), True)):
+            caplog.clear()
+            try:
+                raise exc
+            except Exception as e:  # noqa: BLE001 - the worker's catch-all
+                util.construct_user_exception_with_traceback(e)
+            assert any("Error in training function" in r.getMessage()
+                       for r in caplog.records) == logged
+    finally:
+        errors.removeHandler(caplog.handler)

@@ -268,26 +268,42 @@ def inject_fault(cfg: RunConfig) -> None:
     raise RuntimeError(f"fault injected in epoch {cfg.train.fault_epoch} (train.fault_epoch)")
 
 
-def report_logger() -> logging.Logger | None:
-    """The logger under which Ray Train logs every report at INFO, with all its metrics: one
-    named by its private module's source file, which its LoggingConfig does not reach. Ray has
-    no public handle on it: this is the one place that reaches into Ray's internals, and
-    tests/train/test_loop.py fails when Ray moves or renames it. ``None`` if it has (training
-    goes on, only louder)."""
+def ray_train_loggers() -> tuple[logging.Logger, logging.Logger] | None:
+    """Two loggers of Ray Train's private modules, which its LoggingConfig does not reach: the
+    one that logs every report at INFO with all its metrics, and the one that logs the
+    traceback of any error the training function raises. Ray has no public handle on them: this
+    is the one place that reaches into Ray's internals, and tests/train/test_loop.py fails when
+    Ray moves or renames them. ``None`` if it has (training goes on, only louder)."""
     try:
+        from ray.train.v2._internal import util
         from ray.train.v2._internal.execution import context
     except ImportError:
         return None
-    logger = getattr(context, "logger", None)
-    return logger if isinstance(logger, logging.Logger) else None
+    loggers = getattr(context, "logger", None), getattr(util, "logger", None)
+    if not all(isinstance(logger, logging.Logger) for logger in loggers):
+        return None
+    return loggers  # type: ignore[return-value]
 
 
-def quiet_reports() -> None:
-    """Raise Ray Train's per-report logger (`report_logger`) to WARNING: the progress bar (or
-    the per-epoch line) already shows the metrics."""
-    logger = report_logger()
-    if logger is not None:
-        logger.setLevel(logging.WARNING)
+class _BadInputTraceback(logging.Filter):
+    """Drops Ray Train's traceback of an `AdvrecError` (bad input): the driver prints its one
+    line (`advrec.train.driver.launch`), and a traceback per worker above it says nothing more."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return f"\n{AdvrecError.__module__}.{AdvrecError.__name__}: " not in record.getMessage()
+
+
+def quiet_ray_train() -> None:
+    """Quiet Ray Train's loggers (`ray_train_loggers`) on this worker: reports go to WARNING
+    (the progress bar, or the per-epoch line, already shows the metrics), and bad input's
+    traceback goes."""
+    loggers = ray_train_loggers()
+    if loggers is None:
+        return
+    reports, errors = loggers
+    reports.setLevel(logging.WARNING)
+    if not any(isinstance(f, _BadInputTraceback) for f in errors.filters):
+        errors.addFilter(_BadInputTraceback())
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -298,7 +314,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     ``output/metrics.json``).
     """
     entered = time.perf_counter()
-    quiet_reports()
+    quiet_ray_train()
     tune_malloc()  # before the first tensor: freed activations stay in the process
     cfg = RunConfig.model_validate(config["run"])
     with allocating(cfg.model):  # a failed allocation: one line naming model.dim
