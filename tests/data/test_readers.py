@@ -251,6 +251,13 @@ def test_real_ml100k_u_data_and_recbole_agree(ml100k):
             None,
             r"column 'user_id' has 1 missing \(null, NaN or empty\) id, the first at data row 2",
         ),
+        (
+            "t.inter",
+            "user_id:float\titem_id:token\n1\t2\nnan\t3\n\t4\n",
+            "recbole",
+            None,
+            r"column 'user_id' has 2 missing \(null, NaN or empty\) ids, the first at data row 2",
+        ),
         ("u.data", "1\t2\t3\n", "movielens", None, r"u\.data: cannot parse"),
         (
             "t.inter",
