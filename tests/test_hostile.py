@@ -161,6 +161,9 @@ DATA: list[Case] = [
          absent=("{d}/run/robustness.json",)),
     Case("train-non-finite-loss", (*TRAIN, "adv.method=fgm", "adv.eps=1e30"),
          "at epoch 1, step 1: training diverged"),
+    Case("train-non-finite-loss-workers", (*TRAIN, "adv.method=fgm", "adv.eps=1e30",
+                                           "scaling.num_workers=2"),
+         "at epoch 1, step 1: training diverged"),
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------
