@@ -116,6 +116,32 @@ def both(*setups: Setup) -> Setup:
     return setup
 
 
+def log_with(name: str, column: str, values: Callable[[list], list]) -> Setup:
+    """A setup that writes ``{d}/name``: the shared raw log (Parquet) with ``column`` replaced
+    by ``values(its values)``, as pyarrow infers them (a float with NaN, lists, structs)."""
+    def setup(p: Places) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p.log)
+        column_values = values(table[column].to_pylist())
+        (p.d / name).parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table.set_column(table.schema.get_field_index(column), column,
+                                        pa.array(column_values)), p.d / name)
+    return setup
+
+
+def edit(name: str, old: str, new: str) -> Setup:
+    """A setup that replaces ``old`` by ``new`` in the file ``{d}/name`` (made by an earlier
+    setup: a copied run's config.yaml)."""
+    def setup(p: Places) -> None:
+        path = p.d / name
+        assert old in path.read_text()
+        path.chmod(0o644)
+        path.write_text(path.read_text().replace(old, new))
+    return setup
+
+
 TRAIN = ("train", "--output", "{d}/out", "data.source={data}", "model.dim=8", "train.epochs=1")
 ALIAS_BOMB = "".join(f"a{i}: &a{i} [{','.join([f'*a{i - 1}' if i else '1'] * 9)}]\n"
                      for i in range(9))
@@ -385,6 +411,39 @@ CONFIG: list[Case] = [
 
 # --- data: columns, types, values ----------------------------------------------------------------
 DATA: list[Case] = [
+    Case("prepare-nan-user-id", ("prepare", "--input", "{d}/log.parquet", "--format", "parquet",
+                                 "--output", "{d}/out"),
+         "column 'user_id' has 2 missing (null, NaN or empty) ids",
+         setup=log_with("log.parquet", "user_id",
+                        lambda v: [float("nan") if j in (3, 7) else float(u)
+                                   for j, u in enumerate(v)])),
+    Case("prepare-list-id", ("prepare", "--input", "{d}/log.parquet", "--format", "parquet",
+                             "--output", "{d}/out"), "id column 'item_id' has type list<",
+         setup=log_with("log.parquet", "item_id", lambda v: [[i] for i in v])),
+    Case("prepare-struct-id", ("prepare", "--input", "{d}/log.parquet", "--format", "parquet",
+                               "--output", "{d}/out"), "id column 'user_id' has type struct<",
+         setup=log_with("log.parquet", "user_id", lambda v: [{"id": u} for u in v])),
+    Case("prepare-empty-sep", ("prepare", "--input", "{d}/log.csv", "--format", "csv",
+                               "--sep", "", "--output", "{d}/out"), "--sep",
+         setup=write("log.csv", "user_id,item_id\n1,2\n")),
+    Case("prepare-read-only-output", ("prepare", "--input", "{log}", "--format", "parquet",
+                                      "--output", "/sys/advrec-hostile-out"),
+         "/sys/advrec-hostile-out", absent=("/sys/advrec-hostile-out",)),
+    Case("train-read-only-output", ("train", "--output", "/sys/advrec-hostile-out",
+                                    "data.source={data}", "model.dim=8", "train.epochs=1"),
+         "/sys/advrec-hostile-out", absent=("/sys/advrec-hostile-out",)),
+    Case("train-huge-dim", ("train", "--output", "{d}/out", "data.source={data}",
+                            "model.dim=1000000000", "train.epochs=1"),
+         "model.dim=1000000000: the embedding tables and their adam state need at least"),
+    Case("evaluate-edited-dim", ("evaluate", "--run", "{d}/run"),
+         "'user.weight' has shape [60, 8], but [60, 16]",
+         setup=both(copy_run(), edit("run/config.yaml", "dim: 8", "dim: 16")),
+         absent=("{d}/run/robustness.json",)),
+    Case("train-non-finite-loss", (*TRAIN, "adv.method=fgm", "adv.eps=1e30"),
+         "at epoch 1, step 1: training diverged"),
+    Case("train-non-finite-loss-workers", (*TRAIN, "adv.method=fgm", "adv.eps=1e30",
+                                           "scaling.num_workers=2"),
+         "at epoch 1, step 1: training diverged"),
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------

@@ -432,6 +432,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AdvrecError as exc:
         print(f"advrec: error: {exc}", file=sys.stderr)
         return 2
+    except PermissionError as exc:  # a read-only output directory, an unreadable input
+        where = f"{exc.filename}: " if exc.filename else ""
+        reason = exc.strerror or (str(exc).strip().splitlines() or ["permission denied"])[0]
+        print(f"advrec: error: {where}permission denied ({reason})", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as exc:  # Interrupted, or a library's own KeyboardInterrupt
         signum = _received[-1] if _received else getattr(exc, "signum", signal.SIGINT)
         print(f"advrec: error: interrupted ({signal.Signals(signum).name})", file=sys.stderr)

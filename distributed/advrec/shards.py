@@ -24,7 +24,7 @@ def shard_rows(n: int, shard: Shard) -> Tensor:
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard rank {rank} is not in [0, {world})")
-    return torch.arange(rank, n, world)
+    return torch.arange(rank, max(rank, n), world)  # none when rank >= n (fewer rows than workers)
 
 
 def lockstep_chunks(rows: Tensor, n: int, size: int, shard: Shard) -> Iterator[tuple[Tensor, int]]:

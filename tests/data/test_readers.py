@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 
 import fsspec
@@ -248,7 +249,14 @@ def test_real_ml100k_u_data_and_recbole_agree(ml100k):
             "user_id,item_id\n1,2\n,3\n",
             "csv",
             None,
-            r"column 'user_id' has an empty id at data row 2",
+            r"column 'user_id' has 1 missing \(null, NaN or empty\) id, the first at data row 2",
+        ),
+        (
+            "t.inter",
+            "user_id:float\titem_id:token\n1\t2\nnan\t3\n\t4\n",
+            "recbole",
+            None,
+            r"column 'user_id' has 2 missing \(null, NaN or empty\) ids, the first at data row 2",
         ),
         ("u.data", "1\t2\t3\n", "movielens", None, r"u\.data: cannot parse"),
         (
@@ -308,6 +316,51 @@ def test_parquet_corrupt_part_and_mismatched_schemas_name_the_culprit(tmp_path):
     with pytest.raises(AdvrecError, match=r"log/part-2\.parquet: column 'item_id' is string, "
                        r"but int64 in .*log/part-0\.parquet"):
         read_log(str(log), "parquet")
+
+
+def test_parquet_float_ids_with_nan_or_null_are_counted_not_read_as_nan(tmp_path):
+    ok = tmp_path / "ok.parquet"
+    pq.write_table(pa.table({"user_id": [1.0, 2.5], "item_id": [3, 4]}), ok)
+    assert read_log(str(ok), "parquet")["user"].to_pylist() == ["1", "2.5"]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user_id": [1.0, float("nan"), None, float("nan")],
+                             "item_id": [3, 4, 5, 6]}), bad)
+    with pytest.raises(AdvrecError, match=r"bad\.parquet: column 'user_id' has 3 missing "
+                       r"\(null, NaN or empty\) ids, the first at data row 2"):
+        read_log(str(bad), "parquet")
+
+
+@pytest.mark.parametrize("ids", [pa.array([[1], [2]]), pa.array([{"a": 1}, {"a": 2}])],
+                         ids=["list", "struct"])
+def test_parquet_id_column_of_a_nested_type_is_named(tmp_path, ids):
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": [1, 2], "item_id": ids}), path)
+    kind = pq.read_schema(path).field("item_id").type
+    with pytest.raises(AdvrecError, match=re.escape(
+            f"log.parquet: id column 'item_id' has type {kind}; ids must be strings or numbers")):
+        read_log(str(path), "parquet")
+
+
+def test_parquet_binary_ids_are_text_or_an_error(tmp_path):
+    path = tmp_path / "log.parquet"
+    pq.write_table(pa.table({"user_id": [b"u1", b"u2"], "item_id": [1, 2]}), path)
+    assert read_log(str(path), "parquet")["user"].to_pylist() == ["u1", "u2"]
+    pq.write_table(pa.table({"user_id": [b"u1", b"\xff"], "item_id": [1, 2]}), path)
+    with pytest.raises(AdvrecError, match=r"id column 'user_id' holds ids that are not UTF-8"):
+        read_log(str(path), "parquet")
+
+
+def test_categorical_parquet_ids_are_read(tmp_path):
+    path = tmp_path / "log.parquet"
+    users = pa.array(["a", "b", "a"]).dictionary_encode()
+    pq.write_table(pa.table({"user_id": users, "item_id": [1, 2, 3]}), path)
+    assert read_log(str(path), "parquet")["user"].to_pylist() == ["a", "b", "a"]
+
+
+@pytest.mark.parametrize("sep", ["", ";;", "\n"])
+def test_csv_separator_is_one_character(sep):
+    with pytest.raises(AdvrecError, match=r"--sep: the CSV field separator must be one character"):
+        ColumnMap(sep=sep)
 
 
 def test_errors_name_the_file_found_below_the_directory(write, tmp_path):

@@ -83,6 +83,12 @@ class ColumnMap:
     user_features: tuple[str, ...] = ()
     item_features: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # pyarrow's CSV parser splits on one character, and a line break ends the row
+        if len(self.sep) != 1 or self.sep in "\r\n":
+            raise AdvrecError(f"--sep: the CSV field separator must be one character other than a "
+                              f"line break, not {self.sep!r}")
+
 
 _DEFAULT_COLUMNS = ColumnMap()
 # The fields of ColumnMap that name one standard column each.
@@ -449,6 +455,11 @@ def _read_parquet(url: str, columns: ColumnMap) -> pa.Table:
                 pf = pq.ParquetFile(pa.BufferReader(blobs[p]))
                 names = pf.schema_arrow.names
                 source = _source_columns(names, columns, where)
+                for key in ("user", "item"):  # before reading: a nested column is not read at all
+                    kind = pf.schema_arrow.field(source[key]).type
+                    if pa.types.is_dictionary(kind):
+                        kind = kind.value_type
+                    _check_id_type(kind, source[key], where)
                 wanted = [*source.values(), *_feature_sources(names, columns, where)]
                 part = pf.read(columns=list(dict.fromkeys(wanted)))
             except (pa.ArrowInvalid, OSError) as exc:
@@ -752,12 +763,7 @@ def _standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
     _feature_sources(table.column_names, columns, where)
     out: dict[str, pa.ChunkedArray | pa.Array] = {}
     for key in ("user", "item"):
-        name = source[key]
-        ids = table[name].cast(pa.string())
-        bad = pc.or_kleene(pc.is_null(ids), pc.equal(ids, ""))
-        if pc.any(bad).as_py():
-            raise AdvrecError(f"{where}: column '{name}' has an empty id at data row {_first(bad)}")
-        out[key] = ids
+        out[key] = _ids(table[source[key]], source[key], where)
     if "rating" in source:
         out["rating"] = _numeric(table[source["rating"]], source["rating"], where)
     if "timestamp" in source:
@@ -776,6 +782,42 @@ def _standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
             # The field metadata (a RecBole .inter column's type) goes along.
             schema.append(pa.field(_FEATURE_PREFIX[kind] + name, col.type, metadata=field.metadata))
     return pa.Table.from_arrays(list(out.values()), schema=pa.schema(schema))
+
+
+def _ids(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
+    """An id column as strings: any scalar type (integers, floats, strings, categoricals), but
+    no nested one (a list or struct has no one id to name); a missing id (null, NaN or empty:
+    a float column's NaN would otherwise become a user called 'nan') is an error that counts
+    them and names the first."""
+    if pa.types.is_dictionary(col.type):
+        col = col.cast(col.type.value_type)
+    _check_id_type(col.type, name, where)
+    bad = pc.is_null(col)
+    if pa.types.is_floating(col.type):
+        bad = pc.or_(bad, pc.is_nan(col).fill_null(False))
+    try:
+        ids = col.cast(pa.string())
+    except pa.ArrowInvalid:  # binary ids (Parquet without the UTF-8 annotation) must be text
+        raise AdvrecError(f"{where}: id column '{name}' holds ids that are not UTF-8 text") from None
+    bad = pc.or_(bad, pc.equal(ids, "").fill_null(False))
+    count = pc.sum(bad).as_py() or 0
+    if count:
+        ids_ = "id" if count == 1 else "ids"
+        raise AdvrecError(
+            f"{where}: column '{name}' has {count} missing (null, NaN or empty) {ids_}, "
+            f"the first at data row {_first(bad)}"
+        )
+    return ids
+
+
+def _check_id_type(kind: pa.DataType, name: str, where: str) -> None:
+    """Ids are strings (or bytes) or numbers; a list or struct (a Parquet column) is an error
+    naming it."""
+    scalar = (pa.types.is_integer, pa.types.is_floating, pa.types.is_decimal, pa.types.is_string,
+              pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary)
+    if not any(is_kind(kind) for is_kind in scalar):
+        raise AdvrecError(f"{where}: id column '{name}' has type {kind}; ids must be strings or "
+                          "numbers")
 
 
 def _labels(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:

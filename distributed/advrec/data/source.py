@@ -1,8 +1,9 @@
 """Turn ``data.source`` into a prepared dataset: use it as is, or prepare it into a cache.
 
 ``advrec train`` accepts a raw log as well as a prepared dataset. A raw log is prepared once into
-``<cache_dir>/<key>``, where the key hashes the source, the file's identity (size and
-modification time where the filesystem reports them) and every option that changes the output.
+``<cache_dir>/<key>``, where the key hashes the source, its files' identities (name, size and
+ETag or modification time, of every file under a directory or prefix) and every option that
+changes the output.
 """
 
 from __future__ import annotations
@@ -48,13 +49,25 @@ def detect_format(source: str) -> str:
 
 
 def _identity(source: str) -> str:
-    """Size and mtime of the source (when known), so an edited file is prepared again."""
+    """Every file of the source (one file, or all under a directory or object-store prefix) by
+    its name, size and version (ETag, else modification time), hashed: an edit in place of
+    ``dir/u.data`` changes neither the directory's own mtime nor its size, and a prefix has
+    neither, so the cache must see the files themselves. '' when the source cannot be listed
+    (`prepare` then names the problem)."""
     fs, path = io.filesystem(source)
+    fs.invalidate_cache(path)  # an object store's listings, cached by an earlier look, are stale
     try:
-        info = fs.info(path)
+        if fs.isdir(path):
+            files = fs.find(path, detail=True)
+        else:
+            files = {path: fs.info(path)}
     except (FileNotFoundError, OSError):
         return ""
-    return f"{info.get('size')}:{info.get('mtime') or info.get('LastModified') or ''}"
+    versions = sorted(
+        (name[len(path):], info.get("size"),
+         str(info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""))
+        for name, info in files.items())
+    return hashlib.sha256(json.dumps(versions).encode()).hexdigest()
 
 
 def buckets(users: int, items: int) -> dict[str, int]:

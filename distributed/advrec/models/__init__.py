@@ -7,6 +7,7 @@ import torch
 from advrec.config import RunConfig
 from advrec.data.dataset import Dataset
 from advrec.data.features import FeatureSet, load_side_features
+from advrec.errors import AdvrecError
 from advrec.models.base import Batch, Recommender, tables_from
 from advrec.models.dcnv2 import DCNv2
 from advrec.models.deepfm import DeepFM
@@ -57,6 +58,10 @@ def _build(cfg: RunConfig, data: Dataset) -> Recommender:
     if m.name == "sasrec":
         return SASRec(users, items, m.dim, m.max_len, m.layers, m.heads, m.dropout, m.init,
                       m.init_std)
+    if m.name not in FEATURE_MODELS:
+        # the config allows the zoo's names only; a name added there but not here must not
+        # silently train another model
+        raise AdvrecError(f"model.name: no model '{m.name}' in the zoo")
     features: dict[str, FeatureSet | None] = load_side_features(
         data.url, {"user": users, "item": items}, cfg.data.feature_buckets,
         tuple(cfg.data.exclude_features), tuple(cfg.data.numeric_features))

@@ -22,16 +22,18 @@ from typing import Any
 import fsspec
 import torch
 import torch.distributed.checkpoint as dcp
+from torch import nn
 from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader, FsspecWriter
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import Metadata
 
 from advrec import io
-from advrec.config import RunConfig
+from advrec.config import ModelConfig, RunConfig
 from advrec.data.dataset import Dataset
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.models.memory import allocating, check_fits
 
 
 def save_checkpoint(url: str, model: Recommender, cfg: RunConfig, epoch: int,
@@ -245,18 +247,53 @@ def load_model(url: str, cfg: RunConfig, data: Dataset) -> tuple[Recommender, di
     side features of feature models) and load its weights; returns (model, checkpoint). Tables
     saved sharded load into dense ones (one process holds them whole)."""
     ckpt = load_checkpoint(url)
+    for key in ("num_users", "num_items", "model_config"):
+        if key not in ckpt:
+            raise AdvrecError(f"{url}: not an advrec model checkpoint (no '{key}')")
     if (ckpt["num_users"], ckpt["num_items"]) != (data.num_users, data.num_items):
         raise AdvrecError(
             f"{url}: trained on {ckpt['num_users']} users and {ckpt['num_items']} items, but "
             f"{data.url} has {data.num_users} and {data.num_items}")
-    if "model" in ckpt:
-        model = build_model(cfg, data)
-        state = ckpt["model"]
-    else:  # sharded tables: they load into this process's dense ones, whole
-        dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
-        model = build_model(cfg.model_copy(update={"model": dense}), data)
-        state = model.state_dict()
-        load_sharded(sharded_dir(url), {"model": state})
-    model.load_state_dict(state)
+    check_fits(cfg.model, data.num_users, data.num_items)
+    with allocating(cfg.model):
+        if "model" in ckpt:
+            model = build_model(cfg, data)
+            state = ckpt["model"]
+        else:  # sharded tables: they load into this process's dense ones, whole
+            dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
+            model = build_model(cfg.model_copy(update={"model": dense}), data)
+            state = model.state_dict()
+            load_sharded(sharded_dir(url), {"model": state})
+    load_weights(url, model, state, _changed(ckpt["model_config"], cfg.model))
     model.eval()
     return model, ckpt
+
+
+def load_weights(where: str, model: nn.Module, state: dict[str, Any], changed: str = "") -> None:
+    """Load the weights ``state`` into ``model`` (built from the run's config), or raise an
+    error naming the first missing or unexpected key or the first tensor of another shape, and
+    ``changed`` (`_changed`), instead of torch's multi-line report."""
+    expected = model.state_dict()
+    for key in expected:
+        if key not in state:
+            raise AdvrecError(f"{where}: no weights for '{key}' ({len(state)} tensors saved)"
+                              f"{changed}")
+    for key in state:
+        if key not in expected:
+            raise AdvrecError(f"{where}: weights for '{key}', which the model has not"
+                              f"{changed}")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise AdvrecError(f"{where}: '{key}' has shape {list(state[key].shape)}, but "
+                              f"{list(tensor.shape)} in the model of the run's config"
+                              f"{changed}")
+    model.load_state_dict(state)
+
+
+def _changed(saved: dict[str, Any], config: ModelConfig) -> str:
+    """`` (model.dim: 8 saved, 16 in the config)``: the model keys a run's config.yaml changed
+    since its weights were saved with the model config ``saved`` ('' if none)."""
+    now = config.model_dump(mode="json")
+    diffs = [f"model.{k}: {saved[k]!r} saved, {now.get(k)!r} in the config"
+             for k in sorted(saved) if saved[k] != now.get(k)]
+    return f" ({'; '.join(diffs)})" if diffs else ""

@@ -39,7 +39,7 @@ from advrec.train.loop import train_loop_per_worker
 from advrec.train.tasks import LABELS, row_columns
 
 # Ray Train's INFO lines in local mode; on workers `launch` sets its LoggingConfig to WARNING,
-# which quiets the controller's set-up lines (the per-report lines: `loop.quiet_reports`).
+# which quiets the controller's set-up lines (the per-report lines: `loop.quiet_ray_train`).
 logging.getLogger("ray.train").setLevel(logging.WARNING)
 # Ray Data's lines at every epoch's read (the stream's progress bars are off: one warning says so)
 logging.getLogger("ray.data").setLevel(logging.WARNING)

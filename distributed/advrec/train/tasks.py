@@ -44,12 +44,14 @@ EVAL_ROWS = 8192
 
 def epoch_order(n: int, shard: Shard, generator: torch.Generator, shuffle: bool) -> Tensor:
     """This epoch's order of the ``shard``'s rows among ``n`` examples, padded by repeating its
-    first rows to ceil(n / world), so every shard has as many (as DistributedSampler does)."""
+    first rows to ceil(n / world), so every shard has as many (as DistributedSampler does); a
+    shard with no rows of its own (fewer rows than workers) takes the first of all."""
     rows = shard_rows(n, shard)
     order = rows[torch.randperm(rows.numel(), generator=generator)] if shuffle else rows
     size = -(-n // shard[1])
     if order.numel() < size:
-        order = torch.cat([order, order[: size - order.numel()]])
+        pool = order if order.numel() else torch.arange(n)
+        order = torch.cat([order, pool[: size - order.numel()]])
     return order
 
 
@@ -84,7 +86,9 @@ class MemoryRows:
         self.n, self.shard = len(part), shard
 
     def epoch(self, batch_size: int, generator: torch.Generator, shuffle: bool) -> Iterator[Rows]:
-        for idx in epoch_order(self.n, self.shard, generator, shuffle).split(batch_size):
+        order = epoch_order(self.n, self.shard, generator, shuffle)
+        # split() of no rows gives one empty batch, not none
+        for idx in order.split(batch_size) if order.numel() else ():
             yield {c: values[idx] for c, values in self.columns.items()}
 
 
