@@ -13,10 +13,10 @@ from synthetic import SyntheticLog, synthetic_log, write_atomic, write_u_data
 
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
 
-# The size of the small log: ml-100k's catalogue (1,682 films), 40 ratings a user; enough users
-# for every model, SASRec's included, to learn in the few epochs a test trains, and for metrics
-# that a few lucky users do not decide; small enough for seconds
-SMALL = {"users": 200, "items": 1700, "interactions": 8000}
+# The size of the small log: ml-100k's catalogue (1,682 films) and about its 100 ratings a user,
+# which MF needs to learn in the 2-3 epochs a test trains; users enough for SASRec to learn too,
+# and for metrics that a few lucky users do not decide; small enough for seconds
+SMALL = {"users": 100, "items": 1700, "interactions": 10_000}
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,10 @@ SETUPS = {
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def prepared(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("resume")
-    prepare(str(ml100k_small), "movielens", str(out / "random"), seed=0)
-    prepare(str(ml100k_small), "movielens", str(out / "loo"), split="loo", seed=0)
+    prepare(str(udata_small), "movielens", str(out / "random"), seed=0)
+    prepare(str(udata_small), "movielens", str(out / "loo"), split="loo", seed=0)
     return {"random": str(out / "random"), "loo": str(out / "loo")}
 
 
