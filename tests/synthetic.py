@@ -21,6 +21,7 @@ Importable by tests because pyproject's pytest ``pythonpath`` holds ``tests/``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,7 +148,8 @@ def _one_based(log: pa.Table) -> list[list[int]]:
             log["rating"].to_pylist(), log["timestamp"].to_pylist()]
 
 
-def _write_lines(path: Path, header: str | None, rows) -> None:
+def _write_lines(path: Path, header: str | None, rows: Iterable[tuple]) -> None:
+    """Tab-separated ``rows`` under an optional header line."""
     with open(path, "w") as f:
         if header is not None:
             f.write(header + "\n")

@@ -73,7 +73,7 @@ def test_training_is_reproducible(prepared: Path, tmp_path: Path) -> None:
     for name in ("a", "b"):
         assert main(["train", "--output", str(tmp_path / name), "--quiet", *args]) == 0
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
-    # everything but the memory measured (the second run's process has run the first)
+    # peak memory is the process's, which both runs share: not a result of the run
     assert a.pop("peak_rss_bytes") and b.pop("peak_rss_bytes")
     assert a == b
 
