@@ -1,4 +1,5 @@
-"""Shared fixtures: the real ml-100k data (read-only, beside the repo) and tiny subsets of it."""
+"""Shared fixtures: small synthetic logs made here (`synthetic`) in the formats the readers take,
+and the real ml-100k for the few tests that read its files (skipped, saying why, without it)."""
 
 from __future__ import annotations
 
@@ -8,54 +9,57 @@ from pathlib import Path
 
 import pytest
 
+from synthetic import SyntheticLog, synthetic_log, write_atomic, write_u_data
+
 ML100K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ml-100k"
+
+# The size of the small log: ml-100k's catalogue (1,682 films) and about its 100 ratings a user,
+# which MF needs to learn in the 2-3 epochs a test trains; users enough for SASRec to learn too,
+# and for metrics that a few lucky users do not decide; small enough for seconds
+SMALL = {"users": 100, "items": 1700, "interactions": 10_000}
 
 
 @pytest.fixture(scope="session")
 def ml100k() -> Path:
+    """The real MovieLens 100K (u.data, and RecBole's atomic files under recbole/), beside the
+    repository; only tests of reading the real files take it."""
     if not (ML100K / "u.data").exists():
-        pytest.skip(f"ml-100k not found at {ML100K}")
+        pytest.skip(f"reads the real ml-100k, not found at {ML100K}")
     return ML100K
 
 
 @pytest.fixture(scope="session")
-def ml100k_small(ml100k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The ratings of ml-100k's first 60 users (a real log, ~6k rows), as a u.data file."""
-    users = {str(u) for u in range(1, 61)}
-    out = tmp_path_factory.mktemp("ml100k-small") / "u.data"
-    with open(ml100k / "u.data") as src, open(out, "w") as dst:
-        dst.writelines(line for line in src if line.split("\t", 1)[0] in users)
-    return out
+def small_log(tmp_path_factory: pytest.TempPathFactory) -> SyntheticLog:
+    """`advrec synth`'s log of `SMALL` size with ml-100k-like side features and 1-5 stars."""
+    return synthetic_log(tmp_path_factory.mktemp("synth-small"), **SMALL, seed=0)
 
 
 @pytest.fixture(scope="session")
-def ml100k_atomic_small(ml100k: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """RecBole atomic files of ml-100k's first 60 users: their ratings, their .user rows and
-    every .item row (a real log with real side features)."""
-    out = tmp_path_factory.mktemp("ml100k-atomic-small")
-    users = {str(u) for u in range(1, 61)}
-    for ext, filtered in (("inter", True), ("user", True), ("item", False)):
-        with open(ml100k / "recbole" / f"ml-100k.{ext}") as src, \
-                open(out / f"ml-100k.{ext}", "w") as dst:
-            dst.write(next(src))  # the typed header
-            dst.writelines(line for line in src
-                           if not filtered or line.split("\t", 1)[0] in users)
-    return out
+def udata_small(small_log: SyntheticLog, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`small_log` as a MovieLens ``u.data`` file (alone: no side-feature files beside it)."""
+    return write_u_data(small_log, tmp_path_factory.mktemp("udata-small") / "u.data")
 
 
 @pytest.fixture(scope="session")
-def ctr_small(ml100k_atomic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """`ml100k_atomic_small` prepared as a CTR dataset (rating >= 4 is a click) with features."""
+def atomic_small(small_log: SyntheticLog, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`small_log` as RecBole atomic files (``synth.inter``, ``.user``, ``.item``), a directory."""
+    return write_atomic(small_log, tmp_path_factory.mktemp("atomic-small"))
+
+
+@pytest.fixture(scope="session")
+def ctr_small(atomic_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """`atomic_small` prepared as a CTR dataset (rating >= 4 is a click) with features."""
     from advrec.data import prepare
 
     out = str(tmp_path_factory.mktemp("ctr-small") / "data")
-    prepare(str(ml100k_atomic_small), "recbole", out, label_threshold=4.0, seed=0)
+    prepare(str(atomic_small), "recbole", out, label_threshold=4.0, seed=0)
     return out
 
 
 @pytest.fixture(scope="session")
 def feature_options() -> dict[str, list[str]]:
-    """The data keys that encode ml-100k's side features as the shipped configs do."""
+    """The data keys that encode ml-100k's side features (and `small_log`'s, named alike) as the
+    shipped configs do."""
     return {"numeric_features": ["age", "release_year"],
             "exclude_features": ["zip_code", "movie_title"]}
 

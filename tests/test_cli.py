@@ -1,4 +1,5 @@
-"""End to end through the `advrec` command: prepare -> train -> evaluate on a real subset, and bad input."""
+"""End to end through the `advrec` command: prepare -> train -> evaluate on a small synthetic log,
+and bad input."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from advrec.cli import main
+from conftest import SMALL
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -18,9 +20,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def prepared(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "ml"
-    assert main(["prepare", "--input", str(ml100k_small), "--format", "movielens",
+    assert main(["prepare", "--input", str(udata_small), "--format", "movielens",
                  "--output", str(out), "--split", "random:0.8,0.1,0.1", "--seed", "1"]) == 0
     return out
 
@@ -28,7 +30,7 @@ def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_prepare_train_evaluate_end_to_end(prepared: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     meta = json.loads((prepared / "meta.json").read_text())
-    assert meta["num_users"] == 60
+    assert meta["num_users"] == SMALL["users"]  # every user of the log
     run_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "--output", str(run_dir),
                          f"data.source={prepared}", "model.dim=16", "adv.method=fgm",
@@ -114,7 +116,7 @@ def test_bad_cli_values_exit_non_zero(tmp_path: Path, capsys) -> None:
     assert code == 2 and "--attack" in err
 
 
-def test_prepare_bad_input_leaves_nothing(ml100k_small: Path, tmp_path: Path, capsys) -> None:
+def test_prepare_bad_input_leaves_nothing(udata_small: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "log.csv"
     bad.write_text("user_id,item_id,rating\n1,2,4\n1,3,x\n")
     out = tmp_path / "ds"

@@ -1,5 +1,5 @@
-"""The model zoo through the `advrec` command: train and evaluate each kind of model on a tiny
-real log with side features, and its bad input."""
+"""The model zoo through the `advrec` command: train and evaluate each kind of model on a small
+synthetic log with side features, and its bad input."""
 
 from __future__ import annotations
 
@@ -76,27 +76,27 @@ def test_bad_zoo_config_is_one_line(overrides: list[str], culprit: str, ctr_smal
     assert not out.exists()
 
 
-def test_ctr_model_on_a_log_without_labels_names_the_fix(ml100k_small: Path, tmp_path: Path,
+def test_ctr_model_on_a_log_without_labels_names_the_fix(udata_small: Path, tmp_path: Path,
                                                          capsys) -> None:
     code, _, err = run(capsys, "train", "--output", str(tmp_path / "run"),
-                       f"data.source={ml100k_small}", f"data.cache_dir={tmp_path / 'cache'}",
+                       f"data.source={udata_small}", f"data.cache_dir={tmp_path / 'cache'}",
                        "model.name=deepfm", "train.epochs=1")
     assert code == 2 and "data.label_threshold" in err and err.count("\n") == 1
 
 
-def test_prepare_label_threshold_labels_every_rating(ml100k_small: Path, tmp_path: Path,
+def test_prepare_label_threshold_labels_every_rating(udata_small: Path, tmp_path: Path,
                                                      capsys) -> None:
     import pyarrow.parquet as pq
 
     out = tmp_path / "ctr"
-    code, _, err = run(capsys, "prepare", "--input", str(ml100k_small), "--format", "movielens",
+    code, _, err = run(capsys, "prepare", "--input", str(udata_small), "--format", "movielens",
                        "--output", str(out), "--label-threshold", "4")
     assert code == 0, err
     assert json.loads((out / "meta.json").read_text())["task"] == "ctr"
     train = pq.read_table(out / "train.parquet").to_pydict()
     assert set(train["label"]) == {0, 1}
     assert all(label == (rating >= 4) for label, rating in zip(train["label"], train["rating"]))
-    code, _, err = run(capsys, "prepare", "--input", str(ml100k_small), "--format", "movielens",
+    code, _, err = run(capsys, "prepare", "--input", str(udata_small), "--format", "movielens",
                        "--output", str(tmp_path / "bad"), "--label-threshold", "4",
                        "--min-rating", "3")
     assert code == 2 and "--min-rating" in err and not (tmp_path / "bad").exists()

@@ -167,10 +167,10 @@ scaling: {{num_workers: 1}}
 
 
 def test_submit_waits_for_a_training_job_and_its_outputs_land_in_storage(
-        head, ml100k_small: Path, tmp_path: Path) -> None:
+        head, udata_small: Path, tmp_path: Path) -> None:
     import s3fs
 
-    (tmp_path / "tiny.yaml").write_text(TINY.format(source=ml100k_small))
+    (tmp_path / "tiny.yaml").write_text(TINY.format(source=udata_small))
     spec = _spec(tmp_path, "command: train\nconfig: tiny.yaml\nstorage: s3://advrec/jobs\n"
                  "runtime_env: {env_vars: {ADVREC_JOB_TEST: 'yes'}}\n")
     env = head.client_env()
@@ -201,7 +201,7 @@ def test_submit_waits_for_a_training_job_and_its_outputs_land_in_storage(
 
 
 def test_a_job_that_fails_on_the_cluster_gives_a_non_zero_exit(
-        head, ml100k_small: Path, tmp_path: Path) -> None:
+        head, udata_small: Path, tmp_path: Path) -> None:
     # valid where it is submitted; on the cluster its log is missing
     (tmp_path / "tiny.yaml").write_text(TINY.format(source=tmp_path / "gone" / "u.data"))
     spec = _spec(tmp_path, f"command: train\nconfig: tiny.yaml\nstorage: {tmp_path / 'out'}\n")
@@ -240,10 +240,10 @@ def test_only_the_job_servers_answers_become_one_line(head) -> None:
         _call("job", bug)
 
 
-def test_a_running_job_is_stopped(head, ml100k_small: Path, tmp_path: Path) -> None:
+def test_a_running_job_is_stopped(head, udata_small: Path, tmp_path: Path) -> None:
     import time
 
-    (tmp_path / "tiny.yaml").write_text(TINY.format(source=ml100k_small))
+    (tmp_path / "tiny.yaml").write_text(TINY.format(source=udata_small))
     spec = _spec(tmp_path, f"command: train\nconfig: tiny.yaml\nstorage: {tmp_path / 'out'}\n")
     env = head.client_env()
     done = _advrec("submit", str(spec), "--address", head.url, "train.epochs=500", env=env)

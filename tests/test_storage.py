@@ -19,9 +19,9 @@ from advrec.ports import free_ports
 from conftest import S3_SECRET
 
 
-def test_prepare_train_and_evaluate_on_s3(s3_store: str, ml100k_small: Path) -> None:
+def test_prepare_train_and_evaluate_on_s3(s3_store: str, udata_small: Path) -> None:
     fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.put(str(ml100k_small), "advrec/raw/u.data")
+    fs.put(str(udata_small), "advrec/raw/u.data")
     data, run = "s3://advrec/prepared/small", "s3://advrec/runs/mf"
     assert main(["prepare", "--input", "s3://advrec/raw/u.data", "--format", "movielens",
                  "--output", data]) == 0
@@ -48,9 +48,9 @@ def _cli(args: list[str], **env: str) -> tuple[int, str, float]:
     return done.returncode, done.stderr.strip(), time.monotonic() - start
 
 
-def test_bad_buckets_credentials_and_endpoints_fail_fast(s3_store: str, ml100k_small: Path,
+def test_bad_buckets_credentials_and_endpoints_fail_fast(s3_store: str, udata_small: Path,
                                                          tmp_path: Path) -> None:
-    prepare = ["prepare", "--input", str(ml100k_small), "--format", "movielens", "--output"]
+    prepare = ["prepare", "--input", str(udata_small), "--format", "movielens", "--output"]
     code, err, _ = _cli([*prepare, "s3://no-such-bucket/data"])
     assert code == 2 and err == "advrec: error: s3://no-such-bucket at " \
         f"{s3_store}: no such bucket"

@@ -27,9 +27,9 @@ SEARCH = ["model.name=mf", "model.dim=16", "adv.method=fgm", "adv.eps=0.5", "adv
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def prepared(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("tune") / "data"
-    prepare(str(ml100k_small), "movielens", str(out), seed=0)
+    prepare(str(udata_small), "movielens", str(out), seed=0)
     return str(out)
 
 

@@ -1,7 +1,10 @@
 """Fixtures for the data tests: small logs written into tmp_path.
 
-The real ml-100k comes from the ``ml100k`` fixture of ``tests/conftest.py``
-(``/work/shared/data/ml-100k``: u.data and the RecBole atomic files under recbole/).
+Session-wide logs come from ``tests/conftest.py``: ``small_log`` (synthetic, with side features
+and star ratings), written as ``udata_small`` (a MovieLens u.data) and ``atomic_small`` (RecBole
+atomic files); and ``ml100k``, the real download beside the repository
+(``../shared/data/ml-100k``: u.data and the RecBole atomic files under recbole/), only for the
+tests of reading its files, which skip without it.
 """
 
 from __future__ import annotations

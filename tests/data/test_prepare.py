@@ -171,24 +171,26 @@ def test_time_split_vocab_covers_the_kept_interactions(write, tmp_path):
     assert _read(tmp_path / "out/test.parquet") == {"user": [0], "item": [2], "timestamp": [9]}
 
 
-def test_ml100k_random_split_follows_recbole_counts(ml100k, tmp_path):
-    meta = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "out"))
-    assert (meta["num_users"], meta["num_items"]) == (943, 1682)
-    assert sum(meta["counts"].values()) == 100_000
+def test_random_split_follows_recbole_counts(udata_small, small_log, tmp_path):
+    meta = prepare(str(udata_small), "movielens", str(tmp_path / "out"))
+    items = len(set(small_log.log["item_id"].to_pylist()))
+    assert (meta["num_users"], meta["num_items"]) == (small_log.num_users, items)
+    assert sum(meta["counts"].values()) == small_log.log.num_rows
     sizes = np.bincount(
-        read_log(str(ml100k / "u.data"), "movielens")["user"].to_numpy().astype(int)
+        read_log(str(udata_small), "movielens")["user"].to_numpy().astype(int)
     )
-    sizes = sizes[sizes > 0]  # user ids 1..943, in numeric order like the vocabulary
+    sizes = sizes[sizes > 0]  # user ids 1..N, in numeric order like the vocabulary
     expected = np.array([split_counts(int(n), (0.8, 0.1, 0.1)) for n in sizes])
     for column, name in enumerate(("train", "valid", "test")):
         users = pq.read_table(tmp_path / f"out/{name}.parquet")["user"].to_numpy()
-        assert np.array_equal(np.bincount(users, minlength=943), expected[:, column]), name
+        assert np.array_equal(np.bincount(users, minlength=len(sizes)),
+                              expected[:, column]), name
     assert meta["counts"]["train"] == expected[:, 0].sum()
 
 
-def test_same_input_gives_identical_bytes_with_features(ml100k, tmp_path):
+def test_same_input_gives_identical_bytes_with_features(atomic_small, small_log, tmp_path):
     for out in ("a", "b"):
-        meta = prepare(str(ml100k / "recbole"), "recbole", str(tmp_path / out), seed=3)
+        meta = prepare(str(atomic_small), "recbole", str(tmp_path / out), seed=3)
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert files == [
         "item_features.parquet",
@@ -204,12 +206,14 @@ def test_same_input_gives_identical_bytes_with_features(ml100k, tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     assert meta["features"] == ["item", "user"]
     items = _read(tmp_path / "a/item_features.parquet")
-    assert items["index"] == list(range(1682))
-    assert items["movie_title"][0] == "Toy Story"  # raw id '1' is index 0
+    assert items["index"] == list(range(meta["num_items"]))  # a row per item of the log
+    first = min(small_log.log["item_id"].to_pylist())  # the smallest raw id is index 0
+    assert items["movie_title"][0] == small_log.items["movie_title"][first]
     users = _read(tmp_path / "a/user_features.parquet")
-    assert (users["age"][0], users["gender"][0]) == ("24", "M")
+    assert (users["age"][0], users["gender"][0]) == (small_log.users["age"][0],
+                                                     small_log.users["gender"][0])
     # Another seed moves interactions between splits but keeps the per-user counts.
-    other = prepare(str(ml100k / "recbole"), "recbole", str(tmp_path / "c"), seed=4)
+    other = prepare(str(atomic_small), "recbole", str(tmp_path / "c"), seed=4)
     assert other["counts"] == meta["counts"]
     assert (tmp_path / "c/test.parquet").read_bytes() != (tmp_path / "a/test.parquet").read_bytes()
 
@@ -287,8 +291,8 @@ def test_label_threshold_errors(write, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_feature_files_keep_the_recbole_types(ml100k, tmp_path):
-    prepare(str(ml100k / "recbole"), "recbole", str(tmp_path / "out"))
+def test_feature_files_keep_the_recbole_types(atomic_small, tmp_path):
+    prepare(str(atomic_small), "recbole", str(tmp_path / "out"))
     types = {
         kind: {
             f.name: (f.metadata or {}).get(b"recbole_type")
@@ -326,25 +330,26 @@ def test_parquet_files_are_written_in_bounded_row_groups(tmp_path):
     assert pq.read_table(tmp_path / "t.parquet").equals(table)
 
 
-def test_hashed_ids_share_bounded_rows_and_report_their_collisions(ml100k, tmp_path):
-    whole = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "whole"))
-    meta = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "hashed"),
-                   buckets={"user": 300})
-    assert (meta["num_users"], meta["num_items"]) == (300, whole["num_items"])
+def test_hashed_ids_share_bounded_rows_and_report_their_collisions(udata_small, tmp_path):
+    whole = prepare(str(udata_small), "movielens", str(tmp_path / "whole"))
+    ids, buckets = whole["num_users"], whole["num_users"] // 3
+    meta = prepare(str(udata_small), "movielens", str(tmp_path / "hashed"),
+                   buckets={"user": buckets})
+    assert (meta["num_users"], meta["num_items"]) == (buckets, whole["num_items"])
     vocab = _read(tmp_path / "hashed/users.parquet")
-    assert len(vocab["raw_id"]) == 943  # every id, with its row
+    assert len(vocab["raw_id"]) == ids  # every id, with its row
     for raw, row in zip(vocab["raw_id"], vocab["index"]):  # the documented hash, any process
         digest = hashlib.blake2b(raw.encode(), digest_size=8).digest()
-        assert row == int.from_bytes(digest, "little") % 300
+        assert row == int.from_bytes(digest, "little") % buckets
     rows_used = len(set(vocab["index"]))
-    assert meta["hashing"] == {"user": {"buckets": 300, "ids": 943, "rows_used": rows_used,
-                                        "collision_rate": 1 - rows_used / 943}}
-    # 943 ids into 300 rows: most rows are shared, as balls into bins predict
-    assert 0.65 < meta["hashing"]["user"]["collision_rate"] < 0.72
+    assert meta["hashing"] == {"user": {"buckets": buckets, "ids": ids, "rows_used": rows_used,
+                                        "collision_rate": 1 - rows_used / ids}}
+    # 3 ids a row: most rows are shared, as balls into bins predict (1 - (1 - e^-3) / 3 = 0.68)
+    assert 0.62 < meta["hashing"]["user"]["collision_rate"] < 0.74
     # the interactions are the same, only the users' rows change
     assert meta["counts"] == whole["counts"]
     hashed = load_dataset(str(tmp_path / "hashed"))
-    assert int(hashed.train.user.max()) < 300
+    assert int(hashed.train.user.max()) < buckets
     raw_rows = dict(zip(_read(tmp_path / "whole/users.parquet")["index"],
                         _read(tmp_path / "whole/users.parquet")["raw_id"]))
     row_of = dict(zip(vocab["raw_id"], vocab["index"]))
@@ -354,7 +359,7 @@ def test_hashed_ids_share_bounded_rows_and_report_their_collisions(ml100k, tmp_p
     assert sorted(zip(hashed.train.user.tolist(), hashed.train.item.tolist(),
                       hashed.train.timestamp.tolist())) == expected
     # a table as large as the id space leaves few collisions
-    wide = prepare(str(ml100k / "u.data"), "movielens", str(tmp_path / "wide"),
+    wide = prepare(str(udata_small), "movielens", str(tmp_path / "wide"),
                    buckets={"user": 1_000_000})
     assert wide["hashing"]["user"]["collision_rate"] < 0.01
 

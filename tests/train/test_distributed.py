@@ -31,9 +31,9 @@ STEPS = 3
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def prepared(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = str(tmp_path_factory.mktemp("ddp") / "data")
-    prepare(str(ml100k_small), "movielens", out, seed=0)
+    prepare(str(udata_small), "movielens", out, seed=0)
     return out
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from advrec.cli import main
 from advrec.config import load_config
@@ -36,10 +37,10 @@ SETUPS = {
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def prepared(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     out = tmp_path_factory.mktemp("resume")
-    prepare(str(ml100k_small), "movielens", str(out / "random"), seed=0)
-    prepare(str(ml100k_small), "movielens", str(out / "loo"), split="loo", seed=0)
+    prepare(str(udata_small), "movielens", str(out / "random"), seed=0)
+    prepare(str(udata_small), "movielens", str(out / "loo"), split="loo", seed=0)
     return {"random": str(out / "random"), "loo": str(out / "loo")}
 
 
@@ -65,9 +66,13 @@ def test_a_stopped_run_resumes_as_if_it_never_stopped(setup: str, prepared: dict
     cfg = load_config(None, [*_overrides(setup, prepared), "train.fault_epoch=3"])
     with pytest.raises(RuntimeError, match="fault injected in epoch 3"):
         run_training(cfg, str(stopped), progress=False)
-    # the failed run is kept with its checkpoint of epoch 2, and nothing of a finished run
+    # the failed run is kept with its checkpoint of epoch 2 (and the best epoch's, when that is
+    # an earlier one), and nothing of a finished run
     assert not (stopped / "metrics.json").exists()
-    assert [p.name for p in (stopped / "checkpoints").iterdir()] == ["epoch-000002.pt"]
+    latest = stopped / "checkpoints" / "epoch-000002.pt"
+    best = torch.load(latest, weights_only=True)["early_stopping"]["epoch"]
+    assert sorted(p.name for p in (stopped / "checkpoints").iterdir()) == sorted(
+        {latest.name, f"epoch-{best:06d}.pt"})
 
     assert main(["train", "--resume", str(stopped), "--quiet"]) == 0
     assert _history(stopped) == _history(whole)  # every epoch once, same losses and metrics

@@ -26,15 +26,16 @@ from advrec.models import build_model
 from advrec.train import load_model, read_run, run_training
 from advrec.train.loop import attack_from_config
 from advrec.train.sharding import process_group, shard
+from conftest import SMALL
 from advrec.train.tasks import make_loss, make_task
 from histories import without_times
 from zoo_models import MODELS
 
 
 @pytest.fixture(scope="module")
-def prepared(ml100k_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def prepared(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     out = str(tmp_path_factory.mktemp("sharding") / "data")
-    prepare(str(ml100k_small), "movielens", out, seed=0)
+    prepare(str(udata_small), "movielens", out, seed=0)
     return out
 
 
@@ -172,18 +173,19 @@ def test_every_model_trains_with_sharded_tables(name: str, ctr_small: str,
     assert test == pytest.approx(metrics["test"], abs=1e-6)
 
 
-def test_hashed_users_train_in_a_bounded_sharded_table(ml100k_small: Path,
+def test_hashed_users_train_in_a_bounded_sharded_table(udata_small: Path,
                                                        tmp_path: Path) -> None:
-    # 60 users hashed into 16 rows: the table has 16 rows, the collisions are reported
+    # SMALL's users hashed into 16 rows: the table has 16 rows, the collisions are reported
     run = tmp_path / "run"
-    assert main(["train", "--output", str(run), "--quiet", f"data.source={ml100k_small}",
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={udata_small}",
                  f"data.cache_dir={tmp_path / 'cache'}", "data.user_buckets=16",
                  "model.embeddings=torchrec", "model.dim=8", "train.optimizer=sgd",
                  "train.epochs=2", "adv.method=fgm"]) == 0
     _, dataset = read_run(str(run))
     hashing = io.read_json(f"{dataset}/meta.json")["hashing"]["user"]
-    assert (hashing["buckets"], hashing["ids"]) == (16, 60)
-    assert hashing["collision_rate"] == 1 - hashing["rows_used"] / 60 > 0.7
+    users = SMALL["users"]
+    assert (hashing["buckets"], hashing["ids"]) == (16, users)
+    assert hashing["collision_rate"] == 1 - hashing["rows_used"] / users > 0.7
     metrics = json.loads((run / "metrics.json").read_text())
     num_items = load_dataset(dataset).num_items
     assert metrics["table_bytes"] == [(16 + num_items) * 8 * 4]  # one worker: both tables

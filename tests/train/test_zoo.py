@@ -1,4 +1,5 @@
-"""Every model of the zoo trains under every adversary on a tiny real log with side features."""
+"""Every model of the zoo trains under every adversary on a small synthetic log with side
+features."""
 
 from __future__ import annotations
 
