@@ -48,7 +48,7 @@ logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 DATA_CPUS = 2
 """Logical CPUs a local Ray instance declares beyond the workers' for Ray Data's read tasks,
-which would otherwise wait forever for CPUs the train workers hold (DESIGN.md, Ray notes)."""
+which would otherwise wait forever for CPUs the train workers hold (ARCHITECTURE.md, Ray notes)."""
 
 
 def run_cpus(scaling: ScalingConfig, streaming: bool) -> float:
