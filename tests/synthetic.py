@@ -154,3 +154,13 @@ def _write_lines(path: Path, header: str | None, rows: Iterable[tuple]) -> None:
         if header is not None:
             f.write(header + "\n")
         f.writelines("\t".join(map(str, row)) + "\n" for row in rows)
+
+
+def prepared_synth(root: Path, users: int, items: int, interactions: int) -> str:
+    """`advrec synth`'s plain log (no side features) of this size under ``root/log``, prepared
+    with the defaults into ``root/data``; returns the dataset's path."""
+    from advrec.data import prepare
+
+    synth(users, items, interactions, str(root / "log"))
+    prepare(str(root / "log"), "parquet", str(root / "data"))
+    return str(root / "data")

@@ -20,15 +20,13 @@ from advrec.data.prepare import DATASET
 from advrec.errors import AdvrecError
 from advrec.train import run_training
 from advrec.train.driver import RUN
+from synthetic import prepared_synth
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small synthetic log, prepared."""
-    root = tmp_path_factory.mktemp("outputs")
-    synth(60, 40, 1200, str(root / "log"))
-    prepare(str(root / "log"), "parquet", str(root / "data"))
-    return str(root / "data")
+    return prepared_synth(tmp_path_factory.mktemp("outputs"), 60, 40, 1200)
 
 
 def _tree(path: Path) -> dict[str, bytes]:

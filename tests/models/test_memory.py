@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from advrec.config import ModelConfig, build_config
-from advrec.data import load_dataset, prepare
-from advrec.data.synth import synth
+from advrec.data import load_dataset
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.memory import (
@@ -20,15 +19,13 @@ from advrec.models.memory import (
     id_table_bytes,
     physical_memory,
 )
+from synthetic import prepared_synth
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small synthetic log, prepared: 30 users, 30 items."""
-    root = tmp_path_factory.mktemp("memory")
-    synth(30, 30, 400, str(root / "log"))
-    prepare(str(root / "log"), "parquet", str(root / "data"))
-    return str(root / "data")
+    return prepared_synth(tmp_path_factory.mktemp("memory"), 30, 30, 400)
 
 
 def test_id_tables_by_model() -> None:

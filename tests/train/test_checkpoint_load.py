@@ -9,19 +9,16 @@ import pytest
 import torch
 
 from advrec.config import build_config
-from advrec.data import load_dataset, prepare
-from advrec.data.synth import synth
+from advrec.data import load_dataset
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.train.checkpoint import load_model, save_checkpoint
+from synthetic import prepared_synth
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("ckpt")
-    synth(30, 30, 400, str(root / "log"))
-    prepare(str(root / "log"), "parquet", str(root / "data"))
-    return str(root / "data")
+    return prepared_synth(tmp_path_factory.mktemp("ckpt"), 30, 30, 400)
 
 
 def _saved(dataset: str, tmp_path: Path, **model) -> str:

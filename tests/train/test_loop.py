@@ -12,27 +12,19 @@ import torch
 
 from advrec.adversarial import AdversarialObjective
 from advrec.config import build_config
-from advrec.data import load_dataset, prepare
+from advrec.data import load_dataset
 from advrec.data.dataset import Interactions
-from advrec.data.synth import synth
 from advrec.errors import AdvrecError
 from advrec.models import build_model
-from advrec.train.loop import (
-    attack_from_config,
-    make_optimizer,
-    quiet_ray_train,
-    ray_train_loggers,
-    train_epoch,
-)
+from advrec.train.loop import attack_from_config, quiet_ray_train, ray_train_loggers, train_epoch
+from advrec.train.optim import make_optimizer
 from advrec.train.tasks import MemoryRows, PairTask, epoch_order, make_loss, make_task
+from synthetic import prepared_synth
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
-    root = tmp_path_factory.mktemp("loop")
-    synth(30, 30, 400, str(root / "log"))
-    prepare(str(root / "log"), "parquet", str(root / "data"))
-    return str(root / "data")
+    return prepared_synth(tmp_path_factory.mktemp("loop"), 30, 30, 400)
 
 
 def _objective(cfg, data):
