@@ -87,6 +87,9 @@ def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: d
                 t.weight.numel() for t in tables)
             # DDP gives each sparse gradient a bucket of its own, the dense rest shares one
             counts[f"{name}/{variant}/buckets"] = [len(tables) + int(dense)]
+            # DDP's reducer is freed now, while its process group lives: freed at exit, after
+            # the group, it deadlocked (its destructor held the GIL that gloo's thread waited on)
+            del objective
     Path(out, f"rank{rank}.json").write_text(json.dumps(counts))
     dist.destroy_process_group()
 
