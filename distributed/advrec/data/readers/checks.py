@@ -4,6 +4,8 @@ its first bad row."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,13 +28,13 @@ def id_strings(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
     except pa.ArrowInvalid:  # binary ids (Parquet without the UTF-8 annotation) must be text
         raise AdvrecError(f"{where}: id column '{name}' holds ids that are not UTF-8 text") from None
     bad = pc.or_(bad, pc.equal(ids, "").fill_null(False))
-    count = pc.sum(bad).as_py() or 0
-    if count:
-        ids_ = "id" if count == 1 else "ids"
-        raise AdvrecError(
-            f"{where}: column '{name}' has {count} missing (null, NaN or empty) {ids_}, "
-            f"the first at data row {first_row(bad)}"
-        )
+
+    def missing(row: int) -> str:
+        count = pc.sum(bad).as_py()
+        return (f"{where}: column '{name}' has {count} missing (null, NaN or empty) "
+                f"{'id' if count == 1 else 'ids'}, the first at data row {row + 1}")
+
+    refuse(bad, missing)
     return ids
 
 
@@ -58,13 +60,14 @@ def labels(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
         bad = pc.invert(pc.is_in(col, value_set=pa.array([0, 1], col.type))).fill_null(True)
     else:
         raise AdvrecError(f"{where}: label column '{name}' must hold 0/1, not type {col.type}")
-    if pc.any(bad).as_py():
-        row = first_row(bad)
-        value = col[row - 1].as_py()
+
+    def not_a_label(row: int) -> str:
+        value = col[row].as_py()
         shown = "a missing value" if value is None else f"'{value}'"
-        raise AdvrecError(
-            f"{where}: label column '{name}' has {shown} at data row {row} (expected only 0/1)"
-        )
+        return (f"{where}: label column '{name}' has {shown} at data row {row + 1} "
+                "(expected only 0/1)")
+
+    refuse(bad, not_a_label)
     return col.cast(pa.int8())
 
 
@@ -116,19 +119,16 @@ def numeric(
     if allow_missing:
         return col
     bad = pc.or_kleene(pc.is_null(col), pc.is_nan(col))
-    if pc.any(bad).as_py():
-        raise AdvrecError(
-            f"{where}: column '{name}' has a missing or NaN value at data row {first_row(bad)}"
-        )
+    refuse(bad, lambda row: f"{where}: column '{name}' has a missing or NaN value at data row "
+                            f"{row + 1}")
     return col
 
 
 def timestamps(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
     """Times as int64: integers as they are, floats floored, datetimes as epoch seconds."""
     if pa.types.is_integer(col.type) or pa.types.is_temporal(col.type):
-        if col.null_count:
-            row = first_row(pc.is_null(col))
-            raise AdvrecError(f"{where}: column '{name}' has a missing value at data row {row}")
+        refuse(pc.is_null(col),
+               lambda row: f"{where}: column '{name}' has a missing value at data row {row + 1}")
         if pa.types.is_integer(col.type):
             return col.cast(pa.int64())
         # Sub-second parts are dropped (safe=False): ordering within a second falls to row order.
@@ -136,7 +136,10 @@ def timestamps(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
     return pc.floor(numeric(col, name, where)).cast(pa.int64())
 
 
-def first_row(mask: pa.ChunkedArray | pa.Array) -> int:
-    """The 1-based data row of the first true value of ``mask``."""
-    return pc.index(mask, True).as_py() + 1
+def refuse(bad: pa.ChunkedArray | pa.Array, message: Callable[[int], str]) -> None:
+    """Raise ``AdvrecError(message(row))`` when the boolean mask ``bad`` holds a true value, ``row``
+    the 0-based index of the first (a null counts as false): every check names its first culprit,
+    and builds the message only when there is one."""
+    if pc.any(bad).as_py():
+        raise AdvrecError(message(pc.index(bad, True).as_py()))
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from advrec.data.readers.checks import first_row
+from advrec.data.readers.checks import refuse
 from advrec.data.readers.columns import ColumnMap, standardize
 from advrec.data.readers.csv_log import read_csv_file
 from advrec.data.readers.files import name_in, open_zip, parse_csv, read_text
@@ -62,10 +62,8 @@ def _positive_ids(table: pa.Table, where: str) -> pa.Table:
     """MovieLens numbers users and items 1, 2, ...: anything else is a corrupt line."""
     for key in ("user", "item"):
         bad = pc.invert(pc.match_substring_regex(table[key], r"^[0-9]+$"))
-        if pc.any(bad).as_py():
-            row = first_row(bad)
-            raise AdvrecError(f"{where}: {key} id '{table[key][row - 1]}' at data row {row} "
-                              "is not a positive integer")
+        refuse(bad, lambda row, key=key: f"{where}: {key} id '{table[key][row]}' at data row "
+                                         f"{row + 1} is not a positive integer")
     return table
 
 
@@ -192,17 +190,11 @@ def _read_u_genre(fs: fsspec.AbstractFileSystem, path: str, where: str) -> list[
     names, index = _split_lines(lines, numbers, "|", 2, where, "genre name|index")
     # A name becomes one token of a space-separated token_seq, so it may hold no whitespace.
     bad = pc.invert(pc.match_substring_regex(names, r"^\S+$"))
-    if pc.any(bad).as_py():
-        row = first_row(bad) - 1
-        raise AdvrecError(
-            f"{where}: line {numbers[row]}: genre name '{names[row]}' is empty or has whitespace"
-        )
+    refuse(bad, lambda row: f"{where}: line {numbers[row]}: genre name '{names[row]}' is empty "
+                            "or has whitespace")
     bad = pc.invert(pc.match_substring_regex(index, r"^[0-9]+$"))
-    if pc.any(bad).as_py():
-        row = first_row(bad) - 1
-        raise AdvrecError(
-            f"{where}: line {numbers[row]}: genre index '{index[row]}' is not an integer >= 0"
-        )
+    refuse(bad, lambda row: f"{where}: line {numbers[row]}: genre index '{index[row]}' is not an "
+                            "integer >= 0")
     idx = index.cast(pa.int64()).to_numpy()
     _, first = np.unique(idx, return_index=True)
     repeated = np.ones(len(idx), dtype=bool)
@@ -238,20 +230,14 @@ def _read_u_item(
     flags = np.zeros((len(lines), len(genres)), dtype=bool)
     for j, flag in enumerate(fields[5:]):
         bad = pc.invert(pc.is_in(flag, value_set=pa.array(["0", "1"])))
-        if pc.any(bad).as_py():
-            row = first_row(bad) - 1
-            raise AdvrecError(
-                f"{where}: line {numbers[row]}, field {6 + j} (genre '{genres[j]}'): "
-                f"flag '{flag[row]}' is not 0 or 1"
-            )
+        refuse(bad, lambda row, j=j, flag=flag: (
+            f"{where}: line {numbers[row]}, field {6 + j} (genre '{genres[j]}'): "
+            f"flag '{flag[row]}' is not 0 or 1"))
         flags[:, j] = pc.equal(flag, "1").to_numpy(zero_copy_only=False)
     year = pc.struct_field(pc.extract_regex(date, r"(?:^|[^0-9])(?P<year>[0-9]{4})$"), [0])
     bad = pc.and_(pc.not_equal(date, ""), pc.is_null(year))
-    if pc.any(bad).as_py():
-        row = first_row(bad) - 1
-        raise AdvrecError(
-            f"{where}: line {numbers[row]}, field 3: release date '{date[row]}' has no year"
-        )
+    refuse(bad, lambda row: f"{where}: line {numbers[row]}, field 3: release date '{date[row]}' "
+                            "has no year")
     _, columns = np.nonzero(flags)  # row-major: each movie's genres in genre-index order
     offsets = np.concatenate([[0], np.cumsum(flags.sum(axis=1))]).astype(np.int32)
     lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(genres).take(pa.array(columns)))
@@ -300,12 +286,8 @@ def _movies(
     """The item features of a ``Title (Year)`` and ``Genre1|Genre2`` movie list."""
     genres = pc.if_else(pc.equal(genres, _NO_GENRES), "", genres)
     bad = pc.match_substring_regex(genres, r"\s")
-    if pc.any(bad).as_py():
-        row = first_row(bad) - 1
-        raise AdvrecError(
-            f"{where}: {unit} {numbers[row]}: genres '{genres[row]}' hold whitespace "
-            "(genre names become space-separated tokens)"
-        )
+    refuse(bad, lambda row: f"{where}: {unit} {numbers[row]}: genres '{genres[row]}' hold "
+                            "whitespace (genre names become space-separated tokens)")
     year = pc.struct_field(pc.extract_regex(title, _TITLE_YEAR), [0])
     return _feature_table(
         {"item_id": item, "movie_title": _strip_year(title), "release_year": year.fill_null(""),
@@ -346,12 +328,8 @@ def _split_lines(
     parts = pc.split_pattern(lines, sep)
     lengths = pc.list_value_length(parts)
     bad = pc.not_equal(lengths, count)
-    if pc.any(bad).as_py():
-        row = first_row(bad) - 1
-        raise AdvrecError(
-            f"{where}: line {numbers[row]} has {lengths[row]} '{sep}'-separated fields, "
-            f"expected {count} ({layout})"
-        )
+    refuse(bad, lambda row: f"{where}: line {numbers[row]} has {lengths[row]} '{sep}'-separated "
+                            f"fields, expected {count} ({layout})")
     return [pc.list_element(parts, j) for j in range(count)]
 
 
@@ -360,11 +338,8 @@ def _check_ids(
 ) -> None:
     """MovieLens ids are positive integers, and a features file lists each id once."""
     bad = pc.invert(pc.match_substring_regex(ids, r"^[0-9]+$"))
-    if pc.any(bad).as_py():
-        row = first_row(bad) - 1
-        raise AdvrecError(
-            f"{where}: {unit} {numbers[row]}: {what} id '{ids[row]}' is not a positive integer"
-        )
+    refuse(bad, lambda row: f"{where}: {unit} {numbers[row]}: {what} id '{ids[row]}' is not a "
+                            "positive integer")
     codes = ids.dictionary_encode().indices.to_numpy()
     _, first = np.unique(codes, return_index=True)
     if first.size < codes.size:
