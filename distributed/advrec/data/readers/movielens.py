@@ -101,14 +101,12 @@ def read_movielens_features(url: str, kind: str) -> pa.Table | None:
         path = posixpath.join(directory, found) if found else None
         if path is None or not fs.isfile(path):
             return None
-        if found == "u.user":
-            return _read_u_user(fs, path, where(path))
+        if found in _USERS_LAYOUT:
+            return _read_users(fs, path, where(path), found)
         if found == "u.item":
             genres = posixpath.join(directory, "u.genre")
             names = _read_u_genre(fs, genres, where(genres)) if fs.isfile(genres) else None
             return _read_u_item(fs, path, where(path), names)
-        if found == "users.dat":
-            return _read_users_dat(fs, path, where(path))
         if found == "movies.dat":
             return _read_movies_dat(fs, path, where(path))
         return _read_movies_csv(fs, path, where(path))
@@ -158,30 +156,29 @@ _TITLE_YEAR = r"\s*\((?P<year>[0-9]{4})\)\s*$"
 _NO_GENRES = "(no genres listed)"
 
 
-def _read_u_user(fs: fsspec.AbstractFileSystem, path: str, where: str) -> pa.Table:
-    """ml-100k's ``u.user``: ``user id|age|gender|occupation|zip code``."""
-    lines, numbers = _read_lines(fs, path, where)
-    user, age, gender, occupation, zip_code = _split_lines(
-        lines, numbers, "|", 5, where, "user id|age|gender|occupation|zip code"
-    )
-    _check_ids(user, numbers, where, "user")
-    return _feature_table(
-        {"user_id": user, "age": age, "gender": gender, "occupation": occupation,
-         "zip_code": zip_code}
-    )
+# The two users files differ only in layout: (field as the release's README names it, column),
+# in file order, and the separator. Both give the columns of _USER_COLUMNS.
+_USERS_LAYOUT = {
+    "u.user": ("|", (("user id", "user_id"), ("age", "age"), ("gender", "gender"),
+                     ("occupation", "occupation"), ("zip code", "zip_code"))),
+    "users.dat": ("::", (("UserID", "user_id"), ("Gender", "gender"), ("Age", "age"),
+                         ("Occupation", "occupation"), ("Zip-code", "zip_code"))),
+}
+_USER_COLUMNS = ("user_id", "age", "gender", "occupation", "zip_code")
 
 
-def _read_users_dat(fs: fsspec.AbstractFileSystem, path: str, where: str) -> pa.Table:
-    """ml-1m's ``users.dat``: ``UserID::Gender::Age::Occupation::Zip-code``."""
+def _read_users(fs: fsspec.AbstractFileSystem, path: str, where: str, file: str) -> pa.Table:
+    """A MovieLens users file, laid out as ``_USERS_LAYOUT[file]``: ml-100k's ``u.user``
+    (``user id|age|gender|occupation|zip code``) or ml-1m's ``users.dat``
+    (``UserID::Gender::Age::Occupation::Zip-code``)."""
+    sep, layout = _USERS_LAYOUT[file]
     lines, numbers = _read_lines(fs, path, where)
-    user, gender, age, occupation, zip_code = _split_lines(
-        lines, numbers, "::", 5, where, "UserID::Gender::Age::Occupation::Zip-code"
+    values = _split_lines(
+        lines, numbers, sep, len(layout), where, sep.join(field for field, _ in layout)
     )
-    _check_ids(user, numbers, where, "user")
-    return _feature_table(
-        {"user_id": user, "age": age, "gender": gender, "occupation": occupation,
-         "zip_code": zip_code}
-    )
+    columns = {column: value for (_, column), value in zip(layout, values)}
+    _check_ids(columns["user_id"], numbers, where, "user")
+    return _feature_table({name: columns[name] for name in _USER_COLUMNS})
 
 
 def _read_u_genre(fs: fsspec.AbstractFileSystem, path: str, where: str) -> list[str]:
