@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from advrec.config.schema import check_label_column, check_non_negative
 from advrec.data.readers import (
     MOVIELENS_ID,
     ColumnMap,
@@ -137,10 +138,8 @@ def _check_options(
         if n < 1:
             raise AdvrecError(f"--{kind}-buckets/data.{kind}_buckets must be >= 0 (0: a row "
                               f"per {kind}), not {n}")
-    if kcore < 0:
-        raise AdvrecError(f"--kcore/data.kcore must be >= 0, not {kcore}")
-    if seed < 0:
-        raise AdvrecError(f"--seed/data.seed must be >= 0, not {seed}")
+    check_non_negative("kcore", kcore, _option)
+    check_non_negative("seed", seed, _option)
     if label_threshold is not None:
         if min_rating is not None:
             raise AdvrecError(
@@ -152,7 +151,19 @@ def _check_options(
                 f"--label-threshold/data.label_threshold must be a finite number, "
                 f"not {label_threshold}"
             )
-    _check_label_options(columns, fmt, min_rating, label_threshold)
+    _check_fixed_layout(columns, fmt)
+    check_label_column(columns.label, label_threshold, min_rating, _option)
+
+
+# The command-line flag of each option whose rules prepare shares with DataConfig.
+_FLAGS = {"kcore": "--kcore", "seed": "--seed", "label_column": "--label-col",
+          "label_threshold": "--label-threshold", "min_rating": "--min-rating"}
+
+
+def _option(key: str) -> str:
+    """A data option as prepare's messages name it, by flag and config key:
+    ``--kcore/data.kcore``."""
+    return f"{_FLAGS[key]}/data.{key}"
 
 
 def _read(
@@ -323,10 +334,9 @@ def _write(
         write_json(fs, join(tmp, "meta.json"), meta)  # last: its presence marks a complete dataset
 
 
-def _check_label_options(
-    columns: ColumnMap, fmt: str, min_rating: float | None, label_threshold: float | None
-) -> None:
-    """Options that exclude each other, refused before a large log is read."""
+def _check_fixed_layout(columns: ColumnMap, fmt: str) -> None:
+    """The label and feature columns name columns of a csv, parquet or recbole log: a movielens
+    or sasrec log has none to name."""
     if fmt in ("movielens", "sasrec"):
         for flag, value in (
             ("--label-col/data.label_column", columns.label),
@@ -338,18 +348,6 @@ def _check_label_options(
                     f"{flag} names a column of a csv, parquet or recbole log; "
                     f"a {fmt} log has a fixed layout"
                 )
-    if columns.label is None:
-        return
-    if label_threshold is not None:
-        raise AdvrecError(
-            "--label-col/data.label_column and --label-threshold/data.label_threshold exclude "
-            "each other: the labels come from one or the other"
-        )
-    if min_rating is not None:
-        raise AdvrecError(
-            "--label-col/data.label_column and --min-rating/data.min_rating exclude each other: "
-            "a CTR dataset keeps its negatives"
-        )
 
 
 def _first_values(

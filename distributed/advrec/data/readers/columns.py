@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pyarrow as pa
 
+from advrec.config.schema import check_listed_once
 from advrec.data.readers.checks import feature_values, id_strings, labels, numeric, timestamps
 from advrec.errors import AdvrecError
 
@@ -80,17 +81,16 @@ def source_columns(present: list[str], columns: ColumnMap, where: str) -> dict[s
 
 
 def feature_sources(present: list[str], columns: ColumnMap, where: str) -> list[str]:
-    """The log's user and item feature columns, checking that each exists, is listed once and
-    is not the id column of its side."""
+    """The log's user and item feature columns, checking that each is not the id column of its
+    side, is listed once and exists."""
     for kind, names in (("user", columns.user_features), ("item", columns.item_features)):
         own_id = columns.user if kind == "user" else columns.item
-        for j, name in enumerate(names):
-            if name == own_id:
-                raise AdvrecError(
-                    f"{where}: {kind} feature column '{name}' is the {kind} id column itself"
-                )
-            if name in names[:j]:
-                raise AdvrecError(f"{where}: {kind} feature column '{name}' is listed twice")
+        if own_id in names:
+            raise AdvrecError(
+                f"{where}: {kind} feature column '{own_id}' is the {kind} id column itself"
+            )
+        check_listed_once(names, f"{where}: {kind} feature column")
+        for name in names:
             if name not in present:
                 raise AdvrecError(
                     f"{where}: missing {kind} feature column '{name}' "
