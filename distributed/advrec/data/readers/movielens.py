@@ -37,8 +37,9 @@ _MOVIELENS_FEATURE_FILES = {
 MOVIELENS_ID = {"user": "user_id", "item": "item_id"}
 
 
-
 def read_movielens(url: str) -> pa.Table:
+    """The ratings file that ``url`` (a file, a directory or a ``.zip``) leads to, as the
+    standard table."""
     with _movielens_files(url) as (fs, path, where):
         return _read_movielens_file(fs, path, where(path))
 

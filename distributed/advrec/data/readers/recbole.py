@@ -21,7 +21,6 @@ _RECBOLE_TYPES = ("token", "token_seq", "float", "float_seq")
 RECBOLE_TYPE = b"recbole_type"
 
 
-
 def read_recbole(url: str, columns: ColumnMap) -> pa.Table:
     """The ``.inter`` file at ``url`` (the file or its directory) as the standard table."""
     fs, path, where = _recbole_inter_path(url)
