@@ -7,6 +7,7 @@ silently ignored setting, and no number may be infinite or NaN. Defaults are the
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -23,7 +24,7 @@ from advrec.config.policy import (
     reported_metrics,
     table_optimizer,
 )
-from advrec.errors import shown
+from advrec.errors import AdvrecError, shown
 
 
 class Section(BaseModel):
@@ -33,12 +34,55 @@ class Section(BaseModel):
                               allow_inf_nan=False)
 
 
+def config_key(key: str) -> str:
+    """A data option as a run config names it: ``data.kcore``."""
+    return f"data.{key}"
+
+
+# The rules of the data options, owned here and applied both by DataConfig and by `prepare`
+# (which `advrec prepare` calls without a config). ``name`` turns a DataConfig key into how the
+# caller's user knows the option (prepare: ``--kcore/data.kcore``); each raises an AdvrecError,
+# a ValueError, which pydantic reports under the section's name.
+
+
+def check_non_negative(key: str, value: int, name: Callable[[str], str] = config_key) -> None:
+    """A count or seed (data.kcore, data.seed) is >= 0."""
+    if value < 0:
+        raise AdvrecError(f"{name(key)} must be >= 0, not {value}")
+
+
+def check_label_column(
+    label_column: str | None,
+    label_threshold: float | None,
+    min_rating: float | None,
+    name: Callable[[str], str] = config_key,
+) -> None:
+    """A log's own 0/1 column (data.label_column) excludes the other label source
+    (data.label_threshold) and data.min_rating, which would drop the negatives."""
+    if label_column is None:
+        return
+    if label_threshold is not None:
+        raise AdvrecError(f"{name('label_column')} and {name('label_threshold')} exclude each "
+                          "other: the labels come from one or the other")
+    if min_rating is not None:
+        raise AdvrecError(f"{name('label_column')} and {name('min_rating')} exclude each other: "
+                          "a CTR dataset keeps its negatives")
+
+
+def check_listed_once(names: Sequence[str], what: str) -> None:
+    """Each column of a list (data.user_features, data.item_features) is named once; ``what``
+    begins the message: ``column 'genre' is listed twice``."""
+    for j, name in enumerate(names):
+        if name in names[:j]:
+            raise AdvrecError(f"{what} {shown(name)} is listed twice")
+
+
 class DataConfig(Section):
     source: str = Field(description="A raw log or a prepared dataset: a path or any fsspec URL.")
     format: Literal["auto", "prepared", "movielens", "recbole", "sasrec", "csv", "parquet"] = "auto"
     split: str = "random:0.8,0.1,0.1"
     min_rating: float | None = None
-    kcore: int = Field(0, ge=0)
+    kcore: int = 0
     seed: int = 0
     cache_dir: str | None = Field(
         None, description="Where `train` keeps datasets it prepares itself (default ~/.cache/advrec)."
@@ -81,19 +125,15 @@ class DataConfig(Section):
     @field_validator("user_features", "item_features")
     @classmethod
     def _column_names(cls, v: list[str]) -> list[str]:
-        for j, name in enumerate(v):
-            if not name.strip():
-                raise ValueError("column names must be non-empty")
-            if name in v[:j]:
-                raise ValueError(f"column {shown(name)} is listed twice")
+        if any(not name.strip() for name in v):
+            raise ValueError("column names must be non-empty")
+        check_listed_once(v, "column")
         return v
 
     @model_validator(mode="after")
-    def _one_label_source(self) -> DataConfig:  # reported as "data: ..." by pydantic
-        if self.label_column is not None:
-            for key in ("label_threshold", "min_rating"):
-                if getattr(self, key) is not None:
-                    raise ValueError(f"data.label_column and data.{key} exclude each other")
+    def _data_rules(self) -> DataConfig:  # reported as "data: ..." by pydantic
+        check_non_negative("kcore", self.kcore)
+        check_label_column(self.label_column, self.label_threshold, self.min_rating)
         return self
 
 

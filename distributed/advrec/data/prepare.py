@@ -22,12 +22,14 @@ leaves nothing behind, and the same input and options give byte-identical files.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from advrec.config.schema import check_label_column, check_non_negative
 from advrec.data.readers import (
     MOVIELENS_ID,
     ColumnMap,
@@ -89,14 +91,55 @@ def prepare(
     spec = parse_split(split)  # a bad spec fails before a large log is read
     check_output(output, DATASET, inputs=(input,))  # and a bad output
     buckets = buckets or {}
+    columns = columns or ColumnMap()
+    _check_options(fmt, columns, min_rating, kcore, seed, label_threshold, buckets)
+    log = _read(input, fmt, columns, min_rating, label_threshold)
+    kept = _keep(log, input, kcore, columns.label, label_threshold)
+    parts = assign_split(spec, kept.codes["user"], kept.codes["item"], kept.timestamp, seed,
+                         kept.names["user"])
+    in_dataset = parts != DROPPED
+    ids, hashing = _number_ids(kept, in_dataset, buckets)
+    tables = _split_tables(kept, parts, ids)
+    features = _side_features(input, fmt, columns, log, kept, in_dataset, ids, hashing)
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "num_users": buckets.get("user", len(ids["user"][1])),
+        "num_items": buckets.get("item", len(ids["item"][1])),
+        "counts": {name: t.num_rows for name, t in tables.items()},
+        "schema": {f.name: str(f.type) for f in tables["train"].schema},
+        "split": spec.to_dict(),
+        "filters": {"min_rating": min_rating, "kcore": kcore},
+        "task": "ranking" if kept.label is None else "ctr",
+        "label_threshold": label_threshold,
+        # Only when set, so that datasets prepared without one keep their bytes.
+        **({"label_column": columns.label} if columns.label is not None else {}),
+        "features": sorted(features),
+        "seed": seed,
+        "source": input,
+        "input_format": fmt,
+        # Only when set, as label_column
+        **({"hashing": hashing} if hashing else {}),
+    }
+    _write(output, tables, ids, features, meta)
+    return meta
+
+
+def _check_options(
+    fmt: str,
+    columns: ColumnMap,
+    min_rating: float | None,
+    kcore: int,
+    seed: int,
+    label_threshold: float | None,
+    buckets: dict[str, int],
+) -> None:
+    """Refuse bad or clashing options before a large log is read."""
     for kind, n in buckets.items():
         if n < 1:
             raise AdvrecError(f"--{kind}-buckets/data.{kind}_buckets must be >= 0 (0: a row "
                               f"per {kind}), not {n}")
-    if kcore < 0:
-        raise AdvrecError(f"--kcore/data.kcore must be >= 0, not {kcore}")
-    if seed < 0:
-        raise AdvrecError(f"--seed/data.seed must be >= 0, not {seed}")
+    check_non_negative("kcore", kcore, _option)
+    check_non_negative("seed", seed, _option)
     if label_threshold is not None:
         if min_rating is not None:
             raise AdvrecError(
@@ -108,15 +151,36 @@ def prepare(
                 f"--label-threshold/data.label_threshold must be a finite number, "
                 f"not {label_threshold}"
             )
-    columns = columns or ColumnMap()
-    _check_label_options(columns, fmt, min_rating, label_threshold)
+    _check_fixed_layout(columns, fmt)
+    check_label_column(columns.label, label_threshold, min_rating, _option)
+
+
+# The command-line flag of each option whose rules prepare shares with DataConfig.
+_FLAGS = {"kcore": "--kcore", "seed": "--seed", "label_column": "--label-col",
+          "label_threshold": "--label-threshold", "min_rating": "--min-rating"}
+
+
+def _option(key: str) -> str:
+    """A data option as prepare's messages name it, by flag and config key:
+    ``--kcore/data.kcore``."""
+    return f"{_FLAGS[key]}/data.{key}"
+
+
+def _read(
+    input: str,
+    fmt: str,
+    columns: ColumnMap,
+    min_rating: float | None,
+    label_threshold: float | None,
+) -> pa.Table:
+    """The log (see `read_log`), less the interactions rated below ``min_rating``; a log without
+    ratings is an error when either option needs them."""
     log = read_log(input, fmt, columns)
     if label_threshold is not None and "rating" not in log.column_names:
         raise AdvrecError(
             f"{input}: --label-threshold/data.label_threshold needs a 'rating' column, "
             f"but this {fmt} log has none"
         )
-
     if min_rating is not None:
         if "rating" not in log.column_names:
             raise AdvrecError(
@@ -125,7 +189,29 @@ def prepare(
         log = log.filter(pc.greater_equal(log["rating"], min_rating))
         if log.num_rows == 0:
             raise AdvrecError(f"{input}: --min-rating {min_rating} removed every interaction")
+    return log
 
+
+@dataclass(frozen=True)
+class _Kept:
+    """The interactions of a log that the dataset keeps: the first of each (user, item) pair,
+    within the k-core. Every array is (N,), one entry per kept row, in file order."""
+
+    rows: np.ndarray  # their rows in the log, ascending
+    codes: dict[str, np.ndarray]  # "user"/"item": integer codes, in order of first appearance
+    names: dict[str, pa.Array]  # "user"/"item": the raw id of each code
+    timestamp: np.ndarray
+    rating: np.ndarray | None
+    label: np.ndarray | None  # int8, for a CTR dataset
+
+
+def _keep(
+    log: pa.Table, input: str, kcore: int, label_column: str | None,
+    label_threshold: float | None,
+) -> _Kept:
+    """Drop repeated (user, item) pairs (keeping the earliest) and what falls outside the
+    k-core, and label the rest for a CTR dataset (the log's own labels, or rating >=
+    ``label_threshold``)."""
     # Integer codes in order of first appearance; the final vocabulary is built at the end,
     # over the interactions that survive filtering and splitting.
     users = log["user"].combine_chunks().dictionary_encode()
@@ -139,43 +225,72 @@ def prepare(
         rows = rows[_kcore(user[rows], item[rows], kcore)]
         if rows.size == 0:
             raise AdvrecError(f"{input}: --kcore {kcore} removed every interaction")
-    user, item, timestamp = user[rows], item[rows], timestamp[rows]
     rating = log["rating"].to_numpy()[rows] if "rating" in log.column_names else None
-    if columns.label is not None:
+    if label_column is not None:
         label = log["label"].to_numpy()[rows]
     else:
         label = None if label_threshold is None else (rating >= label_threshold).astype(np.int8)
+    return _Kept(rows, {"user": user[rows], "item": item[rows]},
+                 {"user": users.dictionary, "item": items.dictionary}, timestamp[rows], rating,
+                 label)
 
-    parts = assign_split(spec, user, item, timestamp, seed, users.dictionary)
-    kept = parts != DROPPED
+
+_Ids = dict[str, tuple[np.ndarray, pa.Table]]
+"""Per side ("user", "item"): the map from code to dataset index, and the vocabulary table (as
+`_vocab` returns them)."""
+
+
+def _number_ids(
+    kept: _Kept, in_dataset: np.ndarray, buckets: dict[str, int]
+) -> tuple[_Ids, dict[str, dict[str, Any]]]:
+    """Number the users and items of the rows ``in_dataset`` ((N,) bool): 0..V-1 (`_vocab`), or
+    hashed into ``buckets[side]`` rows (`hash_ids`). Returns the ids and, per hashed side, its
+    report."""
     hashing: dict[str, dict[str, Any]] = {}
-    indices = {}
-    for kind, names, codes in (("user", users.dictionary, user[kept]),
-                               ("item", items.dictionary, item[kept])):
+    ids: _Ids = {}
+    for kind in ("user", "item"):
+        names, codes = kept.names[kind], kept.codes[kind][in_dataset]
         if kind in buckets:
             index, vocab, hashing[kind] = hash_ids(names, codes, buckets[kind])
-            indices[kind] = index, vocab
+            ids[kind] = index, vocab
         else:
-            indices[kind] = _vocab(names, codes)
-    (user_index, user_vocab), (item_index, item_vocab) = indices["user"], indices["item"]
+            ids[kind] = _vocab(names, codes)
+    return ids, hashing
 
+
+def _split_tables(kept: _Kept, parts: np.ndarray, ids: _Ids) -> dict[str, pa.Table]:
+    """The train, valid and test tables: the rows of each part of ``parts`` ((N,) split codes)."""
+    (user_index, _), (item_index, _) = ids["user"], ids["item"]
     tables = {}
     for name, part in SPLITS.items():
         mask = parts == part
         tables[name] = _interactions(
-            user_index[user[mask]],
-            item_index[item[mask]],
-            timestamp[mask],
-            None if rating is None else rating[mask],
-            None if label is None else label[mask],
+            user_index[kept.codes["user"][mask]],
+            item_index[kept.codes["item"][mask]],
+            kept.timestamp[mask],
+            None if kept.rating is None else kept.rating[mask],
+            None if kept.label is None else kept.label[mask],
         )
+    return tables
+
+
+def _side_features(
+    input: str,
+    fmt: str,
+    columns: ColumnMap,
+    log: pa.Table,
+    kept: _Kept,
+    in_dataset: np.ndarray,
+    ids: _Ids,
+    hashing: dict[str, dict[str, Any]],
+) -> dict[str, pa.Table]:
+    """Each side's features, one row per dataset index: from the files beside a RecBole or
+    MovieLens log, and from the log's own feature columns (each id's first row in the dataset)."""
     features = {}
-    # The rows that made it into the dataset, in file order (`rows` is ascending).
-    kept_rows = rows[kept]
-    for kind, vocab, codes, names in (
-        ("user", user_vocab, user[kept], users.dictionary),
-        ("item", item_vocab, item[kept], items.dictionary),
-    ):
+    # The rows that made it into the dataset, in file order (`kept.rows` is ascending).
+    kept_rows = kept.rows[in_dataset]
+    for kind in ("user", "item"):
+        vocab, codes, names = ids[kind][1], kept.codes[kind][in_dataset], kept.names[kind]
         from_log = log_features(log, kind)
         if from_log is not None:
             log_id = columns.user if kind == "user" else columns.item
@@ -198,41 +313,30 @@ def prepare(
         if kind in features and kind in hashing:
             raise AdvrecError(f"{input}: {kind} side features need a row per {kind}; they do "
                               f"not go with --{kind}-buckets/data.{kind}_buckets")
+    return features
 
-    meta = {
-        "format_version": FORMAT_VERSION,
-        "num_users": buckets.get("user", len(user_vocab)),
-        "num_items": buckets.get("item", len(item_vocab)),
-        "counts": {name: t.num_rows for name, t in tables.items()},
-        "schema": {f.name: str(f.type) for f in tables["train"].schema},
-        "split": spec.to_dict(),
-        "filters": {"min_rating": min_rating, "kcore": kcore},
-        "task": "ranking" if label is None else "ctr",
-        "label_threshold": label_threshold,
-        # Only when set, so that datasets prepared without one keep their bytes.
-        **({"label_column": columns.label} if columns.label is not None else {}),
-        "features": sorted(features),
-        "seed": seed,
-        "source": input,
-        "input_format": fmt,
-        # Only when set, as label_column
-        **({"hashing": hashing} if hashing else {}),
-    }
+
+def _write(
+    output: str,
+    tables: dict[str, pa.Table],
+    ids: _Ids,
+    features: dict[str, pa.Table],
+    meta: dict[str, Any],
+) -> None:
+    """Write the dataset through `atomic_dir`: all of it, or nothing."""
     with atomic_dir(output, DATASET) as (fs, tmp):
         for name, table in tables.items():
             write_parquet(fs, join(tmp, f"{name}.parquet"), table)
-        write_parquet(fs, join(tmp, "users.parquet"), user_vocab)
-        write_parquet(fs, join(tmp, "items.parquet"), item_vocab)
+        write_parquet(fs, join(tmp, "users.parquet"), ids["user"][1])
+        write_parquet(fs, join(tmp, "items.parquet"), ids["item"][1])
         for kind, table in features.items():
             write_parquet(fs, join(tmp, f"{kind}_features.parquet"), table)
         write_json(fs, join(tmp, "meta.json"), meta)  # last: its presence marks a complete dataset
-    return meta
 
 
-def _check_label_options(
-    columns: ColumnMap, fmt: str, min_rating: float | None, label_threshold: float | None
-) -> None:
-    """Options that exclude each other, refused before a large log is read."""
+def _check_fixed_layout(columns: ColumnMap, fmt: str) -> None:
+    """The label and feature columns name columns of a csv, parquet or recbole log: a movielens
+    or sasrec log has none to name."""
     if fmt in ("movielens", "sasrec"):
         for flag, value in (
             ("--label-col/data.label_column", columns.label),
@@ -244,18 +348,6 @@ def _check_label_options(
                     f"{flag} names a column of a csv, parquet or recbole log; "
                     f"a {fmt} log has a fixed layout"
                 )
-    if columns.label is None:
-        return
-    if label_threshold is not None:
-        raise AdvrecError(
-            "--label-col/data.label_column and --label-threshold/data.label_threshold exclude "
-            "each other: the labels come from one or the other"
-        )
-    if min_rating is not None:
-        raise AdvrecError(
-            "--label-col/data.label_column and --min-rating/data.min_rating exclude each other: "
-            "a CTR dataset keeps its negatives"
-        )
 
 
 def _first_values(

@@ -1,0 +1,78 @@
+"""A Parquet log: one file or a directory of part files (a dataset written by Spark, Ray, ...)."""
+
+from __future__ import annotations
+
+import posixpath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from advrec.data.readers.checks import check_id_type
+from advrec.data.readers.columns import ColumnMap, feature_sources, source_columns, standardize
+from advrec.data.readers.files import first_line, name_in
+from advrec.errors import AdvrecError
+from advrec.io import filesystem
+
+
+def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
+    """Whether two parts' types of a column concatenate (int32 and int64 do; int and string
+    do not)."""
+    kinds = (pa.types.is_integer, pa.types.is_floating, pa.types.is_string,
+             pa.types.is_large_string, pa.types.is_boolean)
+    return a == b or any(kind(a) and kind(b) for kind in kinds)
+
+
+_FILES_AT_ONCE = 16  # Parquet part files held in memory, still compressed, while reading
+
+
+def read_parquet(url: str, columns: ColumnMap) -> pa.Table:
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        raise AdvrecError(f"{url}: file not found")
+    if fs.isdir(path):
+        files = sorted(
+            p
+            for p in fs.find(path)
+            if p.endswith(".parquet") and not posixpath.basename(p).startswith(("_", "."))
+        )
+        if not files:
+            raise AdvrecError(f"{url}: no .parquet files in this directory")
+    else:
+        files = [path]
+    parts = []
+    for start in range(0, len(files), _FILES_AT_ONCE):
+        batch = files[start : start + _FILES_AT_ONCE]
+        # whole files, fetched concurrently: on an object store one GET each instead of a
+        # footer read and then a range read per column, one file after another
+        blobs = fs.cat(batch, on_error="return")
+        for p in batch:
+            where = name_in(url, path, p)
+            try:
+                if isinstance(blobs[p], Exception):
+                    raise blobs[p]
+                pf = pq.ParquetFile(pa.BufferReader(blobs[p]))
+                names = pf.schema_arrow.names
+                source = source_columns(names, columns, where)
+                for key in ("user", "item"):  # before reading: a nested column is not read at all
+                    kind = pf.schema_arrow.field(source[key]).type
+                    if pa.types.is_dictionary(kind):
+                        kind = kind.value_type
+                    check_id_type(kind, source[key], where)
+                wanted = [*source.values(), *feature_sources(names, columns, where)]
+                part = pf.read(columns=list(dict.fromkeys(wanted)))
+            except (pa.ArrowInvalid, OSError) as exc:
+                raise AdvrecError(f"{where}: cannot read Parquet ({first_line(exc)})") from exc
+            if parts:  # every part as the first: the culprit is the part and column that differ
+                first = parts[0].schema
+                for field in part.schema:
+                    if field.name in first.names and not _same_kind(first.field(field.name).type,
+                                                                    field.type):
+                        raise AdvrecError(
+                            f"{where}: column '{field.name}' is {field.type}, but "
+                            f"{first.field(field.name).type} in {name_in(url, path, files[0])}")
+            parts.append(part)
+    table = pa.concat_tables(parts, promote_options="permissive")
+    if table.num_rows == 0:
+        raise AdvrecError(f"{url}: empty (no interactions)")
+    return standardize(table, columns, url)
+
