@@ -190,22 +190,22 @@ def test_empty_config_file_is_no_keys(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("override, culprit", [
-    (["adv.method=" + "x" * 10_000], "adv.method: Input should be 'none', 'random', 'fgsm', "
-                                     "'fgm' or 'pgd' (got 'xxxxxxxxxx"),
+    (["adv.method=" + "x" * 10_000], ("adv.method: Input should be 'none', 'random', 'fgsm', "
+                                      "'fgm' or 'pgd' (got 'xxxxxxxxxx")),
     (["adv.eps=" + "1" * (70 << 10)], "override '" + "adv.eps=" + "1" * 19),
     (["adv.x\ny=1"], r"adv.'x\ny': unknown config key"),
     (["adv." + "k" * 10_000 + "=1"], "adv.'kkkkk"),
-    (["data.user_features=[a, " + "b" * 10_000 + ", a]"], "data.user_features: column 'a' is "
-                                                         "listed twice"),
-    (["eval.eps=[" + "-1," * 5000 + "0]"], "eval.eps: must be a non-empty list of eps >= 0 (got "
-                                           "[-1, -1, -1, -1, -1, -1, ...])"),
+    (["data.user_features=[a, " + "b" * 10_000 + ", a]"], ("data.user_features: column 'a' "
+                                                          "is listed twice")),
+    (["eval.eps=[" + "-1," * 5000 + "0]"], ("eval.eps: must be a non-empty list of eps >= 0 "
+                                            "(got [-1, -1, -1, -1, -1, -1, ...])")),
     (["adv.=1"], "override 'adv.=1': a key is names joined by dots"),
     (["adv..eps=1"], "override 'adv..eps=1': a key is names joined by dots"),
     ([".=1"], "override '.=1': a key is names joined by dots"),
     (["adv.eps=["], "override 'adv.eps=[': not valid YAML at line 1, column 2"),
     (["adv.eps=\x00"], "override 'adv.eps=\\x00': not YAML text (character U+0000"),
-    (["data.source=2001-13-01"], "override 'data.source=2001-13-01': not valid YAML at line 1, "
-                                 "column 1: month must be in 1..12"),
+    (["data.source=2001-13-01"], ("override 'data.source=2001-13-01': not valid YAML at line "
+                                  "1, column 1: month must be in 1..12")),
     (["adv=3"], "adv: Input should be a valid dictionary"),
     (["adv=3", "adv.eps=1"], "override 'adv.eps=1': adv is not a section"),
 ])

@@ -94,7 +94,7 @@ def load(data: str | bytes, source: str) -> Any:
         raise AdvrecError(f"{source}: more than {MAX_BYTES // 1024} KiB of YAML; a config is "
                           "a few KiB")
     try:
-        return yaml.load(data, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(data, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
     except _Refused as exc:
         raise AdvrecError(f"{source}{_where(exc)}: {exc.problem}") from None
     except yaml.reader.ReaderError as exc:  # not text: bad UTF-8, control characters

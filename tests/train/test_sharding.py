@@ -26,8 +26,8 @@ from advrec.models import build_model
 from advrec.train import load_model, read_run, run_training
 from advrec.train.loop import attack_from_config
 from advrec.train.sharding import process_group, shard
-from conftest import SMALL
 from advrec.train.tasks import make_loss, make_task
+from conftest import SMALL
 from histories import without_times
 from zoo_models import MODELS
 
