@@ -175,10 +175,11 @@ def cmd_plot(args: argparse.Namespace) -> None:
     from advrec.report import headline, read_robustness
     from advrec.train import read_run
 
+    curves = {run.rstrip("/").rsplit("/", 1)[-1]: read_robustness(run) for run in args.runs}
     # by default the first run's headline metric: ndcg@K, auc or click/auc
     metrics = args.metric or headline(read_run(args.runs[0])[0])[:1]
-    curves = {run.rstrip("/").rsplit("/", 1)[-1]: read_robustness(run, metrics)
-              for run in args.runs}
+    for run in args.runs:  # every curve has every metric plotted
+        read_robustness(run, metrics)
     plot_robustness(curves, metrics, args.output)
     print(f"wrote {args.output}")
 
