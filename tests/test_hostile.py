@@ -154,6 +154,41 @@ PREPARE = ("prepare", "--input", "{log}", "--format", "parquet", "--output")
 SYNTH = ("synth", "--users", "60", "--items", "40", "--interactions", "1200", "--output")
 ROBUSTNESS = '{"fgm": {"0.0": {"ndcg@5": 0.3}, "0.5": {"ndcg@5": 0.2}}}'
 
+
+def string_ids(p: Places) -> None:
+    """A copy of the prepared dataset at ``{d}/ds`` whose train split's ``user`` column holds
+    strings, not the integer indices `prepare` writes."""
+    shutil.copytree(p.data, p.d / "ds")
+    writable("ds")(p)
+    path = p.d / "ds/train.parquet"
+    table = pq.read_table(path)
+    column = table.schema.get_field_index("user")
+    table = table.set_column(column, "user", pa.array([f"u{u}" for u in table["user"].to_pylist()]))
+    path.unlink()
+    pq.write_table(table, path)
+
+
+def truncate(name: str, size: int) -> Setup:
+    """A setup that cuts the file ``{d}/name`` (copied earlier) to its first ``size`` bytes."""
+    def setup(p: Places) -> None:
+        path = p.d / name
+        path.chmod(0o644)
+        path.write_bytes(path.read_bytes()[:size])
+    return setup
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then released)."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return server.getsockname()[1]
+
+
+CLOSED = f"http://127.0.0.1:{_closed_port()}"
+CSV = ("prepare", "--input", "{d}/log.csv", "--format", "csv", "--output", "{d}/out")
+DATASET = ("train", "--output", "{d}/out", "data.source={d}/ds", "model.dim=8", "train.epochs=1")
+TUNE = ("tune", "--output", "{d}/out", "data.source={data}", "train.epochs=1")
+HEADER = "user_id,item_id,rating,timestamp\n"
+
 # --- security: nothing from a run directory or a config is ever executed ----------------------
 def writable(name: str = "run") -> Setup:
     """A setup that makes the copied ``{d}/name`` writable again (copies keep the modes)."""
@@ -407,6 +442,98 @@ CONFIG: list[Case] = [
     Case("cli-bad-choice", ("prepare", "--input", "{log}", "--format", "xlsx", "--output",
                             "{d}/out"), "xlsx"),
     Case("cli-no-command", (), "COMMAND"),
+    # every kind of bad --split
+    Case("prepare-split-unknown-kind", (*PREPARE, "{d}/out", "--split", "bogus"),
+         "bad split 'bogus': unknown kind 'bogus'"),
+    Case("prepare-split-not-numbers", (*PREPARE, "{d}/out", "--split", "random:a,b"),
+         "bad split 'random:a,b': shares must be numbers"),
+    Case("prepare-split-four-shares", (*PREPARE, "{d}/out", "--split", "random:1,2,3,4"),
+         "bad split 'random:1,2,3,4': give 1 to 3 shares"),
+    Case("prepare-split-negative-share", (*PREPARE, "{d}/out", "--split", "random:-1,1"),
+         "bad split 'random:-1,1': shares must be finite and non-negative"),
+    Case("prepare-split-nan-share", (*PREPARE, "{d}/out", "--split", "random:nan"),
+         "bad split 'random:nan': shares must be finite and non-negative"),
+    Case("prepare-split-no-train", (*PREPARE, "{d}/out", "--split", "random:0,0.5,0.5"),
+         "bad split 'random:0,0.5,0.5': the train and test shares must be positive"),
+    Case("prepare-split-loo-argument", (*PREPARE, "{d}/out", "--split", "loo:3"),
+         "bad split 'loo:3': 'loo' takes no arguments"),
+    Case("prepare-split-time-over-one", (*PREPARE, "{d}/out", "--split", "time:1.5"),
+         "bad split 'time:1.5': a single train share must be between 0 and 1"),
+    Case("prepare-negative-user-buckets", (*PREPARE, "{d}/out", "--user-buckets", "-5"),
+         "--user-buckets/data.user_buckets must be >= 0"),
+    Case("prepare-label-threshold-inf", (*PREPARE, "{d}/out", "--label-threshold", "inf"),
+         "--label-threshold/data.label_threshold must be a finite number, not inf"),
+    Case("synth-zero-users", ("synth", "--users", "0", "--items", "5", "--interactions", "9",
+                              "--output", "{d}/out"), "--users: expected a positive integer"),
+    Case("synth-negative-items", ("synth", "--users", "5", "--items", "-3", "--interactions",
+                                  "9", "--output", "{d}/out"),
+         "--items: expected a positive integer"),
+    Case("synth-zero-interactions", (*SYNTH[:5], "--interactions", "0", "--output", "{d}/out"),
+         "--interactions: expected a positive integer"),
+    Case("train-no-config", ("train", "--output", "{d}/out"),
+         "data: required config key is missing"),
+    Case("train-no-output", ("train", "data.source={data}"), "--output is required"),
+    Case("train-model-name-unknown", (*TRAIN, "model.name=nope"),
+         "model.name: Input should be 'mf'"),
+    Case("train-epochs-zero", (*TRAIN, "train.epochs=0"),
+         "train.epochs: Input should be greater than 0"),
+    Case("train-eval-ks-empty", (*TRAIN, "eval.ks=[]"),
+         "eval.ks: must be a non-empty list of positive cut-offs"),
+    Case("train-monitor-not-reported", (*TRAIN, "train.monitor=nope@5"),
+         "train.monitor: 'nope@5' is not one of the metrics reported"),
+    Case("train-heads-not-dividing-dim", (*TRAIN, "model.name=sasrec", "model.heads=3"),
+         "3 heads do not divide model.dim=8"),
+    Case("train-batch-size-zero", (*TRAIN, "train.batch_size=0"),
+         "train.batch_size: Input should be greater than 0"),
+    Case("train-resume-with-config", ("train", "--resume", "{run}", "--config", "{d}/c.yaml"),
+         "--resume continues a run as it was configured", unchanged=("{run}",)),
+    Case("train-resume-not-a-run", ("train", "--resume", "{d}/mine"),
+         "{d}/mine: not a run directory (no run.json)", write("mine/notes.txt", "mine"),
+         unchanged=("{d}/mine",)),
+    Case("train-resume-finished", ("train", "--resume", "{run}"),
+         "{run}: this run has finished", unchanged=("{run}",)),
+    Case("evaluate-attack-unknown", ("evaluate", "--run", "{run}", "--attack", "nope"),
+         "--attack: unknown attack 'nope'", unchanged=("{run}",)),
+    Case("evaluate-attack-empty", ("evaluate", "--run", "{run}", "--attack", ","),
+         "--attack: name fgm or pgd", unchanged=("{run}",)),
+    Case("evaluate-steps-zero", ("evaluate", "--run", "{run}", "--steps", "0"),
+         "--steps: expected a positive integer", unchanged=("{run}",)),
+    Case("evaluate-workers-negative", ("evaluate", "--run", "{run}", "--workers", "-1"),
+         "--workers: expected a non-negative integer", unchanged=("{run}",)),
+    Case("evaluate-eps-negative", ("evaluate", "--run", "{run}", "--eps=-1"),
+         "--eps: expected finite numbers >= 0, got '-1'", unchanged=("{run}",)),
+    Case("evaluate-eps-not-numbers", ("evaluate", "--run", "{run}", "--eps", "a,b"),
+         "--eps: expected comma-separated numbers, got 'a,b'", unchanged=("{run}",)),
+    Case("tune-space-unknown-key", (*TUNE, "tune.space={{nope.key: {{choice: [1, 2]}}}}"),
+         "tune.space: nope.key=1: nope: unknown config key"),
+    Case("tune-metric-not-reported", (*TUNE, "tune.space={{adv.eps: {{choice: [1, 2]}}}}",
+                                      "tune.metric=nope"),
+         "tune.metric: 'nope' is never reported"),
+    Case("tune-space-unknown-distribution", (*TUNE, "tune.space={{adv.eps: {{bogus: [1]}}}}"),
+         "tune.space.adv.eps.bogus: unknown config key"),
+    Case("tune-space-empty-choice", (*TUNE, "tune.space={{adv.eps: {{choice: []}}}}"),
+         "tune.space.adv.eps: choice needs at least one value"),
+    Case("tune-space-uniform-reversed", (*TUNE, "tune.space={{adv.eps: {{uniform: [2, 1]}}}}"),
+         "tune.space.adv.eps: uniform takes [low, high] with low < high"),
+    Case("tune-resume-not-an-experiment", ("tune", "--resume", "{d}/mine"),
+         "{d}/mine: not an advrec tune experiment (no search.json)",
+         write("mine/notes.txt", "mine"), unchanged=("{d}/mine",)),
+    Case("run-spec-missing", ("run", "{d}/nope.yaml"), "{d}/nope.yaml: job spec not found"),
+    Case("submit-spec-missing", ("submit", "{d}/nope.yaml", "--address", CLOSED),
+         "{d}/nope.yaml: job spec not found"),
+    Case("run-spec-unknown-key", ("run", "{d}/spec.yaml"), "{d}/spec.yaml: bogus: unknown config key",
+         setup=both(write("c.yaml", "data: {source: x}\n"),
+                    write("spec.yaml", "command: train\nconfig: c.yaml\nstorage: out\n"
+                                       "bogus: 1\n"))),
+    Case("run-spec-config-missing", ("run", "{d}/spec.yaml"),
+         "{d}/spec.yaml: config: nope.yaml: config file not found",
+         setup=write("spec.yaml", "command: train\nconfig: nope.yaml\nstorage: out\n")),
+    Case("submit-spec-unknown-command", ("submit", "{d}/spec.yaml", "--address", CLOSED),
+         "{d}/spec.yaml: command: Input should be 'train' or 'tune'",
+         setup=both(write("c.yaml", "data: {source: x}\n"),
+                    write("spec.yaml", "command: dance\nconfig: c.yaml\nstorage: out\n"))),
+    Case("jobs-status-no-id", ("jobs", "status", "--address", CLOSED),
+         "jobs status: name a job id"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------
@@ -444,6 +571,102 @@ DATA: list[Case] = [
     Case("train-non-finite-loss-workers", (*TRAIN, "adv.method=fgm", "adv.eps=1e30",
                                            "scaling.num_workers=2"),
          "at epoch 1, step 1: training diverged"),
+    Case("prepare-user-col-missing", (*PREPARE, "{d}/out", "--user-col", "nope"),
+         "missing user column 'nope'"),
+    Case("prepare-kcore-empties", (*PREPARE, "{d}/out", "--kcore", "1000"),
+         "{log}: --kcore 1000 removed every interaction"),
+    Case("prepare-min-rating-empties", (*PREPARE, "{d}/out", "--min-rating", "100"),
+         "{log}: --min-rating 100.0 removed every interaction"),
+    Case("prepare-csv-rating-not-numeric", CSV,
+         "{d}/log.csv: column 'rating' has a non-numeric value 'abc' at data row 1",
+         write("log.csv", HEADER + "1,2,abc,5\n2,3,4,6\n")),
+    Case("prepare-csv-timestamp-not-numeric", CSV,
+         "{d}/log.csv: column 'timestamp' has a non-numeric value 'yesterday' at data row 1",
+         write("log.csv", HEADER + "1,2,4,yesterday\n2,3,4,6\n")),
+    Case("prepare-csv-nan-rating", CSV,
+         "{d}/log.csv: column 'rating' has a missing or NaN value at data row 2",
+         write("log.csv", HEADER + "1,2,4,1\n2,3,nan,6\n")),
+    Case("prepare-csv-empty-file", CSV, "{d}/log.csv: empty file", write("log.csv", "")),
+    Case("prepare-csv-header-only", CSV, "{d}/log.csv: empty file (no interactions)",
+         write("log.csv", HEADER)),
+    Case("prepare-csv-ragged-row", CSV, "{d}/log.csv: cannot parse",
+         write("log.csv", "user_id,item_id\n1,2,3,4\n")),
+    Case("prepare-csv-label-not-binary", (*CSV, "--label-col", "click"),
+         "{d}/log.csv: label column 'click' has '5' at data row 2 (expected only 0/1)",
+         write("log.csv", "user_id,item_id,click\n1,2,0\n1,3,5\n2,3,1\n")),
+    Case("prepare-csv-label-col-missing", (*CSV, "--label-col", "click"),
+         "{d}/log.csv: missing label column 'click'", write("log.csv", "user_id,item_id\n1,2\n")),
+    Case("prepare-movielens-no-ratings", ("prepare", "--input", "{d}/ml", "--format",
+                                          "movielens", "--output", "{d}/out"),
+         "{d}/ml: no MovieLens ratings file", write("ml/README", "hi")),
+    Case("prepare-movielens-corrupt-zip", ("prepare", "--input", "{d}/ml.zip", "--format",
+                                           "movielens", "--output", "{d}/out"),
+         "{d}/ml.zip: not a zip archive", write("ml.zip", b"PK\x03\x04 not a zip")),
+    Case("prepare-movielens-bad-rating", ("prepare", "--input", "{d}/ml", "--format",
+                                          "movielens", "--output", "{d}/out"),
+         "{d}/ml/ratings.dat: column 'rating' has a non-numeric value 'x' at data row 2",
+         write("ml/ratings.dat", "1::2::3::4\n1::3::x::5\n")),
+    Case("prepare-recbole-untyped-header", ("prepare", "--input", "{d}/r.inter", "--format",
+                                            "recbole", "--output", "{d}/out"),
+         "{d}/r.inter: header field 'user_id' is not name:type",
+         write("r.inter", "user_id\titem_id\trating\n1\t2\t3\n")),
+    Case("prepare-recbole-missing-user", ("prepare", "--input", "{d}/r.inter", "--format",
+                                          "recbole", "--output", "{d}/out"),
+         "{d}/r.inter: missing user column 'user_id'",
+         write("r.inter", "uid:token\titem_id:token\n1\t2\n")),
+    Case("prepare-sasrec-short-line", ("prepare", "--input", "{d}/s.txt", "--format", "sasrec",
+                                       "--output", "{d}/out"),
+         "{d}/s.txt: cannot parse", write("s.txt", "1 2\n1\n")),
+    Case("prepare-sasrec-empty", ("prepare", "--input", "{d}/s.txt", "--format", "sasrec",
+                                  "--output", "{d}/out"), "{d}/s.txt: empty file",
+         write("s.txt", "")),
+    Case("train-source-missing", (*TRAIN[:3], "data.source={d}/nope", *TRAIN[4:]),
+         "{d}/nope: file not found"),
+    Case("train-source-unknown-format", (*TRAIN[:3], "data.source={d}/notes", *TRAIN[4:]),
+         "{d}/notes: cannot tell the log's format", write("notes", "hello")),
+    Case("train-dataset-missing-split", DATASET, "{d}/ds/valid.parquet: missing",
+         both(copy("data", "ds"), writable("ds"), lambda p: (p.d / "ds/valid.parquet").unlink())),
+    Case("train-dataset-truncated-parquet", DATASET, "{d}/ds/train.parquet: not a Parquet file",
+         both(copy("data", "ds"), truncate("ds/train.parquet", 200))),
+    Case("train-dataset-string-ids", DATASET,
+         "{d}/ds/train.parquet: column 'user' has type string, not integer indices", string_ids),
+    # the path the user gave, not fsspec's file:// URL
+    Case("train-resume-truncated-state", ("train", "--resume", "{d}/run"),
+         "error: {d}/run/checkpoints/epoch-000000.pt: not an advrec checkpoint",
+         both(copy_run(), writable(), unfinished, truncate("run/checkpoints/epoch-000000.pt", 100)),
+         absent=()),
+    Case("evaluate-run-missing", ("evaluate", "--run", "{d}/nope"),
+         "{d}/nope: not a run directory"),
+    Case("evaluate-truncated-model", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model.pt: not an advrec checkpoint",
+         both(copy_run(), writable(), truncate("run/checkpoint/model.pt", 100)),
+         absent=("{d}/run/robustness.json",)),
+    Case("evaluate-no-config", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/config.yaml: config file not found",
+         both(copy_run(), writable(), lambda p: (p.d / "run/config.yaml").unlink())),
+    Case("evaluate-no-model", ("evaluate", "--run", "{d}/run"),
+         "{d}/run/checkpoint/model.pt: checkpoint not found",
+         both(copy_run(), writable(), lambda p: (p.d / "run/checkpoint/model.pt").unlink())),
+    Case("plot-no-robustness", ("plot", "{run}", "--output", "{d}/out.png"),
+         "{run}/robustness.json: not found", absent=("{d}/out.png*",)),
+    Case("plot-corrupt-robustness", ("plot", "{d}/run", "--output", "{d}/out.png"),
+         "{d}/run/robustness.json: not valid JSON",
+         both(copy_run(), write("run/robustness.json", "{bad")), absent=("{d}/out.png*",)),
+    Case("plot-robustness-a-list", ("plot", "{d}/run", "--output", "{d}/out.png"),
+         "{d}/run/robustness.json: not a robustness curve",
+         both(copy_run(), write("run/robustness.json", "[1, 2]")), absent=("{d}/out.png*",)),
+    Case("plot-robustness-bad-eps", ("plot", "{d}/run", "--output", "{d}/out.png"),
+         "{d}/run/robustness.json: not a robustness curve",
+         both(copy_run(), write("run/robustness.json", '{"fgm": {"x": {"ndcg@5": 0.3}}}')),
+         absent=("{d}/out.png*",)),
+    Case("plot-metric-missing", ("plot", "{d}/run", "--output", "{d}/out.png", "--metric",
+                                 "nope"), "{d}/run/robustness.json: no metric 'nope'",
+         both(copy_run(), write("run/robustness.json", ROBUSTNESS)), absent=("{d}/out.png*",)),
+    # evaluate merges its curve into the old file: a bad one fails before the attacks
+    Case("evaluate-robustness-a-list", ("evaluate", "--run", "{d}/run", "--eps", "0"),
+         "{d}/run/robustness.json: not a robustness curve",
+         both(copy_run(), write("run/robustness.json", "[1, 2]")),
+         absent=("{d}/run/robustness.png",), unchanged=("{d}/run/robustness.json",)),
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------
@@ -471,6 +694,9 @@ RUNTIME: list[Case] = [
     Case("train-replace-sigint", (*TRAIN[:-1], "train.epochs=50"), "interrupted (SIGINT)",
          copy_run("out"), code=130, signal=signal.SIGINT, after="epoch 1/",
          absent=(), unchanged=("{d}/out",)),
+    # a job server nobody runs: an error naming it within seconds, not a hang
+    Case("jobs-list-closed-port", ("jobs", "list", "--address", CLOSED),
+         f"{CLOSED}: no Ray job server answers there"),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME]

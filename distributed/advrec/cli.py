@@ -172,17 +172,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_plot(args: argparse.Namespace) -> None:
     from advrec.metrics.plots import plot_robustness
-    from advrec.report import ROBUSTNESS_FILE, headline
+    from advrec.report import headline, read_robustness
     from advrec.train import read_run
 
-    curves = {}
-    for run in args.runs:
-        path = io.join(run, ROBUSTNESS_FILE)
-        if not io.exists(path):
-            raise AdvrecError(f"{path}: not found; run `advrec evaluate --run {run}` first")
-        curves[run.rstrip("/").rsplit("/", 1)[-1]] = io.read_json(path)
+    curves = {run.rstrip("/").rsplit("/", 1)[-1]: read_robustness(run) for run in args.runs}
     # by default the first run's headline metric: ndcg@K, auc or click/auc
-    plot_robustness(curves, args.metric or headline(read_run(args.runs[0])[0])[:1], args.output)
+    metrics = args.metric or headline(read_run(args.runs[0])[0])[:1]
+    for run in args.runs:  # every curve has every metric plotted
+        read_robustness(run, metrics)
+    plot_robustness(curves, metrics, args.output)
     print(f"wrote {args.output}")
 
 
@@ -216,14 +214,14 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     from advrec.report import format_table
     from advrec.submit import connect_jobs, exit_code, follow, job_info, job_rows
 
+    if args.action != "list" and not args.id:  # before any contact: a bad line fails at once
+        raise AdvrecError(f"jobs {args.action}: name a job id (see `advrec jobs list`)")
     client, url = connect_jobs(args.address)
     if args.action == "list":
         rows = job_rows(client)
         print(format_table(rows, ["id", "status", "started", "output"]) if rows
               else f"no jobs on {url}")
         return 0
-    if not args.id:
-        raise AdvrecError(f"jobs {args.action}: name a job id (see `advrec jobs list`)")
     if args.action == "status":
         info = job_info(client, args.id)
         for key, value in info.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import ray.train
@@ -10,6 +11,7 @@ from advrec import io
 from advrec.config import RunConfig
 from advrec.data import load_dataset
 from advrec.devices import train_device
+from advrec.errors import AdvrecError, shown
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
 from advrec.metrics.robustness import attack_batches
@@ -32,6 +34,35 @@ def headline(cfg: RunConfig) -> list[str]:
     return [f"{m}@{cfg.eval.ks[0]}" for m in ("ndcg", "recall", "hit", "mrr")]
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_robustness(run: str, metrics: Sequence[str] = ()) -> dict[str, Any]:
+    """The run's ``robustness.json``, checked to be what `evaluate_run` writes,
+    ``{attack: {eps: {metric: number}}}``, and to hold each of ``metrics``."""
+    path = io.join(run, ROBUSTNESS_FILE)
+    if not io.exists(path):
+        raise AdvrecError(f"{path}: not found; run `advrec evaluate --run {run}` first")
+    curve = io.read_json(path)
+    if not (isinstance(curve, dict) and curve and all(
+            isinstance(by_eps, dict) and by_eps and all(
+                _is_number(eps) and isinstance(values, dict) for eps, values in by_eps.items())
+            for by_eps in curve.values())):
+        raise AdvrecError(f"{path}: not a robustness curve ({{attack: {{eps: {{metric: value}}}}}}"
+                          "); run `advrec evaluate` again")
+    points = [values for by_eps in curve.values() for values in by_eps.values()]
+    for metric in metrics:
+        if not all(metric in v for v in points):
+            raise AdvrecError(f"{path}: no metric {shown(metric)} (it has "
+                              f"{', '.join(sorted(points[0]))}); choose one with --metric")
+    return curve
+
+
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
                  split: str = "test", progress: bool = True, workers: int | None = None,
                  address: str | None = None) -> dict[str, Any]:
@@ -43,6 +74,8 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     cfg, _ = read_run(run)
     for name in (ROBUSTNESS_FILE, ROBUSTNESS_PLOT):  # a bad one fails before the attacks
         io.check_file(io.join(run, name))
+    if io.exists(io.join(run, ROBUSTNESS_FILE)):  # merged into after the attacks
+        read_robustness(run)
     scaling = cfg.scaling if workers is None else cfg.scaling.model_copy(
         update={"num_workers": workers})
     return launch(robustness_per_worker,

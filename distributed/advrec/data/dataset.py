@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
@@ -115,8 +116,15 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
             raise AdvrecError(
                 f"{url}/{name}.parquet: missing; run `advrec prepare` again"
             ) from None
+        except (pa.ArrowInvalid, OSError) as exc:  # truncated, or not Parquet at all
+            raise AdvrecError(f"{url}/{name}.parquet: not a Parquet file ({exc}); run "
+                              "`advrec prepare` again") from None
         columns = {}
         for column, size in (("user", meta["num_users"]), ("item", meta["num_items"])):
+            if not pa.types.is_integer(table[column].type):  # indices, as `prepare` writes them
+                raise AdvrecError(f"{url}/{name}.parquet: column '{column}' has type "
+                                  f"{table[column].type}, not integer indices; run `advrec "
+                                  "prepare` again")
             ids = table[column].to_numpy().astype("int64")
             # a hand-made or corrupt dataset: an index outside the vocabulary would crash (or,
             # worse, silently alias) an embedding lookup far from here

@@ -222,8 +222,8 @@ def load_train_state(run: str) -> dict[str, Any] | None:
     states = _train_states(run)
     if not states:
         return None
-    fs, _ = io.filesystem(run)
-    return load_checkpoint(fs.unstrip_protocol(states[-1][1]))
+    # the run as the user named it, not fsspec's file:// form: errors show the path they gave
+    return load_checkpoint(train_state_url(run, states[-1][0]))
 
 
 def load_checkpoint(url: str) -> dict[str, Any]:
