@@ -235,7 +235,7 @@ def test_real_ml100k_u_data_and_recbole_agree(ml100k):
             "1\t2\t3\t4\n1\t3\tNaN\t5\n",
             "movielens",
             None,
-            r"column 'rating' has a missing or NaN value at data row 2",
+            r"column 'rating' has a missing, NaN or infinite value at data row 2",
         ),
         (
             "u.data",

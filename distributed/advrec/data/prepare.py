@@ -140,17 +140,14 @@ def _check_options(
                               f"per {kind}), not {n}")
     check_non_negative("kcore", kcore, _option)
     check_non_negative("seed", seed, _option)
-    if label_threshold is not None:
-        if min_rating is not None:
-            raise AdvrecError(
-                "--label-threshold/data.label_threshold and --min-rating/data.min_rating exclude "
-                "each other: a CTR dataset keeps the low ratings as negatives"
-            )
-        if not np.isfinite(label_threshold):
-            raise AdvrecError(
-                f"--label-threshold/data.label_threshold must be a finite number, "
-                f"not {label_threshold}"
-            )
+    if label_threshold is not None and min_rating is not None:
+        raise AdvrecError(
+            "--label-threshold/data.label_threshold and --min-rating/data.min_rating exclude "
+            "each other: a CTR dataset keeps the low ratings as negatives"
+        )
+    for key, value in (("label_threshold", label_threshold), ("min_rating", min_rating)):
+        if value is not None and not np.isfinite(value):
+            raise AdvrecError(f"{_option(key)} must be a finite number, not {value}")
     _check_fixed_layout(columns, fmt)
     check_label_column(columns.label, label_threshold, min_rating, _option)
 

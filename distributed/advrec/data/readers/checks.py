@@ -118,9 +118,9 @@ def numeric(
     col = col.cast(pa.float64())
     if allow_missing:
         return col
-    bad = pc.or_kleene(pc.is_null(col), pc.is_nan(col))
-    refuse(bad, lambda row: f"{where}: column '{name}' has a missing or NaN value at data row "
-                            f"{row + 1}")
+    bad = pc.or_kleene(pc.is_null(col), pc.invert(pc.is_finite(col)))
+    refuse(bad, lambda row: f"{where}: column '{name}' has a missing, NaN or infinite value at "
+                            f"data row {row + 1}")
     return col
 
 
@@ -133,7 +133,11 @@ def timestamps(col: pa.ChunkedArray, name: str, where: str) -> pa.ChunkedArray:
             return col.cast(pa.int64())
         # Sub-second parts are dropped (safe=False): ordering within a second falls to row order.
         return col.cast(pa.timestamp("s"), safe=False).cast(pa.int64())
-    return pc.floor(numeric(col, name, where)).cast(pa.int64())
+    seconds = numeric(col, name, where)
+    # beyond 2**53 a float is no longer an exact integer (and 1e300 no int64 at all)
+    refuse(pc.greater(pc.abs(seconds), float(2**53)),
+           lambda row: f"{where}: column '{name}' has a time out of range at data row {row + 1}")
+    return pc.floor(seconds).cast(pa.int64())
 
 
 def refuse(bad: pa.ChunkedArray | pa.Array, message: Callable[[int], str]) -> None:
