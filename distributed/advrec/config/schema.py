@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from advrec.config.overrides import key_text
 from advrec.config.policy import (
     CPU_TABLE_OPTIMIZERS,
     MODEL_KINDS,
@@ -460,7 +461,7 @@ class RunConfig(Section):
         if not self.scaling.use_gpu:
             for table, kind in self.model.sharding.items():
                 if kind in ROW_SHARDING:
-                    raise ValueError(f"model.sharding: {shown(table)}: {kind} is CUDA-only in "
+                    raise ValueError(f"model.sharding: {key_text(table)}: {kind} is CUDA-only in "
                                      "torchrec; on CPU use table_wise, column_wise, "
                                      "table_column_wise or data_parallel")
             if self.table_optimizer() not in CPU_TABLE_OPTIMIZERS:
