@@ -46,7 +46,8 @@ def trial_row(result: Any, cfg: RunConfig, experiment: str) -> dict[str, Any]:
         values["objective"] = sum(w * values[k] for k, w in cfg.tune.weights.items())
     metric, _ = cfg.tune_metric()
     return {"trial": trial, "status": status, "epochs": int(last.get("epochs", 0)),
-            **{k: result.config.get(k) for k in cfg.tune.space},
+            # a trial that died before Tune recorded its config has none
+            **{k: (result.config or {}).get(k) for k in cfg.tune.space},
             "clean": values.get(f"valid/{monitor}"), "robust": values.get(f"robust/{monitor}"),
             "score": values.get(metric)}
 
