@@ -690,6 +690,10 @@ RUNTIME: list[Case] = [
                                          "--output", "{d}/out"),
          "s3://b at {silent}: cannot reach the object store",
          env={**S3_ENV, "AWS_ENDPOINT_URL": "{silent}"}),
+    Case("prepare-bad-s3-check-timeout", ("prepare", "--input", "s3://b/x", "--format",
+                                          "parquet", "--output", "{d}/out"),
+         "ADVREC_S3_CHECK_TIMEOUT='abc': not a positive number of seconds",
+         env={**S3_ENV, "AWS_ENDPOINT_URL": "{silent}", "ADVREC_S3_CHECK_TIMEOUT": "abc"}),
     # SIGINT and SIGTERM: one line, 130 or 143, temporary outputs gone; a run stopped before its
     # first checkpoint leaves nothing; a replacement stopped keeps the finished run it replaces
     Case("prepare-sigint", ("prepare", "--input", "{d}/big", "--format", "parquet", "--output",
