@@ -1,5 +1,5 @@
 """The ``advrec`` console script: prepare, synth, train, tune, evaluate, plot, submit, run, jobs,
-demo.
+demo, detect.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2;
 SIGINT and SIGTERM into one line and exit code 130 or 143, after removing temporary outputs.
@@ -239,6 +239,35 @@ def cmd_jobs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threshold(text: str) -> float:
+    """A finite suspicion score (`--threshold 3.5`)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got '{text}'")
+    return value
+
+
+def cmd_detect(args: argparse.Namespace) -> None:
+    from advrec.poisoning.detect import Selection, detect
+
+    selection = None
+    if args.remove is not None or args.threshold is not None:
+        selection = Selection(top=args.remove, threshold=args.threshold)
+    report = detect(args.data, args.output, selection)
+    fakes, removed = report["against_fakes"], report["removed"]
+    if fakes:
+        print(f"against the {fakes['fakes']} known fakes: ROC-AUC {fakes['roc_auc']:.4f}, "
+              f"precision {fakes['precision']:.4f} and recall {fakes['recall']:.4f} of the "
+              f"{fakes['flagged']} {fakes['of']}")
+    scores = io.join(args.output, "scores.parquet")
+    print(f"scored {report['users']} users into {scores}" + (
+        f"; {args.output} is the dataset without the train rows of {len(removed['users'])} "
+        f"users ({removed['rows']} rows)" if removed else ""))
+
+
 def cmd_demo(args: argparse.Namespace) -> None:
     from advrec.demo import run_demo
 
@@ -379,6 +408,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="logs: until the job ends")
     p.add_argument("--address", help=JOBS_ADDRESS_HELP)
     p.set_defaults(func=cmd_jobs)
+
+    p = sub.add_parser("detect", help="score every user's suspicion of being a fake; with "
+                       "--remove or --threshold, also a dataset cleaned of the suspects")
+    p.add_argument("--data", required=True, help="prepared dataset: path or URL")
+    p.add_argument("--output", required=True, help="detection directory: scores.parquet and "
+                   "detection.json; with --remove or --threshold also the cleaned dataset")
+    removal = p.add_mutually_exclusive_group()
+    removal.add_argument("--remove", type=_positive_int, metavar="TOP_K",
+                         help="remove the train rows of the K most suspicious users")
+    removal.add_argument("--threshold", type=_threshold, metavar="T",
+                         help="remove the train rows of every user whose score is >= T")
+    p.set_defaults(func=cmd_detect)
 
     p = sub.add_parser("demo", help="APR vs. a clean-trained twin on a synthetic log, end to end")
     p.add_argument("--output", default="runs/demo", help="where runs and plots go (%(default)s)")
