@@ -108,7 +108,7 @@ def neighbour_similarity(user: np.ndarray, item: np.ndarray, num_users: int, num
     weight = np.log(num_users / np.maximum(pop[item], 1))
     norm = np.sqrt(np.bincount(user, weights=weight**2, minlength=num_users))
     value = torch.from_numpy((weight / np.maximum(norm[user], 1e-12)).astype(np.float32))
-    columns = torch.from_numpy(item)
+    columns = torch.from_numpy(np.ascontiguousarray(item, dtype=np.int64))
     crow = np.concatenate([[0], np.cumsum(np.bincount(user, minlength=num_users))])
     refs = np.arange(num_users) if num_users <= reference else np.sort(
         np.random.default_rng(seed).choice(num_users, reference, replace=False))
