@@ -537,6 +537,16 @@ CONFIG: list[Case] = [
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------
+DETECT = ("detect", "--data", "{data}", "--output", "{d}/out")
+
+
+def hashed_users(p: Places) -> None:
+    """The shared raw log prepared at ``{d}/ds`` with its user ids hashed into 16 rows."""
+    from advrec.data import prepare
+
+    prepare(str(p.log), "parquet", str(p.d / "ds"), buckets={"user": 16})
+
+
 DATA: list[Case] = [
     Case("prepare-nan-user-id", ("prepare", "--input", "{d}/log.parquet", "--format", "parquet",
                                  "--output", "{d}/out"),
@@ -678,6 +688,29 @@ DATA: list[Case] = [
          "{d}/run/robustness.json: not a robustness curve",
          both(copy_run(), write("run/robustness.json", "[1, 2]")),
          absent=("{d}/run/robustness.png",), unchanged=("{d}/run/robustness.json",)),
+    # detect: a bad selection or dataset fails before anything is written
+    Case("detect-remove-zero", (*DETECT, "--remove", "0"),
+         "argument --remove: expected a positive integer, got '0'"),
+    Case("detect-remove-every-user", (*DETECT, "--remove", "1000"),
+         "--remove 1000: expected 1 .. "),
+    Case("detect-threshold-nan", (*DETECT, "--threshold", "nan"),
+         "argument --threshold: expected a finite number, got 'nan'"),
+    Case("detect-threshold-word", (*DETECT, "--threshold", "high"),
+         "argument --threshold: expected a number, got 'high'"),
+    Case("detect-remove-and-threshold", (*DETECT, "--remove", "3", "--threshold", "2"),
+         "argument --threshold: not allowed with argument --remove"),
+    Case("detect-not-a-dataset", ("detect", "--data", "{d}/nope", "--output", "{d}/out"),
+         "{d}/nope: not a prepared dataset"),
+    Case("detect-dataset-string-ids", ("detect", "--data", "{d}/ds", "--output", "{d}/out"),
+         "{d}/ds/train.parquet: column 'user' has type string, not integer indices", string_ids),
+    Case("detect-hashed-users", ("detect", "--data", "{d}/ds", "--output", "{d}/out"),
+         "{d}/ds: its user ids are hashed into buckets", hashed_users),
+    Case("detect-output-dataset", (*DETECT[:-1], "{d}/ds"),
+         "{d}/ds: exists and is not a detection output", copy("data", "ds"),
+         absent=("{d}/ds.tmp-*",), unchanged=("{d}/ds",)),
+    Case("detect-output-in-input", ("detect", "--data", "{d}/ds", "--output", "{d}/ds/out",
+                                    "--remove", "3"), "{d}/ds/out: overlaps the input {d}/ds",
+         copy("data", "ds"), absent=("{d}/ds/out*",), unchanged=("{d}/ds",)),
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------
