@@ -9,10 +9,10 @@ z-score (median and MAD over all users, so a few fakes cannot shift the scale):
   its ``k`` nearest neighbours (DegSim's statistic, Chirita et al. 2005). Fillers drawn by an
   attacker follow no one's taste, so a fake's nearest neighbours are far: on implicit data this
   is *low* for fakes, where DegSim flags high similarity of copies of one rating template;
-- **suspicious co-raters**: the highest mean low-similarity of the other users of one of the
-  user's items (items with at least `MIN_RATERS` users). Fakes share the targets, whose other
-  users are mostly fakes, so the group gives itself away even when each fake alone looks
-  ordinary (popularity-drawn fillers).
+- **suspicious co-raters**: the mean low-similarity of the other users of a user's items, over
+  the `CO_ITEMS` items where it is highest (items with at least `MIN_RATERS` users). Fakes
+  share the targets, whose other users are mostly fakes, so the group gives itself away even
+  when each fake alone looks ordinary (popularity-drawn fillers).
 
 Profile size and mean log item popularity are reported beside the score: size is the filler
 count the attacker chooses, and popularity separates random fakes but not popular fillers.
@@ -59,6 +59,8 @@ REFERENCE = 4096
 """The most users a profile is compared against (all of them in a smaller log)."""
 MIN_RATERS = 3
 """Items with fewer users say nothing about a group: they are left out of the co-raters."""
+CO_ITEMS = 3
+"""How many of a user's items with the most suspicious co-raters make its co-rater suspicion."""
 CHUNK_FLOATS = 1 << 25
 """Floats of one dense block of reference profiles (128 MiB), whatever the catalogue size."""
 COPIED = ("valid.parquet", "test.parquet", "users.parquet", "items.parquet",
@@ -141,16 +143,25 @@ def neighbour_similarity(user: np.ndarray, item: np.ndarray, num_users: int, num
 
 
 def co_rater_suspicion(user: np.ndarray, item: np.ndarray, suspicion: np.ndarray,
-                       num_items: int) -> np.ndarray:
-    """(U,) float64: the highest mean ``suspicion`` (U,) of the *other* users of one of a user's
-    items with at least `MIN_RATERS` users (``-inf`` for a user with none)."""
+                       num_items: int, top: int = CO_ITEMS) -> np.ndarray:
+    """(U,) float64: over the ``top`` items of a user whose *other* users have the highest mean
+    ``suspicion`` (U,), the mean of those means; only items with at least `MIN_RATERS` users
+    count (``-inf`` for a user with none).
+
+    ``user``, ``item``: (N,) int64 distinct pairs sorted by user. Several items, not the one
+    most suspicious: a genuine user who has one of the targets shares it with the fakes, but a
+    fake shares every target with the others.
+    """
     pop = np.bincount(item, minlength=num_items)
     total = np.bincount(item, weights=suspicion[user], minlength=num_items)
     others = (total[item] - suspicion[user]) / np.maximum(pop[item] - 1, 1)
-    others[pop[item] < MIN_RATERS] = -np.inf
-    best = np.full(suspicion.size, -np.inf)
-    np.maximum.at(best, user, others)
-    return best
+    counted = pop[item] >= MIN_RATERS
+    order = np.lexsort((-others, ~counted, user))  # per user: counted items, most suspicious first
+    rank = np.arange(user.size) - np.searchsorted(user, user[order])
+    chosen = order[(rank < top) & counted[order]]
+    count = np.bincount(user[chosen], minlength=suspicion.size)
+    total_chosen = np.bincount(user[chosen], weights=others[chosen], minlength=suspicion.size)
+    return np.where(count > 0, total_chosen / np.maximum(count, 1), -np.inf)
 
 
 def user_features(user: np.ndarray, item: np.ndarray, num_users: int,
@@ -240,7 +251,7 @@ def detect(data: str, output: str, selection: Selection | None = None) -> dict[s
         "detector": {"features": [n for n in features if n != "score"],
                      "score": "robust_z(-neighbour_similarity) + robust_z(co_rater_suspicion)",
                      "neighbours": NEIGHBOURS, "reference": REFERENCE,
-                     "min_raters": MIN_RATERS},
+                     "min_raters": MIN_RATERS, "co_items": CO_ITEMS},
         "source": data, "users": dataset.num_users,
         "genuine_users": genuine_users(meta),
         "removed": None if removed is None else {
