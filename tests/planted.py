@@ -2,9 +2,10 @@
 appended exactly as :mod:`advrec.poisoning.layout` fixes (``advrec poison`` is the real attack;
 this is the smallest stand-in, so the detector is tested on its own).
 
-Three filler attacks: ``random`` (fillers uniform over the items), ``average`` (fillers drawn
-by item popularity) and ``bandwagon`` (the ``popular`` share of the fillers is the same most
-popular items for every fake, the rest random). Every fake profile is the targets plus ``filler`` distinct fillers, rated the log's
+Four filler attacks: ``random`` (fillers uniform over the items), ``average`` (fillers drawn
+by item popularity), ``bandwagon`` (the ``popular`` share of the fillers is the same most
+popular items for every fake, the rest random) and ``clone`` (every fake the same random
+profile). Every fake profile is the targets plus ``filler`` distinct fillers, rated the log's
 highest rating, at its latest time.
 
 Importable by tests because pyproject's pytest ``pythonpath`` holds ``tests/``; also a script,
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 
 from advrec.poisoning.layout import FAKE_PREFIX, TARGETS_FILE
 
-ATTACKS = ("random", "average", "bandwagon")
+ATTACKS = ("random", "average", "bandwagon", "clone")
 
 
 def plant(clean: Path, output: Path, attack: str = "random", fakes: float = 0.01,
@@ -61,7 +62,8 @@ def plant(clean: Path, output: Path, attack: str = "random", fakes: float = 0.01
     weights = pop[pool] / pop[pool].sum() if attack == "average" else None
     profiles = [np.sort(np.concatenate([
         target, shared, rng.choice(pool, filler - shared.size, replace=False, p=weights)]))
-        for _ in range(count)]
+        for _ in range(1 if attack == "clone" else count)]
+    profiles *= count // len(profiles)
     users = np.repeat(np.arange(genuine, genuine + count), [p.size for p in profiles])
     rows = {"user": pa.array(users, pa.int32()),
             "item": pa.array(np.concatenate(profiles), pa.int32())}

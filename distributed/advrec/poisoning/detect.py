@@ -2,8 +2,8 @@
 
 The detector is unsupervised: it needs no labelled fakes, so it runs on any log. Measured on
 ml-100k with planted random, average and bandwagon fakes (README.md, "Poisoning and fraud"),
-two signals of the train split separate fakes best, and the score is their sum, each as a robust
-z-score (median and MAD over all users, so a few fakes cannot shift the scale):
+two signals of the train split separate fakes best, each a robust z-score (median and MAD over
+all users, so a few fakes cannot shift the scale):
 
 - **low neighbour similarity**: the mean IDF-weighted cosine similarity of a user's profile to
   its ``k`` nearest neighbours (DegSim's statistic, Chirita et al. 2005). Fillers drawn by an
@@ -13,6 +13,12 @@ z-score (median and MAD over all users, so a few fakes cannot shift the scale):
   the `CO_ITEMS` items where it is highest (items with at least `MIN_RATERS` users). Fakes
   share the targets, whose other users are mostly fakes, so the group gives itself away even
   when each fake alone looks ordinary (popularity-drawn fillers).
+
+The score is the first plus the second weighted by how lonely the user is itself (from 0 for a
+typical user towards 1): a fake is lonely *and* in a lonely group, while a genuine user who has
+one of the targets shares the group's co-raters without being lonely. A user far *more* similar
+to its neighbours than anyone scores that instead (the z-score of its similarity): fakes that
+copy one profile are each other's nearest neighbours, DegSim's own signal.
 
 Profile size and mean log item popularity are reported beside the score: size is the filler
 count the attacker chooses, and popularity separates random fakes but not popular fillers.
@@ -176,7 +182,11 @@ def user_features(user: np.ndarray, item: np.ndarray, num_users: int,
     reached = np.isfinite(co_raters)
     co_z = np.zeros(num_users)
     co_z[reached] = robust_z(co_raters[reached])
-    score = lonely + co_z
+    # the co-raters count as much as the user is lonely itself (0 for a typical user, towards 1
+    # for a clearly lonely one): a genuine user who shares a target with the fakes is not lonely
+    own = np.maximum(lonely, 0)
+    # copies of one profile are the most similar of all, not the least: DegSim's own signal
+    score = np.maximum(lonely + own / (1 + own) * np.maximum(co_z, 0), -lonely)
     score[size == 0] = -np.inf
     return {"profile_size": size,
             "mean_log_popularity": np.bincount(user, weights=log_pop, minlength=num_users)
@@ -249,7 +259,8 @@ def detect(data: str, output: str, selection: Selection | None = None) -> dict[s
                       "removed": pa.array(is_removed)})
     report: dict[str, Any] = {
         "detector": {"features": [n for n in features if n != "score"],
-                     "score": "robust_z(-neighbour_similarity) + robust_z(co_rater_suspicion)",
+                     "score": "max(L + max(L, 0) / (1 + max(L, 0)) * max(robust_z("
+                              "co_rater_suspicion), 0), -L), L = robust_z(-neighbour_similarity)",
                      "neighbours": NEIGHBOURS, "reference": REFERENCE,
                      "min_raters": MIN_RATERS, "co_items": CO_ITEMS},
         "source": data, "users": dataset.num_users,
