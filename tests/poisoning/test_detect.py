@@ -160,3 +160,33 @@ def test_ml100k_roc_auc(ml100k_data: Path, tmp_path: Path, attack: str, share: f
     plant(ml100k_data, tmp_path / "poisoned", attack, fakes=share, seed=0)
     report = detect(str(tmp_path / "poisoned"), str(tmp_path / "out"))
     assert report["against_fakes"]["roc_auc"] >= 0.95
+
+
+def test_object_storage_in_and_out(s3_store: str, clean: Path, tmp_path: Path) -> None:
+    """A dataset in S3, the detection (and cleaned dataset) written to S3, replaced there, the
+    same scores as on a local disk."""
+    import s3fs
+
+    plant(clean, tmp_path / "poisoned", "random", fakes=FAKES, filler=FILLER, seed=1)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.put(str(tmp_path / "poisoned"), "advrec/detect/poisoned", recursive=True)
+    data, out = "s3://advrec/detect/poisoned", "s3://advrec/detect/out"
+    local = detect(str(tmp_path / "poisoned"), str(tmp_path / "out"), Selection(top=FAKES))
+    detect(data, out)
+    remote = detect(data, out, Selection(top=FAKES))  # replaces the first
+    assert remote["removed"] == local["removed"]
+    assert remote["against_fakes"] == local["against_fakes"]
+    assert fs.cat_file("advrec/detect/out/scores.parquet") == \
+        (tmp_path / "out/scores.parquet").read_bytes()
+    assert len(load_dataset(out).train) == len(load_dataset(str(tmp_path / "out")).train)
+    # no temporary file left (SeaweedFS keeps an empty OUT.tmp-* directory entry, as for prepare)
+    fs.invalidate_cache()
+    assert not [p for p in fs.find("advrec/detect") if ".tmp-" in p]
+
+
+def test_ctr_dataset_keeps_its_labels(ctr_small: str, tmp_path: Path) -> None:
+    report = detect(ctr_small, str(tmp_path / "out"), Selection(top=5))
+    cleaned, source = load_dataset(str(tmp_path / "out")), load_dataset(ctr_small)
+    kept = ~torch.from_numpy(np.isin(source.train.user.numpy(), report["removed"]["users"]))
+    assert torch.equal(cleaned.train.label, source.train.label[kept])
+    assert cleaned.meta["task"] == "ctr" and (tmp_path / "out/item_features.parquet").exists()

@@ -173,7 +173,8 @@ def co_rater_suspicion(user: np.ndarray, item: np.ndarray, suspicion: np.ndarray
 def user_features(user: np.ndarray, item: np.ndarray, num_users: int,
                   num_items: int) -> dict[str, np.ndarray]:
     """Every user's features and suspicion ``score`` (each (U,) array), from the (N,) int64
-    distinct train pairs, sorted by user, then item. A user without train rows gets the lowest score, ``-inf``."""
+    distinct train pairs, sorted by user, then item (every train row: on CTR data the shown but
+    not clicked ones too). A user without train rows gets the lowest score, ``-inf``."""
     size = np.bincount(user, minlength=num_users)
     log_pop = np.log(np.bincount(item, minlength=num_items)[item])
     similarity = neighbour_similarity(user, item, num_users, num_items)
