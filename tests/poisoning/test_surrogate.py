@@ -59,6 +59,18 @@ def test_every_non_target_item_fits() -> None:
     np.testing.assert_array_equal(out, np.tile(np.arange(199), (3, 1)))
 
 
+def test_degenerate_logs() -> None:
+    """No fakes, no fillers, and a target every user already has (no pair for the loss to
+    count: the start profiles are kept) all keep the contract."""
+    log = planted_log()
+    assert surrogate_fillers(log, TARGETS, 0, 4, np.random.default_rng(0)).shape == (0, 4)
+    assert surrogate_fillers(log, TARGETS, 2, 0, np.random.default_rng(0)).shape == (2, 0)
+    everyone = TrainLog(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 0, 2, 0]), 3, 4)
+    out = surrogate_fillers(everyone, np.array([0]), 2, 2, np.random.default_rng(0))
+    assert out.shape == (2, 2) and not (out == 0).any()
+    assert all(np.unique(row).size == 2 for row in out)
+
+
 def test_too_many_fillers_is_an_error() -> None:
     with pytest.raises(AdvrecError, match="filler 200 is more than the 199 non-target items"):
         surrogate_fillers(planted_log(), TARGETS, 3, 200, np.random.default_rng(0))

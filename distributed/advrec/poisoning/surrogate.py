@@ -68,14 +68,14 @@ def _normal_terms(x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch
         the confidence ``c = 1 + (ALPHA - 1) x``. The unweighted ``V^T V`` is added by the caller
         (shared by all rows: the Gramian trick of iALS, so no dense (n, m) weight matrix).
     """
-    outer = (v[:, :, None] * v[:, None, :]).reshape(v.shape[0], -1)
+    d = v.shape[1]
+    outer = (v[:, :, None] * v[:, None, :]).reshape(v.shape[0], d * d)
     if x.is_sparse:
         gram = torch.sparse.mm(x, outer)
         rhs = ALPHA * torch.sparse.mm(x, v)  # x is 0/1, so c * x = ALPHA * x
     else:
         gram = x @ outer
         rhs = (x + (ALPHA - 1.0) * x * x) @ v
-    d = v.shape[1]
     return (ALPHA - 1.0) * gram.reshape(-1, d, d), rhs
 
 
@@ -207,7 +207,8 @@ def surrogate_fillers(log: TrainLog, targets: np.ndarray, fakes: int, filler: in
     x = _project(g.x.index_select(0, start).to_dense()
                  + 1e-3 * torch.rand(fakes, log.num_items, generator=gen), fixed, filler)
     step = STEP_SIZE * np.sqrt(filler + targets.size)
-    best, best_loss = None, torch.inf
+    # No pair to count (every judged user has every target) leaves the loss NaN: keep the start.
+    best, best_loss = _round(x, fixed, filler)[0], torch.inf
     for i in range(STEPS + 1):
         top, binary = _round(x, fixed, filler)
         with torch.no_grad():
