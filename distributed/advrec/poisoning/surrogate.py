@@ -1,25 +1,27 @@
 """The ``surrogate`` attack: fillers chosen by optimising through a trained surrogate recommender.
 
 A gradient-based attack in the manner of RevAdv (Tang, Wen & Wang, "Revisiting Adversarially
-Learned Injection Attacks Against Recommender Systems", NeurIPS 2020), which solves the bi-level
+Learned Injection Attacks Against Recommender Systems", RecSys 2020), which solves the bi-level
 problem behind DL-Attack (Huang et al., "Data Poisoning Attacks to Deep Learning Based
 Recommender Systems", NDSS 2021): choose the fake profiles whose addition to the log, once a
 recommender is trained on it, ranks the targets highest for the genuine users. Here:
 
-- **Surrogate**: weighted matrix factorisation (WMF/iALS, Hu et al. ICDM 2008), the surrogate
-  RevAdv found to transfer best, fitted on the genuine log by alternating least squares.
+- **Surrogate**: weighted matrix factorisation (WMF/iALS, Hu et al. ICDM 2008), one of RevAdv's
+  surrogates, fitted on the genuine log by alternating least squares (ALS).
 - **Relaxation**: the fake profiles are a (F, I) matrix ``x`` in [0, 1] with exactly ``filler``
   units of mass per row (targets held at 1), initialised from real users' profiles (RevAdv's
   choice, so the fakes start diverse and plausible).
 - **Unrolled training**: instead of differentiating through many epochs, one ALS sweep from the
   clean optimum is differentiated in closed form: the fakes' factors solved from ``x``, then
   every item's factors (which the fakes move), then the genuine users' (which follow the
-  items). Each step is an exact ridge solve, so one sweep carries the fakes' whole first-order
-  effect on the genuine users' scores with no step size to tune, at a cost of a few batched
-  d x d solves.
+  items). Each step is an exact ridge solve, so one sweep carries the fakes' effect along the
+  path fakes -> items -> genuine users with no inner step size to tune, at the cost of a few
+  batched d x d solves (RevAdv instead unrolls the last SGD epochs of a surrogate retrained
+  from scratch, at every outer step).
 - **Adversarial loss**: for each genuine user without the target, a logistic loss on the
-  target's margin over the user's ``TOP_K``-th best unseen item (DL-Attack's rank loss; K is
-  the cut-off of T-HR@50, the metric the attack is judged by).
+  target's margin over the user's ``TOP_K``-th best unseen item: a smooth count of the users
+  whose top K the target enters, the goal DL-Attack optimises too (K = 50, the cut-off of
+  T-HR@50, the metric the attack is judged by).
 - **Projection**: projected gradient steps on the capped simplex {0 <= x <= 1, sum = filler},
   then each row's ``filler`` largest non-target entries; the best rounded profiles under the
   surrogate's loss are returned.
@@ -108,9 +110,9 @@ def _project(y: torch.Tensor, fixed: torch.Tensor, budget: int) -> torch.Tensor:
     The projection is ``clip(y - theta, 0, 1)`` for the row's ``theta`` that meets the budget,
     found by bisection (the sum is monotone in theta).
     """
-    y = y.masked_fill(fixed, -1e9)
-    lo = (y.min(dim=1, keepdim=True).values - 1.0).clamp(min=-1e8)
-    hi = y.max(dim=1, keepdim=True).values
+    lo = y.masked_fill(fixed, torch.inf).min(dim=1, keepdim=True).values - 1.0  # all at 1
+    y = y.masked_fill(fixed, -torch.inf)  # the targets take no budget
+    hi = y.max(dim=1, keepdim=True).values  # all at 0
     for _ in range(50):  # halves the bracket each time: far below float32 resolution
         mid = (lo + hi) / 2
         over = (y - mid).clamp(0.0, 1.0).sum(dim=1, keepdim=True) > budget
