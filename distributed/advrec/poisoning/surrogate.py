@@ -25,6 +25,15 @@ recommender is trained on it, ranks the targets highest for the genuine users. H
 - **Projection**: projected gradient steps on the capped simplex {0 <= x <= 1, sum = filler},
   then each row's ``filler`` largest non-target entries; the best rounded profiles under the
   surrogate's loss are returned.
+
+Measured on ml-100k (random 8:1:1 split: 943 users, 1682 items, 80,808 training rows; 5 targets
+of median popularity, 86 fillers, the mean profile size): 6.6 s of CPU for 9 fakes (1 %), 6.8 s
+for 28 (3 %), on one torch thread. Against a BPR-MF (dim 64, 40 epochs) retrained on the
+poisoned log, T-HR@50 over 3 seeds was 0.0049 at 1 % (random fillers 0.0024, popularity-drawn
+0.0028, clean log 0.0015) and 0.0051 at 3 % (random 0.0029, popularity-drawn 0.0049): above
+random fillers for every share and seed, though every value stays under 1 %. On a WMF victim
+retrained from scratch (one seed, 3 %) random fillers did better (0.0034 against 0.0004): what
+the surrogate buys depends on the victim.
 """
 
 from __future__ import annotations
