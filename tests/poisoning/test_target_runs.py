@@ -5,6 +5,7 @@ adds them to every point of its curve; `advrec plot --target` draws them side by
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from advrec.cli import main
 from advrec.poisoning.layout import FAKE_PREFIX, TARGETS_FILE
@@ -143,3 +145,40 @@ def test_plot_target_of_a_run_without_targets_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith(f"advrec: error: {run}/metrics.json: no target metrics")
     assert err.count("\n") == 1 and not out.exists()
+
+
+def test_two_workers_rank_their_share_of_the_users_and_agree(
+        runs: tuple[Path, Path], tmp_path: Path, ray_local: None) -> None:
+    # each of 2 Ray Train workers ranks its share of the users; the summed per-target hits
+    # equal one process's
+    _, run = runs
+    shared, alone = tmp_path / "shared", tmp_path / "alone"
+    shutil.copytree(run, shared)
+    shutil.copytree(run, alone)
+    for where, workers in ((shared, "2"), (alone, "0")):
+        assert main(["evaluate", "--run", str(where), "--quiet", "--eps", "0,0.5",
+                     "--workers", workers]) == 0
+    two = json.loads((shared / "robustness.json").read_text())["fgm"]
+    one = json.loads((alone / "robustness.json").read_text())["fgm"]
+    for eps in ("0.0", "0.5"):
+        for metric in ("target/hr@10", "target/ndcg@10"):
+            assert two[eps][metric] == pytest.approx(one[eps][metric], abs=1e-6), (eps, metric)
+
+
+def test_a_search_minimises_target_hr(datasets: tuple[Path, Path], tmp_path: Path,
+                                      ray_local: None) -> None:
+    # two trials on 1 Ray Train worker each: every epoch reports target/hr@10 to Tune, and the
+    # best trial is the one with the lowest (the metric's own mode: min)
+    out = tmp_path / "search"
+    assert main(["tune", "--output", str(out), "--quiet", f"data.source={datasets[1]}",
+                 "model.dim=8", "train.epochs=2", "eval.ks=[5]", "eval.target_k=10",
+                 "eval.attacks=[fgm]", "tune.metric=target/hr@10", "tune.scheduler=none",
+                 "tune.num_samples=1", "tune.space={train.lr: {grid: [0.001, 0.05]}}"]) == 0
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(r["status"] == "finished" for r in rows)
+    for row in rows:  # a finished trial's score: its best epoch's valid T-HR
+        target = json.loads((out / "trials" / row["trial"] / "metrics.json").read_text())["target"]
+        assert float(row["score"]) == pytest.approx(target["valid"]["hr@10"])
+    best = min(rows, key=lambda r: float(r["score"]))
+    assert yaml.safe_load((out / "best.yaml").read_text())["train"]["lr"] == float(best["train.lr"])
