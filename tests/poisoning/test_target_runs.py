@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -182,3 +183,29 @@ def test_a_search_minimises_target_hr(datasets: tuple[Path, Path], tmp_path: Pat
         assert float(row["score"]) == pytest.approx(target["valid"]["hr@10"])
     best = min(rows, key=lambda r: float(r["score"]))
     assert yaml.safe_load((out / "best.yaml").read_text())["train"]["lr"] == float(best["train.lr"])
+
+
+def test_a_target_every_genuine_user_had_is_one_line_and_leaves_no_run(
+        datasets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    clean = datasets[0]
+    data = tmp_path / "everyone"
+    shutil.copytree(clean, data)
+    train = pq.read_table(data / "train.parquet")
+    genuine = json.loads((data / "meta.json").read_text())["num_users"]
+    had = train.filter(pc.equal(train["item"], 0))["user"].to_pylist()
+    rows = [u for u in range(genuine) if u not in had]  # everyone else gets item 0 too
+    extra = pa.table({"user": pa.array(rows, pa.int32()), "item": pa.array([0] * len(rows),
+                      pa.int32()), "rating": pa.array([5.0] * len(rows), pa.float32()),
+                      "timestamp": pa.array([0] * len(rows), pa.int64())}).select(
+                          train.column_names).cast(train.schema)
+    pq.write_table(pa.concat_tables([train, extra]), data / "train.parquet")
+    raw = pq.read_table(data / "items.parquet")["raw_id"][0].as_py()
+    (tmp_path / "t.json").write_text(json.dumps({"items": [raw]}))
+    capsys.readouterr()
+    out = tmp_path / "run"
+    assert main(["train", "--output", str(out), f"data.source={data}", "--targets",
+                 str(tmp_path / "t.json"), *TRAIN]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"advrec: error: {tmp_path / 't.json'}: target item {raw!r}: every genuine "
+                   "user of the dataset interacted with it; no user is left to measure it on\n")
+    assert not out.exists()
