@@ -703,6 +703,11 @@ DATA: list[Case] = [
          absent=("{d}/run/robustness.json", "{d}/run/robustness.png")),
     Case("plot-target-no-section", ("plot", "{run}", "--target", "--output", "{d}/out.png"),
          "{run}/metrics.json: no target metrics", absent=("{d}/out.png*",)),
+    Case("plot-target-section-a-list", ("plot", "{d}/run", "--target", "--output",
+                                         "{d}/out.png"),
+         "{d}/run/metrics.json: its target section is not what `advrec train` writes",
+         both(copy_run(), writable(), write("run/metrics.json", '{"target": [1, 2]}')),
+         absent=("{d}/out.png*",)),
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------

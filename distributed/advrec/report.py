@@ -72,7 +72,8 @@ def read_target(run: str) -> dict[str, Any]:
     path = io.join(run, "metrics.json")
     if not io.exists(path):
         raise AdvrecError(f"{path}: not found; is {run} a finished run of `advrec train`?")
-    section = io.read_json(path).get("target")
+    metrics = io.read_json(path)
+    section = metrics.get("target") if isinstance(metrics, dict) else None
     if section is None:
         raise AdvrecError(f"{path}: no target metrics; train with target items (eval.targets, "
                           "--targets, or a dataset that `advrec poison` made)")
