@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from advrec.cli import main
+from advrec.config import load_config
 from advrec.poisoning.layout import FAKE_PREFIX, TARGETS_FILE
+from advrec.train import run_training
 from synthetic import prepared_synth
 
 FAKES = 8
@@ -209,3 +211,27 @@ def test_a_target_every_genuine_user_had_is_one_line_and_leaves_no_run(
     assert err == (f"advrec: error: {tmp_path / 't.json'}: target item {raw!r}: every genuine "
                    "user of the dataset interacted with it; no user is left to measure it on\n")
     assert not out.exists()
+
+
+def test_a_resumed_run_measures_the_targets_it_started_with(
+        datasets: tuple[Path, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # started with a relative --targets path, stopped by a fault, resumed from elsewhere: the
+    # same target section as the uninterrupted run's
+    clean, poisoned = datasets
+    shutil.copy(poisoned / TARGETS_FILE, tmp_path / "t.json")
+    monkeypatch.chdir(tmp_path)
+    small = [f"data.source={clean}", *TRAIN[1:], "train.batch_size=128"]  # steps to fail in
+    assert main(["train", "--output", str(tmp_path / "whole"), *small,
+                 "--targets", "t.json"]) == 0
+    cfg = load_config(None, [*small, "train.fault_epoch=1"])
+    cfg.eval.targets = "t.json"
+    with pytest.raises(RuntimeError, match="fault injected in epoch 1"):
+        run_training(cfg, "stopped", progress=False)
+    monkeypatch.chdir(poisoned)
+    assert main(["train", "--resume", str(tmp_path / "stopped"), "--quiet"]) == 0
+    resumed = json.loads((tmp_path / "stopped" / "metrics.json").read_text())["target"]
+    whole = json.loads((tmp_path / "whole" / "metrics.json").read_text())["target"]
+    assert resumed["items"] == whole["items"]
+    for split in ("valid", "test"):
+        assert resumed[split] == pytest.approx(whole[split], abs=1e-6)
