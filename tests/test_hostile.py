@@ -534,6 +534,11 @@ CONFIG: list[Case] = [
                     write("spec.yaml", "command: dance\nconfig: c.yaml\nstorage: out\n"))),
     Case("jobs-status-no-id", ("jobs", "status", "--address", CLOSED),
          "jobs status: name a job id"),
+    Case("train-target-k-zero", ("train", "--output", "{d}/out", "data.source={data}",
+                                 "eval.target_k=0"), "eval.target_k"),
+    Case("train-targets-and-resume", ("train", "--resume", "{d}/run", "--targets",
+                                      "{d}/t.json"), "--targets: a resumed run measures",
+         copy_run(), absent=(), unchanged=("{d}/run",)),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------
@@ -711,6 +716,31 @@ DATA: list[Case] = [
     Case("detect-output-in-input", ("detect", "--data", "{d}/ds", "--output", "{d}/ds/out",
                                     "--remove", "3"), "{d}/ds/out: overlaps the input {d}/ds",
          copy("data", "ds"), absent=("{d}/ds/out*",), unchanged=("{d}/ds",)),
+    # target items (--targets FILE, eval.targets): raw ids looked up in the dataset's items
+    Case("train-targets-unknown-id", ("train", "--output", "{d}/out", "data.source={data}",
+                                      "--targets", "{d}/t.json"),
+         "{d}/t.json: item 'nope' is not an item of {data}",
+         write("t.json", '{"items": ["nope"], "attack": "random"}')),
+    Case("train-targets-missing", ("train", "--output", "{d}/out", "data.source={data}",
+                                   "eval.targets={d}/nope.json"), "{d}/nope.json: file not found"),
+    Case("train-targets-not-json", ("train", "--output", "{d}/out", "data.source={data}",
+                                    "--targets", "{d}/t.json"), "{d}/t.json: not valid JSON",
+         write("t.json", "{items")),
+    Case("train-targets-no-items", ("train", "--output", "{d}/out", "data.source={data}",
+                                    "--targets", "{d}/t.json"), "{d}/t.json: not a targets.json",
+         write("t.json", '{"indices": [3]}')),
+    Case("evaluate-targets-unknown-id", ("evaluate", "--run", "{d}/run", "--eps", "0",
+                                         "--targets", "{d}/t.json"),
+         "{d}/t.json: item 'nope' is not an item of {data}",
+         both(copy_run(), write("t.json", '{"items": ["nope"]}')),
+         absent=("{d}/run/robustness.json", "{d}/run/robustness.png")),
+    Case("plot-target-no-section", ("plot", "{run}", "--target", "--output", "{d}/out.png"),
+         "{run}/metrics.json: no target metrics", absent=("{d}/out.png*",)),
+    Case("plot-target-section-a-list", ("plot", "{d}/run", "--target", "--output",
+                                         "{d}/out.png"),
+         "{d}/run/metrics.json: its target section is not what `advrec train` writes",
+         both(copy_run(), writable(), write("run/metrics.json", '{"target": [1, 2]}')),
+         absent=("{d}/out.png*",)),
 ]
 
 # --- storage, resources and signals -------------------------------------------------------------

@@ -97,6 +97,18 @@ def test_every_shipped_job_spec_resolves_to_a_valid_run(spec: Path) -> None:
     assert yaml.safe_load(job.config_text)["data"]["source"]
 
 
+def test_local_source_and_targets_become_absolute(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "c.yaml").write_text("data: {source: log.data, format: movielens}\n")
+    spec = _spec(tmp_path, "command: train\nconfig: c.yaml\nstorage: out\n")
+    monkeypatch.chdir(tmp_path)
+    config = yaml.safe_load(load_job(str(spec), ["eval.targets=t.json"]).config_text)
+    assert config["data"]["source"] == str(tmp_path / "log.data")
+    assert config["eval"]["targets"] == str(tmp_path / "t.json")
+    url = yaml.safe_load(load_job(str(spec), ["eval.targets=s3://b/t.json"]).config_text)
+    assert url["eval"]["targets"] == "s3://b/t.json"
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 def _spec(tmp_path: Path, text: str) -> Path:

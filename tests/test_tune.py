@@ -85,6 +85,9 @@ def test_a_search_writes_its_table_front_plot_and_a_config_train_runs(
     (["tune.search=optuna", "tune.objectives=[valid/ndcg@10, robust/auc]"],
      "tune.objectives: 'robust/auc' is never reported"),
     (["tune.search=optuna", "tune.objectives=[valid/ndcg@10]"], "name two metrics or more"),
+    # a target metric is reported only with target items, which this clean dataset lacks
+    (["tune.metric=target/hr@50", "tune.scheduler=none"],
+     "tune.metric: 'target/hr@50' needs target items"),
 ])
 def test_a_bad_search_fails_before_any_trial(prepared: str, tmp_path: Path, overrides: list[str],
                                              culprit: str, capsys: pytest.CaptureFixture[str]) -> None:

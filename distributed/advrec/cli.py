@@ -121,17 +121,28 @@ def _resuming(args: argparse.Namespace, what: str) -> bool:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from advrec.config import load_config
+    from advrec.config.policy import TARGET, target_metrics
     from advrec.report import format_table, headline
     from advrec.train import read_run, resume_training, run_training
 
     if _resuming(args, "run"):
+        if args.targets:
+            raise AdvrecError("--targets: a resumed run measures the target items it started "
+                              "with; give no --targets with --resume")
         cfg = read_run(args.resume)[0]
         metrics = resume_training(args.resume, progress=not args.quiet, address=args.address)
     else:
         cfg = load_config(args.config, args.overrides)
+        if args.targets:
+            cfg.eval.targets = args.targets
         metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
     rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg)}} for s in ("valid", "test")]
-    print(format_table(rows, ["split", *headline(cfg)]))
+    columns = ["split", *headline(cfg)]
+    if "target" in metrics:  # T-HR@K and T-NDCG@K of the target items
+        for row in rows:
+            row.update({f"{TARGET}{m}": v for m, v in metrics["target"][row["split"]].items()})
+        columns += target_metrics(cfg.eval.target_k)
+    print(format_table(rows, columns))
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
@@ -153,6 +164,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from advrec.config.policy import target_metrics
     from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table, headline
     from advrec.train import read_run
 
@@ -163,19 +175,37 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     attacks = cfg.eval.attacks if flag_attacks is None else flag_attacks
     eps = cfg.eval.eps if flag_eps is None else flag_eps
     merged = evaluate_run(args.run, attacks, eps, args.steps, progress=not args.quiet,
-                          workers=args.workers, address=args.address)
+                          workers=args.workers, address=args.address, targets=args.targets)
     rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
             for e in sorted(merged[a], key=float)]
-    print(format_table(rows, ["attack", "eps", *headline(cfg)]))
+    # the target items' metrics where every point has them (a curve merged with one measured
+    # without targets may lack them)
+    targets = [m for m in target_metrics(cfg.eval.target_k) if all(m in r for r in rows)]
+    print(format_table(rows, ["attack", "eps", *headline(cfg), *targets]))
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
-    from advrec.metrics.plots import plot_robustness
-    from advrec.report import headline, read_robustness
+    from advrec.metrics.plots import plot_robustness, plot_targets
+    from advrec.report import headline, read_robustness, read_target
     from advrec.train import read_run
 
-    curves = {run.rstrip("/").rsplit("/", 1)[-1]: read_robustness(run) for run in args.runs}
+    labels = [run.rstrip("/").rsplit("/", 1)[-1] for run in args.runs]
+    if args.target:
+        if args.metric:
+            raise AdvrecError("--metric: --target plots T-HR@K and T-NDCG@K; give one or the "
+                              "other")
+        sections = dict(zip(labels, (read_target(run) for run in args.runs)))
+        k = sections[labels[0]]["k"]
+        for run, label in zip(args.runs, labels):
+            if sections[label]["k"] != k:  # bars side by side must measure the same thing
+                raise AdvrecError(f"{run}: its target metrics are at K={sections[label]['k']}, "
+                                  f"those of {args.runs[0]} at K={k}; plot runs of one "
+                                  "eval.target_k")
+        plot_targets(sections, args.output)
+        print(f"wrote {args.output}")
+        return
+    curves = {label: read_robustness(run) for label, run in zip(labels, args.runs)}
     # by default the first run's headline metric: ndcg@K, auc or click/auc
     metrics = args.metric or headline(read_run(args.runs[0])[0])[:1]
     for run in args.runs:  # every curve has every metric plotted
@@ -352,6 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
                    resume_as="RUN", resume="continue the stopped run in RUN from its latest "
                    "checkpoint, exactly as if it had not stopped",
                    quiet="no progress bar", example="adv.eps=0.5 train.epochs=20")
+    p.add_argument("--targets", metavar="FILE", help="a targets.json (path or URL) whose items' "
+                   "T-HR and T-NDCG every evaluation reports (sets eval.targets; default: the "
+                   "dataset's own targets.json, if any)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search config keys (eps, lambda, lr, ...) with Ray Tune")
@@ -372,15 +405,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the attack and the ranking (default: the run's "
                    "scaling.num_workers; 0 = this process)")
+    p.add_argument("--targets", metavar="FILE", help="a targets.json (path or URL): every point "
+                   "also gets its items' T-HR and T-NDCG (default: the run's eval.targets, else "
+                   "its dataset's targets.json, if any)")
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("plot", help="plot the robustness curves of several runs in one figure")
-    p.add_argument("runs", nargs="+", help="run directories with a robustness.json")
+    p = sub.add_parser("plot", help="plot the robustness curves, or the target metrics, of "
+                       "several runs in one figure")
+    p.add_argument("runs", nargs="+", help="run directories with a robustness.json (with "
+                   "--target: with target metrics in metrics.json)")
     p.add_argument("--output", required=True, help="PNG file")
     p.add_argument("--metric", action="append", help="metric to plot (repeatable; default: the first run's headline, "
                    "ndcg@K, auc or click/auc)")
+    p.add_argument("--target", action="store_true", help="a bar per run of its test T-HR@K and "
+                   "T-NDCG@K (metrics.json's target section) instead of robustness curves")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("submit", help="run a job spec (jobs/*.yaml) as a Ray job on a cluster")

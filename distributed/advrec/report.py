@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import ray.train
 
 from advrec import io
 from advrec.config import RunConfig
+from advrec.config.policy import TARGET_METRICS
 from advrec.data import load_dataset
 from advrec.devices import train_device
 from advrec.errors import AdvrecError, shown
 from advrec.metrics import robustness_curve
 from advrec.metrics.plots import plot_robustness
 from advrec.metrics.robustness import attack_batches
+from advrec.metrics.target import TargetItems, TargetMetrics, resolve_targets
 from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
 from advrec.train.tasks import make_loss, make_task
@@ -63,15 +66,40 @@ def read_robustness(run: str, metrics: Sequence[str] = ()) -> dict[str, Any]:
     return curve
 
 
+def read_target(run: str) -> dict[str, Any]:
+    """The ``target`` section of the run's ``metrics.json`` (`advrec.train.loop`), checked to
+    hold the test split's ``hr@K`` and ``ndcg@K`` for its ``k``."""
+    path = io.join(run, "metrics.json")
+    if not io.exists(path):
+        raise AdvrecError(f"{path}: not found; is {run} a finished run of `advrec train`?")
+    metrics = io.read_json(path)
+    section = metrics.get("target") if isinstance(metrics, dict) else None
+    if section is None:
+        raise AdvrecError(f"{path}: no target metrics; train with target items (eval.targets, "
+                          "--targets, or a dataset that `advrec poison` made)")
+    k = section.get("k") if isinstance(section, dict) else None
+    test = section.get("test") if isinstance(section, dict) else None
+    if not (isinstance(k, int) and isinstance(test, dict) and all(
+            isinstance(test.get(f"{m}@{k}"), (int, float)) for m in TARGET_METRICS)):
+        raise AdvrecError(f"{path}: its target section is not what `advrec train` writes "
+                          "({\"k\": K, \"test\": {\"hr@K\": ..., \"ndcg@K\": ...}, ...})")
+    return section
+
+
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
                  split: str = "test", progress: bool = True, workers: int | None = None,
-                 address: str | None = None) -> dict[str, Any]:
+                 address: str | None = None, targets: str | None = None) -> dict[str, Any]:
     """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot.
 
     ``workers``: Ray Train workers sharing the work (default: the run's ``scaling.num_workers``;
-    0 runs in this process); ``address`` as for `advrec.train.run_training`.
+    0 runs in this process); ``address`` as for `advrec.train.run_training`. Every point also
+    has the target items' metrics (``target/hr@K``, ``target/ndcg@K``) when there are target
+    items: those of the ``targets.json`` at ``targets``, else the run's (``eval.targets``, else
+    its dataset's ``targets.json``).
     """
-    cfg, _ = read_run(run)
+    cfg, dataset = read_run(run)
+    eval_cfg = cfg.eval if targets is None else cfg.eval.model_copy(update={"targets": targets})
+    items = resolve_targets(eval_cfg, dataset)  # a bad or unknown target fails before the attacks
     for name in (ROBUSTNESS_FILE, ROBUSTNESS_PLOT):  # a bad one fails before the attacks
         io.check_file(io.join(run, name))
     if io.exists(io.join(run, ROBUSTNESS_FILE)):  # merged into after the attacks
@@ -80,7 +108,8 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
         update={"num_workers": workers})
     return launch(robustness_per_worker,
                   {"run": io.absolute(run), "attacks": attacks, "eps": eps, "steps": steps,
-                   "split": split, "progress": progress, "ray_worker": scaling.num_workers > 0},
+                   "split": split, "progress": progress, "ray_worker": scaling.num_workers > 0,
+                   "targets": asdict(items) if items else None},
                   scaling, address)
 
 
@@ -102,8 +131,11 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     # and on every worker; each differentiates its share of them
     batches = attack_batches(make_task(cfg, data), 0, eval_cfg.seed)
     task = make_task(cfg, data, shard=(rank, context.get_world_size()))
+    targets = (TargetMetrics(data, TargetItems(**config["targets"]), cfg.eval.target_k)
+               if config["targets"] else None)
     curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches,
-                             split=config["split"], progress=config["progress"] and rank == 0)
+                             split=config["split"], progress=config["progress"] and rank == 0,
+                             targets=targets)
     path = io.join(run, ROBUSTNESS_FILE)
     merged = io.read_json(path) if io.exists(path) else {}
     for attack, by_eps in curve.items():

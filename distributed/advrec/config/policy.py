@@ -30,11 +30,22 @@ CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
 CTR_METRICS = ("auc", "logloss", "gauc")
 LOWER_IS_BETTER = ("logloss", "rmse")
+TARGET = "target/"
+"""The prefix of the target-item metrics (`advrec.metrics.target`): how far fake users pushed
+the attacker's items, so lower is better."""
+TARGET_METRICS = ("hr", "ndcg")
+
+
+def target_metrics(k: int) -> list[str]:
+    """The target-item metric keys an evaluated epoch reports at cut-off ``k``: T-HR and
+    T-NDCG, ``target/hr@50`` and ``target/ndcg@50``."""
+    return [f"{TARGET}{m}@{k}" for m in TARGET_METRICS]
 
 
 def metric_mode(name: str) -> str:
     """Whether a search maximises (``max``) or minimises (``min``) a reported metric."""
-    lower = name != "objective" and name.rsplit("/", 1)[-1] in LOWER_IS_BETTER
+    lower = name != "objective" and (name.startswith(TARGET)
+                                     or name.rsplit("/", 1)[-1] in LOWER_IS_BETTER)
     return "min" if lower else "max"
 
 

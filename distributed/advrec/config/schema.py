@@ -24,6 +24,7 @@ from advrec.config.policy import (
     model_loss,
     reported_metrics,
     table_optimizer,
+    target_metrics,
 )
 from advrec.errors import AdvrecError, shown
 
@@ -290,6 +291,11 @@ class EvalConfig(Section):
     robust_rows: int = Field(
         0, ge=0, description="Training examples the robust/... attack differentiates (its cost); "
         "0 all of them.")
+    targets: str | None = Field(
+        None, description="A targets.json (path or URL, as `advrec poison` writes) naming the "
+        "items whose T-HR and T-NDCG (target/...) every evaluation reports; default: the "
+        "dataset's own targets.json, if it has one (a poisoned dataset).")
+    target_k: int = Field(50, gt=0, description="The cut-off of T-HR@K and T-NDCG@K.")
 
     @field_validator("ks")
     @classmethod
@@ -297,6 +303,13 @@ class EvalConfig(Section):
         if not v or any(k <= 0 for k in v):
             raise ValueError("must be a non-empty list of positive cut-offs")
         return sorted(set(v))
+
+    @field_validator("targets")
+    @classmethod
+    def _names_a_file(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("must name a targets.json (or be null)")
+        return v
 
     @field_validator("eps")
     @classmethod
@@ -490,12 +503,13 @@ class RunConfig(Section):
         return name, self.tune.mode or metric_mode(name)
 
     def trial_metrics(self) -> list[str]:
-        """What each epoch reports that a search can optimise: valid metrics, and robust ones
-        with eval.robust_every."""
+        """What each epoch reports that a search can optimise: valid metrics, robust ones with
+        eval.robust_every, and the target-item ones (target/...), which need target items:
+        `advrec.metrics.target.check_targets_reported` checks, once the dataset is known."""
         reported = [f"valid/{m}" for m in self.reported_metrics()]
         if self.eval.robust_every:
             reported += [f"robust/{m}" for m in self.reported_metrics()]
-        return reported
+        return reported + target_metrics(self.eval.target_k)
 
     @model_validator(mode="after")
     def _tune_metric_is_reported(self) -> RunConfig:

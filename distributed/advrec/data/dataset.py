@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import torch
 
 from advrec.data.prepare import FORMAT_VERSION
-from advrec.errors import AdvrecError
+from advrec.errors import AdvrecError, shown
 from advrec.io import filesystem, join, refuse_extension_types
 
 SPLIT_NAMES = ("train", "valid", "test")
@@ -141,3 +141,30 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
         splits[name] = Interactions(**columns)
     return Dataset(url=url, num_users=meta["num_users"], num_items=meta["num_items"], meta=meta,
                    **splits)
+
+
+def item_indices(url: str, raw_ids: list[str], where: str) -> list[int]:
+    """The dataset indices of the raw item ids ``raw_ids`` (as ``items.parquet`` of the prepared
+    dataset at ``url`` spells them); an id the vocabulary lacks is an error naming it and
+    ``where`` it came from."""
+    import pyarrow.compute as pc
+
+    fs, path = filesystem(url)
+    vocab_file = join(path, "items.parquet")
+    try:
+        with fs.open(vocab_file, "rb") as f:
+            pf = pq.ParquetFile(f)
+            refuse_extension_types(pf.schema_arrow, f"{url}/items.parquet")
+            vocab = pf.read(columns=["index", "raw_id"])
+    except FileNotFoundError:
+        raise AdvrecError(f"{url}/items.parquet: missing; run `advrec prepare` again") from None
+    except (pa.ArrowInvalid, KeyError, OSError) as exc:
+        raise AdvrecError(f"{url}/items.parquet: not an item vocabulary ({exc}); run `advrec "
+                          "prepare` again") from None
+    # raw ids are read as text, however the log typed them: a targets.json may write 7 or "7"
+    position = pc.index_in(pa.array(raw_ids, pa.string()),
+                           value_set=vocab["raw_id"].cast(pa.string())).to_pylist()
+    for raw, pos in zip(raw_ids, position):
+        if pos is None:
+            raise AdvrecError(f"{where}: item {shown(raw)} is not an item of {url} (items.parquet)")
+    return [int(i) for i in vocab["index"].to_numpy()[position]]

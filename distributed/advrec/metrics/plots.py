@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io as _bytes_io
+from typing import Any
 
 import matplotlib
 
@@ -45,6 +46,24 @@ def plot_front(points: list[tuple[float, float]], front: list[tuple[float, float
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.suptitle("Clean against robust quality, one point per trial")
+    _save(fig, output)
+
+
+def plot_targets(sections: dict[str, dict[str, Any]], output: str) -> None:
+    """T-HR@K and T-NDCG@K on the test split, a panel each, a bar per run (its label);
+    ``sections``: each run's ``target`` section of metrics.json (all with the same ``k``)."""
+    k = next(iter(sections.values()))["k"]
+    labels = list(sections)
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 1.3 * len(labels) + 3.0), 3.8),
+                             squeeze=False)
+    for ax, (metric, name) in zip(axes[0], (("hr", "T-HR"), ("ndcg", "T-NDCG"))):
+        values = [sections[label]["test"][f"{metric}@{k}"] for label in labels]
+        bars = ax.bar(range(len(labels)), values, color="C3")
+        ax.bar_label(bars, fmt="%.4f", fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel(f"{name}@{k} (lower resists better)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("What the attack buys: the target items' exposure to genuine users")
     _save(fig, output)
 
 

@@ -15,13 +15,18 @@ import torch
 from torch import Tensor
 
 
+def topk_items(scores: Tensor, k: int) -> Tensor:
+    """(B, min(k, N)) int64: the items at the top-k positions of each row of ``scores`` (B, N),
+    best first (excluded items already at -inf)."""
+    return torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
+
+
 def topk_hits(scores: Tensor, relevant: Tensor, k: int) -> Tensor:
     """Bool (B, k): whether the item at each of the top-k positions is relevant.
 
     ``scores`` (B, N) with excluded items already at -inf; ``relevant`` bool (B, N).
     """
-    top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
-    return relevant.gather(1, top)
+    return relevant.gather(1, topk_items(scores, k))
 
 
 def metrics_from_hits(hits: Tensor, n_relevant: Tensor, ks: list[int]) -> dict[str, Tensor]:

@@ -23,12 +23,14 @@ from tqdm.auto import tqdm
 
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config import EvalConfig
+from advrec.config.policy import TARGET
 from advrec.devices import model_device, to_device
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LossFn, batch_loss, scored_rows
 from advrec.shards import WHOLE, Shard, sum_tensors_over_shards
 
 if TYPE_CHECKING:  # tasks evaluate with this package's metrics: a runtime import would cycle
+    from advrec.metrics.target import TargetMetrics
     from advrec.train.tasks import Task
 
 
@@ -89,13 +91,24 @@ def attack_batches(task: Task, max_rows: int, seed: int, batch_size: int = 8192)
     return batches
 
 
+def point_metrics(model: Recommender, task: Task, cfg: EvalConfig, split: str,
+                  targets: TargetMetrics | None = None) -> dict[str, float]:
+    """The task's metrics on ``split``, and with ``targets`` the target items' (``target/...``)."""
+    metrics = task.evaluate(model, split, cfg)
+    if targets is not None:
+        measured = targets(model, split, task.context, cfg.batch_users, task.shard)
+        metrics.update({f"{TARGET}{k}": v for k, v in measured.items()})
+    return metrics
+
+
 def attacked_metrics(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalConfig,
-                     batches: list[Batch], attack: Attack, split: str) -> dict[str, float]:
-    """The task's metrics on ``split`` with the tables moved by ``attack``'s δ (found on
-    ``batches``, this worker differentiating its shard of them)."""
+                     batches: list[Batch], attack: Attack, split: str,
+                     targets: TargetMetrics | None = None) -> dict[str, float]:
+    """`point_metrics` with the tables moved by ``attack``'s δ (found on ``batches``, this
+    worker differentiating its shard of them)."""
     delta = table_attack(model, batches, loss_fn, attack, task.shard)
     with shifted_tables(model, delta):
-        return task.evaluate(model, split, cfg)
+        return point_metrics(model, task, cfg, split, targets)
 
 
 def eval_attack(cfg: EvalConfig, method: str, eps: float) -> Attack:
@@ -111,9 +124,10 @@ def robust_attack(cfg: EvalConfig) -> Attack:
 
 
 def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalConfig,
-                     batches: list[Batch], split: str = "test",
-                     progress: bool = True) -> dict[str, dict[str, dict[str, float]]]:
-    """``{attack: {eps: {metric: value}}}`` for each attack in ``cfg.attacks`` and ε in ``cfg.eps``.
+                     batches: list[Batch], split: str = "test", progress: bool = True,
+                     targets: TargetMetrics | None = None) -> dict[str, dict[str, dict[str, float]]]:
+    """``{attack: {eps: {metric: value}}}`` for each attack in ``cfg.attacks`` and ε in ``cfg.eps``,
+    the metrics of ``targets`` (``target/...``) among them when given.
 
     ``batches`` are all training examples with their negatives, fixed for every attack step
     (`advrec.train.tasks`, unshuffled, from a seeded generator). ε = 0 is the clean model; eps
@@ -122,7 +136,7 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
     """
     was_training = model.training
     model.eval()
-    clean = task.evaluate(model, split, cfg)
+    clean = point_metrics(model, task, cfg, split, targets)
     out: dict[str, dict[str, dict[str, float]]] = {}
     jobs = [(a, e) for a in cfg.attacks for e in cfg.eps]
     for name, eps in tqdm(jobs, desc="robustness", disable=None if progress else True, leave=False):
@@ -130,7 +144,7 @@ def robustness_curve(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
             metrics = clean
         else:
             metrics = attacked_metrics(model, task, loss_fn, cfg, batches,
-                                       eval_attack(cfg, name, eps), split)
+                                       eval_attack(cfg, name, eps), split, targets)
         out.setdefault(name, {})[repr(float(eps))] = metrics
     model.train(was_training)
     return out

@@ -114,8 +114,8 @@ def read_spec(path: str) -> JobSpec:
 def load_job(path: str, overrides: list[str]) -> Job:
     """The spec at ``path`` with its run config read (relative to the spec), its overrides and
     then ``overrides`` applied, and validated as `advrec train` or `advrec tune` would, so a bad
-    config fails here rather than on the cluster. A local ``data.source`` is made absolute: the
-    job does not run in this directory."""
+    config fails here rather than on the cluster. A local ``data.source`` and ``eval.targets``
+    are made absolute: the job does not run in this directory."""
     spec = read_spec(path)
     config = spec.config
     if "://" not in config and not os.path.isabs(config):
@@ -123,10 +123,11 @@ def load_job(path: str, overrides: list[str]) -> Job:
     if not io.exists(config):
         raise AdvrecError(f"{path}: config: {spec.config}: config file not found")
     raw = apply_overrides(with_values(load_raw(config), spec.overrides), overrides)
-    data = raw.get("data")
-    source = data.get("source") if isinstance(data, dict) else None
-    if isinstance(source, str) and "://" not in source:
-        raw = with_values(raw, {"data.source": io.absolute(source)})
+    for section, key in (("data", "source"), ("eval", "targets")):
+        part = raw.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and "://" not in value:
+            raw = with_values(raw, {f"{section}.{key}": io.absolute(value)})
     cfg = build_config(raw)
     if spec.command == "tune":
         from advrec.tune.search import check_space

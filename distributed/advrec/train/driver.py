@@ -18,6 +18,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import ray
@@ -33,6 +34,7 @@ from advrec import __version__, io
 from advrec.config import RunConfig, ScalingConfig, dump_config, load_config
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError, Interrupted
+from advrec.metrics.target import TargetItems, resolve_targets
 from advrec.ports import free_ports
 from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
@@ -206,6 +208,9 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     first checkpoint removes what it wrote, so no half-written run is left behind; a later
     failure keeps it for `resume_training`.
 
+    Its target items (``eval.targets``, else the dataset's ``targets.json``) are read and looked
+    up before anything is written; a local ``eval.targets`` is kept absolute in ``config.yaml``.
+
     ``output`` may be new, an empty directory, or a run written here before that is not
     unfinished (`io.check_output`: never anything else). A new run replaces an old one only
     once it has finished: it is trained beside it, in ``OUTPUT.tmp-XXXXXXXX`` (its ``run.json``
@@ -217,6 +222,10 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     io.check_output(output, RUN)  # an unreachable or a foreign output fails now, before any work
     fs, path = io.filesystem(output)
     dataset = resolve_dataset(cfg.data)
+    targets = resolve_targets(cfg.eval, dataset)  # a bad or unknown target fails here
+    if cfg.eval.targets:  # Ray workers, and a resumed run, do not share this working directory
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
+            update={"targets": io.absolute(cfg.eval.targets)})})
     replaces = None
     if fs.exists(io.join(path, "run.json")):
         if not fs.exists(io.join(path, "metrics.json")) and has_train_state(output):
@@ -230,7 +239,7 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
             f.write(dump_config(cfg))
         io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__,
                                                    **({"replaces": replaces} if replaces else {})})
-        metrics = _train(cfg, dataset, output, progress, address, tune)
+        metrics = _train(cfg, dataset, output, progress, address, tune, targets)
     except BaseException:
         if has_train_state(output):
             if replaces:
@@ -257,7 +266,8 @@ def resume_training(run: str, progress: bool = True, address: str | None = None,
     cfg, dataset = read_run(run)
     if io.exists(io.join(run, "metrics.json")):
         raise AdvrecError(f"{run}: this run has finished; there is nothing to resume")
-    metrics = _train(cfg, dataset, run, progress, address, tune)
+    metrics = _train(cfg, dataset, run, progress, address, tune,
+                     resolve_targets(cfg.eval, dataset))
     replaces = io.read_json(io.join(run, "run.json")).get("replaces")
     if replaces:
         io.replace_tree(replaces, run, RUN)
@@ -265,13 +275,15 @@ def resume_training(run: str, progress: bool = True, address: str | None = None,
 
 
 def _train(cfg: RunConfig, dataset: str, output: str, progress: bool,
-           address: str | None, tune: bool) -> dict[str, Any]:
-    """Launch the loop; ``tune``: this is a trial of `advrec tune`, whose epochs go to Tune."""
+           address: str | None, tune: bool, targets: TargetItems | None) -> dict[str, Any]:
+    """Launch the loop; ``tune``: this is a trial of `advrec tune`, whose epochs go to Tune;
+    ``targets``: the target items every evaluation measures."""
     datasets = ({"train": train_stream(dataset, row_columns(LABELS[cfg.kind]))}
                 if cfg.data.stream else None)
     return launch(train_loop_per_worker,
                   {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
-                   "output": output, "progress": progress},
+                   "output": output, "progress": progress,
+                   "targets": asdict(targets) if targets else None},
                   cfg.scaling, address, storage=output, datasets=datasets, tune=tune)
 
 

@@ -37,10 +37,12 @@ from tqdm.auto import tqdm
 from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import RunConfig
+from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
 from advrec.devices import CPU, to_device, train_device
 from advrec.errors import AdvrecError
 from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
+from advrec.metrics.target import TargetItems, TargetMetrics
 from advrec.models import build_model
 from advrec.models.base import Recommender
 from advrec.models.losses import LossFn
@@ -165,7 +167,8 @@ def quiet_ray_train() -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any]:
-    """Train one model. ``config``: ``run`` (a RunConfig dict), ``dataset`` and ``output`` URLs.
+    """Train one model. ``config``: ``run`` (a RunConfig dict), ``dataset`` and ``output`` URLs,
+    and ``targets``, the target items the driver resolved (`TargetItems` as a dict), if any.
 
     Continues from the latest training state in ``output`` when there is one (a resumed run, or
     workers restarted by Ray Train after a failure). Returns the final metrics (also written to
@@ -199,12 +202,19 @@ class Training:
     loss_fn: LossFn
     task: Task
     attacked: list[dict[str, torch.Tensor]] | None  # the robust/... attack's examples
+    targets: TargetMetrics | None  # the target items' T-HR and T-NDCG, if it has any
 
     def robust_valid(self) -> dict[str, float]:
         """Valid metrics under ``eval.robust_attack`` at ``eval.robust_eps``."""
         assert self.attacked is not None
         return attacked_metrics(self.model, self.task, self.loss_fn, self.cfg.eval,
                                 self.attacked, robust_attack(self.cfg.eval), "valid")
+
+    def target(self, split: str) -> dict[str, float]:
+        """The target items' ``hr@K`` and ``ndcg@K`` on ``split``."""
+        assert self.targets is not None
+        return self.targets(self.model, split, self.task.context, self.cfg.eval.batch_users,
+                            self.shard)
 
 
 def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, Any]:
@@ -276,8 +286,11 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
     # the robust/... attack differentiates the same examples every time
     attacked = (attack_batches(make_task(cfg, data), cfg.eval.robust_rows, cfg.eval.seed)
                 if cfg.eval.robust_every else None)
+    targets = config.get("targets")
     return Training(cfg, config["output"], shard, device, model, optimizer, objective, tables,
-                    loss_fn, task, attacked)
+                    loss_fn, task, attacked,
+                    TargetMetrics(data, TargetItems(**targets), cfg.eval.target_k)
+                    if targets else None)
 
 
 def _resume(run: Training) -> tuple[EarlyStopping, list[dict[str, Any]], bool]:
@@ -332,6 +345,10 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
         valid = run.task.evaluate(run.model, "valid", cfg.eval)
         record["eval_s"] = time.perf_counter() - started
         record.update({f"valid/{k}": v for k, v in valid.items()})
+        if run.targets is not None:  # as valid: the train split's items masked
+            started = time.perf_counter()
+            record.update({f"{TARGET}{k}": v for k, v in run.target("valid").items()})
+            record["target_s"] = time.perf_counter() - started
         evaluations = sum("eval_s" in r for r in history)  # before this one
         if cfg.eval.robust_every and evaluations % cfg.eval.robust_every == 0:
             started = time.perf_counter()
@@ -366,6 +383,9 @@ def _finish(run: Training, best: EarlyStopping, history: list[dict[str, Any]]) -
     }
     if cfg.eval.robust_every:
         metrics["robust_valid"] = run.robust_valid()  # of the best epoch's weights
+    if run.targets is not None:
+        metrics["target"] = {**run.targets.describe(), "valid": run.target("valid"),
+                             "test": run.target("test")}
     if run.tables is not None:  # what each worker holds of the tables
         held = sum(p.numel() * p.element_size()
                    for t in run.model.tables().values() for p in t.parameters())
@@ -389,10 +409,11 @@ def _finish(run: Training, best: EarlyStopping, history: list[dict[str, Any]]) -
 def epoch_metrics(record: dict[str, Any], latest: dict[str, float],
                   cfg: RunConfig) -> dict[str, float]:
     """What an epoch reports to Ray Train (and so to Ray Tune, through its callback, in a trial
-    of `advrec tune`): its numbers, the latest valid and robust metrics (``latest``, updated
-    here: a search compares every epoch's), ``objective``, the ``tune.weights`` sum, and
-    ``epochs`` run."""
-    latest.update({k: v for k, v in record.items() if k.startswith(("valid/", "robust/"))})
+    of `advrec tune`): its numbers, the latest valid, robust and target metrics (``latest``,
+    updated here: a search compares every epoch's), ``objective``, the ``tune.weights`` sum,
+    and ``epochs`` run."""
+    latest.update({k: v for k, v in record.items()
+                   if k.startswith(("valid/", "robust/", TARGET))})
     metrics = {**latest, **{k: v for k, v in record.items() if isinstance(v, (int, float))},
                "epochs": record["epoch"] + 1}  # a scheduler's clock: epochs run, resumed or not
     if cfg.tune.weights and all(k in metrics for k in cfg.tune.weights):

@@ -127,6 +127,11 @@ class Task(Protocol):
         """The model's metrics on ``split`` (``valid`` or ``test``)."""
         ...
 
+    def context(self, users: Tensor, split: str) -> Batch:
+        """What the model ranks every item from for ``users`` (B,) before ``split``'s items
+        (full ranking: `advrec.metrics.evaluate`, `advrec.metrics.target`)."""
+        ...
+
 
 class PairTask:
     """(user, positive item) pairs, each with ``num_negatives`` sampled negatives, or with
@@ -235,6 +240,10 @@ class LabelledTask:
         self.rows = rows or MemoryRows(data.train, row_columns(tasks), shard)
         for split in ("valid", "test"):  # fail now, not after an epoch
             self._labels(vars(data.split(split)))
+
+    def context(self, users: Tensor, split: str) -> Batch:
+        """A CTR model ranks items for a user by its click logit (the target metrics)."""
+        return {"user": users}
 
     def _labels(self, columns: dict[str, Tensor | None]) -> Tensor:
         """(N,) clicks for one task, (N, T) for several, from a split's or a batch's (N,)

@@ -1,9 +1,9 @@
 """What a search leaves in its experiment directory: every trial's row, the Pareto front of clean
 against robust quality, their plot, and ``best.yaml``.
 
-A trial's clean and robust values are those of its run's best epoch when it finished
-(``metrics.json``: ``valid`` and ``robust_valid``), else the last ones it reported before the
-scheduler stopped it.
+A trial's clean, robust and target values are those of its run's best epoch when it finished
+(``metrics.json``: ``valid``, ``robust_valid`` and the ``target`` section's ``valid``), else the
+last ones it reported before the scheduler stopped it.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from advrec import io
 from advrec.config import RunConfig, build_config, dump_config, with_values
+from advrec.config.policy import TARGET
 from advrec.errors import AdvrecError
 from advrec.metrics.plots import plot_front
 
@@ -35,12 +36,14 @@ def trial_row(result: Any, cfg: RunConfig, experiment: str) -> dict[str, Any]:
                                              .split("_")[2:4])
     run = io.join(experiment, "trials", trial)
     monitor = cfg.monitor()[0]
-    values = {k: v for k, v in last.items() if k.startswith(("valid/", "robust/"))}
+    values = {k: v for k, v in last.items() if k.startswith(("valid/", "robust/", TARGET))}
     status = "error" if result.error else "stopped"
     if io.exists(io.join(run, "metrics.json")):  # finished: its best epoch's values
         final = io.read_json(io.join(run, "metrics.json"))
         values = {f"valid/{k}": v for k, v in final["valid"].items()}
         values.update({f"robust/{k}": v for k, v in final.get("robust_valid", {}).items()})
+        values.update({f"{TARGET}{k}": v
+                       for k, v in final.get("target", {}).get("valid", {}).items()})
         status = "finished"
     if cfg.tune.weights and all(k in values for k in cfg.tune.weights):
         values["objective"] = sum(w * values[k] for k, w in cfg.tune.weights.items())

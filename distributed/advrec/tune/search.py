@@ -4,8 +4,8 @@ A trial is a function that trains the base config with its own values of the sea
 (`advrec.train.run_training`, so nothing of training is reimplemented) on its own Ray Train
 workers: ``scaling.num_workers`` of them, at least 1 (Ray Train's in-process mode cannot report to
 Tune).
-Every epoch reports the valid metrics, the robust ones (``eval.robust_every``) and ``objective``
-(``tune.weights``) to Tune, whose scheduler (ASHA by default) stops trials that fall behind.
+Every epoch reports the valid metrics, the robust ones (``eval.robust_every``), the target
+items' (``target/...``, with target items) and ``objective`` (``tune.weights``) to Tune, whose scheduler (ASHA by default) stops trials that fall behind.
 The experiment directory holds Tune's state (so ``--resume`` continues it), each trial's run
 directory under ``trials/``, and the tables, front, plot and ``best.yaml`` of
 `advrec.tune.results`. Tune's state is pickled: Tune writes it through
@@ -33,6 +33,7 @@ from advrec.config import (
 )
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError, shown
+from advrec.metrics.target import check_targets_reported, resolve_targets
 from advrec.signing import SigningHandler, verify
 from advrec.train.checkpoint import has_train_state
 from advrec.train.driver import connect, read_run, resume_training, run_cpus, run_training
@@ -165,8 +166,13 @@ def run_tune(raw: dict[str, Any], experiment: str, progress: bool = True,
                           f"{experiment}`, or choose another --output")
     # prepared once here, not by every trial at once
     dataset = resolve_dataset(cfg.data)
-    trial_raw = with_values(raw, {"data.source": dataset, "data.format": "prepared",
-                                  "scaling.num_workers": max(1, cfg.scaling.num_workers)})
+    # a target metric to optimise with no target items, or a bad targets.json, fails now
+    check_targets_reported(cfg, resolve_targets(cfg.eval, dataset), dataset)
+    fixed = {"data.source": dataset, "data.format": "prepared",
+             "scaling.num_workers": max(1, cfg.scaling.num_workers)}
+    if cfg.eval.targets:  # the trials' workers do not share this working directory
+        fixed["eval.targets"] = io.absolute(cfg.eval.targets)
+    trial_raw = with_values(raw, fixed)
     trials = build_config(trial_raw)
     fs.makedirs(path, exist_ok=True)
     try:
