@@ -125,8 +125,9 @@ def test_every_attack_on_pairs(attack: str, pairs: str, tmp_path: Path) -> None:
 def test_poisoned_pairs_train(pairs: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["poison", "--data", pairs, "--output", str(tmp_path / "p"), "--attack",
                  "bandwagon", "--fake-users", "4", "--filler", "7", "--targets", "2"]) == 0
-    assert ("poisoned " + str(tmp_path / "p") + ": 4 fake users (bandwagon, 7 fillers + 2 "
-            "targets each) beside 60 genuine ones, 36 training rows added") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert (f"poisoned {tmp_path / 'p'}: 4 fake users (bandwagon, 7 fillers + 2 targets each) "
+            "beside 60 genuine ones, 36 training rows added") in out
     assert main(["train", "--output", str(tmp_path / "run"), "--quiet",
                  f"data.source={tmp_path / 'p'}", "model.dim=8", "train.epochs=1",
                  "eval.ks=[5]", "scaling.num_workers=0"]) == 0
@@ -301,7 +302,35 @@ def test_fake_user_count_and_share(pairs: str, tmp_path: Path) -> None:
             poison(pairs, str(tmp_path / "b"), "random", fake_users=bad)
 
 
+def test_filler_bounds(pairs: str, tmp_path: Path) -> None:
+    # 40 items, 5 targets: 35 fillers at most
+    meta = poison(pairs, str(tmp_path / "a"), "random", fake_users=2, filler=35)
+    check_layout(pairs, str(tmp_path / "a"), meta)
+    with pytest.raises(AdvrecError, match="--filler 36: a profile holds at most the catalogue "
+                       "less the targets, 35 items"):
+        poison(pairs, str(tmp_path / "b"), "random", filler=36)
+    with pytest.raises(AdvrecError, match="--filler -1: expected a whole number >= 0"):
+        poison(pairs, str(tmp_path / "b"), "random", filler=-1)
+    assert not (tmp_path / "b").exists()
+
+
 def test_surrogate_is_registered(pairs: str, tmp_path: Path) -> None:
     pytest.importorskip("advrec.poisoning.surrogate")
     meta = poison(pairs, str(tmp_path / "p"), "surrogate", fake_users=2, filler=5, targets=2)
     check_layout(pairs, str(tmp_path / "p"), meta)
+
+
+def test_object_storage(pairs: str, s3_store: str, tmp_path: Path) -> None:
+    import s3fs
+
+    # local to S3, and back: the same bytes as on a local disk
+    meta = poison(pairs, "s3://advrec/poisoned", "segment", fake_users=2, seed=5)
+    local = str(tmp_path / "local")
+    assert poison(pairs, local, "segment", fake_users=2, seed=5) == meta
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    stored = {p.rsplit("/", 1)[-1]: hashlib.sha256(fs.cat(p)).hexdigest()
+              for p in fs.find("advrec/poisoned")}
+    assert stored == digests(local)
+    again = str(tmp_path / "again")
+    poison("s3://advrec/poisoned", again, "segment", fake_users=2, seed=5, force=True)
+    assert digests(again) == digests(local)

@@ -106,9 +106,13 @@ def poison(data: str, output: str, attack: str, fake_users: float = 0.01,
     fakes = fake_users if isinstance(fake_users, int) else max(
         1, round(fake_users * log.num_users))
     size = round(log.user.size / log.num_users) if filler is None else filler
-    if not 0 <= size <= log.num_items - target.size:
-        raise AdvrecError(f"--filler {size}: a profile holds at most the catalogue less the "
-                          f"targets, {log.num_items - target.size} items")
+    room = log.num_items - target.size
+    shown_size = f"{size} (the default, the mean profile size)" if filler is None else size
+    if size < 0:
+        raise AdvrecError(f"--filler {size}: expected a whole number >= 0")
+    if size > room:
+        raise AdvrecError(f"--filler {shown_size}: a profile holds at most the catalogue less "
+                          f"the targets, {room} items")
     fillers = ATTACKS[attack](log, target, fakes, size, _rng(seed, "fillers"))
     _check_fillers(fillers, target, fakes, size, attack)
     report = {"attack": attack, "fake_users": fakes, "genuine_users": log.num_users,
