@@ -105,14 +105,7 @@ def poison(data: str, output: str, attack: str, fake_users: float = 0.01,
               else pick_targets(log, targets or 0, _rng(seed, "targets")))
     fakes = fake_users if isinstance(fake_users, int) else max(
         1, round(fake_users * log.num_users))
-    size = round(log.user.size / log.num_users) if filler is None else filler
-    room = log.num_items - target.size
-    shown_size = f"{size} (the default, the mean profile size)" if filler is None else size
-    if size < 0:
-        raise AdvrecError(f"--filler {size}: expected a whole number >= 0")
-    if size > room:
-        raise AdvrecError(f"--filler {shown_size}: a profile holds at most the catalogue less "
-                          f"the targets, {room} items")
+    size = _filler_size(log, filler, target.size)
     fillers = ATTACKS[attack](log, target, fakes, size, _rng(seed, "fillers"))
     _check_fillers(fillers, target, fakes, size, attack)
     report = {"attack": attack, "fake_users": fakes, "genuine_users": log.num_users,
@@ -126,6 +119,19 @@ def poison(data: str, output: str, attack: str, fake_users: float = 0.01,
     _write(data, output, train, users, features, poisoned,
            _targets_file(report, target, clean.items))
     return poisoned
+
+
+def _filler_size(log: TrainLog, filler: int | None, targets: int) -> int:
+    """``filler``, or by default the genuine users' mean training profile size (rounded), if a
+    profile of it and ``targets`` items fits the catalogue; else a one-line error."""
+    size = round(log.user.size / log.num_users) if filler is None else filler
+    if size < 0:
+        raise AdvrecError(f"--filler {size}: expected a whole number >= 0")
+    if size > log.num_items - targets:
+        named = f"{size} (the default, the mean profile size)" if filler is None else size
+        raise AdvrecError(f"--filler {named}: a profile holds at most the catalogue less the "
+                          f"targets, {log.num_items - targets} items")
+    return size
 
 
 def _check_fake_users(value: float) -> float:
