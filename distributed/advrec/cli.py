@@ -351,8 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pick K target items among the unpopular ones (default 5)")
     p.add_argument("--target-items", type=_names, default=None, metavar="RAW_ID,...",
                    help="the target items' raw ids, instead of --targets")
-    p.add_argument("--seed", type=int, default=0, help="seeds the targets, fillers and fake "
-                   "users' features (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the targets, the fillers, the "
+                   "fakes' times and features (default %(default)s)")
     p.add_argument("--force", action="store_true",
                    help="poison an already poisoned dataset: its fakes are dropped and replaced")
     p.set_defaults(func=cmd_poison)

@@ -22,8 +22,8 @@ from advrec.poisoning.attacks import (
     ATTACKS,
     BANDWAGON_SHARE,
     SEGMENT_SHARE,
+    affinity,
     popularity,
-    segment,
 )
 from advrec.poisoning.poison import pick_targets, poison, unpopular
 from synthetic import prepared_synth, synthetic_log, write_atomic
@@ -230,19 +230,25 @@ def test_bandwagon_takes_the_blockbusters(featured: dict[str, str]) -> None:
     assert all(set(top) <= set(row) for row in fillers)
 
 
-def test_segment_by_genre_and_by_co_consumption(featured: dict[str, str], pairs: str) -> None:
+def test_segment_by_genre_and_by_audience(featured: dict[str, str], pairs: str) -> None:
     log = train_log(featured["rank"])
     genres = [set(g.split()) for g in log.item_features["class"].to_pylist()]
-    targets = np.array([5])
-    members = segment(log, targets)
-    assert set(members) == {i for i, g in enumerate(genres) if g & genres[5] and i != 5}
-    fillers = ATTACKS["segment"](log, targets, 20, 10, np.random.default_rng(0))
-    in_segment = np.isin(fillers, members).sum(axis=1)
+    closeness = affinity(log, np.array([5, 6]))
+    for item, close in enumerate(closeness):  # Jaccard similarity to the closer target
+        expected = 0.0 if item in (5, 6) else max(
+            len(genres[item] & genres[t]) / len(genres[item] | genres[t]) for t in (5, 6))
+        assert close == pytest.approx(expected)
+    fillers = ATTACKS["segment"](log, np.array([5, 6]), 20, 10, np.random.default_rng(0))
+    in_segment = (closeness[fillers] > 0).sum(axis=1)
     assert (in_segment >= round(SEGMENT_SHARE * 10)).all()
 
-    plain = train_log(pairs)  # no item features: the items the target's consumers hold
-    fans = np.unique(plain.user[plain.item == 7])
-    assert set(segment(plain, np.array([7]))) == set(plain.item[np.isin(plain.user, fans)]) - {7}
+    plain = train_log(pairs)  # no item features: by the users each item shares with a target
+    audience = [set(plain.user[plain.item == i]) for i in range(plain.num_items)]
+    closeness = affinity(plain, np.array([7]))
+    for item, close in enumerate(closeness):
+        expected = 0.0 if item == 7 else len(audience[item] & audience[7]) / math.sqrt(
+            len(audience[item]) * len(audience[7]))
+        assert close == pytest.approx(expected)
 
 
 def test_targets_among_the_unpopular(pairs: str) -> None:

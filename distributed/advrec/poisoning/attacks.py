@@ -11,9 +11,9 @@ feedback (an interaction instead of a rating):
   mean rating: the profile looks like an average user's);
 - ``bandwagon``: the `BANDWAGON_SHARE` of the fillers are the most popular items (the same for
   every fake: the blockbusters everyone has seen), the rest random;
-- ``segment``: the `SEGMENT_SHARE` of the fillers come from the targets' segment, the items that
-  share a genre with a target (item feature `GENRE_COLUMN`) or, without genres, the items
-  co-consumed with one; the rest random;
+- ``segment``: the `SEGMENT_SHARE` of the fillers come from the targets' segment, drawn by
+  their `affinity` to a target: the items that share a genre with one (item feature
+  `GENRE_COLUMN`) or, without genres, that its users also hold; the rest random;
 - ``surrogate``: the optimisation-based attack of :mod:`advrec.poisoning.surrogate`.
 """
 
@@ -94,45 +94,71 @@ def bandwagon_fillers(log: TrainLog, targets: np.ndarray, fakes: int, filler: in
     return _fill(log, targets, np.tile(top, (fakes, 1)), filler, rng)
 
 
-def segment(log: TrainLog, targets: np.ndarray) -> np.ndarray:
-    """(S,) the targets' segment, targets excluded: the items that share a genre with one of
-    them (`GENRE_COLUMN` of the item features) or, without genres, that a user has consumed
-    together with one of them in training."""
+def affinity(log: TrainLog, targets: np.ndarray) -> np.ndarray:
+    """(num_items,) float in [0, 1]: how close each item is to its closest target, 0 for the
+    targets and for items outside their segment. With genres (`GENRE_COLUMN`), the Jaccard
+    similarity of the two genre sets; without them, or where no item shares one with a target,
+    the cosine similarity of the two items' training audiences (users who hold both / the
+    geometric mean of their popularities: a blockbuster everyone holds is not close to all)."""
+    closest = _by_genre(log, targets)
+    return _by_audience(log, targets) if closest is None or not closest.any() else closest
+
+
+def _by_genre(log: TrainLog, targets: np.ndarray) -> np.ndarray | None:
+    """`affinity` by genre: (num_items,) the largest Jaccard similarity of an item's genres to
+    a target's (0 for the targets); ``None`` without genres."""
     genres = _genres(log.item_features)
-    if genres is not None:
-        wanted = pc.list_flatten(genres.take(pa.array(targets))).unique()
-        hit = pc.list_parent_indices(genres)
-        shares = pc.is_in(pc.list_flatten(genres), value_set=wanted).to_numpy(zero_copy_only=False)
-        members = np.unique(hit.to_numpy()[shares])
-    else:
-        fans = np.unique(log.user[np.isin(log.item, targets)])
-        members = np.unique(log.item[np.isin(log.user, fans)])
-    return np.setdiff1d(members, targets).astype(np.int64)
+    if genres is None:
+        return None
+    tokens, item = genres
+    sizes = np.bincount(item, minlength=log.num_items)
+    closest = np.zeros(log.num_items)
+    for target in targets:
+        hit = pc.is_in(tokens, value_set=tokens.filter(pa.array(item == target)))
+        shared = np.bincount(item[hit.to_numpy(zero_copy_only=False)], minlength=log.num_items)
+        union = sizes + sizes[target] - shared
+        closest = np.maximum(closest, np.divide(shared, union, out=np.zeros(log.num_items),
+                                                where=union > 0))
+    closest[targets] = 0.0
+    return closest
 
 
-def _genres(features: pa.Table | None) -> pa.ListArray | None:
-    """Each item's genres ((num_items,) lists of strings, empty tokens dropped), or ``None``
-    when the item features have no `GENRE_COLUMN`."""
+def _by_audience(log: TrainLog, targets: np.ndarray) -> np.ndarray:
+    """`affinity` by audience: (num_items,) the largest cosine similarity of an item's training
+    users to a target's (0 for the targets)."""
+    counts = popularity(log)
+    closest = np.zeros(log.num_items)
+    for target in targets:
+        both = np.bincount(log.item[np.isin(log.user, log.user[log.item == target])],
+                           minlength=log.num_items)
+        norm = np.sqrt(counts * counts[target], dtype=np.float64)
+        closest = np.maximum(closest, np.divide(both, norm, out=np.zeros(log.num_items),
+                                                where=norm > 0))
+    closest[targets] = 0.0
+    return closest
+
+
+def _genres(features: pa.Table | None) -> tuple[pa.Array, np.ndarray] | None:
+    """Every item's genres as (M,) string tokens and the (M,) int64 item of each (empty
+    tokens dropped), or ``None`` when the item features have no `GENRE_COLUMN`."""
     if features is None or GENRE_COLUMN not in features.column_names:
         return None
     column = features[GENRE_COLUMN].combine_chunks()
     lists = pc.split_pattern(column, " ") if pa.types.is_string(column.type) else column
-    flat = pc.list_flatten(lists)
-    keep = pc.and_(pc.is_valid(flat), pc.not_equal(flat, ""))
-    parents = pc.list_parent_indices(lists).filter(keep).to_numpy()
-    offsets = np.searchsorted(parents, np.arange(len(lists) + 1))
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), flat.filter(keep))
+    tokens = pc.list_flatten(lists)
+    keep = pc.and_(pc.is_valid(tokens), pc.not_equal(tokens, ""))
+    item = pc.list_parent_indices(lists).filter(keep).to_numpy().astype(np.int64)
+    return tokens.filter(keep), item
 
 
 def segment_fillers(log: TrainLog, targets: np.ndarray, fakes: int, filler: int,
                     rng: np.random.Generator) -> np.ndarray:
-    """(fakes, filler) items: per row, round(`SEGMENT_SHARE` x filler) drawn uniformly from the
-    targets' `segment` (all of it when smaller), then uniform fillers."""
-    members = segment(log, targets)
-    size = min(round(SEGMENT_SHARE * filler), members.size)
-    weights = np.zeros(log.num_items)
-    weights[members] = 1.0
-    return _fill(log, targets, _draw(rng, weights, fakes, size), filler, rng)
+    """(fakes, filler) items: per row, round(`SEGMENT_SHARE` x filler) drawn from the targets'
+    segment in proportion to their `affinity` (all the segment when smaller), then uniform
+    fillers."""
+    closeness = affinity(log, targets)
+    size = min(round(SEGMENT_SHARE * filler), int(np.count_nonzero(closeness)))
+    return _fill(log, targets, _draw(rng, closeness, fakes, size), filler, rng)
 
 
 def _surrogate(log: TrainLog, targets: np.ndarray, fakes: int, filler: int,
