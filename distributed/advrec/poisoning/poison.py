@@ -21,6 +21,7 @@ as ``--targets`` would have it.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -46,6 +47,8 @@ from advrec.poisoning.layout import FAKE_PREFIX, TARGETS_FILE, TrainLog, genuine
 
 COPIED = ("valid.parquet", "test.parquet", "items.parquet", "item_features.parquet")
 """The files of the clean dataset a poisoned one holds unchanged (those present)."""
+COPY_CHUNK = 1 << 24
+"""Bytes per read when copying a file: a large split is streamed, not held twice in memory."""
 STREAMS = {"targets": 0, "fillers": 1, "features": 2, "times": 3}
 """The seed's independent random streams, by what they draw."""
 
@@ -274,23 +277,17 @@ def _train_table(train: dict[str, np.ndarray | None], fillers: np.ndarray, targe
     """The genuine training rows and the fakes' (fake k is user ``genuine + k``: its fillers,
     then its targets), sorted as `prepare` writes a split."""
     fakes, size = fillers.shape
-    profile = size + targets.size
     items = np.concatenate([fillers, np.tile(targets, (fakes, 1))], axis=1).reshape(-1)
-    users = np.repeat(np.arange(genuine, genuine + fakes), profile)
-    columns: dict[str, np.ndarray | None] = {
-        "user": np.concatenate([train["user"], users]),
-        "item": np.concatenate([train["item"], items]),
-        "timestamp": None, "rating": None, "label": None,
-    }
-    times = _profile_times(train["timestamp"], size, targets.size, fakes, rng)
-    columns["timestamp"] = np.concatenate([train["timestamp"], times.reshape(-1)])
-    if train["rating"] is not None:
-        top = train["rating"].max() if train["rating"].size else 1.0
-        columns["rating"] = np.concatenate([train["rating"], np.full(users.size, top)])
-    if train["label"] is not None:
-        columns["label"] = np.concatenate([train["label"], np.ones(users.size)])
-    return _interactions(columns["user"], columns["item"], columns["timestamp"],
-                         columns["rating"], columns["label"])
+    users = np.repeat(np.arange(genuine, genuine + fakes), size + targets.size)
+    times = _profile_times(train["timestamp"], size, targets.size, fakes, rng).reshape(-1)
+    rating, label = train["rating"], train["label"]
+    if rating is not None:  # the log's highest
+        rating = np.concatenate([rating, np.full(users.size, rating.max() if rating.size else 1)])
+    if label is not None:  # a click
+        label = np.concatenate([label, np.ones(users.size)])
+    return _interactions(np.concatenate([train["user"], users]),
+                         np.concatenate([train["item"], items]),
+                         np.concatenate([train["timestamp"], times]), rating, label)
 
 
 def _profile_times(times: np.ndarray, fillers: int, targets: int, fakes: int,
@@ -309,9 +306,8 @@ def _profile_times(times: np.ndarray, fillers: int, targets: int, fakes: int,
 def _users(users: pa.Table, fakes: int) -> pa.Table:
     """The user vocabulary with the fakes appended (raw ids ``__fake__0`` ..)."""
     start = users.num_rows
-    fake = pa.table({"index": pa.array(np.arange(start, start + fakes), users.schema.field(
-        "index").type), "raw_id": pa.array([f"{FAKE_PREFIX}{k}" for k in range(fakes)],
-                                           users.schema.field("raw_id").type)})
+    fake = pa.table({"index": np.arange(start, start + fakes),
+                     "raw_id": [f"{FAKE_PREFIX}{k}" for k in range(fakes)]})
     return pa.concat_tables([users, fake.cast(users.schema)])
 
 
@@ -353,7 +349,7 @@ def _write(data: str, output: str, train: pa.Table, users: pa.Table,
             if source_fs.isfile(join(source, name)):
                 with source_fs.open(join(source, name), "rb") as src, \
                         fs.open(join(tmp, name), "wb") as dst:
-                    dst.write(src.read())
+                    shutil.copyfileobj(src, dst, COPY_CHUNK)
         write_parquet(fs, join(tmp, "train.parquet"), train)
         write_parquet(fs, join(tmp, "users.parquet"), users)
         if user_features is not None:
