@@ -777,7 +777,47 @@ RUNTIME: list[Case] = [
          f"{CLOSED}: no Ray job server answers there"),
 ]
 
-CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME]
+# --- poisoning: advrec poison's bad input ---------------------------------------------------------
+POISON = ("poison", "--data", "{data}", "--output", "{d}/out", "--attack")
+
+
+def poisoned(p: Places) -> None:
+    """A poisoned copy of the shared dataset at ``{d}/p``."""
+    assert main(["poison", "--data", str(p.data), "--output", str(p.d / "p"), "--attack",
+                 "random", "--fake-users", "2"]) == 0
+
+
+def hashed_users(p: Places) -> None:
+    """The shared log prepared at ``{d}/h`` with its user ids hashed."""
+    assert main(["prepare", "--input", str(p.log), "--format", "parquet", "--output",
+                 str(p.d / "h"), "--user-buckets", "16"]) == 0
+
+
+POISONING: list[Case] = [
+    Case("poison-unknown-target", (*POISON, "random", "--target-items", "1,nope"),
+         "--target-items: item 'nope' is not an item of {data} (items.parquet)"),
+    Case("poison-share-zero", (*POISON, "random", "--fake-users", "0"),
+         "--fake-users 0: expected a share of the genuine users in (0, 1)"),
+    Case("poison-share-negative", (*POISON, "random", "--fake-users=-0.5"),
+         "--fake-users -0.5: expected a share of the genuine users in (0, 1)"),
+    Case("poison-share-one", (*POISON, "random", "--fake-users", "1.0"),
+         "--fake-users 1.0: expected a share of the genuine users in (0, 1)"),
+    Case("poison-filler-over-catalogue", (*POISON, "random", "--filler", "1000"),
+         "--filler 1000: a profile holds at most the catalogue less the targets"),
+    Case("poison-unknown-attack", (*POISON, "nope"), "--attack: unknown attack 'nope'"),
+    Case("poison-poisoned-without-force", ("poison", "--data", "{d}/p", "--output", "{d}/out",
+                                           "--attack", "bandwagon"),
+         "{d}/p: already poisoned (random attack); pass --force", poisoned,
+         unchanged=("{d}/p",)),
+    Case("poison-targets-and-target-items", (*POISON, "random", "--targets", "2",
+                                             "--target-items", "1"),
+         "--targets and --target-items exclude each other"),
+    Case("poison-hashed-users", ("poison", "--data", "{d}/h", "--output", "{d}/out", "--attack",
+                                 "random"), "{d}/h: its user ids are hashed",
+         hashed_users),
+]
+
+CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING]
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""The ``advrec`` console script: prepare, synth, train, tune, evaluate, plot, submit, run, jobs,
-demo, detect.
+"""The ``advrec`` console script: prepare, synth, poison, detect, train, tune, evaluate, plot,
+submit, run, jobs, demo.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2;
 SIGINT and SIGTERM into one line and exit code 130 or 143, after removing temporary outputs.
@@ -103,6 +103,24 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
     synth(args.users, args.items, args.interactions, args.output, seed=args.seed)
     print(f"wrote a synthetic log of {args.interactions} interactions to {args.output}")
+
+
+def cmd_poison(args: argparse.Namespace) -> None:
+    from advrec.poisoning.poison import parse_fake_users, poison
+
+    if args.targets is not None and args.target_items is not None:
+        raise AdvrecError("--targets and --target-items exclude each other: pick targets or "
+                          "name them")
+    meta = poison(args.data, args.output, args.attack, parse_fake_users(args.fake_users),
+                  filler=args.filler, targets=5 if args.targets is None else args.targets,
+                  target_items=None if args.target_items is None else list(args.target_items),
+                  seed=args.seed, force=args.force)
+    report = meta["poison"]
+    rows = report["fake_users"] * (report["filler"] + len(report["targets"]))
+    print(f"poisoned {args.output}: {report['fake_users']} fake users ({report['attack']}, "
+          f"{report['filler']} fillers + {len(report['targets'])} targets each) beside "
+          f"{report['genuine_users']} genuine ones, {rows} training rows added; targets in "
+          f"{io.join(args.output, 'targets.json')}")
 
 
 def _resuming(args: argparse.Namespace, what: str) -> bool:
@@ -374,6 +392,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("poison", help="a copy of a prepared dataset with fake users who push "
+                       "target items (shilling, data poisoning)")
+    p.add_argument("--data", required=True, help="the clean dataset: path or URL")
+    p.add_argument("--output", required=True, help="the poisoned dataset's directory: path or URL")
+    p.add_argument("--attack", required=True,
+                   help="random | average | bandwagon | segment | surrogate: how the fakes pick "
+                        "their filler items")
+    p.add_argument("--fake-users", default="0.01", metavar="X",
+                   help="a share of the genuine users in (0, 1), e.g. 0.01, or a whole number of "
+                        "fakes, e.g. 50 (default %(default)s)")
+    p.add_argument("--filler", type=int, default=None, metavar="N",
+                   help="filler items per fake (default: the genuine users' mean training "
+                        "profile size)")
+    p.add_argument("--targets", type=int, default=None, metavar="K",
+                   help="pick K target items among the unpopular ones (default 5)")
+    p.add_argument("--target-items", type=_names, default=None, metavar="RAW_ID,...",
+                   help="the target items' raw ids, instead of --targets")
+    p.add_argument("--seed", type=int, default=0, help="seeds the targets, the fillers, the "
+                   "fakes' times and features (default %(default)s)")
+    p.add_argument("--force", action="store_true",
+                   help="poison an already poisoned dataset: its fakes are dropped and replaced")
+    p.set_defaults(func=cmd_poison)
 
     p = sub.add_parser("train", help="train a model (clean or adversarial) into a run directory")
     _run_arguments(p, config="YAML run config (see jobs/configs/)",
