@@ -1,9 +1,10 @@
 """``advrec detect``: a suspicion score per user of a prepared dataset, and a cleaned copy.
 
 The detector is unsupervised: it needs no labelled fakes, so it runs on any log. Measured on
-ml-100k with planted random, average and bandwagon fakes (README.md, "Poisoning and fraud"),
-two signals of the train split separate fakes best, each a robust z-score (median and MAD over
-all users, so a few fakes cannot shift the scale):
+ml-100k against ``advrec poison``'s random, average, bandwagon and segment fakes (README.md,
+"Poisoning and fraud", which also says where it fails: the surrogate attack), two signals of
+the train split separate fakes best, each a robust z-score (median and MAD over all users, so a
+few fakes cannot shift the scale):
 
 - **low neighbour similarity**: the mean IDF-weighted cosine similarity of a user's profile to
   its ``k`` nearest neighbours (DegSim's statistic, Chirita et al. 2005). Fillers drawn by an
