@@ -52,6 +52,8 @@ def clean(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("attack", "filler"), [
     ("random", FILLER), ("bandwagon", FILLER), ("average", FILLER), ("segment", FILLER),
+    ("random", 10),  # short profiles: loneliness alone ranks genuine users among them; the
+    # co-raters find them all (the targets' other users are the fakes)
     ("random", 0),  # clones: every fake the targets alone, the same profile
 ])
 def test_finds_planted_fakes(clean: Path, tmp_path: Path, attack: str, filler: int) -> None:
