@@ -1,0 +1,75 @@
+"""Per-user budgets: adaptive ε, the adversarial defences made for poisoning (``adv.adaptive``).
+
+Both scale the budget of each example by its user's weight ``w_u = λ · σ(r_u − 1)`` in (0, λ),
+so ``ε_u = ρ · w_u`` with ρ = ``adv.eps`` and λ = ``adv.adaptive_lambda``; with the papers'
+λ = 2 a user at the batch's mean (r_u = 1) gets exactly ρ, and no user more than 2ρ:
+
+- VAT (Zhang et al., RecSys 2024, "vulnerability-aware"): ``r_u = mean_loss / loss_u``. A user
+  the model fits well (a low loss) is the one a poisoning attack moves most, so it gets a
+  larger ε.
+- PamaCF (Zhang et al., NeurIPS 2024, "personalised magnitude"): ``r_u = ‖e_u‖² / mean ‖e‖²``.
+  Its bound on the error reduction grows with the user embedding's scale, so a user with a
+  larger embedding gets a larger ε.
+
+Both read only what the batch's clean forward already computed (its per-row losses, its looked-up
+user rows), detached: no second forward, no gradient, and no communication. On N workers each
+worker normalises by its own local batch's mean. The official code normalises by its
+mini-batch's mean too (2048 rows drawn from millions), so a worker's batch of
+``train.batch_size / N`` rows is the same estimate with N times fewer rows; an all-reduce of the
+mean would make the attack wait for every worker on every step, and the attack stays local
+(ARCHITECTURE.md: the one all-reduce per step is the objective's backward).
+
+Where this follows the official code (github.com/Kaike-Zhang/VAT and Kaike-Zhang/PamaCF,
+utls/trainer.py, ``_get_user_eps``), and where it departs:
+- every perturbed row of an example, the user's and its items' alike, gets the example's user
+  weight (their trainers scale the user, positive and negative rows by the same ``user_eps``);
+- VAT's ``loss_u`` is the sum of the user's per-example losses in the batch and ``mean_loss``
+  the mean of these sums over the batch's distinct users, as in their trainer; an example's
+  loss is its mean over its negatives here (theirs has one negative per example);
+- PamaCF's mean is over the batch's examples (a user counted once per example), as in theirs;
+  ``e_u`` is the concatenation of the example's looked-up user rows, so ``‖e_u‖²`` sums the
+  squared norms of every ``user...`` key (MF: the one user row, as in theirs; NeuMF: its GMF
+  and MLP rows; two-tower, DeepFM, DCN-v2, MMoE: the user's id and feature fields);
+- their guard ``+ 1e-9`` against a zero denominator is `_TINY` here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Adaptive = Literal["none", "vat", "pamacf"]
+
+_TINY = 1e-9  # the official code's guard: a zero loss or norm makes the ratio large, not inf
+
+
+def _weight(ratio: Tensor, lam: float) -> Tensor:
+    """``λ · σ(r − 1)``: (B,) ratios to the batch mean -> (B,) budget multipliers in (0, λ)."""
+    return lam * torch.sigmoid(ratio - 1.0)
+
+
+def vat_weights(users: Tensor, row_losses: Tensor, lam: float) -> Tensor:
+    """VAT's multipliers: (B,) user ids and (B,) per-example clean losses -> (B,) ``w_u``.
+
+    ``loss_u`` sums a user's examples in the batch; ``mean_loss`` averages ``loss_u`` over the
+    batch's distinct users; ``w_u = λ · σ(mean_loss / loss_u − 1)``.
+    """
+    ids, inverse = torch.unique(users, return_inverse=True)
+    per_user = torch.zeros(ids.shape[0], dtype=row_losses.dtype, device=row_losses.device)
+    per_user.index_add_(0, inverse, row_losses.detach())
+    return _weight(per_user.mean() / (per_user + _TINY), lam)[inverse]
+
+
+def pamacf_weights(user_rows: list[Tensor], lam: float) -> Tensor:
+    """PamaCF's multipliers: each example's looked-up user rows ((B, d_k) each) -> (B,) ``w_u``,
+    ``λ · σ(‖e_u‖² / mean_b ‖e_b‖² − 1)``."""
+    sq_norm = sum(r.detach().pow(2).flatten(1).sum(1) for r in user_rows)
+    return _weight(sq_norm / (sq_norm.mean() + _TINY), lam)
+
+
+def row_scales(weights: Tensor, rows: dict[str, Tensor]) -> dict[str, Tensor]:
+    """(B,) per-example multipliers shaped to scale each example's rows: (B, 1) for a (B, d)
+    user row, (B, 1, 1) for (B, C, d) item rows, as `perturb`'s ``scale`` expects."""
+    return {k: weights.view(-1, *([1] * (v.dim() - 1))) for k, v in rows.items()}
