@@ -65,7 +65,9 @@ def vat_weights(users: Tensor, row_losses: Tensor, lam: float) -> Tensor:
 def pamacf_weights(user_rows: list[Tensor], lam: float) -> Tensor:
     """PamaCF's multipliers: each example's looked-up user rows ((B, d_k) each) -> (B,) ``w_u``,
     ``λ · σ(‖e_u‖² / mean_b ‖e_b‖² − 1)``."""
-    sq_norm = sum(r.detach().pow(2).flatten(1).sum(1) for r in user_rows)
+    # the norms first: (B,) results, no (B, d) temporary
+    sq_norm = sum(torch.linalg.vector_norm(r.detach().flatten(1), dim=1).square()
+                  for r in user_rows)
     return _weight(sq_norm / (sq_norm.mean() + _TINY), lam)
 
 
