@@ -6,9 +6,12 @@ every other round in reverse order, so no method always runs first or last); eac
 is divided by BPR's epoch of the same round, and the median over rounds is reported, so the
 drifts and bursts of a shared machine cancel out. With ``--adaptive`` the rounds time VAT's and
 PamaCF's per-user ε (FGM with ``adv.adaptive``) instead of PGD, each also divided by FGM's
-(APR's) epoch of the same round.
+(APR's) epoch of the same round. With ``--cpu-time`` an epoch is the CPU time this process spent
+in it instead of the wall time, which the other processes of a busy machine inflate while they
+hold the cores (run it with ``OMP_NUM_THREADS=1``: idle threads spinning would count too).
 
     .venv/bin/python benchmarks/epoch_time.py [--epochs 30] [--steps 1,3,10] [--adaptive]
+        [--cpu-time]
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ def main() -> None:
     parser.add_argument("--steps", default="1,3,10", help="PGD step counts K to time")
     parser.add_argument("--adaptive", action="store_true",
                         help="time adv.adaptive=vat and pamacf against FGM instead of PGD")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time epochs by this process's CPU time instead of the wall clock")
     parser.add_argument("--keep-malloc", action="store_true",
                         help="skip the training loop's malloc tuning, to measure what it buys")
     args = parser.parse_args()
@@ -66,14 +71,15 @@ def main() -> None:
                       make_optimizer(model, cfg.train),
                       torch.Generator().manual_seed(0))
     task = PairTask(data, cfg.train.num_negatives)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in methods}
     for round_ in range(args.epochs):
         order = list(runs.items())
         for name, (objective, optimizer, generator) in order[::-1] if round_ % 2 else order:
-            start = time.perf_counter()
+            start = clock()
             train_epoch(objective, optimizer, task, cfg.train.batch_size, adversarial=name != "bpr",
                         generator=generator)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
 
     # each round times every method back to back: the ratio within a round cancels the slow
     # drifts of a shared machine, and the median over rounds drops the bursts
@@ -81,7 +87,7 @@ def main() -> None:
         return statistics.median(t / b for t, b in zip(times[name], times[base]))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.epochs} interleaved rounds\n")
+          f"{args.epochs} interleaved rounds, {'CPU' if args.cpu_time else 'wall'} time\n")
     to_fgm = " ratio to FGM (median over rounds) |" if args.adaptive else ""
     print(f"| method | epoch s (median) | ratio to BPR (median over rounds) |{to_fgm} target |")
     print("|---|---|---|---|" + "---|" * bool(to_fgm))
