@@ -35,12 +35,8 @@ utls/trainer.py, ``_get_user_eps``), and where it departs:
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor
-
-Adaptive = Literal["none", "vat", "pamacf"]
 
 _TINY = 1e-9  # the official code's guard: a zero loss or norm makes the ratio large, not inf
 
@@ -54,7 +50,8 @@ def vat_weights(users: Tensor, row_losses: Tensor, lam: float) -> Tensor:
     """VAT's multipliers: (B,) user ids and (B,) per-example clean losses -> (B,) ``w_u``.
 
     ``loss_u`` sums a user's examples in the batch; ``mean_loss`` averages ``loss_u`` over the
-    batch's distinct users; ``w_u = λ · σ(mean_loss / loss_u − 1)``.
+    batch's distinct users; ``w_u = λ · σ(mean_loss / loss_u − 1)``. A user is a user row: with
+    ``data.user_buckets`` the users hashed into one row count as one.
     """
     ids, inverse = torch.unique(users, return_inverse=True)
     per_user = torch.zeros(ids.shape[0], dtype=row_losses.dtype, device=row_losses.device)

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from advrec.adversarial.adaptive import Adaptive, pamacf_weights, row_scales, vat_weights
+from advrec.adversarial.adaptive import pamacf_weights, row_scales, vat_weights
 from advrec.adversarial.perturb import Attack, Tensors, perturb
+from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LossFn, batch_loss
 
@@ -52,7 +53,7 @@ class AdversarialObjective(nn.Module):
     """
 
     def __init__(self, model: Recommender, loss_fn: LossFn, attack: Attack, lam: float,
-                 target: str = "all", reg: float = 0.0, adaptive: Adaptive = "none",
+                 target: str = "all", reg: float = 0.0, adaptive: ADAPTIVE = "none",
                  adaptive_lambda: float = 2.0) -> None:
         super().__init__()
         self.model, self.loss_fn, self.attack = model, loss_fn, attack

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from advrec.config.overrides import key_text
 from advrec.config.policy import (
+    ADAPTIVE,
     CPU_TABLE_OPTIMIZERS,
     MODEL_KINDS,
     ROW_SHARDING,
@@ -210,7 +211,7 @@ class AdvConfig(Section):
     relative: bool = Field(
         False, description="Scale eps by each row's own embedding norm (eps is then a fraction)."
     )
-    adaptive: Literal["none", "vat", "pamacf"] = Field(
+    adaptive: ADAPTIVE = Field(
         "none", description="Per-user eps, the defences made for poisoning: each example's rows "
         "get eps * lambda_a * sigmoid(r_u - 1) with r_u = mean loss / the user's loss (vat, "
         "Zhang et al. RecSys 2024) or |e_u|^2 / mean |e|^2 (pamacf, Zhang et al. NeurIPS "
