@@ -42,8 +42,10 @@ _TINY = 1e-9  # the official code's guard: a zero loss or norm makes the ratio l
 
 
 def _weight(ratio: Tensor, lam: float) -> Tensor:
-    """``λ · σ(r − 1)``: (B,) ratios to the batch mean -> (B,) budget multipliers in (0, λ)."""
-    return lam * torch.sigmoid(ratio - 1.0)
+    """``λ · σ(r − 1)``: ratios to the batch mean -> budget multipliers in (0, λ), computed in
+    place in ``ratio`` (a fresh tensor of the caller's: each op on these few thousand numbers
+    costs its dispatch, not its arithmetic, so none allocates)."""
+    return ratio.sub_(1.0).sigmoid_().mul_(lam)
 
 
 def vat_weights(users: Tensor, row_losses: Tensor, lam: float) -> Tensor:
@@ -54,9 +56,10 @@ def vat_weights(users: Tensor, row_losses: Tensor, lam: float) -> Tensor:
     ``data.user_buckets`` the users hashed into one row count as one.
     """
     ids, inverse = torch.unique(users, return_inverse=True)
-    per_user = torch.zeros(ids.shape[0], dtype=row_losses.dtype, device=row_losses.device)
-    per_user.index_add_(0, inverse, row_losses.detach())
-    return _weight(per_user.mean() / (per_user + _TINY), lam)[inverse]
+    per_user = row_losses.new_zeros(ids.shape[0]).index_add_(0, inverse, row_losses.detach())
+    mean = per_user.mean()
+    # mean / loss_u on the (users,) vector, then one gather to the batch's examples
+    return _weight(per_user.add_(_TINY).reciprocal_().mul_(mean), lam)[inverse]
 
 
 def pamacf_weights(user_rows: list[Tensor], lam: float) -> Tensor:
@@ -65,7 +68,7 @@ def pamacf_weights(user_rows: list[Tensor], lam: float) -> Tensor:
     # the norms first: (B,) results, no (B, d) temporary
     sq_norm = sum(torch.linalg.vector_norm(r.detach().flatten(1), dim=1).square()
                   for r in user_rows)
-    return _weight(sq_norm / (sq_norm.mean() + _TINY), lam)
+    return _weight(sq_norm.div_(sq_norm.mean() + _TINY), lam)
 
 
 def row_scales(weights: Tensor, rows: dict[str, Tensor]) -> dict[str, Tensor]:
