@@ -26,7 +26,9 @@ class LossFn(Protocol):
 def _row_means(loss: Tensor) -> Tensor:
     """(P, ...) elementwise losses -> (P,) each row's mean; every row has as many entries, so
     the mean of these is the batch's mean loss."""
-    return loss.flatten(1).mean(1)
+    rows = loss.flatten(1)
+    # one entry per row (BPR with one negative): a view, no reduction to run and differentiate
+    return rows.mean(1) if rows.shape[1] > 1 else rows.view(-1)
 
 
 def _unlabelled(name: str, labels: Tensor | None) -> None:
