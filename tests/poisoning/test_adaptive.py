@@ -31,12 +31,14 @@ def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x))
 
 
-def test_vat_gives_a_user_with_a_lower_loss_a_larger_eps() -> None:
+@pytest.mark.parametrize("num_users", [10, 10**6], ids=["scatter", "unique"])
+def test_vat_gives_a_user_with_a_lower_loss_a_larger_eps(num_users: int) -> None:
     # users 7, 3 and 9 with per-example losses summing to 1, 2 and 3 (user 3 twice in the
-    # batch): VAT sums a user's losses and compares with the mean over the batch's users (2)
+    # batch): VAT sums a user's losses and compares with the mean over the batch's users (2);
+    # a small user table groups them by a scatter, a large one by torch.unique, alike
     users = torch.tensor([3, 7, 9, 3])
     losses = torch.tensor([0.5, 1.0, 3.0, 1.5])
-    got = vat_weights(users, losses, lam=2.0)
+    got = vat_weights(users, losses, lam=2.0, num_users=num_users)
     want = [2 * _sigmoid(2 / 2 - 1), 2 * _sigmoid(2 / 1 - 1), 2 * _sigmoid(2 / 3 - 1),
             2 * _sigmoid(2 / 2 - 1)]
     torch.testing.assert_close(got, torch.tensor(want))
@@ -44,8 +46,9 @@ def test_vat_gives_a_user_with_a_lower_loss_a_larger_eps() -> None:
     assert got[0] == pytest.approx(1.0)  # a user at the mean gets ε itself (λ = 2)
     assert got[0] == got[3]  # one user, one budget
     # λ scales the budget; a zero loss (a perfect fit) gets the most, and stays finite
-    torch.testing.assert_close(vat_weights(users, losses, lam=1.0), got / 2)
-    perfect = vat_weights(torch.tensor([0, 1]), torch.tensor([0.0, 1.0]), lam=2.0)
+    torch.testing.assert_close(vat_weights(users, losses, lam=1.0, num_users=num_users), got / 2)
+    perfect = vat_weights(torch.tensor([0, 1]), torch.tensor([0.0, 1.0]), lam=2.0,
+                          num_users=num_users)
     assert perfect[0] == pytest.approx(2.0) and perfect[1] == pytest.approx(2 * _sigmoid(-0.5))
 
 

@@ -49,19 +49,38 @@ def _weight(ratio: Tensor, lam: float) -> Tensor:
     return ratio.sub_(1.0).sigmoid_().mul_(lam)
 
 
-def vat_weights(users: Tensor, row_losses: Tensor, lam: float) -> Tensor:
-    """VAT's multipliers: (B,) user ids and (B,) per-example clean losses -> (B,) ``w_u``.
+SCATTER_ROWS_PER_EXAMPLE = 16
+"""`user_sums` groups a batch of B examples by a scatter over the user table's rows when it has
+at most this many rows per example (O(rows), no sort), else with ``torch.unique`` (a sort of the
+B ids, about 11·B comparisons for B = 2048). In an MF step on ml-100k (943 users, B = 2048) the
+sort cost 4-5 % of the step, the scatter nothing measurable."""
+
+
+def user_sums(users: Tensor, values: Tensor, num_users: int) -> tuple[Tensor, Tensor | int]:
+    """(B,) user ids in [0, num_users) and (B,) values -> (B,) the sum of the values of each
+    example's user over the batch, and the number of distinct users in the batch."""
+    if num_users <= SCATTER_ROWS_PER_EXAMPLE * users.numel():
+        sums = values.new_zeros(num_users).index_add_(0, users, values)
+        distinct = torch.count_nonzero(torch.bincount(users, minlength=num_users))
+        return sums.index_select(0, users), distinct
+    ids, inverse = torch.unique(users, return_inverse=True)
+    sums = values.new_zeros(ids.shape[0]).index_add_(0, inverse, values)
+    return sums.index_select(0, inverse), ids.shape[0]
+
+
+def vat_weights(users: Tensor, row_losses: Tensor, lam: float, num_users: int) -> Tensor:
+    """VAT's multipliers: (B,) user ids (rows of a table of ``num_users``) and (B,) per-example
+    clean losses -> (B,) ``w_u``.
 
     ``loss_u`` sums a user's examples in the batch; ``mean_loss`` averages ``loss_u`` over the
-    batch's distinct users; ``w_u = λ · σ(mean_loss / loss_u − 1)``. A user is a user row: with
-    ``data.user_buckets`` the users hashed into one row count as one.
+    batch's distinct users, i.e. the batch's total loss over their number;
+    ``w_u = λ · σ(mean_loss / loss_u − 1)``. A user is a user row: with ``data.user_buckets``
+    the users hashed into one row count as one.
     """
-    # the grouping (a sort of the B ids inside unique) is most of what VAT costs over APR
-    ids, inverse = torch.unique(users, return_inverse=True)
-    per_user = row_losses.new_zeros(ids.shape[0]).index_add_(0, inverse, row_losses.detach())
-    # mean / loss_u on the (users,) vector, then one gather to the batch's examples
-    ratio = torch.div(per_user.mean(), per_user.clamp_min_(_TINY))
-    return _weight(ratio, lam).index_select(0, inverse)
+    losses = row_losses.detach()
+    per_user, distinct = user_sums(users, losses, num_users)
+    ratio = torch.div(losses.sum() / distinct, per_user.clamp_min_(_TINY))
+    return _weight(ratio, lam)
 
 
 def pamacf_weights(user_rows: list[Tensor], lam: float) -> Tensor:

@@ -120,7 +120,8 @@ class AdversarialObjective(nn.Module):
         if self.adaptive == "none":
             return None
         if self.adaptive == "vat":
-            weights = vat_weights(batch["user"], row_losses, self.adaptive_lambda)
+            weights = vat_weights(batch["user"], row_losses, self.adaptive_lambda,
+                                  self.model.num_users)
         else:
             user_rows = [emb[k] for k in select_targets(list(emb), "user")]
             weights = pamacf_weights(user_rows, self.adaptive_lambda)
