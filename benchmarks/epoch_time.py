@@ -1,11 +1,17 @@
 """Epoch time of adversarial training relative to clean BPR, measured side by side in one process.
 
 Every method trains the same MF model on the same prepared ml-100k split with the training loop's
-own `train_epoch`. Epochs are interleaved in rounds (BPR, FGM, PGD-1, PGD-3, ... back to back);
-each method's epoch is divided by BPR's epoch of the same round, and the median over rounds is
-reported, so the drifts and bursts of a shared machine cancel out.
+own `train_epoch`. Epochs are interleaved in rounds (BPR, FGM, PGD-1, PGD-3, ... back to back,
+every other round in reverse order, so no method always runs first or last); each method's epoch
+is divided by BPR's epoch of the same round, and the median over rounds is reported, so the
+drifts and bursts of a shared machine cancel out. With ``--adaptive`` the rounds time VAT's and
+PamaCF's per-user ε (FGM with ``adv.adaptive``) instead of PGD, each also divided by FGM's
+(APR's) epoch of the same round. With ``--cpu-time`` an epoch is the CPU time this process spent
+in it instead of the wall time, which the other processes of a busy machine inflate while they
+hold the cores (run it with ``OMP_NUM_THREADS=1``: idle threads spinning would count too).
 
-    .venv/bin/python benchmarks/epoch_time.py [--epochs 30] [--steps 1,3,10]
+    .venv/bin/python benchmarks/epoch_time.py [--epochs 30] [--steps 1,3,10] [--adaptive]
+        [--cpu-time]
 """
 
 from __future__ import annotations
@@ -35,6 +41,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--steps", default="1,3,10", help="PGD step counts K to time")
+    parser.add_argument("--adaptive", action="store_true",
+                        help="time adv.adaptive=vat and pamacf against FGM instead of PGD")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time epochs by this process's CPU time instead of the wall clock")
     parser.add_argument("--keep-malloc", action="store_true",
                         help="skip the training loop's malloc tuning, to measure what it buys")
     args = parser.parse_args()
@@ -45,36 +55,52 @@ def main() -> None:
         prepare(str(args.data / "u.data"), "movielens", f"{tmp}/ml", seed=0)
         data = load_dataset(f"{tmp}/ml")
     cfg = build_config({"data": {"source": "unused"}})  # the shipped defaults: dim 64, batch 2048
-    methods = {"bpr": Attack("none", 0.0), "fgm": Attack("fgm", 0.5)}
-    methods |= {f"pgd{k}": Attack("pgd", 0.5, steps=k) for k in map(int, args.steps.split(","))}
+    # name -> (attack, adv.adaptive)
+    methods = {"bpr": (Attack("none", 0.0), "none"), "fgm": (Attack("fgm", 0.5), "none")}
+    if args.adaptive:
+        methods |= {name: (Attack("fgm", 0.5), name) for name in ("vat", "pamacf")}
+    else:
+        methods |= {f"pgd{k}": (Attack("pgd", 0.5, steps=k), "none")
+                    for k in map(int, args.steps.split(","))}
     runs = {}
-    for name, attack in methods.items():
+    for name, (attack, adaptive) in methods.items():
         torch.manual_seed(0)
         model = build_model(cfg, data)
-        runs[name] = (AdversarialObjective(model, LOSSES["bpr"], attack, lam=1.0),
+        runs[name] = (AdversarialObjective(model, LOSSES["bpr"], attack, lam=1.0,
+                                           adaptive=adaptive),
                       make_optimizer(model, cfg.train),
                       torch.Generator().manual_seed(0))
     task = PairTask(data, cfg.train.num_negatives)
+    clock = time.process_time if args.cpu_time else time.perf_counter
     times: dict[str, list[float]] = {name: [] for name in methods}
-    for _ in range(args.epochs):
-        for name, (objective, optimizer, generator) in runs.items():
-            start = time.perf_counter()
+    for round_ in range(args.epochs):
+        order = list(runs.items())
+        for name, (objective, optimizer, generator) in order[::-1] if round_ % 2 else order:
+            start = clock()
             train_epoch(objective, optimizer, task, cfg.train.batch_size, adversarial=name != "bpr",
                         generator=generator)
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
 
     # each round times every method back to back: the ratio within a round cancels the slow
     # drifts of a shared machine, and the median over rounds drops the bursts
-    ratios = {name: statistics.median(t / b for t, b in zip(values, times["bpr"]))
-              for name, values in times.items()}
+    def ratio(name: str, base: str) -> float:
+        return statistics.median(t / b for t, b in zip(times[name], times[base]))
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.epochs} interleaved rounds\n")
-    print("| method | epoch s (median) | ratio to BPR (median over rounds) | target |")
-    print("|---|---|---|---|")
+          f"{args.epochs} interleaved rounds, {'CPU' if args.cpu_time else 'wall'} time\n")
+    to_fgm = " ratio to FGM (median over rounds) |" if args.adaptive else ""
+    print(f"| method | epoch s (median) | ratio to BPR (median over rounds) |{to_fgm} target |")
+    print("|---|---|---|---|" + "---|" * bool(to_fgm))
     for name, values in times.items():
-        k = int(name[3:]) if name.startswith("pgd") else None
-        target = "1.0" if name == "bpr" else "≤ 1.6" if name == "fgm" else f"≤ {1 + 0.5 * k:.1f}"
-        print(f"| {name} | {statistics.median(values):.4f} | {ratios[name]:.2f} | {target} |")
+        if name in ("vat", "pamacf"):
+            target = "≤ 1.05 × FGM"
+        elif name.startswith("pgd"):
+            target = f"≤ {1 + 0.5 * int(name[3:]):.1f}"
+        else:
+            target = "1.0" if name == "bpr" else "≤ 1.6"
+        fgm = f" {ratio(name, 'fgm'):.3f} |" if to_fgm else ""
+        print(f"| {name} | {statistics.median(values):.4f} | {ratio(name, 'bpr'):.2f} |{fgm} "
+              f"{target} |")
 
 
 if __name__ == "__main__":

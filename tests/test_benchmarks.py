@@ -9,14 +9,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_epoch_time_benchmark_runs(ml100k: Path) -> None:
+@pytest.mark.parametrize(("mode", "methods"), [(["--steps", "2"], ["bpr", "fgm", "pgd2"]),
+                                               (["--adaptive"], ["bpr", "fgm", "vat", "pamacf"])])
+def test_epoch_time_benchmark_runs(ml100k: Path, mode: list[str], methods: list[str]) -> None:
     script = str(ROOT / "benchmarks" / "epoch_time.py")
-    out = subprocess.run([sys.executable, script, "--epochs", "1",
-                          "--steps", "2", "--data", str(ml100k)],
+    out = subprocess.run([sys.executable, script, "--epochs", "1", *mode, "--data", str(ml100k)],
                          check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ")]
-    assert [r.split("|")[1].strip() for r in rows[1:]] == ["bpr", "fgm", "pgd2"]
+    assert [r.split("|")[1].strip() for r in rows[1:]] == methods
 
 
 @pytest.mark.slow

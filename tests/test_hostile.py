@@ -539,6 +539,16 @@ CONFIG: list[Case] = [
     Case("train-targets-and-resume", ("train", "--resume", "{d}/run", "--targets",
                                       "{d}/t.json"), "--targets: a resumed run measures",
          copy_run(), absent=(), unchanged=("{d}/run",)),
+    Case("train-adaptive-unknown", (*TRAIN, "adv.method=fgm", "adv.adaptive=bogus"),
+         "adv.adaptive: Input should be 'none', 'vat' or 'pamacf' (got 'bogus')"),
+    Case("train-adaptive-without-attack", (*TRAIN, "adv.adaptive=vat"),
+         "adv: adaptive=vat scales the attack's eps per user, but method=none makes no attack"),
+    Case("train-adaptive-sasrec", (*TRAIN, "model.name=sasrec", "adv.method=fgm",
+                                   "adv.adaptive=pamacf"),
+         "adv.adaptive=pamacf sizes eps per user, and model.name=sasrec has no user rows"),
+    Case("train-adaptive-lambda-zero", (*TRAIN, "adv.method=fgm", "adv.adaptive=vat",
+                                        "adv.adaptive_lambda=0"),
+         "adv.adaptive_lambda: Input should be greater than 0"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

@@ -46,24 +46,28 @@ def _counting_allreduce(state, bucket):  # unannotated: DDP rejects string annot
 def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: dict,
                       out: str) -> None:
     """Worker: ``STEPS`` steps of every zoo model, clean and with FGM and PGD-5 (also with
-    sparse embedding gradients), under DDP, counting the all-reduces DDP launches (its
-    communication hook runs once per bucket)."""
+    sparse embedding gradients, and with adaptive ε for the user-id models), under DDP, counting
+    the all-reduces DDP launches (its communication hook runs once per bucket)."""
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     data = load_dataset(dataset)
     counts: dict[str, list[int]] = {}
     for name, model_options in MODELS.items():
-        for variant in ("none", "fgm", "pgd", "pgd-sparse"):
-            method = variant.split("-")[0]
+        for variant in ("none", "fgm", "pgd", "pgd-sparse", "fgm-vat", "pgd-pamacf"):
+            method, _, extra = variant.partition("-")
+            adaptive = extra if extra in ("vat", "pamacf") else "none"
+            if adaptive != "none" and name == "sasrec":
+                continue  # no user rows: a config error
             cfg = build_config({
                 "data": {"source": dataset, **options},
                 "model": {"name": name, "dim": 8, **model_options},
-                "adv": {"method": method, "eps": 0.5, "steps": 5},
+                "adv": {"method": method, "eps": 0.5, "steps": 5, "adaptive": adaptive},
                 "train": {"num_negatives": 2, "sparse_embeddings": variant.endswith("sparse")}})
             torch.manual_seed(rank)  # different inits: DDP must make them equal (rank 0's)
             model = build_model(cfg, data)
             optimizer = make_optimizer(model, cfg.train)
             objective = distribute(AdversarialObjective(
-                model, make_loss(cfg), attack_from_config(cfg), lam=1.0), world)
+                model, make_loss(cfg), attack_from_config(cfg), lam=1.0, adaptive=adaptive),
+                world)
             calls = [0]
             objective.register_comm_hook(calls, _counting_allreduce)
             generator = epoch_generator(0, rank, 0)
@@ -110,6 +114,11 @@ def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, featu
             assert counts[f"{name}/pgd-sparse"] == counts[f"{name}/pgd-sparse/buckets"] * STEPS
             assert all(counts[f"{name}/{m}/replicas_equal"] == [1]
                        for m in ("none", "fgm", "pgd", "pgd-sparse")), name
+            if name != "sasrec":
+                # adaptive ε reads the worker's own batch: still no communication in the attack
+                adaptive = ("fgm-vat", "pgd-pamacf")
+                assert [counts[f"{name}/{m}"] for m in adaptive] == [[1] * STEPS] * 2, name
+                assert all(counts[f"{name}/{m}/replicas_equal"] == [1] for m in adaptive), name
 
 
 TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",

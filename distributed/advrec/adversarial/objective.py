@@ -13,7 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from advrec.adversarial.adaptive import pamacf_weights, row_scales, vat_weights
 from advrec.adversarial.perturb import Attack, Tensors, perturb
+from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LossFn, batch_loss
 
@@ -43,13 +45,20 @@ class _ReplayGradient(torch.autograd.Function):
 
 
 class AdversarialObjective(nn.Module):
-    """Computes the training loss of a batch, clean or adversarial (APR, generalised)."""
+    """Computes the training loss of a batch, clean or adversarial (APR, generalised).
+
+    With ``adaptive`` (``vat`` or ``pamacf``) each example's rows get their user's own budget
+    ``ε · w_u`` (`advrec.adversarial.adaptive`, ``adaptive_lambda`` its λ), from the same clean
+    forward; the model's batches must then carry ``user`` ids (B,), one per scored row.
+    """
 
     def __init__(self, model: Recommender, loss_fn: LossFn, attack: Attack, lam: float,
-                 target: str = "all", reg: float = 0.0) -> None:
+                 target: str = "all", reg: float = 0.0, adaptive: ADAPTIVE = "none",
+                 adaptive_lambda: float = 2.0) -> None:
         super().__init__()
         self.model, self.loss_fn, self.attack = model, loss_fn, attack
         self.lam, self.target, self.reg = lam, target, reg
+        self.adaptive, self.adaptive_lambda = adaptive, adaptive_lambda
         # every parameter of a table module (a torchrec table's live in its collection)
         tables = {id(p) for t in model.tables().values() for p in t.parameters()}
         self._dense = [p for p in model.parameters() if id(p) not in tables]
@@ -58,18 +67,25 @@ class AdversarialObjective(nn.Module):
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
         """Returns ``loss`` (to backpropagate), ``clean`` and, when adversarial, ``adv``."""
         emb = self.model.embed(batch)
-        clean = batch_loss(self.loss_fn, self.model.score(emb, batch), batch)
+        attack = self.attack
+        attacking = adversarial and self.lam > 0 and attack.eps > 0 and attack.method != "none"
+        logits = self.model.score(emb, batch)
+        # VAT weighs users by their own loss: this forward's, per row, before the mean
+        row_losses = (batch_loss(self.loss_fn, logits, batch, rows=True)
+                      if attacking and self.adaptive == "vat" else None)
+        clean = row_losses.mean() if row_losses is not None else batch_loss(self.loss_fn, logits,
+                                                                            batch)
         out = {"clean": clean.detach()}
         loss = clean
-        attack = self.attack
-        if adversarial and self.lam > 0 and attack.eps > 0 and attack.method != "none":
+        if attacking:
             keys = select_targets(list(emb), self.target)
             init_grad = None
             if attack.method in ("fgsm", "fgm") or (attack.method == "pgd"
                                                     and not attack.random_start):
                 # the attack starts from the clean loss's gradient at δ = 0
                 loss, init_grad = self._differentiate_clean(clean, emb, keys)
-            delta = self._delta(emb, keys, init_grad, batch, generator)
+            delta = self._delta(emb, keys, init_grad, batch, generator,
+                                self._scales(emb, keys, batch, row_losses))
             adv_emb = {**emb, **{k: emb[k] + delta[k] for k in keys}}
             adv = batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch)
             loss = loss + self.lam * adv
@@ -97,9 +113,24 @@ class AdversarialObjective(nn.Module):
         init_grad = {k: g for k, g in zip(emb, grads) if k in keys}
         return _ReplayGradient.apply(clean.detach(), grads, *inputs), init_grad
 
+    def _scales(self, emb: Tensors, keys: list[str], batch: Batch,
+                row_losses: Tensor | None) -> Tensors | None:
+        """Each target row's multiplier of ε under ``adaptive`` (None: ε for every row), from
+        the batch's (B,) per-row clean losses (VAT) or its user rows (PamaCF)."""
+        if self.adaptive == "none":
+            return None
+        if self.adaptive == "vat":
+            weights = vat_weights(batch["user"], row_losses, self.adaptive_lambda,
+                                  self.model.num_users)
+        else:
+            user_rows = [emb[k] for k in select_targets(list(emb), "user")]
+            weights = pamacf_weights(user_rows, self.adaptive_lambda)
+        return row_scales(weights, {k: emb[k] for k in keys})
+
     def _delta(self, emb: Tensors, keys: list[str], init_grad: Tensors | None, batch: Batch,
-               generator: torch.Generator | None) -> Tensors:
-        """The perturbation of the target rows; δ carries no graph back to the parameters."""
+               generator: torch.Generator | None, scale: Tensors | None = None) -> Tensors:
+        """The perturbation of the target rows, each inside its ball (its radius times
+        ``scale[key]`` when given); δ carries no graph back to the parameters."""
         frozen = {k: v.detach() for k, v in emb.items()}
 
         def grad_fn(delta: Tensors) -> Tensors:
@@ -109,4 +140,4 @@ class AdversarialObjective(nn.Module):
             return dict(zip(keys, torch.autograd.grad(loss, [delta[k] for k in keys])))
 
         return perturb({k: frozen[k] for k in keys}, grad_fn, self.attack,
-                       init_grad=init_grad, generator=generator)
+                       init_grad=init_grad, generator=generator, scale=scale)

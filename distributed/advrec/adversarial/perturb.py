@@ -43,11 +43,11 @@ class Attack:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
 
-def _radius(x: Tensor, attack: Attack) -> Tensor | float:
-    """The per-row budget: a scalar, or (..., 1) when relative to each row's norm."""
-    if attack.relative:
-        return attack.eps * x.detach().norm(dim=-1, keepdim=True)
-    return attack.eps
+def _radius(x: Tensor, attack: Attack, scale: Tensor | None = None) -> Tensor | float:
+    """The per-row budget: a scalar, or (..., 1) when relative to each row's norm or scaled per
+    row (``scale``, broadcast against (..., 1): adaptive ε, `advrec.adversarial.adaptive`)."""
+    radius = attack.eps * x.detach().norm(dim=-1, keepdim=True) if attack.relative else attack.eps
+    return radius if scale is None else radius * scale
 
 
 def _inv_norm(g: Tensor) -> Tensor:
@@ -104,16 +104,18 @@ def _ascend(delta: Tensor, g: Tensor, size: Tensor | float, radius: Tensor | flo
 
 
 def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors | None = None,
-            generator: torch.Generator | None = None) -> Tensors:
+            generator: torch.Generator | None = None, scale: Tensors | None = None) -> Tensors:
     """Compute δ for each tensor of ``x`` (detached, same shapes), inside the per-row ball.
 
     ``grad_fn(δ)`` returns the loss gradient at ``x + δ``. ``init_grad``, the gradient at δ = 0
     when the caller already has it (the clean loss's), saves the first gradient pass of FGM/FGSM
-    and of PGD without random start.
+    and of PGD without random start. ``scale``, per key a multiplier of each row's radius
+    ((B, 1) for (B, d) rows, (B, 1, 1) for (B, C, d)), gives every row its own budget; PGD's
+    step size scales with it, so its steps keep their size relative to the ball.
     """
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
-    radius = {k: _radius(v, attack) for k, v in x.items()}
+    radius = {k: _radius(v, attack, None if scale is None else scale[k]) for k, v in x.items()}
     if attack.method == "random":
         # noise on the sphere (L2) or a corner of the box (L∞): the full budget, no gradient
         return {k: _step(_draw(torch.randn, v.shape, v, generator), radius[k], attack.norm)

@@ -16,6 +16,11 @@ TASK_NAMES = ("click", "rating")
 itself (MSE)."""
 
 
+ADAPTIVE = Literal["none", "vat", "pamacf"]
+"""The per-user budgets of ``adv.adaptive`` (`advrec.adversarial.adaptive`): none, VAT's or
+PamaCF's."""
+
+
 SHARDING_TYPE = Literal["table_wise", "column_wise", "row_wise", "table_row_wise",
                         "table_column_wise", "data_parallel"]
 """torchrec's sharding types (``ShardingType`` values) a table can be given (`model.sharding`)."""

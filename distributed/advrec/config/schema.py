@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from advrec.config.overrides import key_text
 from advrec.config.policy import (
+    ADAPTIVE,
     CPU_TABLE_OPTIMIZERS,
     MODEL_KINDS,
     ROW_SHARDING,
@@ -211,6 +212,22 @@ class AdvConfig(Section):
     relative: bool = Field(
         False, description="Scale eps by each row's own embedding norm (eps is then a fraction)."
     )
+    adaptive: ADAPTIVE = Field(
+        "none", description="Per-user eps, the defences made for poisoning: each example's rows "
+        "get eps * lambda_a * sigmoid(r_u - 1) with r_u = mean loss / the user's loss (vat, "
+        "Zhang et al. RecSys 2024) or |e_u|^2 / mean |e|^2 (pamacf, Zhang et al. NeurIPS "
+        "2024), over the worker's batch; eps is the papers' rho.")
+    adaptive_lambda: float = Field(
+        2.0, gt=0.0, description="lambda_a of adv.adaptive: a user's eps lies in (0, lambda_a * "
+        "eps), and is eps at the batch's mean; 2 in both papers' code.")
+
+    @model_validator(mode="after")
+    def _adaptive_scales_an_attack(self) -> AdvConfig:
+        if self.adaptive != "none" and self.method == "none":
+            raise ValueError(f"adaptive={self.adaptive} scales the attack's eps per user, but "
+                             "method=none makes no attack; set adv.method (fgm: APR's attack, "
+                             "which both papers use)")
+        return self
 
 
 class TrainConfig(Section):
@@ -488,6 +505,14 @@ class RunConfig(Section):
         if self.eval.robust_every and self.data.stream and self.kind != "ranking":
             raise ValueError("eval.robust_every: the attack needs the train split's labels, "
                              "which data.stream leaves out of memory; set data.stream=false")
+        return self
+
+    @model_validator(mode="after")
+    def _adaptive_needs_users(self) -> RunConfig:
+        if self.adv.adaptive != "none" and self.model.name == "sasrec":
+            raise ValueError(f"adv.adaptive={self.adv.adaptive} sizes eps per user, and "
+                             "model.name=sasrec has no user rows (it scores sequences); use a "
+                             "user-id model (mf, neumf, twotower, deepfm, dcnv2, mmoe)")
         return self
 
     @model_validator(mode="after")

@@ -272,7 +272,7 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
     loss_fn = make_loss(cfg)
     objective: nn.Module = AdversarialObjective(
         model, loss_fn, attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
-        reg=cfg.train.reg)
+        reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda)
     tables = None
     if sharded:
         from advrec.train.sharding import shard as shard_tables
