@@ -46,3 +46,15 @@ def test_an_object_replaced_under_an_s3_prefix_prepares_again(s3_store: str,
     assert resolve_dataset(cfg) == first
     fs.pipe(f"{prefix}/u.data", U_DATA.replace("\t3\t", "\t4\t", 1).encode())  # same size
     assert resolve_dataset(cfg) != first
+
+
+def test_a_prepared_dataset_is_used_whatever_raw_format_is_named(tmp_path: Path) -> None:
+    """A shipped config names its raw log's format (movielens); run on a dataset `advrec
+    poison` or `advrec detect` wrote, it trains on that dataset, not on a log read anew."""
+    source = tmp_path / "ml"
+    source.mkdir()
+    (source / "u.data").write_text(U_DATA)
+    prepared = resolve_dataset(DataConfig(source=str(source), cache_dir=str(tmp_path / "c")))
+    cfg = DataConfig(source=prepared, format="movielens", cache_dir=str(tmp_path / "c2"))
+    assert resolve_dataset(cfg) == prepared
+    assert not (tmp_path / "c2").exists()

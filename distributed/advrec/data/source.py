@@ -77,7 +77,9 @@ def buckets(users: int, items: int) -> dict[str, int]:
 
 def resolve_dataset(cfg: DataConfig) -> str:
     """The URL of a prepared dataset for ``cfg``, preparing the raw log first if needed."""
-    if cfg.format == "prepared" or (cfg.format == "auto" and is_prepared(cfg.source)):
+    # A prepared dataset is used as it is, whatever raw format the config names: the shipped
+    # configs name their log's (movielens), and a dataset poisoned or cleaned from it is prepared.
+    if cfg.format == "prepared" or is_prepared(cfg.source):
         if not is_prepared(cfg.source):
             raise AdvrecError(f"data.source: {cfg.source} is not a prepared dataset (no meta.json)")
         return cfg.source
