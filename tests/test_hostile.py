@@ -815,6 +815,27 @@ POISONING: list[Case] = [
     Case("poison-hashed-users", ("poison", "--data", "{d}/h", "--output", "{d}/out", "--attack",
                                  "random"), "{d}/h: its user ids are hashed",
          hashed_users),
+    # a hand-edited poison section of meta.json: one line naming it, never a crash, nor fakes
+    # counted as genuine users (or the reverse) in a detection report or a target metric
+    Case("detect-poison-genuine-string", ("detect", "--data", "{d}/p", "--output", "{d}/out"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": "sixty"'))),
+    Case("detect-poison-genuine-over-users", ("detect", "--data", "{d}/p", "--output",
+                                              "{d}/out"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": 100'))),
+    Case("detect-poison-section-list", ("detect", "--data", "{d}/p", "--output", "{d}/out"),
+         "{d}/p/meta.json: poison section [1] does not match num_users", both(poisoned, edit(
+             "p/meta.json", '"poison": {', '"poison": [1], "was": {'))),
+    Case("train-poison-genuine-negative", ("train", "--output", "{d}/out",
+                                           "data.source={d}/p", "model.dim=8",
+                                           "train.epochs=1"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": -1'))),
+    Case("poison-force-poison-genuine-null", ("poison", "--data", "{d}/p", "--output",
+                                              "{d}/out", "--attack", "random", "--force"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": null'))),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING]

@@ -201,11 +201,11 @@ def _clean(data: str, force: bool) -> _Clean:
     if "user" in meta.get("hashing", {}):
         raise AdvrecError(f"{data}: its user ids are hashed (--user-buckets); fake users need a "
                           "row each: prepare it without --user-buckets")
+    genuine = genuine_users(meta, f"{data}/meta.json")
     if "poison" in meta and not force:
-        raise AdvrecError(f"{data}: already poisoned ({meta['poison']['attack']} attack); pass "
-                          "--force to replace that attack with this one")
-    genuine = genuine_users(meta)
-    source = meta.pop("poison")["source"] if "poison" in meta else data
+        raise AdvrecError(f"{data}: already poisoned ({meta['poison'].get('attack')} attack); "
+                          "pass --force to replace that attack with this one")
+    source = meta.pop("poison").get("source", data) if "poison" in meta else data
     keep = dataset.train.user < genuine
     train = {name: None if column is None else column[keep].numpy()
              for name, column in _columns(dataset).items()}
