@@ -836,6 +836,15 @@ POISONING: list[Case] = [
                                               "{d}/out", "--attack", "random", "--force"),
          "{d}/p/meta.json: poison section", both(poisoned, edit(
              "p/meta.json", '"genuine_users": 60', '"genuine_users": null'))),
+    # a count of fakes beyond the genuine users (a share >= 1 is refused): 10^9 filled memory
+    Case("poison-fake-count-huge", (*POISON, "random", "--fake-users", "1000000000"),
+         "--fake-users 1000000000: at most as many fake users as genuine ones, 60"),
+    # an empty training split: nothing to imitate (was 'expected 1 to 0' or a numpy traceback)
+    Case("poison-empty-train", ("poison", "--data", "{d}/e", "--output", "{d}/out", "--attack",
+                                "random", "--target-items", "1"),
+         "{d}/e/train.parquet: no training rows of genuine users", both(
+             copy("data", "e"), lambda p: pq.write_table(
+                 pq.read_table(p.d / "e/train.parquet").slice(0, 0), p.d / "e/train.parquet"))),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING]
