@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -845,6 +846,11 @@ POISONING: list[Case] = [
          "{d}/e/train.parquet: no training rows of genuine users", both(
              copy("data", "e"), lambda p: pq.write_table(
                  pq.read_table(p.d / "e/train.parquet").slice(0, 0), p.d / "e/train.parquet"))),
+    # a targets.json of 10^6 items: a one-line error in seconds (a quadratic duplicate check
+    # ran for hours)
+    Case("train-targets-million-items", (*TRAIN, "--targets", "{d}/t.json"),
+         "{d}/t.json: item '", lambda p: (p.d / "t.json").write_text(
+             json.dumps({"items": [str(i) for i in range(10**6)]}))),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING]
