@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -825,6 +826,41 @@ POISONING: list[Case] = [
     Case("poison-hashed-users", ("poison", "--data", "{d}/h", "--output", "{d}/out", "--attack",
                                  "random"), "{d}/h: its user ids are hashed",
          hashed_users),
+    # a hand-edited poison section of meta.json: one line naming it, never a crash, nor fakes
+    # counted as genuine users (or the reverse) in a detection report or a target metric
+    Case("detect-poison-genuine-string", ("detect", "--data", "{d}/p", "--output", "{d}/out"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": "sixty"'))),
+    Case("detect-poison-genuine-over-users", ("detect", "--data", "{d}/p", "--output",
+                                              "{d}/out"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": 100'))),
+    Case("detect-poison-section-list", ("detect", "--data", "{d}/p", "--output", "{d}/out"),
+         "{d}/p/meta.json: poison section [1] does not match num_users", both(poisoned, edit(
+             "p/meta.json", '"poison": {', '"poison": [1], "was": {'))),
+    Case("train-poison-genuine-negative", ("train", "--output", "{d}/out",
+                                           "data.source={d}/p", "model.dim=8",
+                                           "train.epochs=1"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": -1'))),
+    Case("poison-force-poison-genuine-null", ("poison", "--data", "{d}/p", "--output",
+                                              "{d}/out", "--attack", "random", "--force"),
+         "{d}/p/meta.json: poison section", both(poisoned, edit(
+             "p/meta.json", '"genuine_users": 60', '"genuine_users": null'))),
+    # a count of fakes beyond the genuine users (a share >= 1 is refused): 10^9 filled memory
+    Case("poison-fake-count-huge", (*POISON, "random", "--fake-users", "1000000000"),
+         "--fake-users 1000000000: at most as many fake users as genuine ones, 60"),
+    # an empty training split: nothing to imitate (was 'expected 1 to 0' or a numpy traceback)
+    Case("poison-empty-train", ("poison", "--data", "{d}/e", "--output", "{d}/out", "--attack",
+                                "random", "--target-items", "1"),
+         "{d}/e/train.parquet: no training rows of genuine users", both(
+             copy("data", "e"), lambda p: pq.write_table(
+                 pq.read_table(p.d / "e/train.parquet").slice(0, 0), p.d / "e/train.parquet"))),
+    # a targets.json of 10^6 items: a one-line error in seconds (a quadratic duplicate check
+    # ran for hours)
+    Case("train-targets-million-items", (*TRAIN, "--targets", "{d}/t.json"),
+         "{d}/t.json: item '", lambda p: (p.d / "t.json").write_text(
+             json.dumps({"items": [str(i) for i in range(10**6)]}))),
 ]
 
 CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING]

@@ -402,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "their filler items")
     p.add_argument("--fake-users", default="0.01", metavar="X",
                    help="a share of the genuine users in (0, 1), e.g. 0.01, or a whole number of "
-                        "fakes, e.g. 50 (default %(default)s)")
+                        "fakes up to the genuine users, e.g. 50 (default %(default)s)")
     p.add_argument("--filler", type=int, default=None, metavar="N",
                    help="filler items per fake (default: the genuine users' mean training "
                         "profile size)")

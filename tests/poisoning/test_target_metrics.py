@@ -50,7 +50,8 @@ def poisoned() -> Dataset:
     train {2}, test {4} (not counted for target 4). User 3, fake: train {4, 5}.
     """
     return Dataset(url="", num_users=4, num_items=6,
-                   meta={"num_users": 4, "poison": {"genuine_users": 3, "targets": [4, 5]}},
+                   meta={"num_users": 4, "poison": {"genuine_users": 3, "fake_users": 1,
+                                                    "targets": [4, 5]}},
                    train=_pairs([(0, 0), (0, 1), (1, 5), (2, 2), (3, 4), (3, 5)]),
                    valid=_pairs([(0, 2)]), test=_pairs([(2, 4)]))
 

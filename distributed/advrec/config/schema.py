@@ -74,10 +74,13 @@ def check_label_column(
 
 def check_listed_once(names: Sequence[str], what: str) -> None:
     """Each column of a list (data.user_features, data.item_features) is named once; ``what``
-    begins the message: ``column 'genre' is listed twice``."""
-    for j, name in enumerate(names):
-        if name in names[:j]:
+    begins the message: ``column 'genre' is listed twice``. Linear in the list (a set, not a
+    scan of the names before each: a targets.json of 10^6 items took hours)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
             raise AdvrecError(f"{what} {shown(name)} is listed twice")
+        seen.add(name)
 
 
 class DataConfig(Section):

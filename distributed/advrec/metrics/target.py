@@ -123,7 +123,7 @@ class TargetMetrics:
         to measure it on)."""
         self.targets, self.k = targets, k
         self.indices = torch.tensor(targets.indices, dtype=torch.long)  # (T,)
-        genuine = genuine_users(data.meta)
+        genuine = genuine_users(data.meta, f"{data.url}/meta.json")
         touched = torch.zeros(genuine, self.indices.numel(), dtype=torch.bool)  # (G, T)
         for name in SPLIT_NAMES:
             part = data.split(name)

@@ -222,6 +222,7 @@ def _check(data: str, meta: dict[str, Any], selection: Selection | None) -> None
     if "hashing" in meta and "user" in meta["hashing"]:
         raise AdvrecError(f"{data}: its user ids are hashed into buckets; detection scores "
                           "one user per row (prepare it without --user-buckets)")
+    genuine_users(meta, f"{data}/meta.json")  # a corrupt poison section: before any score
     if selection is None:
         return
     users = int(meta["num_users"])

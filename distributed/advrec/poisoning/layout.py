@@ -23,20 +23,37 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from advrec.errors import AdvrecError, shown
+
 FAKE_PREFIX = "__fake__"
 """Raw user ids of fake users are ``__fake__0``, ``__fake__1``, ..."""
 TARGETS_FILE = "targets.json"
 
 
-def genuine_users(meta: dict[str, Any]) -> int:
-    """How many users of a dataset are genuine: indices below this are, the rest are fakes."""
+def genuine_users(meta: dict[str, Any], where: str = "meta.json") -> int:
+    """How many users of a dataset are genuine: indices below this are, the rest are fakes.
+
+    A ``poison`` section that breaks the layout (a hand-edited ``meta.json``: ``genuine_users``
+    not a whole number from 1 to ``num_users`` - 1, or ``fake_users`` not the rest) is a
+    one-line error naming ``where`` the meta came from: read as it is, it would count fakes as
+    genuine users (or the reverse) in every metric and detection report, silently."""
     poison = meta.get("poison")
-    return int(poison["genuine_users"]) if poison else int(meta["num_users"])
+    if poison is None:
+        return int(meta["num_users"])
+    users = meta.get("num_users")
+    genuine = poison.get("genuine_users") if isinstance(poison, dict) else None
+    fakes = poison.get("fake_users") if isinstance(poison, dict) else None
+    whole = all(isinstance(v, int) and not isinstance(v, bool) for v in (users, genuine, fakes))
+    if not (whole and 0 < genuine < users and fakes == users - genuine):
+        raise AdvrecError(f"{where}: poison section {shown(poison)} does not match num_users "
+                          f"{shown(users)} (expected genuine_users from 1 to num_users - 1 and "
+                          "fake_users the rest); poison the clean dataset again")
+    return genuine
 
 
-def fake_users(meta: dict[str, Any]) -> np.ndarray:
+def fake_users(meta: dict[str, Any], where: str = "meta.json") -> np.ndarray:
     """(F,) int64 indices of a dataset's fake users (empty for a clean dataset)."""
-    return np.arange(genuine_users(meta), int(meta["num_users"]), dtype=np.int64)
+    return np.arange(genuine_users(meta, where), int(meta["num_users"]), dtype=np.int64)
 
 
 @dataclass(frozen=True)

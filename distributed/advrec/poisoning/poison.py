@@ -108,6 +108,9 @@ def poison(data: str, output: str, attack: str, fake_users: float = 0.01,
               else pick_targets(log, targets or 0, _rng(seed, "targets")))
     fakes = fake_users if isinstance(fake_users, int) else max(
         1, round(fake_users * log.num_users))
+    if fakes > log.num_users:  # as a share >= 1 is refused: and 10^9 fakes would fill memory
+        raise AdvrecError(f"--fake-users {fakes}: at most as many fake users as genuine ones, "
+                          f"{log.num_users}")
     size = _filler_size(log, filler, target.size)
     fillers = ATTACKS[attack](log, target, fakes, size, _rng(seed, "fillers"))
     _check_fillers(fillers, target, fakes, size, attack)
@@ -201,12 +204,15 @@ def _clean(data: str, force: bool) -> _Clean:
     if "user" in meta.get("hashing", {}):
         raise AdvrecError(f"{data}: its user ids are hashed (--user-buckets); fake users need a "
                           "row each: prepare it without --user-buckets")
+    genuine = genuine_users(meta, f"{data}/meta.json")
     if "poison" in meta and not force:
-        raise AdvrecError(f"{data}: already poisoned ({meta['poison']['attack']} attack); pass "
-                          "--force to replace that attack with this one")
-    genuine = genuine_users(meta)
-    source = meta.pop("poison")["source"] if "poison" in meta else data
+        raise AdvrecError(f"{data}: already poisoned ({meta['poison'].get('attack')} attack); "
+                          "pass --force to replace that attack with this one")
+    source = meta.pop("poison").get("source", data) if "poison" in meta else data
     keep = dataset.train.user < genuine
+    if not keep.any():  # fakes imitate the log (targets, default filler, times): none to imitate
+        raise AdvrecError(f"{data}/train.parquet: no training rows of genuine users; nothing to "
+                          "poison")
     train = {name: None if column is None else column[keep].numpy()
              for name, column in _columns(dataset).items()}
     meta["num_users"] = genuine
