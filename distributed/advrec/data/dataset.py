@@ -111,7 +111,10 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
                 # when the raw log has ratings
                 extra = [c for c in ("label", "rating", "timestamp") if c in pf.schema_arrow.names
                          and not (train_pairs_only and name == "train")]
-                table = pf.read(columns=["user", "item", *extra])
+                # One thread: Arrow's pool threads reading a Python file object at exit aborted 1 exit
+                # in 6 ("terminate called without an active exception", exit 134, not 2), and
+                # every read of such a file below takes the same flag.
+                table = pf.read(columns=["user", "item", *extra], use_threads=False)
         except FileNotFoundError:
             raise AdvrecError(
                 f"{url}/{name}.parquet: missing; run `advrec prepare` again"
@@ -155,7 +158,7 @@ def item_indices(url: str, raw_ids: list[str], where: str) -> list[int]:
         with fs.open(vocab_file, "rb") as f:
             pf = pq.ParquetFile(f)
             refuse_extension_types(pf.schema_arrow, f"{url}/items.parquet")
-            vocab = pf.read(columns=["index", "raw_id"])
+            vocab = pf.read(columns=["index", "raw_id"], use_threads=False)
     except FileNotFoundError:
         raise AdvrecError(f"{url}/items.parquet: missing; run `advrec prepare` again") from None
     except (pa.ArrowInvalid, KeyError, OSError) as exc:

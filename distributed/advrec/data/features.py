@@ -115,7 +115,7 @@ def load_features(
         return None
     try:
         with fs.open(file, "rb") as f:
-            table = pq.read_table(f)
+            table = pq.read_table(f, use_threads=False)  # as data.dataset's reads
     except (pa.ArrowInvalid, OSError) as exc:
         raise AdvrecError(f"{where}: cannot read this Parquet file ({exc})") from None
     refuse_extension_types(table.schema, where)

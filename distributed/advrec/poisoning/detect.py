@@ -289,7 +289,7 @@ def _raw_ids(data: str, num_users: int) -> pa.Array:
         with fs.open(join(path, "users.parquet"), "rb") as f:
             file = pq.ParquetFile(f)
             refuse_extension_types(file.schema_arrow, where)
-            vocab = file.read(columns=["index", "raw_id"])
+            vocab = file.read(columns=["index", "raw_id"], use_threads=False)
     except FileNotFoundError:
         raise AdvrecError(f"{where}: missing; run `advrec prepare` again") from None
     except (pa.ArrowInvalid, KeyError, OSError) as exc:
@@ -305,7 +305,7 @@ def _write_cleaned(data: str, fs: Any, tmp: str, meta: dict[str, Any], removed: 
     """Write into ``tmp`` the dataset at ``data`` without the train rows of ``removed``."""
     source, path = filesystem(data)
     with source.open(join(path, "train.parquet"), "rb") as f:
-        train = pq.read_table(f)  # load_dataset checked its schema and indices
+        train = pq.read_table(f, use_threads=False)  # load_dataset checked it; one thread as there
     keep = pc.invert(pc.is_in(train["user"], pa.array(removed.astype(np.int32))))
     write_parquet(fs, join(tmp, "train.parquet"), train.filter(keep))
     for name in COPIED:

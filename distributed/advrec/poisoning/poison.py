@@ -250,7 +250,7 @@ def _read(data: str, name: str, required: bool = False) -> pa.Table | None:
         with fs.open(join(path, name), "rb") as f:
             file = pq.ParquetFile(f)
             refuse_extension_types(file.schema_arrow, f"{data}/{name}")
-            return file.read()
+            return file.read(use_threads=False)  # as data.dataset's reads
     except FileNotFoundError:
         if required:
             raise AdvrecError(f"{data}/{name}: missing; run `advrec prepare` again") from None
