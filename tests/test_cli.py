@@ -4,6 +4,8 @@ and bad input."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -148,3 +150,21 @@ def test_demo_trains_and_attacks_both_twins(tmp_path: Path, capsys) -> None:
     assert any(line.split()[0] == "bpr" for line in table if line.strip())
     assert any(line.split()[0] == "apr" for line in table if line.strip())
     assert (tmp_path / "robustness.png").stat().st_size > 0
+
+
+def test_the_console_script_runs_exit_handlers_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    """`cli.run` (the `advrec` script) ends with os._exit after Python's exit handlers: they
+    still run, output is flushed, and an error's code is the process's; an error right after a
+    read (an empty CSV) exits 2 every time, never an abort (134) from the teardown."""
+    (tmp_path / "empty.csv").write_text("")
+    script = ("import atexit, sys; from advrec import cli; "
+              "atexit.register(lambda: print('exit handler ran')); "
+              "sys.argv = ['advrec', 'prepare', '--input', 'empty.csv', '--format', 'csv', "
+              "'--output', 'out']; cli.run()")
+    for _ in range(5):
+        done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 2, done.stderr[-2000:]
+        assert done.stdout == "exit handler ran\n"
+        assert done.stderr == "advrec: error: empty.csv: empty file\n"
+    assert not (tmp_path / "out").exists()

@@ -111,9 +111,9 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
                 # when the raw log has ratings
                 extra = [c for c in ("label", "rating", "timestamp") if c in pf.schema_arrow.names
                          and not (train_pairs_only and name == "train")]
-                # One thread: Arrow's pool threads reading a Python file object at exit aborted 1 exit
-                # in 6 ("terminate called without an active exception", exit 134, not 2), and
-                # every read of such a file below takes the same flag.
+                # One thread: with Arrow's pool threads reading a Python file object, 1 exit in 6
+                # aborted ("terminate called without an active exception", exit 134, not 2; see
+                # cli.run); every Parquet read of such a file takes the same flag.
                 table = pf.read(columns=["user", "item", *extra], use_threads=False)
         except FileNotFoundError:
             raise AdvrecError(
