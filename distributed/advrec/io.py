@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -161,6 +162,22 @@ def write_json(fs: fsspec.AbstractFileSystem, path: str, obj: Any) -> None:
     """Write ``obj`` as JSON to ``path`` on ``fs`` (inside an `atomic_dir`)."""
     with fs.open(path, "w") as f:
         f.write(_json_text(obj))
+
+
+COPY_CHUNK = 1 << 24
+"""Bytes a copy holds at once (16 MiB): a file is streamed, never read whole."""
+
+
+def copy_files(source: str, names: Sequence[str], fs: fsspec.AbstractFileSystem,
+               tmp: str) -> None:
+    """Copy each of the files ``names`` that the directory ``source`` (a path or URL) holds into
+    ``tmp`` on ``fs`` (inside an `atomic_dir`), unchanged, streamed in chunks."""
+    source_fs, path = filesystem(source)
+    for name in names:
+        if source_fs.isfile(join(path, name)):
+            with source_fs.open(join(path, name), "rb") as src, \
+                    fs.open(join(tmp, name), "wb") as dst:
+                shutil.copyfileobj(src, dst, COPY_CHUNK)
 
 
 def dump_json(url: str, obj: Any) -> None:

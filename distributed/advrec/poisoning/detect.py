@@ -48,6 +48,7 @@ from advrec.io import (
     Marker,
     atomic_dir,
     check_output,
+    copy_files,
     filesystem,
     join,
     refuse_extension_types,
@@ -308,9 +309,7 @@ def _write_cleaned(data: str, fs: Any, tmp: str, meta: dict[str, Any], removed: 
         train = pq.read_table(f, use_threads=False)  # load_dataset checked it; one thread as there
     keep = pc.invert(pc.is_in(train["user"], pa.array(removed.astype(np.int32))))
     write_parquet(fs, join(tmp, "train.parquet"), train.filter(keep))
-    for name in COPIED:
-        if source.exists(join(path, name)):
-            fs.pipe_file(join(tmp, name), source.cat_file(join(path, name)))
+    copy_files(data, COPIED, fs, tmp)
     rows = report["removed"]["rows"]
     cleaned = {**meta, "counts": {**meta["counts"], "train": meta["counts"]["train"] - rows},
                "detection": {"source": data, **report["removed"], "users": int(removed.size),

@@ -21,7 +21,6 @@ as ``--targets`` would have it.
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
@@ -36,6 +35,7 @@ from advrec.errors import AdvrecError, shown
 from advrec.io import (
     atomic_dir,
     check_output,
+    copy_files,
     filesystem,
     join,
     refuse_extension_types,
@@ -47,7 +47,6 @@ from advrec.poisoning.layout import FAKE_PREFIX, TARGETS_FILE, TrainLog, genuine
 
 COPIED = ("valid.parquet", "test.parquet", "items.parquet", "item_features.parquet")
 """The files of the clean dataset a poisoned one holds unchanged (those present)."""
-COPY_CHUNK = 1 << 24
 """Bytes per read when copying a file: a large split is streamed, not held twice in memory."""
 STREAMS = {"targets": 0, "fillers": 1, "features": 2, "times": 3}
 """The seed's independent random streams, by what they draw."""
@@ -343,13 +342,8 @@ def _write(data: str, output: str, train: pa.Table, users: pa.Table,
            targets: dict[str, Any]) -> None:
     """Write the poisoned dataset through `atomic_dir`: all of it, or nothing; ``meta.json``
     last, as `prepare` does."""
-    source_fs, source = filesystem(data)
     with atomic_dir(output, DATASET) as (fs, tmp):
-        for name in COPIED:
-            if source_fs.isfile(join(source, name)):
-                with source_fs.open(join(source, name), "rb") as src, \
-                        fs.open(join(tmp, name), "wb") as dst:
-                    shutil.copyfileobj(src, dst, COPY_CHUNK)
+        copy_files(data, COPIED, fs, tmp)
         write_parquet(fs, join(tmp, "train.parquet"), train)
         write_parquet(fs, join(tmp, "users.parquet"), users)
         if user_features is not None:
