@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -146,24 +146,45 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
                    **splits)
 
 
+@overload
+def read_part(url: str, name: str, columns: list[str] | None = None, what: str = ...,
+              required: Literal[True] = True) -> pa.Table: ...
+@overload
+def read_part(url: str, name: str, columns: list[str] | None = None, what: str = ...,
+              required: bool = True) -> pa.Table | None: ...
+
+
+def read_part(url: str, name: str, columns: list[str] | None = None,
+              what: str = "a Parquet file", required: bool = True) -> pa.Table | None:
+    """The Parquet file ``name`` of the prepared dataset at ``url`` (its ``columns``, or all);
+    ``None`` when it is missing and not ``required``.
+
+    Raises:
+        AdvrecError: naming the file when it is missing (and ``required``), holds an extension
+            type column, is not Parquet, or lacks a column; ``what`` says what it should be.
+    """
+    fs, path = filesystem(url)
+    where = f"{url}/{name}"
+    try:
+        with fs.open(join(path, name), "rb") as f:
+            file = pq.ParquetFile(f)
+            refuse_extension_types(file.schema_arrow, where)
+            return file.read(columns=columns, use_threads=False)  # one thread: load_dataset
+    except FileNotFoundError:
+        if required:
+            raise AdvrecError(f"{where}: missing; run `advrec prepare` again") from None
+        return None
+    except (pa.ArrowInvalid, KeyError, OSError) as exc:  # truncated, not Parquet, no column
+        raise AdvrecError(f"{where}: not {what} ({exc}); run `advrec prepare` again") from None
+
+
 def item_indices(url: str, raw_ids: list[str], where: str) -> list[int]:
     """The dataset indices of the raw item ids ``raw_ids`` (as ``items.parquet`` of the prepared
     dataset at ``url`` spells them); an id the vocabulary lacks is an error naming it and
     ``where`` it came from."""
     import pyarrow.compute as pc
 
-    fs, path = filesystem(url)
-    vocab_file = join(path, "items.parquet")
-    try:
-        with fs.open(vocab_file, "rb") as f:
-            pf = pq.ParquetFile(f)
-            refuse_extension_types(pf.schema_arrow, f"{url}/items.parquet")
-            vocab = pf.read(columns=["index", "raw_id"], use_threads=False)
-    except FileNotFoundError:
-        raise AdvrecError(f"{url}/items.parquet: missing; run `advrec prepare` again") from None
-    except (pa.ArrowInvalid, KeyError, OSError) as exc:
-        raise AdvrecError(f"{url}/items.parquet: not an item vocabulary ({exc}); run `advrec "
-                          "prepare` again") from None
+    vocab = read_part(url, "items.parquet", ["index", "raw_id"], what="an item vocabulary")
     # raw ids are read as text, however the log typed them: a targets.json may write 7 or "7"
     position = pc.index_in(pa.array(raw_ids, pa.string()),
                            value_set=vocab["raw_id"].cast(pa.string())).to_pylist()

@@ -41,7 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from advrec.data.dataset import load_dataset
+from advrec.data.dataset import load_dataset, read_part
 from advrec.data.prepare import DATASET
 from advrec.errors import AdvrecError, shown
 from advrec.io import (
@@ -51,7 +51,6 @@ from advrec.io import (
     copy_files,
     filesystem,
     join,
-    refuse_extension_types,
     write_json,
     write_parquet,
 )
@@ -284,17 +283,9 @@ def detect(data: str, output: str, selection: Selection | None = None) -> dict[s
 
 def _raw_ids(data: str, num_users: int) -> pa.Array:
     """(U,) the users' raw ids from the dataset's ``users.parquet``, by index."""
-    fs, path = filesystem(data)
     where = f"{data}/users.parquet"
-    try:
-        with fs.open(join(path, "users.parquet"), "rb") as f:
-            file = pq.ParquetFile(f)
-            refuse_extension_types(file.schema_arrow, where)
-            vocab = file.read(columns=["index", "raw_id"], use_threads=False)
-    except FileNotFoundError:
-        raise AdvrecError(f"{where}: missing; run `advrec prepare` again") from None
-    except (pa.ArrowInvalid, KeyError, OSError) as exc:
-        raise AdvrecError(f"{where}: not a vocabulary of index and raw_id ({exc})") from None
+    vocab = read_part(data, "users.parquet", ["index", "raw_id"],
+                      what="a vocabulary of index and raw_id")
     index = vocab["index"].to_numpy()
     if vocab.num_rows != num_users or not np.array_equal(index, np.arange(num_users)):
         raise AdvrecError(f"{where}: not one row per user 0 .. {num_users - 1}")

@@ -22,23 +22,20 @@ as ``--targets`` would have it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, overload
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from advrec.data.dataset import Dataset, item_indices, load_dataset
+from advrec.data.dataset import Dataset, item_indices, load_dataset, read_part
 from advrec.data.prepare import DATASET, _interactions
 from advrec.errors import AdvrecError, shown
 from advrec.io import (
     atomic_dir,
     check_output,
     copy_files,
-    filesystem,
     join,
-    refuse_extension_types,
     write_json,
     write_parquet,
 )
@@ -216,16 +213,16 @@ def _clean(data: str, force: bool) -> _Clean:
              for name, column in _columns(dataset).items()}
     meta["num_users"] = genuine
     meta["counts"] = {**meta["counts"], "train": int(keep.sum())}
-    users = _read(data, "users.parquet", required=True).slice(0, genuine)
+    users = read_part(data, "users.parquet").slice(0, genuine)
     named = pc.starts_with(users["raw_id"].cast(pa.string()), FAKE_PREFIX)
     if pc.any(named).as_py():
         raw = users["raw_id"].filter(named)[0].as_py()
         raise AdvrecError(f"{data}/users.parquet: genuine user {shown(raw)} has a raw id "
                           f"starting with {FAKE_PREFIX}, which marks fake users")
-    user_features = _read(data, "user_features.parquet")
-    return _Clean(meta, source, train, users, _read(data, "items.parquet", required=True),
+    user_features = read_part(data, "user_features.parquet", required=False)
+    return _Clean(meta, source, train, users, read_part(data, "items.parquet"),
                   None if user_features is None else user_features.slice(0, genuine),
-                  _read(data, "item_features.parquet"))
+                  read_part(data, "item_features.parquet", required=False))
 
 
 def _columns(dataset: Dataset) -> dict[str, Any]:
@@ -233,30 +230,6 @@ def _columns(dataset: Dataset) -> dict[str, Any]:
     train = dataset.train
     return {"user": train.user, "item": train.item, "timestamp": train.timestamp,
             "rating": train.rating, "label": train.label}
-
-
-@overload
-def _read(data: str, name: str, required: Literal[True]) -> pa.Table: ...
-@overload
-def _read(data: str, name: str, required: bool = False) -> pa.Table | None: ...
-
-
-def _read(data: str, name: str, required: bool = False) -> pa.Table | None:
-    """The Parquet file ``name`` of the dataset; ``None`` when it has none and none is
-    ``required``."""
-    fs, path = filesystem(data)
-    try:
-        with fs.open(join(path, name), "rb") as f:
-            file = pq.ParquetFile(f)
-            refuse_extension_types(file.schema_arrow, f"{data}/{name}")
-            return file.read(use_threads=False)  # as data.dataset's reads
-    except FileNotFoundError:
-        if required:
-            raise AdvrecError(f"{data}/{name}: missing; run `advrec prepare` again") from None
-        return None
-    except (pa.ArrowInvalid, OSError) as exc:  # truncated, or not Parquet at all
-        raise AdvrecError(f"{data}/{name}: not a Parquet file ({exc}); run `advrec prepare` "
-                          "again") from None
 
 
 def _check_fillers(fillers: np.ndarray, targets: np.ndarray, fakes: int, size: int,
