@@ -90,3 +90,20 @@ def test_item_table_is_listed_once() -> None:
 def test_non_positive_max_len_is_an_error() -> None:
     with pytest.raises(AdvrecError, match="model.max_len"):
         SASRec(5, N_ITEMS, D, max_len=0)
+
+
+def test_positions_start_at_the_item_tables_scale_not_n01() -> None:
+    """Fix 1 of issue 18: the position table is drawn by the item table's rule (Glorot), so
+    positions start at the references' ratio to the √d-scaled item rows, not 14x above them."""
+    torch.manual_seed(0)
+    items, dim, max_len = 1682, 64, 200
+    model = SASRec(num_users=5, num_items=items, dim=dim, max_len=max_len)
+    position_std = model.position.weight.std().item()
+    assert position_std == pytest.approx((2 / (max_len + dim)) ** 0.5, rel=0.05)
+    scaled_items = (model.item.weight[:items] * dim ** 0.5).std().item()
+    # about 3:1 for ml-100k's shape (the official code's Glorot tables); N(0, 1) gave 1:3.7
+    assert 2 < scaled_items / position_std < 4
+    normal = SASRec(num_users=5, num_items=items, dim=dim, max_len=max_len, init="normal",
+                    init_std=0.01)
+    assert normal.position.weight.std().item() == pytest.approx(0.01, rel=0.05)
+

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from advrec.errors import AdvrecError
 from advrec.models.base import Batch, Recommender, new_table
+from advrec.models.base import init_std as init_scale
 
 
 class SASRec(Recommender):
@@ -39,7 +40,11 @@ class SASRec(Recommender):
         self.num_users, self.num_items, self.max_len, self.heads = num_users, num_items, max_len, heads
         self.pad = num_items
         self.item = new_table("item", num_items + 1, dim, init, init_std, padding_idx=self.pad)
+        # not a table an adversary moves (positions are no user's input): a plain embedding,
+        # drawn by the item table's rule (N(0, 1), PyTorch's default, made positions start
+        # about 14 times larger than the √d-scaled item rows; the references use Glorot)
         self.position = nn.Embedding(max_len, dim)
+        nn.init.normal_(self.position.weight, std=init_scale(init, init_std, max_len, dim))
         self.dropout = nn.Dropout(dropout)
         block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
                                            activation="relu", batch_first=True, norm_first=True)
