@@ -107,3 +107,32 @@ def test_positions_start_at_the_item_tables_scale_not_n01() -> None:
                     init_std=0.01)
     assert normal.position.weight.std().item() == pytest.approx(0.01, rel=0.05)
 
+
+def test_blocks_are_drawn_each_on_its_own_as_the_reference_builds_them() -> None:
+    model = _model()
+    first, second = model.blocks
+    assert not torch.equal(first.query.weight, second.query.weight)  # no deep copy of one block
+    assert first.attention_norm.eps == first.feed_forward_norm.eps == model.norm.eps == 1e-8
+    assert all(b.query.bias.abs().sum() == 0 for b in model.blocks)
+    # attention without an output projection: the block's linear maps are q, k, v and the
+    # feed-forward's two
+    assert sum(isinstance(m, torch.nn.Linear) for m in first.modules()) == 5
+
+
+def test_block_is_the_official_codes_formula() -> None:
+    """kang205/SASRec's block, written out for one head: the query is LN(x), keys and values
+    the raw x, the residual adds LN(x), and the feed-forward adds its own normalised input."""
+    from advrec.models.sasrec import Block
+
+    torch.manual_seed(0)
+    block = Block(D, heads=1, dropout=0.5).eval()
+    x = torch.randn(2, 5, D)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    q = F.layer_norm(x, (D,), block.attention_norm.weight, block.attention_norm.bias, 1e-8)
+    logits = block.query(q) @ block.key(x).transpose(1, 2) / D ** 0.5
+    attended = logits.masked_fill(~causal, float("-inf")).softmax(-1) @ block.value(x)
+    y = F.layer_norm(q + attended, (D,), block.feed_forward_norm.weight,
+                     block.feed_forward_norm.bias, 1e-8)
+    ff = block.feed_forward
+    expected = y + ff[3](torch.relu(ff[0](y)))
+    assert torch.allclose(block(x, causal.expand(2, 5, 5)), expected, atol=1e-5)

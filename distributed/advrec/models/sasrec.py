@@ -12,6 +12,17 @@ make padding unable to leak into any real position's output:
   is never fully masked and stays finite);
 - positions count from the first real item, so the same history gets the same position
   embeddings however much padding precedes it.
+
+The blocks are the paper's as its official code builds them (kang205/SASRec, which
+pmixer/SASRec.pytorch follows), not ``nn.TransformerEncoderLayer``'s pre-norm block:
+
+- the query is the normalised input, the keys and values the raw one, and the residual adds the
+  normalised input; the feed-forward adds its own normalised input back;
+- dropout on the attention weights, none on the attention output, and no output projection;
+- LayerNorm eps 1e-8; Glorot-initialised projections, each block drawn on its own;
+- the position table initialised as the item table is (Glorot by default), so positions and
+  items start at the references' ratio (N(0, 1), PyTorch's default, made positions start about
+  14 times larger than the √d-scaled item rows).
 """
 
 from __future__ import annotations
@@ -19,11 +30,14 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advrec.errors import AdvrecError
 from advrec.models.base import Batch, Recommender, new_table
 from advrec.models.base import init_std as init_scale
+
+LAYER_NORM_EPS = 1e-8  # both references'; PyTorch's default is 1e-5
 
 
 class SASRec(Recommender):
@@ -37,19 +51,16 @@ class SASRec(Recommender):
         super().__init__()
         if max_len <= 0:
             raise AdvrecError(f"model.max_len: must be > 0 (got {max_len})")
-        self.num_users, self.num_items, self.max_len, self.heads = num_users, num_items, max_len, heads
+        self.num_users, self.num_items, self.max_len = num_users, num_items, max_len
         self.pad = num_items
         self.item = new_table("item", num_items + 1, dim, init, init_std, padding_idx=self.pad)
         # not a table an adversary moves (positions are no user's input): a plain embedding,
-        # drawn by the item table's rule (N(0, 1), PyTorch's default, made positions start
-        # about 14 times larger than the √d-scaled item rows; the references use Glorot)
+        # drawn by the item table's rule
         self.position = nn.Embedding(max_len, dim)
         nn.init.normal_(self.position.weight, std=init_scale(init, init_std, max_len, dim))
         self.dropout = nn.Dropout(dropout)
-        block = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=dim, dropout=dropout,
-                                           activation="relu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
 
     def embed(self, batch: Batch) -> dict[str, Tensor]:
         """``item_seq`` (B, L, d) the history's rows; ``item`` (B, L, C, d) the candidates' rows,
@@ -69,9 +80,9 @@ class SASRec(Recommender):
         causal = torch.ones(L, L, dtype=torch.bool, device=seq.device).triu(1)  # True = hidden
         blocked = causal | ~real.unsqueeze(1)  # (B, L, L): no future keys, no padded keys
         blocked = blocked & ~torch.eye(L, dtype=torch.bool, device=seq.device)  # but itself
-        mask = blocked.repeat_interleave(self.heads, dim=0)  # (B * heads, L, L)
-        h = self.encoder(x, mask=mask)
-        return self.norm(h) * real.unsqueeze(-1)
+        for block in self.blocks:
+            x = block(x, ~blocked) * real.unsqueeze(-1)
+        return self.norm(x) * real.unsqueeze(-1)
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
         """(B, L, C) logits: each position's hidden state dotted with its candidates; with every
@@ -113,3 +124,37 @@ class SASRec(Recommender):
         """Every item's row (N, d), the padding row left out; by lookup, not ``.weight``: a
         sharded table has no whole weight."""
         return self.item(torch.arange(self.num_items, device=device))
+
+
+class Block(nn.Module):
+    """One self-attention block of the official SASRec: (B, L, d) -> (B, L, d)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.attention_dropout = heads, dropout
+        self.attention_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.query, self.key, self.value = (nn.Linear(dim, dim) for _ in range(3))
+        self.feed_forward_norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        # the official code's two kernel-1 convolutions, a linear map per position
+        self.feed_forward = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Dropout(dropout),
+                                          nn.Linear(dim, dim), nn.Dropout(dropout))
+        for module in self.modules():
+            if isinstance(module, nn.Linear):  # TensorFlow's dense and conv1d defaults
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """``x`` (B, L, d); ``allowed`` (B, L, L), True where a query may attend to a key."""
+        B, L, d = x.shape
+
+        def split(t: Tensor) -> Tensor:  # (B, L, d) -> (B, heads, L, d / heads)
+            return t.view(B, L, self.heads, d // self.heads).transpose(1, 2)
+
+        query = self.attention_norm(x)
+        attended = F.scaled_dot_product_attention(
+            split(self.query(query)), split(self.key(x)), split(self.value(x)),
+            attn_mask=allowed.unsqueeze(1),
+            dropout_p=self.attention_dropout if self.training else 0.0)
+        x = query + attended.transpose(1, 2).reshape(B, L, d)
+        x = self.feed_forward_norm(x)
+        return x + self.feed_forward(x)
