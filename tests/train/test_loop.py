@@ -1,11 +1,14 @@
 """The training loop's guards: a loss that turns non-finite stops training naming the epoch and
 the step, a shard without rows is an error (never a division by zero) and, with fewer rows than
 workers, gets the first rows as DistributedSampler's padding does; and the one reach into Ray's
-internals (`ray_train_loggers`) still finds what it needs."""
+internals (`ray_train_loggers`) still finds what it needs; the optimizer's betas and
+early stopping's patience (counted in evaluations)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from advrec.data import load_dataset
 from advrec.data.dataset import Interactions
 from advrec.errors import AdvrecError
 from advrec.models import build_model
+from advrec.train import run_training
 from advrec.train.loop import attack_from_config, quiet_ray_train, ray_train_loggers, train_epoch
 from advrec.train.optim import make_optimizer
 from advrec.train.tasks import MemoryRows, PairTask, epoch_order, make_loss, make_task
@@ -99,3 +103,42 @@ def test_ray_train_loggers_are_still_where_advrec_quiets_them(
                        for r in caplog.records) == logged
     finally:
         errors.removeHandler(caplog.handler)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_betas_reach_every_adam_optimizer(dataset: str, optimizer: str, sparse: bool) -> None:
+    """train.betas (issue 18: SASRec's references use (0.9, 0.98)) reaches the dense optimizer
+    and, with sparse tables, SparseAdam beside it; the default stays PyTorch's."""
+    train = {"optimizer": optimizer, "betas": [0.9, 0.98], "sparse_embeddings": sparse}
+    cfg = build_config({"data": {"source": dataset}, "model": {"dim": 8}, "train": train})
+    data = load_dataset(dataset)
+    _, built = _objective(cfg, data)
+    parts = built.parts if sparse else [built]
+    assert [g["betas"] for p in parts for g in p.param_groups] == [(0.9, 0.98)] * len(parts)
+    default = build_config({"data": {"source": dataset}, "model": {"dim": 8},
+                            "train": {"optimizer": optimizer}})
+    assert make_optimizer(build_model(default, data), default.train).param_groups[0]["betas"] \
+        == (0.9, 0.999)
+
+
+@pytest.mark.parametrize(("train", "message"), [
+    ({"optimizer": "sgd", "betas": [0.9, 0.98]}, "only adam and adamw use them"),
+    ({"betas": [0.9, 1.0]}, r"train\.betas: each beta must be in \[0, 1\)"),
+    ({"betas": [0.9]}, r"train\.betas"),
+])
+def test_bad_betas_are_named(dataset: str, train: dict, message: str) -> None:
+    with pytest.raises(AdvrecError, match=message):
+        build_config({"data": {"source": dataset}, "train": train})
+
+
+def test_patience_counts_evaluations_not_epochs(dataset: str, tmp_path: Path) -> None:
+    """Validated every 2nd epoch with patience 2, a run whose metric never moves (a learning
+    rate far below float32's resolution) stops at its third evaluation: the first sets the
+    best, the next two do not beat it. Counted in epochs it would stop at the second."""
+    cfg = build_config({"data": {"source": dataset}, "model": {"dim": 8},
+                        "train": {"epochs": 20, "lr": 1e-30, "eval_every": 2, "patience": 2}})
+    metrics = run_training(cfg, str(tmp_path / "run"), progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in history if "eval_s" in h] == [1, 3, 5]
+    assert len(history) == 6 and history[-1]["stopped"] and metrics["best_epoch"] == 1

@@ -16,6 +16,7 @@ from advrec.config.load import (
 from advrec.config.overrides import apply_overrides, key_text, with_values
 from advrec.config.policy import TASK_NAMES, metric_mode
 from advrec.config.schema import (
+    ADAM_KINDS,
     ATTACKS,
     AdvConfig,
     DataConfig,
@@ -30,7 +31,7 @@ from advrec.config.schema import (
 )
 
 __all__ = [
-    "ATTACKS", "TASK_NAMES",
+    "ADAM_KINDS", "ATTACKS", "TASK_NAMES",
     "AdvConfig", "DataConfig", "EvalConfig", "ModelConfig", "RunConfig", "ScalingConfig",
     "SearchDim", "Section", "TrainConfig", "TuneConfig", "apply_overrides", "build_config",
     "dump_config", "error_line", "key_text", "load_config", "load_raw", "metric_mode",

@@ -233,6 +233,10 @@ class AdvConfig(Section):
         return self
 
 
+ADAM_KINDS = ("adam", "adamw")
+"""The optimizers that take `TrainConfig.betas`."""
+
+
 class TrainConfig(Section):
     epochs: int = Field(100, gt=0)
     lr: float = Field(1e-3, gt=0.0)
@@ -242,14 +246,18 @@ class TrainConfig(Section):
         "bpr. Two-tower trains with in-batch softmax, CTR models with bce against the labels, "
         "and MMoE with its per-task losses, so for those only their own value (or none) is valid.")
     optimizer: Literal["adam", "adamw", "sgd", "adagrad"] = "adam"
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="Adam's and AdamW's (beta1, beta2), the decay rates of the "
+        "gradient's moments; SASRec's references train with [0.9, 0.98].")
     weight_decay: float = Field(0.0, ge=0.0)
     reg: float = Field(0.0, ge=0.0, description="L2 penalty on the batch's embedding rows.")
     num_negatives: int | Literal["all"] = Field(
         1, description="Sampled negatives per positive; 'all' scores every item at every position "
         "(SASRec's full softmax).")
     seed: int = 0
-    eval_every: int = Field(1, gt=0)
-    patience: int = Field(10, ge=0, description="Epochs without improvement before stopping; 0 = off.")
+    eval_every: int = Field(1, gt=0, description="Validate every N epochs (and after the last).")
+    patience: int = Field(10, ge=0, description="Evaluations (every eval_every epochs) without "
+                          "improvement before stopping; 0 = off.")
     monitor: str | None = Field(
         None, description="The valid metric for early stopping and the best epoch; default "
         "ndcg@K (first of eval.ks) for ranking, auc for CTR, click/auc for multi-task.")
@@ -269,6 +277,13 @@ class TrainConfig(Section):
         "this epoch (raises in-process), once; a resumed run never fails again.")
 
     @model_validator(mode="after")
+    def _betas_need_adam(self) -> TrainConfig:
+        adam = self.optimizer in ADAM_KINDS or self.table_optimizer == "adam"
+        if "betas" in self.model_fields_set and not adam:
+            raise ValueError(f"betas: only adam and adamw use them (optimizer={self.optimizer})")
+        return self
+
+    @model_validator(mode="after")
     def _sparse_gradients(self) -> TrainConfig:
         if self.sparse_embeddings and self.weight_decay:
             raise ValueError("weight_decay does not apply to sparse gradients; with "
@@ -277,6 +292,13 @@ class TrainConfig(Section):
             raise ValueError("num_negatives=all scores every item, so its gradient is dense: "
                              "it cannot train with sparse_embeddings")
         return self
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):  # nan fails too
+            raise ValueError("each beta must be in [0, 1)")
+        return v
 
     @field_validator("num_negatives", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from advrec.config import TrainConfig
+from advrec.config import ADAM_KINDS, TrainConfig
 from advrec.models.base import Recommender
 
 OPTIMIZERS = {
@@ -55,6 +55,18 @@ class SplitOptimizer:
 Optimizer = torch.optim.Optimizer | SplitOptimizer
 
 
+def hyperparameters(cfg: TrainConfig, kind: str, decay: bool = True) -> dict[str, Any]:
+    """The keyword arguments of an optimizer of ``kind`` (a key of `OPTIMIZERS`, or
+    ``rowwise_adagrad``): the learning rate, Adam's betas for the Adam kinds, and with
+    ``decay`` the weight decay (SparseAdam and torchrec's fused tables take none)."""
+    kwargs: dict[str, Any] = {"lr": cfg.lr}
+    if kind in ADAM_KINDS:
+        kwargs["betas"] = tuple(cfg.betas)
+    if decay:
+        kwargs["weight_decay"] = cfg.weight_decay
+    return kwargs
+
+
 def make_optimizer(model: Recommender, cfg: TrainConfig, fused_tables: bool = False) -> Optimizer:
     """The configured optimizer over ``model``'s parameters, and with
     ``train.sparse_embeddings`` a sparse optimizer of the same kind over the embedding tables,
@@ -68,18 +80,18 @@ def make_optimizer(model: Recommender, cfg: TrainConfig, fused_tables: bool = Fa
 
         tables = {id(p) for t in sharded_tables(model).values() for p in t.parameters()}
         dense = [p for p in model.parameters() if id(p) not in tables]
-        return SplitOptimizer([OPTIMIZERS[cfg.optimizer](dense, lr=cfg.lr,
-                                                         weight_decay=cfg.weight_decay)]
+        return SplitOptimizer([OPTIMIZERS[cfg.optimizer](dense, **hyperparameters(cfg, cfg.optimizer))]
                               if dense else [])
     if not cfg.sparse_embeddings:
-        return OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr,
-                                         weight_decay=cfg.weight_decay)
+        return OPTIMIZERS[cfg.optimizer](model.parameters(), **hyperparameters(cfg, cfg.optimizer))
     tables = [m for m in model.modules() if isinstance(m, nn.Embedding)]
     for table in tables:
         table.sparse = True
     sparse = {id(t.weight) for t in tables}
     dense = [p for p in model.parameters() if id(p) not in sparse]
-    parts = [SPARSE_OPTIMIZERS[cfg.optimizer]([t.weight for t in tables], lr=cfg.lr)]
+    # no weight decay with sparse gradients (the config refuses it): train.reg instead
+    parts = [SPARSE_OPTIMIZERS[cfg.optimizer]([t.weight for t in tables],
+                                              **hyperparameters(cfg, cfg.optimizer, decay=False))]
     if dense:
-        parts.append(OPTIMIZERS[cfg.optimizer](dense, lr=cfg.lr))
+        parts.append(OPTIMIZERS[cfg.optimizer](dense, **hyperparameters(cfg, cfg.optimizer, decay=False)))
     return SplitOptimizer(parts)

@@ -32,6 +32,7 @@ from advrec.models.base import Recommender
 # first: it imports torchrec quietly, or says how to install it
 from advrec.models.torchrec_tables import TorchrecEmbedding, quiet_logs
 from advrec.ports import free_ports
+from advrec.train.optim import hyperparameters
 
 # isort: split
 from torchrec import optim as trec_optim
@@ -97,9 +98,10 @@ def shard(objective: nn.Module, model: Recommender, cfg: RunConfig,
                               f"tables: {', '.join(tables)})")
         raise AdvrecError(f"model.sharding: '{name}' is no table of model.name="
                           f"{cfg.model.name} (its tables: {', '.join(model.tables())})")
-    optimizer = TABLE_OPTIMIZERS[cfg.table_optimizer()]
+    kind = cfg.table_optimizer()
     for table in tables.values():
-        apply_optimizer_in_backward(optimizer, table.collection.parameters(), {"lr": cfg.train.lr})
+        apply_optimizer_in_backward(TABLE_OPTIMIZERS[kind], table.collection.parameters(),
+                                    hyperparameters(cfg.train, kind, decay=False))
     world = dist.get_world_size()
     constraints = {name: constraint(kind, tables[name].embedding_dim, world)
                    for name, kind in cfg.model.sharding.items()}

@@ -25,8 +25,8 @@ from advrec.train.optim import Optimizer
 
 @dataclass
 class EarlyStopping:
-    """The best epoch so far by the monitored valid metric, its weights, and epochs since it
-    improved.
+    """The best epoch so far by the monitored valid metric, its weights, and evaluations (not
+    epochs: `TrainConfig.eval_every`) since it improved.
 
     ``spill``: (run directory, rank) of a run with sharded tables, whose best weights go to
     ``run/best/epoch-N/`` (every worker its shards) instead of a second copy in memory: tables
