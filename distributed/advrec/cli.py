@@ -361,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = DataConfig.model_fields  # the defaults of a run config's data section, not copies
     p.add_argument("--split", default=data["split"].default,
                    help="random:TRAIN,VALID,TEST per user | loo (leave-one-out by time) | "
+                        "loo:keep-short (SASRec's: users under 3 interactions train only) | "
                         "time:FRACTION (global time cut); default %(default)s")
     p.add_argument("--label-threshold", type=float, default=None, metavar="R",
                    help="CTR data: keep every rating, labelled 1 where rating >= R else 0")

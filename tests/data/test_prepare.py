@@ -374,3 +374,29 @@ def test_hashed_ids_errors(write, tmp_path):
         prepare(write("aged.csv", with_age), "csv", str(tmp_path / "features"),
                 columns=ColumnMap(user_features=("age",)), buckets={"user": 100})
     assert not (tmp_path / "out").exists() and not (tmp_path / "features").exists()
+
+
+def test_loo_keep_short_users_train_sasrec_and_count_in_no_metric(write, tmp_path):
+    """`--split loo:keep-short` (SASRec's split): users with 1 or 2 interactions are kept in
+    train only; SASRec trains on their sequences and evaluates the others alone."""
+    from advrec.cli import main
+
+    rng = np.random.default_rng(0)
+    rows = [f"u{u},i{i},{t}" for u in range(12) for t, i in
+            enumerate(rng.choice(15, size=1 + u % 2 if u < 4 else 6, replace=False))]
+    source = write("log.csv", "user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "prepared"
+    meta = prepare(source, "csv", str(out), split="loo:keep-short")
+    assert meta["num_users"] == 12 and meta["split"]["spec"] == "loo:keep-short"
+    data = load_dataset(str(out))
+    users = {part: data.split(part).user.tolist() for part in ("train", "valid", "test")}
+    short = {u for u in set(users["train"]) if users["train"].count(u) <= 2}
+    assert len(short) == 4  # u0..u3, whose 1 or 2 rows are all in train
+    assert not short & set(users["valid"] + users["test"])
+    assert meta["counts"] == {"train": 1 + 2 + 1 + 2 + 8 * 4, "valid": 8, "test": 8}
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={out}",
+                 "model.name=sasrec", "model.dim=8", "model.max_len=8", "train.epochs=1",
+                 "train.batch_size=4", "adv.method=none"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0 <= metrics["test"]["ndcg@10"] <= 1

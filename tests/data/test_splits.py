@@ -212,3 +212,23 @@ def test_time_split_with_empty_test_set_fails():
             0,
             pa.array(["a", "b"]),
         )
+
+
+def test_loo_keep_short_is_sasrecs_rule_on_a_hand_made_log():
+    """SASRec's data_partition: a user with fewer than 3 interactions trains on them all and
+    has no validation or test item; the others give their last two, by time, as loo does."""
+    # user a: 1 row, b: 2 rows, c: 3 rows, d: 4 rows (timestamps out of file order)
+    user = np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+    timestamp = np.array([1, 8, 2, 3, 1, 2, 9, 5, 7, 6])
+    spec = parse_split("loo:keep-short")
+    assert spec == SplitSpec("loo", None, "loo:keep-short", keep_short=True)
+    parts = assign_split(spec, user, np.arange(10), timestamp, 0, pa.array(list("abcd")))
+    assert parts.tolist() == [TRAIN, TRAIN, TRAIN, TEST, TRAIN, VALID,
+                              TEST, TRAIN, VALID, TRAIN]
+    # plain loo refuses user a, and gives b a test item
+    with pytest.raises(AdvrecError, match=r"user 'a' has 1 interaction: split 'loo'"):
+        assign_split(parse_split("loo"), user, np.arange(10), timestamp, 0, pa.array(list("abcd")))
+    with pytest.raises(AdvrecError, match=r"every user has fewer than 3 interactions"):
+        assign_split(spec, user[:3], np.arange(3), timestamp[:3], 0, pa.array(list("ab")))
+    with pytest.raises(AdvrecError, match=r"'loo' takes no arguments but 'keep-short'"):
+        parse_split("loo:keep_short")

@@ -6,7 +6,10 @@ run config):
 * ``random:0.8,0.1,0.1``: per user, a random share of the interactions, with RecBole 1.2.1's
   counting rule so results are comparable with RecBole's ``RS`` split.
 * ``loo``: leave-one-out by time; per user the last interaction is the test item, the second
-  last the validation item (RecBole's ``LS: valid_and_test``).
+  last the validation item (RecBole's ``LS: valid_and_test``). A user with 2 interactions gets
+  a test item and no validation item, one with a single interaction is an error.
+  ``loo:keep-short`` is SASRec's own rule (``data_partition`` in kang205/SASRec): a user with
+  fewer than 3 interactions keeps them all in train, with neither a validation nor a test item.
 * ``time:0.8``: one global time cut; valid/test rows whose user or item is unseen in train
   are dropped, since no model can score them.
 """
@@ -35,11 +38,14 @@ class SplitSpec:
         ratios: (train, valid, test) shares for ``random`` and ``time``, as written (RecBole
             normalises them by their sum when counting); ``None`` for ``loo``.
         spec: the original string.
+        keep_short: ``loo:keep-short``: users too short for a validation and a test item stay
+            in train only.
     """
 
     kind: str
     ratios: tuple[float, float, float] | None
     spec: str
+    keep_short: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         ratios = list(self.ratios) if self.ratios else None
@@ -51,6 +57,8 @@ class SplitSpec:
 
     def counts(self, n: int) -> tuple[int, int, int]:
         """How many of a user's ``n`` interactions go to (train, valid, test)."""
+        if self.kind == "loo" and self.keep_short:
+            return (n, 0, 0) if n < 3 else (n - 2, 1, 1)
         if self.kind == "loo":
             # RecBole's leave-one-out: always keep at least one interaction for training.
             held_out = min(2, n - 1)
@@ -69,7 +77,7 @@ class SplitSpec:
 
 
 def parse_split(spec: str) -> SplitSpec:
-    """Parse ``random:TRAIN[,VALID],TEST``, ``loo`` or ``time:TRAIN[,VALID,TEST]``.
+    """Parse ``random:TRAIN[,VALID],TEST``, ``loo[:keep-short]`` or ``time:TRAIN[,VALID,TEST]``.
 
     One share F means (F, (1-F)/2, (1-F)/2); two mean (train, test) with no validation set.
     """
@@ -79,11 +87,11 @@ def parse_split(spec: str) -> SplitSpec:
         return AdvrecError(f"--split/data.split: bad split '{spec}': {why}")
 
     if kind not in _KINDS:
-        raise bad(f"unknown kind '{kind}' (expected random:..., loo or time:...)")
+        raise bad(f"unknown kind '{kind}' (expected random:..., loo, loo:keep-short or time:...)")
     if kind == "loo":
-        if args:
-            raise bad("'loo' takes no arguments")
-        return SplitSpec("loo", None, spec)
+        if args not in ("", "keep-short"):
+            raise bad("'loo' takes no arguments but 'keep-short' (loo:keep-short)")
+        return SplitSpec("loo", None, spec, keep_short=bool(args))
     try:
         shares = [float(a) for a in args.split(",")] if args else []
     except ValueError:
@@ -148,8 +156,8 @@ def assign_split(
         (N,) int8: ``TRAIN``, ``VALID``, ``TEST`` or ``DROPPED`` (``time``: unseen in train).
 
     Raises:
-        AdvrecError: a per-user split leaves a user without a test item (naming the user), or
-            a ``time`` split leaves the test set empty.
+        AdvrecError: a per-user split leaves a user without a test item (naming the user; not
+            ``loo:keep-short``, whose short users train only), or the test set is empty.
     """
     n = len(user)
     row = np.arange(n)
@@ -176,7 +184,10 @@ def assign_split(
     parts = np.empty(n, dtype=np.int8)
     parts[order] = (rank >= counts[:, 0]).astype(np.int8) + (rank >= counts[:, 0] + counts[:, 1])
     no_test = np.flatnonzero((sizes > 0) & (per_size[sizes, 2] == 0))
-    if no_test.size:
+    if spec.keep_short and no_test.size == np.count_nonzero(sizes):
+        raise AdvrecError(f"split '{spec.spec}': every user has fewer than 3 interactions, so "
+                          "the test set is empty")
+    if no_test.size and not spec.keep_short:
         u = int(no_test[0])
         more = f" (and {no_test.size - 1} more users)" if no_test.size > 1 else ""
         raise AdvrecError(
