@@ -550,6 +550,13 @@ CONFIG: list[Case] = [
     Case("train-adaptive-lambda-zero", (*TRAIN, "adv.method=fgm", "adv.adaptive=vat",
                                         "adv.adaptive_lambda=0"),
          "adv.adaptive_lambda: Input should be greater than 0"),
+    # SASRec as published (issue 18): Adam's betas and the paper's split
+    Case("train-betas-out-of-range", (*TRAIN, "train.betas=[0.9,1.5]"),
+         "train.betas: each beta must be in [0, 1)"),
+    Case("train-betas-with-sgd", (*TRAIN, "train.optimizer=sgd", "train.betas=[0.9,0.98]"),
+         "betas: only adam and adamw use them (optimizer=sgd)"),
+    Case("prepare-split-loo-keep-short-misspelt", (*PREPARE, "{d}/out", "--split", "loo:keep_short"),
+         "bad split 'loo:keep_short': 'loo' takes no arguments but 'keep-short'"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------
