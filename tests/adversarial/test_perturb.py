@@ -4,7 +4,7 @@ import torch
 from advrec.adversarial import AdversarialObjective, Attack, perturb, project
 from advrec.models import LOSSES, MF, NeuMF
 
-METHODS = ["random", "fgsm", "fgm", "pgd"]
+METHODS = ["random", "fgsm", "fgm", "pgd", "jsma"]
 
 
 def _quadratic(x: dict[str, torch.Tensor], w: dict[str, torch.Tensor]):
@@ -37,8 +37,8 @@ def test_every_row_stays_inside_its_ball(method: str, norm: str, relative: bool)
     delta = perturb(x, grad_fn, attack, generator=torch.Generator().manual_seed(0))
     for k, d in delta.items():
         radius = eps * x[k].norm(dim=-1) if relative else torch.full(d.shape[:-1], eps)
-        # FGSM is an L-inf step and FGM an L2 step by definition; the others follow `norm`
-        linf = method == "fgsm" or (norm == "linf" and method != "fgm")
+        # FGSM and JSMA are L-inf and FGM L2 by definition; the others follow `norm`
+        linf = method in ("fgsm", "jsma") or (norm == "linf" and method != "fgm")
         row_norm = d.abs().amax(-1) if linf else d.norm(dim=-1)
         assert (row_norm <= radius * (1 + 1e-5) + 1e-7).all(), (k, row_norm.max(), radius.max())
         assert d.abs().sum() > 0

@@ -116,7 +116,7 @@ def test_the_adversarial_loss_is_at_each_users_own_eps(adaptive: str, model_cls:
     assert not torch.allclose(got, uniform(batch, adversarial=True)["adv"])
 
 
-@pytest.mark.parametrize("method", ["fgm", "random", "pgd"])
+@pytest.mark.parametrize("method", ["fgm", "random", "pgd", "jsma"])
 @pytest.mark.parametrize("adaptive", ["vat", "pamacf"])
 def test_each_rows_perturbation_has_its_users_norm(method: str, adaptive: str) -> None:
     torch.manual_seed(0)
@@ -132,11 +132,12 @@ def test_each_rows_perturbation_has_its_users_norm(method: str, adaptive: str) -
     budget = RHO * torch.tensor(_hand_weights(adaptive, model, batch)) * 1.5  # λ = 3, not 2
     assert budget.max() > 1.2 * budget.min()  # the users' budgets differ
     for key in keys:
-        norms = delta[key].norm(dim=-1)  # (B,) user rows, (B, C) item rows
+        # (B,) user rows, (B, C) item rows; JSMA's changed coordinates each move by the budget
+        norms = delta[key].abs().amax(-1) if method == "jsma" else delta[key].norm(dim=-1)
         expected = budget.view(-1, *([1] * (norms.dim() - 1))).expand_as(norms)
         if method == "pgd":  # projected onto each row's ball
             assert (norms <= expected * (1 + 1e-5)).all(), key
-        else:  # FGM's step and random noise take the whole budget
+        else:  # FGM's step, JSMA's and random noise take the whole budget
             torch.testing.assert_close(norms, expected, rtol=1e-5, atol=1e-6)
 
 

@@ -80,8 +80,7 @@ class AdversarialObjective(nn.Module):
         if attacking:
             keys = select_targets(list(emb), self.target)
             init_grad = None
-            if attack.method in ("fgsm", "fgm") or (attack.method == "pgd"
-                                                    and not attack.random_start):
+            if attack.from_clean_gradient:
                 # the attack starts from the clean loss's gradient at δ = 0
                 loss, init_grad = self._differentiate_clean(clean, emb, keys)
             delta = self._delta(emb, keys, init_grad, batch, generator,

@@ -1,14 +1,19 @@
-"""Perturbations of embedding rows inside a per-row ε-ball: random, FGSM, FGM and PGD.
+"""Perturbations of embedding rows inside a per-row ε-ball: random, FGSM, FGM, PGD and JSMA.
 
 One threat model for every model and for both uses: during training the tensors are the batch's
 looked-up rows ((B, d) or (B, C, d)); in robustness evaluation they are whole tables
 ((rows, d)). Either way the last dimension is the embedding and the budget holds for each row:
 ``‖δ_row‖₂ ≤ ε`` (L2) or ``‖δ_row‖∞ ≤ ε`` (L∞). With ``relative=True`` the radius of each row
 is ``ε · ‖x_row‖₂``, so ε means the same at any embedding scale.
+
+JSMA (Papernot et al. 2016) adds an L0 budget to the L∞ one: it changes at most ``l0``
+coordinates of each row, the most salient (the largest ``|∂loss/∂x|``), each by the whole ε.
+FGM and PGD change every coordinate a little; JSMA a few, each by a lot.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -16,11 +21,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from advrec.errors import AdvrecError
+
 Tensors = dict[str, Tensor]
 GradFn = Callable[[Tensors], Tensors]
 """Maps perturbations δ (same keys and shapes as the attacked tensors) to ∂loss/∂δ."""
 
-Method = Literal["none", "random", "fgsm", "fgm", "pgd"]
+Method = Literal["none", "random", "fgsm", "fgm", "pgd", "jsma"]
 Norm = Literal["l2", "linf"]
 
 _TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays zero)
@@ -28,19 +35,43 @@ _TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays z
 
 @dataclass(frozen=True)
 class Attack:
-    """What to compute: a method, a budget and, for PGD, steps and a step size."""
+    """What to compute: a method, a budget and, for PGD, steps and a step size; for JSMA,
+    rounds (``steps``) and the coordinates it may change per row (``l0``)."""
 
     method: Method
     eps: float
     steps: int = 1
     step_size: float | None = None  # PGD; None -> 2.5 * eps / steps (Madry et al. 2018)
-    norm: Norm = "l2"
+    norm: Norm = "l2"  # PGD and random; FGSM and JSMA are L∞, FGM L2, whatever it says
     random_start: bool = False
     relative: bool = False
+    l0: int | None = None  # JSMA; None -> `default_l0` of each row's width
 
     @property
     def alpha(self) -> float:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
+
+    @property
+    def from_clean_gradient(self) -> bool:
+        """Whether the attack's first gradient is the one at δ = 0, the clean loss's, which a
+        caller that has it passes to `perturb` as ``init_grad``."""
+        return self.method in ("fgsm", "fgm", "jsma") or (self.method == "pgd"
+                                                          and not self.random_start)
+
+
+def default_l0(width: int) -> int:
+    """JSMA's coordinates per row when ``l0`` is not set: a tenth of the row's width, at least 1."""
+    return max(1, width // 10)
+
+
+def rank_salient(saliency: Tensor, k: int, excluded: Tensor | None = None) -> Tensor:
+    """(..., n) saliencies (≥ 0) -> (..., k) indices of the ``k`` most salient entries along the
+    last dimension, most salient first; ``excluded`` ((..., n) bool) entries come after every
+    other. JSMA's choice, of a row's coordinates here; of a history's positions or an
+    example's fields alike (saliency: the gradient norm of each position's or field's row)."""
+    if excluded is not None:
+        saliency = saliency.masked_fill(excluded, -math.inf)
+    return saliency.topk(k, dim=-1).indices
 
 
 def _radius(x: Tensor, attack: Attack, scale: Tensor | None = None) -> Tensor | float:
@@ -103,15 +134,61 @@ def _ascend(delta: Tensor, g: Tensor, size: Tensor | float, radius: Tensor | flo
     return project(delta, radius, norm, inplace=True)
 
 
+def _jsma(x: Tensors, grad_fn: GradFn, attack: Attack, radius: dict[str, Tensor | float],
+          init_grad: Tensors | None) -> Tensors:
+    """JSMA's δ: in each of ``attack.steps`` rounds, the gradient at the current δ ranks the
+    coordinates of each row not changed yet by ``|g|`` (`rank_salient`), and the most salient
+    of them jump to ``radius · sign(g)``, onto the L∞ box's face (JSMA saturates the features
+    it picks).
+
+    The L0 schedule: after round t of T, ``ceil(t · l0 / T)`` coordinates of each row are
+    changed, so the rounds share the budget evenly and the last one reaches ``l0`` exactly;
+    a changed coordinate is never picked again nor moved back (JSMA takes saturated features
+    out of its search domain), so at most ``l0`` coordinates per row differ from zero, however
+    many rounds. Spreading the picks (rather than picking all ``l0`` at the first round and
+    refining their values) is what makes JSMA iterative: each pick sees the gradient after the
+    earlier ones, as JSMA recomputes its saliency map after each change. A round that adds no
+    coordinate (``steps > l0``) costs no gradient.
+    """
+    widest = max(v.shape[-1] for v in x.values())
+    if attack.l0 is not None and attack.l0 > widest:
+        raise AdvrecError(f"l0={attack.l0} is above the attacked rows' dimension {widest}: "
+                          "JSMA changes at most l0 coordinates of each row")
+    # rows narrower than l0 (DeepFM's first-order weights, width 1) may change all theirs
+    budget = {k: default_l0(v.shape[-1]) if attack.l0 is None else min(attack.l0, v.shape[-1])
+              for k, v in x.items()}
+    delta = {k: torch.zeros_like(v) for k, v in x.items()}
+    changed = {k: torch.zeros_like(v, dtype=torch.bool) for k, v in x.items()}
+    g = init_grad
+    done = dict.fromkeys(x, 0)  # coordinates changed so far in each row of each key
+    for t in range(1, attack.steps + 1):
+        # this round's share: up to ceil(t·l0/T) changed coordinates per row
+        new = {k: -(-t * b // attack.steps) - done[k] for k, b in budget.items()}
+        if not any(new.values()):
+            continue
+        if g is None:
+            g = grad_fn(delta)
+        for k, n in new.items():
+            if n:
+                picked = torch.zeros_like(changed[k]).scatter_(
+                    -1, rank_salient(g[k].abs(), n, changed[k]), True)
+                changed[k] |= picked
+                delta[k] = torch.where(picked, g[k].sign() * radius[k], delta[k])
+                done[k] += n
+        g = None
+    return delta
+
+
 def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors | None = None,
             generator: torch.Generator | None = None, scale: Tensors | None = None) -> Tensors:
     """Compute δ for each tensor of ``x`` (detached, same shapes), inside the per-row ball.
 
     ``grad_fn(δ)`` returns the loss gradient at ``x + δ``. ``init_grad``, the gradient at δ = 0
-    when the caller already has it (the clean loss's), saves the first gradient pass of FGM/FGSM
-    and of PGD without random start. ``scale``, per key a multiplier of each row's radius
-    ((B, 1) for (B, d) rows, (B, 1, 1) for (B, C, d)), gives every row its own budget; PGD's
-    step size scales with it, so its steps keep their size relative to the ball.
+    when the caller already has it (the clean loss's), saves the first gradient pass of the
+    attacks that start there (`Attack.from_clean_gradient`). ``scale``, per key a multiplier of
+    each row's radius ((B, 1) for (B, d) rows, (B, 1, 1) for (B, C, d)), gives every row its own
+    budget; PGD's step size scales with it, so its steps keep their size relative to the ball,
+    and JSMA's changed coordinates move by their row's own radius.
     """
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
@@ -124,6 +201,8 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
         g = init_grad if init_grad is not None else grad_fn({k: torch.zeros_like(v) for k, v in x.items()})
         norm: Norm = "linf" if attack.method == "fgsm" else "l2"
         return {k: _step(g[k], radius[k], norm) for k in x}
+    if attack.method == "jsma":
+        return _jsma(x, grad_fn, attack, radius, init_grad)
 
     # PGD: K steps of size alpha (scaled like the radius when relative), each projected back
     step_size = {k: attack.alpha * (radius[k] / attack.eps) for k in x}
