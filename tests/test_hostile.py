@@ -419,7 +419,7 @@ CONFIG: list[Case] = [
          "override 'data.seed=2001-02-30': not valid YAML at line 1, column 1: day is out of "
          "range"),
     Case("train-override-long-value", (*TRAIN, "adv.method=" + "x" * 60_000),
-         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm' or 'pgd' (got 'xxx"),
+         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm', 'pgd' or 'jsma' (got 'xxx"),
     Case("train-override-newline-key", (*TRAIN, "adv.a\nb=1"), "adv.'a\\nb': unknown config key"),
     Case("run-spec-data-scalar", ("run", "{d}/spec.yaml"), "data: Input should be a valid "
          "dictionary", setup=both(write("c.yaml", "data: 3\n"),
@@ -496,7 +496,7 @@ CONFIG: list[Case] = [
     Case("evaluate-attack-unknown", ("evaluate", "--run", "{run}", "--attack", "nope"),
          "--attack: unknown attack 'nope'", unchanged=("{run}",)),
     Case("evaluate-attack-empty", ("evaluate", "--run", "{run}", "--attack", ","),
-         "--attack: name fgm or pgd", unchanged=("{run}",)),
+         "--attack: name fgm, pgd or jsma", unchanged=("{run}",)),
     Case("evaluate-steps-zero", ("evaluate", "--run", "{run}", "--steps", "0"),
          "--steps: expected a positive integer", unchanged=("{run}",)),
     Case("evaluate-workers-negative", ("evaluate", "--run", "{run}", "--workers", "-1"),
@@ -557,6 +557,16 @@ CONFIG: list[Case] = [
          "betas: only adam and adamw use them (optimizer=sgd)"),
     Case("prepare-split-loo-keep-short-misspelt", (*PREPARE, "{d}/out", "--split", "loo:keep_short"),
          "bad split 'loo:keep_short': 'loo' takes no arguments but 'keep-short'"),
+    # JSMA in embedding space (issue 19): an L0 budget of 1 to model.dim coordinates per row
+    Case("train-jsma-l0-zero", (*TRAIN, "adv.method=jsma", "adv.l0=0"),
+         "adv.l0: Input should be greater than 0"),
+    Case("train-jsma-l0-above-dim", (*TRAIN, "adv.method=jsma", "adv.l0=9"),
+         "adv.l0=9 is above model.dim=8: JSMA changes at most l0 coordinates"),
+    Case("train-eval-l0-above-dim", (*TRAIN, "eval.l0=100"), "eval.l0=100 is above model.dim=8"),
+    Case("evaluate-l0-zero", ("evaluate", "--run", "{run}", "--attack", "jsma", "--l0", "0"),
+         "--l0: expected a positive integer", unchanged=("{run}",)),
+    Case("evaluate-l0-above-dim", ("evaluate", "--run", "{run}", "--attack", "jsma", "--l0", "9"),
+         "--l0 9: above the run's model.dim=8", unchanged=("{run}",)),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

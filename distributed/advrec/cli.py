@@ -41,7 +41,7 @@ def _attacks(text: str) -> list[str]:
     from advrec.config import ATTACKS
 
     attacks = [a for a in text.split(",") if a]
-    choose = " or ".join(ATTACKS)
+    choose = f"{', '.join(ATTACKS[:-1])} or {ATTACKS[-1]}"
     if not attacks:
         raise AdvrecError(f"--attack: name {choose} (comma-separated)")
     for a in attacks:
@@ -191,11 +191,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     flag_attacks = None if args.attack is None else _attacks(args.attack)
     flag_eps = None if args.eps is None else _eps(args.eps)
     cfg = read_run(args.run)[0]
+    if args.l0 is not None and args.l0 > cfg.model.dim:
+        raise AdvrecError(f"--l0 {args.l0}: above the run's model.dim={cfg.model.dim} (JSMA "
+                          "changes at most l0 coordinates of each embedding row)")
     # the run's own eval section gives what the flags leave out
     attacks = cfg.eval.attacks if flag_attacks is None else flag_attacks
     eps = cfg.eval.eps if flag_eps is None else flag_eps
     merged = evaluate_run(args.run, attacks, eps, args.steps, progress=not args.quiet,
-                          workers=args.workers, address=args.address, targets=args.targets)
+                          workers=args.workers, address=args.address, targets=args.targets,
+                          l0=args.l0)
     rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
             for e in sorted(merged[a], key=float)]
     # the target items' metrics where every point has them (a curve merged with one measured
@@ -441,11 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
     p.add_argument("--run", required=True, help="run directory written by `advrec train`")
-    p.add_argument("--attack", help="fgm, pgd or both, comma-separated (default: the run's "
+    p.add_argument("--attack", help="fgm, pgd, jsma, comma-separated (default: the run's "
                    "eval.attacks)")
     p.add_argument("--eps", help="comma-separated budgets, e.g. 0,0.1,0.5 "
                    "(default: the run's eval.eps)")
-    p.add_argument("--steps", type=_positive_int, default=None, help="PGD steps (default eval.steps)")
+    p.add_argument("--steps", type=_positive_int, default=None,
+                   help="PGD steps, JSMA rounds (default eval.steps)")
+    p.add_argument("--l0", type=_positive_int, default=None, help="JSMA's coordinates changed "
+                   "per embedding row (default eval.l0, else a tenth of model.dim)")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the attack and the ranking (default: the run's "
                    "scaling.num_workers; 0 = this process)")

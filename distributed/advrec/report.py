@@ -88,8 +88,11 @@ def read_target(run: str) -> dict[str, Any]:
 
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
                  split: str = "test", progress: bool = True, workers: int | None = None,
-                 address: str | None = None, targets: str | None = None) -> dict[str, Any]:
+                 address: str | None = None, targets: str | None = None,
+                 l0: int | None = None) -> dict[str, Any]:
     """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot.
+
+    ``steps`` and ``l0`` (JSMA's coordinates per row) default to the run's ``eval`` section.
 
     ``workers``: Ray Train workers sharing the work (default: the run's ``scaling.num_workers``;
     0 runs in this process); ``address`` as for `advrec.train.run_training`. Every point also
@@ -108,6 +111,7 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
         update={"num_workers": workers})
     return launch(robustness_per_worker,
                   {"run": io.absolute(run), "attacks": attacks, "eps": eps, "steps": steps,
+                   "l0": l0,
                    "split": split, "progress": progress, "ray_worker": scaling.num_workers > 0,
                    "targets": asdict(items) if items else None},
                   scaling, address)
@@ -119,8 +123,7 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     run = config["run"]
     cfg, dataset = read_run(run)
     updates: dict[str, Any] = {"attacks": config["attacks"], "eps": config["eps"]}
-    if config["steps"] is not None:
-        updates["steps"] = config["steps"]
+    updates |= {k: config[k] for k in ("steps", "l0") if config[k] is not None}
     eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     context = ray.train.get_context()
     rank = context.get_world_rank()

@@ -4,12 +4,19 @@ current perturbation; in training and in `advrec evaluate`."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from advrec.adversarial import Attack, perturb, rank_salient
+from advrec.cli import main
+from advrec.config import build_config
 from advrec.errors import AdvrecError
 from advrec.models import LOSSES, MF, NeuMF
+from advrec.train import run_training
+from synthetic import prepared_synth
 
 WIDTH = 24  # the default l0 is then 2
 
@@ -140,3 +147,31 @@ def test_jsma_raises_a_models_loss(model_cls, steps: int) -> None:
     attacked = perturb(emb, grad_fn, Attack("jsma", 0.5, steps=steps, relative=True, l0=3))
     assert loss_at(attacked) > clean
     assert all(((d != 0).sum(-1) <= 3).all() for d in attacked.values())
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return prepared_synth(tmp_path_factory.mktemp("jsma"), 30, 30, 400)
+
+
+def test_training_with_jsma_runs_and_evaluate_gives_its_curve(dataset: str, tmp_path: Path) -> None:
+    cfg = build_config({"data": {"source": dataset}, "model": {"dim": 8},
+                        "adv": {"method": "jsma", "eps": 0.5, "steps": 2, "l0": 2,
+                                "relative": True},
+                        "train": {"epochs": 2, "batch_size": 64},
+                        "eval": {"ks": [5], "robust_every": 1, "robust_attack": "jsma"}})
+    run = tmp_path / "run"
+    metrics = run_training(cfg, str(run), progress=False)
+    history = json.loads((run / "history.json").read_text())
+    assert all(h["adv"] > 0 for h in history)  # the adversarial loss was computed every epoch
+    assert "robust/ndcg@5" in history[-1] and 0 <= metrics["robust_valid"]["ndcg@5"] <= 1
+
+    assert main(["evaluate", "--run", str(run), "--quiet", "--attack", "jsma", "--eps",
+                 "0,1,4", "--steps", "2", "--l0", "3"]) == 0
+    curve = json.loads((run / "robustness.json").read_text())
+    assert sorted(curve) == ["jsma"] and sorted(curve["jsma"], key=float) == ["0.0", "1.0", "4.0"]
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert curve["jsma"]["0.0"]["ndcg@5"] == pytest.approx(test["ndcg@5"])
+    # the attack moved the tables (that it raises the training loss is
+    # tests/metrics/test_robustness.py's; on a random log the ranking may move either way)
+    assert curve["jsma"]["4.0"] != curve["jsma"]["0.0"]

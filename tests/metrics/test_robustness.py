@@ -101,3 +101,22 @@ def test_relative_attack_moves_each_row_by_eps_times_its_norm(data) -> None:
         assert moved.any()
         torch.testing.assert_close(delta[name].norm(dim=-1)[moved],
                                    0.2 * table.weight.detach().norm(dim=-1)[moved])
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_jsma_moves_l0_coordinates_of_the_trained_rows_and_raises_the_loss(data, steps) -> None:
+    torch.manual_seed(0)
+    model = MF(10, 13, 8)
+    batches = training_batches(data, batch_size=16, seed=0)
+
+    def loss_under(delta):
+        with shifted_tables(model, delta), torch.no_grad():
+            return sum(LOSSES["bpr"](model(b)) * b["user"].numel() for b in batches)
+
+    delta = table_attack(model, batches, LOSSES["bpr"], Attack("jsma", 0.3, steps=steps, l0=2))
+    assert loss_under(delta) > loss_under({})
+    trained = data.train.user.unique()
+    assert ((delta["user"][trained] != 0).sum(-1) == 2).all()
+    assert delta["user"][trained].abs().amax() == pytest.approx(0.3)
+    assert delta["user"][9].abs().sum() == 0  # no training interaction, no gradient: unmoved
+    assert ((delta["item"] != 0).sum(-1) <= 2).all()

@@ -15,7 +15,7 @@ from advrec.train.optim import make_optimizer
 from advrec.train.tasks import make_loss, make_task
 from zoo_models import MODELS
 
-METHODS = ["random", "fgsm", "fgm", "pgd"]
+METHODS = ["random", "fgsm", "fgm", "pgd", "jsma"]
 EPS = 0.1
 
 
@@ -45,8 +45,11 @@ def test_perturbation_respects_the_budget(name: str, method: str, ctr_small: str
     assert set(delta) == set(emb)  # every table's rows, features included, are attacked
     for key, d in delta.items():
         assert d.shape == emb[key].shape
-        size = d.abs().amax(-1) if method == "fgsm" else d.norm(dim=-1)  # L-inf / L2 per row
+        linf = method in ("fgsm", "jsma")
+        size = d.abs().amax(-1) if linf else d.norm(dim=-1)  # L-inf / L2 per row
         assert (size <= EPS * (1 + 1e-5)).all(), key
+        if method == "jsma":  # dim 8: one coordinate per row (a tenth of 8, at least 1)
+            assert ((d != 0).sum(-1) <= 1).all(), key
         assert size.max() > EPS / 10, key  # and it moves the rows
 
 

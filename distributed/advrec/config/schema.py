@@ -199,10 +199,13 @@ class ModelConfig(Section):
 
 
 class AdvConfig(Section):
-    method: Literal["none", "random", "fgsm", "fgm", "pgd"] = "none"
+    method: Literal["none", "random", "fgsm", "fgm", "pgd", "jsma"] = "none"
     eps: float = Field(0.5, ge=0.0)
     lam: float = Field(1.0, ge=0.0, alias="lambda")
-    steps: int = Field(1, gt=0, description="PGD steps K.")
+    steps: int = Field(1, gt=0, description="PGD steps K; JSMA rounds.")
+    l0: int | None = Field(
+        None, gt=0, description="JSMA: coordinates changed per embedding row (at most "
+        "model.dim); default a tenth of the row's width, at least 1.")
     step_size: float | None = Field(
         None, gt=0.0, description="PGD step size; default 2.5 * eps / steps (Madry et al.)."
     )
@@ -309,7 +312,7 @@ class TrainConfig(Section):
         return v
 
 
-Attack = Literal["fgm", "pgd"]
+Attack = Literal["fgm", "pgd", "jsma"]
 """The robustness attacks (`advrec.metrics.robustness`)."""
 ATTACKS: tuple[str, ...] = get_args(Attack)
 
@@ -319,9 +322,11 @@ class EvalConfig(Section):
     protocol: Literal["full", "sampled"] = "full"
     num_negatives: int = Field(100, gt=0, description="Negatives per test item (sampled protocol).")
     batch_users: int = Field(1024, gt=0, description="Users scored per chunk (bounds memory).")
-    attacks: list[Attack] = Field(default_factory=lambda: list(ATTACKS))
+    attacks: list[Attack] = Field(default_factory=lambda: ["fgm", "pgd"])
     eps: list[float] = Field(default_factory=lambda: [0.0, 0.1, 0.25, 0.5, 1.0])
-    steps: int = Field(10, gt=0, description="PGD steps of the robustness attack.")
+    steps: int = Field(10, gt=0, description="PGD steps (JSMA rounds) of the robustness attack.")
+    l0: int | None = Field(
+        None, gt=0, description="The JSMA robustness attack's coordinates per row (as adv.l0).")
     relative: bool = Field(
         False, description="The robustness attack's ε is relative to each row's norm (as adv.relative).")
     seed: int = 0
@@ -530,6 +535,16 @@ class RunConfig(Section):
         if self.eval.robust_every and self.data.stream and self.kind != "ranking":
             raise ValueError("eval.robust_every: the attack needs the train split's labels, "
                              "which data.stream leaves out of memory; set data.stream=false")
+        return self
+
+    @model_validator(mode="after")
+    def _l0_fits_the_rows(self) -> RunConfig:
+        # every attacked row is model.dim wide (DeepFM's first-order weights narrower: JSMA
+        # may change all of theirs), so a larger l0 would be no L0 budget at all
+        for key, l0 in (("adv.l0", self.adv.l0), ("eval.l0", self.eval.l0)):
+            if l0 is not None and l0 > self.model.dim:
+                raise ValueError(f"{key}={l0} is above model.dim={self.model.dim}: JSMA "
+                                 "changes at most l0 coordinates of each embedding row")
         return self
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ Curve = dict[str, dict[str, dict[str, float]]]  # {attack: {eps: {metric: value}
 def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -> None:
     """One panel per metric, one line per (run label, attack), metric against ε; PNG to ``output``."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
-    styles = {"fgm": "-", "pgd": "--"}
+    styles = {"fgm": "-", "pgd": "--", "jsma": "-."}
     for ax, metric in zip(axes[0], metrics):
         for color, (label, curve) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 8,
                                          curves.items()):
@@ -26,7 +26,7 @@ def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -
                 eps = sorted(by_eps, key=float)
                 ax.plot([float(e) for e in eps], [by_eps[e][metric] for e in eps],
                         styles.get(attack, ":"), marker="o", color=color, label=f"{label} {attack}")
-        ax.set_xlabel("ε (per-row L2 budget)")
+        ax.set_xlabel("ε (per-row budget)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)

@@ -4,8 +4,9 @@ As in APR (He et al. 2018), the perturbation is computed on the embedding *table
 gradient of the model's own training loss over all training interactions (each with its sampled
 negatives, fixed by a seed), so each user's and item's row moves in the direction that hurts its
 own training interactions most. FGM takes one per-row L2-normalised step of size ε; PGD takes K
-projected steps. The same `perturb` function as in training computes both; here the tensors are
-whole tables (rows, d) instead of a batch's looked-up rows.
+projected steps; JSMA moves the l0 most salient coordinates of each row by ε each, in K rounds.
+The same `perturb` function as in training computes them; here the tensors are whole tables
+(rows, d) instead of a batch's looked-up rows.
 
 On several workers each takes its shard of the training batches, the table gradients are summed
 across workers, and the attacked model is evaluated shard by shard (`advrec.shards`): the curve
@@ -113,9 +114,10 @@ def attacked_metrics(model: Recommender, task: Task, loss_fn: LossFn, cfg: EvalC
 
 def eval_attack(cfg: EvalConfig, method: str, eps: float) -> Attack:
     """The robustness protocol's ``method`` at ``eps``: L2 per row, ``eval.steps`` PGD steps
-    (one FGM step), absolute or relative ε as ``eval.relative`` says."""
-    return Attack(method=method, eps=eps, steps=cfg.steps if method == "pgd" else 1, norm="l2",
-                  relative=cfg.relative)
+    (one FGM step); JSMA L∞ on ``eval.l0`` coordinates per row in ``eval.steps`` rounds;
+    absolute or relative ε as ``eval.relative`` says."""
+    return Attack(method=method, eps=eps, steps=cfg.steps if method in ("pgd", "jsma") else 1,
+                  norm="l2", relative=cfg.relative, l0=cfg.l0)
 
 
 def robust_attack(cfg: EvalConfig) -> Attack:

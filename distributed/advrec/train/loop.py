@@ -58,7 +58,8 @@ from advrec.train.tasks import Task, make_loss, make_task
 def attack_from_config(cfg: RunConfig) -> Attack:
     adv = cfg.adv
     return Attack(method=adv.method, eps=adv.eps, steps=adv.steps, step_size=adv.step_size,
-                  norm=adv.norm, random_start=adv.random_start, relative=adv.relative)
+                  norm=adv.norm, random_start=adv.random_start, relative=adv.relative,
+                  l0=adv.l0)
 
 
 def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
