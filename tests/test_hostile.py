@@ -419,7 +419,8 @@ CONFIG: list[Case] = [
          "override 'data.seed=2001-02-30': not valid YAML at line 1, column 1: day is out of "
          "range"),
     Case("train-override-long-value", (*TRAIN, "adv.method=" + "x" * 60_000),
-         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm', 'pgd' or 'jsma' (got 'xxx"),
+         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm', 'pgd', 'jsma' or "
+         "'jsma-items' (got 'xxx"),
     Case("train-override-newline-key", (*TRAIN, "adv.a\nb=1"), "adv.'a\\nb': unknown config key"),
     Case("run-spec-data-scalar", ("run", "{d}/spec.yaml"), "data: Input should be a valid "
          "dictionary", setup=both(write("c.yaml", "data: 3\n"),

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from advrec.adversarial.adaptive import pamacf_weights, row_scales, vat_weights
+from advrec.adversarial.jsma_items import swap_items
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
@@ -68,7 +69,7 @@ class AdversarialObjective(nn.Module):
         """Returns ``loss`` (to backpropagate), ``clean`` and, when adversarial, ``adv``."""
         emb = self.model.embed(batch)
         attack = self.attack
-        attacking = adversarial and self.lam > 0 and attack.eps > 0 and attack.method != "none"
+        attacking = adversarial and self.lam > 0 and attack.active
         logits = self.model.score(emb, batch)
         # VAT weighs users by their own loss: this forward's, per row, before the mean
         row_losses = (batch_loss(self.loss_fn, logits, batch, rows=True)
@@ -77,7 +78,15 @@ class AdversarialObjective(nn.Module):
                                                                             batch)
         out = {"clean": clean.detach()}
         loss = clean
-        if attacking:
+        if attacking and attack.method == "jsma-items":
+            # the clean loss's gradient at the history rows is the first round's saliency
+            loss, init_grad = self._differentiate_clean(clean, emb, ["item_seq"])
+            swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"])}
+            # the same targets after the swapped history, embedded anew (its rows are items')
+            adv = batch_loss(self.loss_fn, self.model(swapped), swapped)
+            loss = loss + self.lam * adv
+            out["adv"] = adv.detach()
+        elif attacking:
             keys = select_targets(list(emb), self.target)
             init_grad = None
             if attack.from_clean_gradient:
@@ -111,6 +120,24 @@ class AdversarialObjective(nn.Module):
         grads = torch.autograd.grad(clean, inputs, allow_unused=True)
         init_grad = {k: g for k, g in zip(emb, grads) if k in keys}
         return _ReplayGradient.apply(clean.detach(), grads, *inputs), init_grad
+
+    def _swapped(self, emb: Tensors, batch: Batch, init_grad: Tensor) -> Tensor:
+        """The batch's histories ``seq`` (B, L) with up to ``attack.budget`` items each swapped
+        to raise its training loss (`swap_items`); ``init_grad`` (B, L, d) the clean loss's
+        gradient at their rows. No graph."""
+        frozen = {k: v.detach() for k, v in emb.items()}
+
+        def grad_fn(seq: Tensor) -> Tensor:
+            with torch.no_grad():
+                rows = self.model.embed({**batch, "seq": seq})["item_seq"]
+            rows.requires_grad_(True)
+            logits = self.model.score({**frozen, "item_seq": rows}, {**batch, "seq": seq})
+            return torch.autograd.grad(batch_loss(self.loss_fn, logits, batch), rows)[0]
+
+        seq = batch["seq"]
+        catalogue = self.model.all_items(seq.device).detach()
+        return swap_items(seq, grad_fn, catalogue, self.model.pad, self.attack.budget,
+                          self.attack.similarity, init_grad)
 
     def _scales(self, emb: Tensors, keys: list[str], batch: Batch,
                 row_losses: Tensor | None) -> Tensors | None:

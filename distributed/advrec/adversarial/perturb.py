@@ -27,7 +27,9 @@ Tensors = dict[str, Tensor]
 GradFn = Callable[[Tensors], Tensors]
 """Maps perturbations δ (same keys and shapes as the attacked tensors) to ∂loss/∂δ."""
 
-Method = Literal["none", "random", "fgsm", "fgm", "pgd", "jsma"]
+Method = Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items"]
+"""``jsma-items`` swaps history items (`advrec.adversarial.jsma_items`), not embedding rows:
+the objective runs it, never `perturb`."""
 Norm = Literal["l2", "linf"]
 
 _TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays zero)
@@ -36,7 +38,9 @@ _TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays z
 @dataclass(frozen=True)
 class Attack:
     """What to compute: a method, a budget and, for PGD, steps and a step size; for JSMA,
-    rounds (``steps``) and the coordinates it may change per row (``l0``)."""
+    rounds (``steps``) and the coordinates it may change per row (``l0``); for JSMA on item
+    histories, the items swapped per history (``budget``, where ε means nothing) and the
+    substitutes' least cosine with the item they replace (``similarity``)."""
 
     method: Method
     eps: float
@@ -46,6 +50,16 @@ class Attack:
     random_start: bool = False
     relative: bool = False
     l0: int | None = None  # JSMA; None -> `default_l0` of each row's width
+    budget: int = 1  # jsma-items
+    similarity: float | None = None  # jsma-items; None -> any item may substitute
+
+    @property
+    def active(self) -> bool:
+        """Whether the attack changes anything: a method, and a positive ε (a positive budget
+        for jsma-items)."""
+        if self.method == "jsma-items":
+            return self.budget > 0
+        return self.method != "none" and self.eps > 0
 
     @property
     def alpha(self) -> float:
@@ -55,7 +69,7 @@ class Attack:
     def from_clean_gradient(self) -> bool:
         """Whether the attack's first gradient is the one at δ = 0, the clean loss's, which a
         caller that has it passes to `perturb` as ``init_grad``."""
-        return self.method in ("fgsm", "fgm", "jsma") or (self.method == "pgd"
+        return self.method in ("fgsm", "fgm", "jsma", "jsma-items") or (self.method == "pgd"
                                                           and not self.random_start)
 
 
@@ -190,6 +204,9 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     budget; PGD's step size scales with it, so its steps keep their size relative to the ball,
     and JSMA's changed coordinates move by their row's own radius.
     """
+    if attack.method == "jsma-items":
+        raise ValueError("jsma-items swaps history items (advrec.adversarial.jsma_items): "
+                         "it has no embedding perturbation")
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
     radius = {k: _radius(v, attack, None if scale is None else scale[k]) for k, v in x.items()}

@@ -18,6 +18,7 @@ from advrec.config.policy import TASK_NAMES, metric_mode
 from advrec.config.schema import (
     ADAM_KINDS,
     ATTACKS,
+    BUDGET_ATTACKS,
     AdvConfig,
     DataConfig,
     EvalConfig,
@@ -28,12 +29,13 @@ from advrec.config.schema import (
     Section,
     TrainConfig,
     TuneConfig,
+    no_histories,
 )
 
 __all__ = [
-    "ADAM_KINDS", "ATTACKS", "TASK_NAMES",
+    "ADAM_KINDS", "ATTACKS", "BUDGET_ATTACKS", "TASK_NAMES",
     "AdvConfig", "DataConfig", "EvalConfig", "ModelConfig", "RunConfig", "ScalingConfig",
     "SearchDim", "Section", "TrainConfig", "TuneConfig", "apply_overrides", "build_config",
     "dump_config", "error_line", "key_text", "load_config", "load_raw", "metric_mode",
-    "read_mapping", "with_values",
+    "no_histories", "read_mapping", "with_values",
 ]

@@ -199,13 +199,19 @@ class ModelConfig(Section):
 
 
 class AdvConfig(Section):
-    method: Literal["none", "random", "fgsm", "fgm", "pgd", "jsma"] = "none"
+    method: Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items"] = "none"
     eps: float = Field(0.5, ge=0.0)
     lam: float = Field(1.0, ge=0.0, alias="lambda")
     steps: int = Field(1, gt=0, description="PGD steps K; JSMA rounds.")
     l0: int | None = Field(
         None, gt=0, description="JSMA: coordinates changed per embedding row (at most "
         "model.dim); default a tenth of the row's width, at least 1.")
+    budget: int = Field(
+        1, gt=0, description="jsma-items: history items swapped per sequence (greedily, one "
+        "per round on a fresh gradient).")
+    similarity: float | None = Field(
+        None, ge=-1.0, le=1.0, description="jsma-items: a substitute's embedding must have "
+        "cosine >= this with the item it replaces (Yue et al. RecSys 2022); default any item.")
     step_size: float | None = Field(
         None, gt=0.0, description="PGD step size; default 2.5 * eps / steps (Madry et al.)."
     )
@@ -315,6 +321,17 @@ class TrainConfig(Section):
 Attack = Literal["fgm", "pgd", "jsma"]
 """The robustness attacks (`advrec.metrics.robustness`)."""
 ATTACKS: tuple[str, ...] = get_args(Attack)
+BUDGET_ATTACKS = ("jsma-items",)
+"""The robustness attacks on real inputs, measured against a budget of changed inputs rather
+than ε (`advrec.metrics.history_attack`)."""
+
+
+def no_histories(what: str, model: str) -> str:
+    """The error of an attack on item histories aimed at a model without them (all but
+    SASRec); MF's and NeuMF's inputs are ids alone, so their discrete attack is poisoning."""
+    hint = (" (its inputs are ids alone: its discrete attack is poisoning, `advrec poison`)"
+            if model in ("mf", "neumf") else "")
+    return f"{what} attacks item histories; model.name={model} has none{hint}"
 
 
 class EvalConfig(Section):
@@ -553,6 +570,12 @@ class RunConfig(Section):
             raise ValueError(f"adv.adaptive={self.adv.adaptive} sizes eps per user, and "
                              "model.name=sasrec has no user rows (it scores sequences); use a "
                              "user-id model (mf, neumf, twotower, deepfm, dcnv2, mmoe)")
+        return self
+
+    @model_validator(mode="after")
+    def _item_swaps_need_histories(self) -> RunConfig:
+        if self.adv.method == "jsma-items" and self.model.name != "sasrec":
+            raise ValueError(no_histories("adv.method=jsma-items", self.model.name))
         return self
 
     @model_validator(mode="after")

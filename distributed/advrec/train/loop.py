@@ -59,7 +59,7 @@ def attack_from_config(cfg: RunConfig) -> Attack:
     adv = cfg.adv
     return Attack(method=adv.method, eps=adv.eps, steps=adv.steps, step_size=adv.step_size,
                   norm=adv.norm, random_start=adv.random_start, relative=adv.relative,
-                  l0=adv.l0)
+                  l0=adv.l0, budget=adv.budget, similarity=adv.similarity)
 
 
 def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
