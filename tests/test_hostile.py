@@ -190,6 +190,14 @@ DATASET = ("train", "--output", "{d}/out", "data.source={d}/ds", "model.dim=8", 
 TUNE = ("tune", "--output", "{d}/out", "data.source={data}", "train.epochs=1")
 HEADER = "user_id,item_id,rating,timestamp\n"
 
+def sasrec_run(p: Places) -> None:
+    """A finished 1-epoch SASRec run on the shared dataset at ``{d}/s``: histories of at most
+    5 items (model.max_len)."""
+    assert main(["train", "--output", str(p.d / "s"), "--quiet", f"data.source={p.data}",
+                 "model.name=sasrec", "model.dim=8", "model.max_len=5", "train.epochs=1",
+                 "eval.ks=[5]"]) == 0
+
+
 # --- security: nothing from a run directory or a config is ever executed ----------------------
 def writable(name: str = "run") -> Setup:
     """A setup that makes the copied ``{d}/name`` writable again (copies keep the modes)."""
@@ -568,6 +576,22 @@ CONFIG: list[Case] = [
          "--l0: expected a positive integer", unchanged=("{run}",)),
     Case("evaluate-l0-above-dim", ("evaluate", "--run", "{run}", "--attack", "jsma", "--l0", "9"),
          "--l0 9: above the run's model.dim=8", unchanged=("{run}",)),
+    # JSMA on SASRec's histories (issue 19): a model with histories, a budget they can pay
+    Case("evaluate-jsma-items-on-mf", ("evaluate", "--run", "{run}", "--attack", "jsma-items"),
+         "--attack jsma-items attacks item histories; model.name=mf has none (its inputs are ids "
+         "alone: its discrete attack is poisoning, `advrec poison`)", unchanged=("{run}",)),
+    Case("evaluate-jsma-items-budget-above-history",
+         ("evaluate", "--run", "{d}/s", "--attack", "jsma-items", "--budget", "0,6"),
+         "--budget 6: above the longest history of the run's test users, 5 items",
+         sasrec_run, unchanged=("{d}/s",)),
+    Case("evaluate-budget-without-jsma-items", ("evaluate", "--run", "{run}", "--attack", "fgm",
+                                                "--budget", "1"),
+         "--budget: only jsma-items (which swaps history items) takes it", unchanged=("{run}",)),
+    Case("evaluate-budget-negative", ("evaluate", "--run", "{run}", "--attack", "jsma-items",
+                                      "--budget=0,-1"),
+         "--budget: expected comma-separated integers >= 0, got '0,-1'", unchanged=("{run}",)),
+    Case("train-jsma-items-mf", (*TRAIN, "adv.method=jsma-items"),
+         "adv.method=jsma-items attacks item histories; model.name=mf has none"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

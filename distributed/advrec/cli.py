@@ -36,16 +36,25 @@ def _eps(text: str) -> list[float]:
     return values
 
 
+def _budgets(text: str) -> list[int]:
+    """Comma-separated numbers of swapped history items, integers >= 0 (`--budget 0,1,2`)."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or not all(v.isdigit() for v in values):
+        raise AdvrecError(f"--budget: expected comma-separated integers >= 0, got {shown(text)}")
+    return sorted({int(v) for v in values})
+
+
 def _attacks(text: str) -> list[str]:
     """Comma-separated robustness attacks (`--attack fgm,pgd`)."""
-    from advrec.config import ATTACKS
+    from advrec.config import ATTACKS, BUDGET_ATTACKS
 
+    known = (*ATTACKS, *BUDGET_ATTACKS)
     attacks = [a for a in text.split(",") if a]
-    choose = f"{', '.join(ATTACKS[:-1])} or {ATTACKS[-1]}"
+    choose = f"{', '.join(known[:-1])} or {known[-1]}"
     if not attacks:
         raise AdvrecError(f"--attack: name {choose} (comma-separated)")
     for a in attacks:
-        if a not in ATTACKS:
+        if a not in known:
             raise AdvrecError(f"--attack: unknown attack {shown(a)} (choose {choose})")
     return attacks
 
@@ -61,6 +70,17 @@ def _int_from(least: int, kind: str) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected a {kind} integer, got '{text}'")
         return value
     return parse
+
+
+def _cosine(text: str) -> float:
+    """An argparse type: a cosine similarity, a number in [-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got '{text}'") from None
+    if not -1.0 <= value <= 1.0:  # nan fails too
+        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got '{text}'")
+    return value
 
 
 _positive_int = _int_from(1, "positive")
@@ -184,12 +204,30 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from advrec.config import BUDGET_ATTACKS
     from advrec.config.policy import target_metrics
-    from advrec.report import ROBUSTNESS_FILE, ROBUSTNESS_PLOT, evaluate_run, format_table, headline
+    from advrec.report import (
+        ROBUSTNESS_FILE,
+        ROBUSTNESS_PLOT,
+        TARGETED,
+        curve_points,
+        evaluate_run,
+        format_table,
+        headline,
+    )
     from advrec.train import read_run
 
     flag_attacks = None if args.attack is None else _attacks(args.attack)
     flag_eps = None if args.eps is None else _eps(args.eps)
+    budgets = None if args.budget is None else _budgets(args.budget)
+    swapping = [a for a in flag_attacks or () if a in BUDGET_ATTACKS]
+    for flag, value in (("--budget", args.budget), ("--similarity", args.similarity)):
+        if value is not None and not swapping:
+            raise AdvrecError(f"{flag}: only jsma-items (which swaps history items) takes "
+                              "it; add jsma-items to --attack")
+    if args.targets is not None and args.target_items is not None:
+        raise AdvrecError("--targets and --target-items exclude each other: measure a "
+                          "targets.json, or attack toward the items named")
     cfg = read_run(args.run)[0]
     if args.l0 is not None and args.l0 > cfg.model.dim:
         raise AdvrecError(f"--l0 {args.l0}: above the run's model.dim={cfg.model.dim} (JSMA "
@@ -199,13 +237,22 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     eps = cfg.eval.eps if flag_eps is None else flag_eps
     merged = evaluate_run(args.run, attacks, eps, args.steps, progress=not args.quiet,
                           workers=args.workers, address=args.address, targets=args.targets,
-                          l0=args.l0)
-    rows = [{"attack": a, "eps": float(e), **merged[a][e]} for a in attacks
-            for e in sorted(merged[a], key=float)]
-    # the target items' metrics where every point has them (a curve merged with one measured
-    # without targets may lack them)
-    targets = [m for m in target_metrics(cfg.eval.target_k) if all(m in r for r in rows)]
-    print(format_table(rows, ["attack", "eps", *headline(cfg), *targets]))
+                          l0=args.l0, budgets=budgets, similarity=args.similarity,
+                          target_items=None if args.target_items is None
+                          else list(args.target_items))
+    # a table per kind of curve: against ε, and against the budget (swapped history items)
+    for axis, names in (("eps", [a for a in attacks if a not in BUDGET_ATTACKS]),
+                        ("budget", [a + (TARGETED if args.target_items else "")
+                                    for a in swapping])):
+        points = {a: curve_points(merged[a]) for a in names}
+        rows = [{"attack": a, axis: float(x) if axis == "eps" else int(x), **values}
+                for a in names for x, values in sorted(points[a].items(),
+                                                       key=lambda p: float(p[0]))]
+        # the target items' metrics where every point has them (a curve merged with one
+        # measured without targets may lack them)
+        targets = [m for m in target_metrics(cfg.eval.target_k) if all(m in r for r in rows)]
+        if rows:
+            print(format_table(rows, ["attack", axis, *headline(cfg), *targets]))
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
@@ -445,14 +492,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
     p.add_argument("--run", required=True, help="run directory written by `advrec train`")
-    p.add_argument("--attack", help="fgm, pgd, jsma, comma-separated (default: the run's "
-                   "eval.attacks)")
+    p.add_argument("--attack", help="fgm, pgd, jsma, jsma-items, comma-separated (default: "
+                   "the run's eval.attacks); jsma-items swaps SASRec's history items, across "
+                   "--budget")
     p.add_argument("--eps", help="comma-separated budgets, e.g. 0,0.1,0.5 "
                    "(default: the run's eval.eps)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="PGD steps, JSMA rounds (default eval.steps)")
     p.add_argument("--l0", type=_positive_int, default=None, help="JSMA's coordinates changed "
                    "per embedding row (default eval.l0, else a tenth of model.dim)")
+    p.add_argument("--budget", metavar="B,...", help="jsma-items: comma-separated numbers "
+                   "of history items swapped per user, 0 the clean model (default 0,1,2)")
+    p.add_argument("--similarity", type=_cosine, default=None, help="jsma-items: substitutes "
+                   "only among items whose embedding has cosine >= this with the item replaced "
+                   "(default: any item)")
+    p.add_argument("--target-items", type=_names, default=None, metavar="RAW_ID,...",
+                   help="jsma-items promotes these items (raw ids) instead of demoting each "
+                   "user's held-out items; every point reports their T-HR and T-NDCG")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the attack and the ranking (default: the run's "
                    "scaling.num_workers; 0 = this process)")

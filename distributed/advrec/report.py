@@ -7,23 +7,32 @@ from dataclasses import asdict
 from typing import Any
 
 import ray.train
+import torch
 
 from advrec import io
-from advrec.config import RunConfig
+from advrec.config import BUDGET_ATTACKS, RunConfig, no_histories
 from advrec.config.policy import TARGET_METRICS
 from advrec.data import load_dataset
 from advrec.devices import train_device
 from advrec.errors import AdvrecError, shown
 from advrec.metrics import robustness_curve
+from advrec.metrics.history_attack import budget_curve, longest_history
 from advrec.metrics.plots import plot_robustness
 from advrec.metrics.robustness import attack_batches
-from advrec.metrics.target import TargetItems, TargetMetrics, resolve_targets
+from advrec.metrics.target import TargetItems, TargetMetrics, listed_targets, resolve_targets
 from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
 from advrec.train.tasks import make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
+BUDGET = "budget"
+"""The key of a budget curve's points in its attack's section of ``robustness.json``."""
+DEFAULT_BUDGETS = [0, 1, 2]
+"""The budgets (history items swapped) of ``jsma-items`` when none are given."""
+TARGETED = ":targeted"
+"""The suffix of a targeted attack's curve (``jsma-items:targeted``), kept beside the
+untargeted one."""
 
 
 def headline(cfg: RunConfig) -> list[str]:
@@ -45,20 +54,42 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def curve_points(section: dict[str, Any]) -> dict[str, Any]:
+    """An attack's points in ``robustness.json``, ``{eps: metrics}`` or ``{budget: metrics}``:
+    an ε curve is the section itself, a budget curve its ``budget`` entry."""
+    return section["budget"] if BUDGET in section else section
+
+
+def _is_curve(section: Any) -> bool:
+    """Whether ``section`` is one attack's curve as `evaluate_run` writes it: ``{eps: {metric:
+    value}}``, or ``{"budget": {budget: {metric: value}}}`` with, when targeted, ``targets``
+    (raw item ids)."""
+    if not isinstance(section, dict):
+        return False
+    if BUDGET in section:
+        points = section[BUDGET]
+        if set(section) - {BUDGET, "targets"} or not isinstance(points, dict) or not all(
+                key.isdigit() for key in points):
+            return False
+    else:
+        points = section
+        if not all(_is_number(eps) for eps in points):
+            return False
+    return bool(points) and all(isinstance(values, dict) for values in points.values())
+
+
 def read_robustness(run: str, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """The run's ``robustness.json``, checked to be what `evaluate_run` writes,
-    ``{attack: {eps: {metric: number}}}``, and to hold each of ``metrics``."""
+    ``{attack: {eps: {metric: number}}}`` and, for attacks on real inputs,
+    ``{attack: {"budget": {budget: {metric: number}}}}``, and to hold each of ``metrics``."""
     path = io.join(run, ROBUSTNESS_FILE)
     if not io.exists(path):
         raise AdvrecError(f"{path}: not found; run `advrec evaluate --run {run}` first")
     curve = io.read_json(path)
-    if not (isinstance(curve, dict) and curve and all(
-            isinstance(by_eps, dict) and by_eps and all(
-                _is_number(eps) and isinstance(values, dict) for eps, values in by_eps.items())
-            for by_eps in curve.values())):
+    if not (isinstance(curve, dict) and curve and all(map(_is_curve, curve.values()))):
         raise AdvrecError(f"{path}: not a robustness curve ({{attack: {{eps: {{metric: value}}}}}}"
                           "); run `advrec evaluate` again")
-    points = [values for by_eps in curve.values() for values in by_eps.values()]
+    points = [values for section in curve.values() for values in curve_points(section).values()]
     for metric in metrics:
         if not all(metric in v for v in points):
             raise AdvrecError(f"{path}: no metric {shown(metric)} (it has "
@@ -89,10 +120,17 @@ def read_target(run: str) -> dict[str, Any]:
 def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | None,
                  split: str = "test", progress: bool = True, workers: int | None = None,
                  address: str | None = None, targets: str | None = None,
-                 l0: int | None = None) -> dict[str, Any]:
-    """Attack a trained run at each ε; merge into ``robustness.json`` and redraw its plot.
+                 l0: int | None = None, budgets: list[int] | None = None,
+                 similarity: float | None = None,
+                 target_items: list[str] | None = None) -> dict[str, Any]:
+    """Attack a trained run at each ε (at each budget for ``jsma-items``, SASRec's histories);
+    merge into ``robustness.json`` and redraw its plot.
 
     ``steps`` and ``l0`` (JSMA's coordinates per row) default to the run's ``eval`` section.
+    ``budgets`` (default `DEFAULT_BUDGETS`) and ``similarity`` are ``jsma-items``': history
+    items swapped, and the substitutes' least cosine with the items they replace.
+    ``target_items`` (raw ids) makes ``jsma-items`` targeted, promoting them (its curve is
+    ``jsma-items:targeted``), and are the target items every point measures.
 
     ``workers``: Ray Train workers sharing the work (default: the run's ``scaling.num_workers``;
     0 runs in this process); ``address`` as for `advrec.train.run_training`. Every point also
@@ -101,8 +139,17 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     its dataset's ``targets.json``).
     """
     cfg, dataset = read_run(run)
+    budgets = DEFAULT_BUDGETS if budgets is None else budgets
+    swapping = [a for a in attacks if a in BUDGET_ATTACKS]
+    if target_items is not None and not swapping:
+        raise AdvrecError("--target-items: only jsma-items attacks toward target items; add it "
+                          "to --attack (or measure a targets.json with --targets)")
+    if swapping:
+        _check_budgets(cfg, dataset, budgets, split)
     eval_cfg = cfg.eval if targets is None else cfg.eval.model_copy(update={"targets": targets})
-    items = resolve_targets(eval_cfg, dataset)  # a bad or unknown target fails before the attacks
+    # a bad or unknown target fails before the attacks
+    items = (resolve_targets(eval_cfg, dataset) if target_items is None
+             else listed_targets(target_items, dataset, "--target-items"))
     for name in (ROBUSTNESS_FILE, ROBUSTNESS_PLOT):  # a bad one fails before the attacks
         io.check_file(io.join(run, name))
     if io.exists(io.join(run, ROBUSTNESS_FILE)):  # merged into after the attacks
@@ -111,10 +158,22 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
         update={"num_workers": workers})
     return launch(robustness_per_worker,
                   {"run": io.absolute(run), "attacks": attacks, "eps": eps, "steps": steps,
-                   "l0": l0,
+                   "l0": l0, "budgets": budgets, "similarity": similarity,
+                   "targeted": target_items is not None,
                    "split": split, "progress": progress, "ray_worker": scaling.num_workers > 0,
                    "targets": asdict(items) if items else None},
                   scaling, address)
+
+
+def _check_budgets(cfg: RunConfig, dataset: str, budgets: list[int], split: str) -> None:
+    """A history attack needs a model with histories, and budgets it can spend: at most the
+    longest history of the ``split``'s contexts."""
+    if cfg.model.name != "sasrec":
+        raise AdvrecError(no_histories("--attack jsma-items", cfg.model.name))
+    longest = longest_history(make_task(cfg, load_dataset(dataset)), split)
+    if max(budgets) > longest:
+        raise AdvrecError(f"--budget {max(budgets)}: above the longest history of the run's "
+                          f"{split} users, {longest} items (jsma-items swaps at most that many)")
 
 
 def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +181,8 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     tune_malloc()
     run = config["run"]
     cfg, dataset = read_run(run)
-    updates: dict[str, Any] = {"attacks": config["attacks"], "eps": config["eps"]}
+    embedding = [a for a in config["attacks"] if a not in BUDGET_ATTACKS]
+    updates: dict[str, Any] = {"attacks": embedding, "eps": config["eps"]}
     updates |= {k: config[k] for k in ("steps", "l0") if config[k] is not None}
     eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     context = ray.train.get_context()
@@ -130,24 +190,45 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     data = load_dataset(dataset)
     model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg, data)
     model.to(train_device(cfg.scaling.use_gpu, config["ray_worker"]))
-    # every training example with its negatives, the same for each attack step (APR's protocol)
-    # and on every worker; each differentiates its share of them
-    batches = attack_batches(make_task(cfg, data), 0, eval_cfg.seed)
     task = make_task(cfg, data, shard=(rank, context.get_world_size()))
-    targets = (TargetMetrics(data, TargetItems(**config["targets"]), cfg.eval.target_k)
-               if config["targets"] else None)
-    curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches,
-                             split=config["split"], progress=config["progress"] and rank == 0,
-                             targets=targets)
+    items = TargetItems(**config["targets"]) if config["targets"] else None
+    targets = TargetMetrics(data, items, cfg.eval.target_k) if items else None
     path = io.join(run, ROBUSTNESS_FILE)
     merged = io.read_json(path) if io.exists(path) else {}
-    for attack, by_eps in curve.items():
-        merged.setdefault(attack, {}).update(by_eps)
+    if embedding:
+        # every training example with its negatives, the same for each attack step (APR's
+        # protocol) and on every worker; each differentiates its share of them
+        batches = attack_batches(make_task(cfg, data), 0, eval_cfg.seed)
+        curve = robustness_curve(model, task, make_loss(cfg), eval_cfg, batches,
+                                 split=config["split"],
+                                 progress=config["progress"] and rank == 0, targets=targets)
+        for attack, by_eps in curve.items():
+            merged.setdefault(attack, {}).update(by_eps)
+    for attack in (a for a in config["attacks"] if a in BUDGET_ATTACKS):
+        promote = items if config["targeted"] else None
+        points = budget_curve(model, task, eval_cfg, config["budgets"], config["similarity"],
+                              config["split"], targets,
+                              None if promote is None else torch.tensor(promote.indices))
+        _merge_budgets(merged, attack, points, promote)
     if rank == 0:
         io.dump_json(path, merged)
         plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg)[:2],
                         io.join(run, ROBUSTNESS_PLOT))
     return merged
+
+
+def _merge_budgets(merged: dict[str, Any], attack: str, points: dict[str, Any],
+                   promote: TargetItems | None) -> None:
+    """Merge a budget curve into ``robustness.json``'s contents: ``attack``'s, or when it
+    promoted target items ``attack:targeted``'s, which names them and is replaced whole when
+    they changed (points of different targets are not one curve)."""
+    if promote is None:
+        merged.setdefault(attack, {}).setdefault(BUDGET, {}).update(points)
+        return
+    name = attack + TARGETED
+    if merged.get(name, {}).get("targets") != promote.items:
+        merged[name] = {BUDGET: {}, "targets": promote.items}
+    merged[name][BUDGET].update(points)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -1,4 +1,5 @@
-"""Plots of ranking quality against the attack budget ε; several runs can share one figure."""
+"""Plots of ranking quality against the attack budget, ε or the number of swapped history
+items (jsma-items); several runs can share one figure."""
 
 from __future__ import annotations
 
@@ -12,24 +13,35 @@ import matplotlib.pyplot as plt
 
 from advrec import io
 
-Curve = dict[str, dict[str, dict[str, float]]]  # {attack: {eps: {metric: value}}}
+Curve = dict[str, dict[str, Any]]
+"""{attack: {eps: {metric: value}}}, or for an attack on real inputs {attack: {"budget":
+{budget: {metric: value}}, ...}} (`advrec.report`)."""
+AXES = {"eps": "ε (per-row budget)", "budget": "history items swapped (budget)"}
 
 
 def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -> None:
-    """One panel per metric, one line per (run label, attack), metric against ε; PNG to ``output``."""
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 3.6), squeeze=False)
-    styles = {"fgm": "-", "pgd": "--", "jsma": "-."}
-    for ax, metric in zip(axes[0], metrics):
-        for color, (label, curve) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 8,
-                                         curves.items()):
-            for attack, by_eps in curve.items():
-                eps = sorted(by_eps, key=float)
-                ax.plot([float(e) for e in eps], [by_eps[e][metric] for e in eps],
-                        styles.get(attack, ":"), marker="o", color=color, label=f"{label} {attack}")
-        ax.set_xlabel("ε (per-row budget)")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8)
+    """One panel per metric, one line per (run label, attack), metric against ε; budget curves
+    (jsma-items) in a second row of panels, against the budget; PNG to ``output``."""
+    # (row's x axis, run label, attack, {x: metrics}) for every curve of every run
+    lines = [("budget", label, attack, section["budget"]) if "budget" in section
+             else ("eps", label, attack, section)
+             for label, curve in curves.items() for attack, section in curve.items()]
+    rows = [axis for axis in AXES if any(line[0] == axis for line in lines)]
+    fig, axes = plt.subplots(len(rows), len(metrics),
+                             figsize=(4.5 * len(metrics), 3.6 * len(rows)), squeeze=False)
+    styles = {"fgm": "-", "pgd": "--", "jsma": "-.", "jsma-items": "-"}
+    colors = dict(zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 8))
+    for panels, axis in zip(axes, rows):
+        for ax, metric in zip(panels, metrics):
+            for _, label, attack, points in (line for line in lines if line[0] == axis):
+                xs = sorted(points, key=float)
+                ax.plot([float(x) for x in xs], [points[x][metric] for x in xs],
+                        styles.get(attack, ":"), marker="o", color=colors[label],
+                        label=f"{label} {attack}")
+            ax.set_xlabel(AXES[axis])
+            ax.set_ylabel(metric)
+            ax.grid(alpha=0.3)
+        panels[0].legend(fontsize=8)
     fig.suptitle("Quality under attack")
     _save(fig, output)
 

@@ -26,6 +26,7 @@ from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config import EvalConfig
 from advrec.config.policy import TARGET
 from advrec.devices import model_device, to_device
+from advrec.metrics.evaluate import ContextFn, evaluate
 from advrec.models.base import Batch, Recommender
 from advrec.models.losses import LossFn, batch_loss, scored_rows
 from advrec.shards import WHOLE, Shard, sum_tensors_over_shards
@@ -93,11 +94,15 @@ def attack_batches(task: Task, max_rows: int, seed: int, batch_size: int = 8192)
 
 
 def point_metrics(model: Recommender, task: Task, cfg: EvalConfig, split: str,
-                  targets: TargetMetrics | None = None) -> dict[str, float]:
-    """The task's metrics on ``split``, and with ``targets`` the target items' (``target/...``)."""
-    metrics = task.evaluate(model, split, cfg)
+                  targets: TargetMetrics | None = None,
+                  context: ContextFn | None = None) -> dict[str, float]:
+    """The task's metrics on ``split``, and with ``targets`` the target items' (``target/...``);
+    a ranking task's users scored from ``context`` when given (attacked histories,
+    `advrec.metrics.history_attack`), else from the task's own."""
+    metrics = (task.evaluate(model, split, cfg) if context is None
+               else evaluate(model, task.data, split, cfg, context, task.shard))
     if targets is not None:
-        measured = targets(model, split, task.context, cfg.batch_users, task.shard)
+        measured = targets(model, split, context or task.context, cfg.batch_users, task.shard)
         metrics.update({f"{TARGET}{k}": v for k, v in measured.items()})
     return metrics
 

@@ -67,9 +67,14 @@ def read_targets(url: str, dataset: str) -> TargetItems:
             isinstance(i, (str, int)) and not isinstance(i, bool) for i in items)):
         raise AdvrecError(f"{url}: not a targets.json: expected {{\"items\": [raw item id, "
                           f"...], ...}}, got {shown(spec)}")
-    raw = [str(i) for i in items]
-    check_listed_once(raw, f"{url}: item")
-    return TargetItems(url, raw, item_indices(dataset, raw, url))
+    return listed_targets([str(i) for i in items], dataset, url)
+
+
+def listed_targets(raw: list[str], dataset: str, source: str) -> TargetItems:
+    """The target items ``raw`` (raw ids, from ``source``: a file or a flag), looked up in
+    ``dataset``'s items; a repeated or unknown id is an error naming it and ``source``."""
+    check_listed_once(raw, f"{source}: item")
+    return TargetItems(source, raw, item_indices(dataset, raw, source))
 
 
 def resolve_targets(cfg: EvalConfig, dataset: str) -> TargetItems | None:

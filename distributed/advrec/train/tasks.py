@@ -115,6 +115,8 @@ class StreamRows:
 
 
 class Task(Protocol):
+    data: Dataset
+    """The prepared dataset it trains and evaluates on."""
     shard: Shard
     """This worker's share of the examples: (rank, world size)."""
 
