@@ -46,21 +46,28 @@ def _counting_allreduce(state, bucket):  # unannotated: DDP rejects string annot
 def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: dict,
                       out: str) -> None:
     """Worker: ``STEPS`` steps of every zoo model, clean and with FGM and PGD-5 (also with
-    sparse embedding gradients, and with adaptive ε for the user-id models), under DDP, counting
-    the all-reduces DDP launches (its communication hook runs once per bucket)."""
+    sparse embedding gradients, with adaptive ε for the user-id models, and with 2 swapped
+    history items, jsma-items, for SASRec), under DDP, counting the all-reduces DDP launches
+    (its communication hook runs once per bucket)."""
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     data = load_dataset(dataset)
     counts: dict[str, list[int]] = {}
     for name, model_options in MODELS.items():
-        for variant in ("none", "fgm", "pgd", "pgd-sparse", "fgm-vat", "pgd-pamacf"):
+        for variant in ("none", "fgm", "pgd", "pgd-sparse", "fgm-vat", "pgd-pamacf",
+                        "jsma-items"):
             method, _, extra = variant.partition("-")
             adaptive = extra if extra in ("vat", "pamacf") else "none"
             if adaptive != "none" and name == "sasrec":
                 continue  # no user rows: a config error
+            if variant == "jsma-items":
+                if name != "sasrec":
+                    continue  # no histories: a config error
+                method = variant
             cfg = build_config({
                 "data": {"source": dataset, **options},
                 "model": {"name": name, "dim": 8, **model_options},
-                "adv": {"method": method, "eps": 0.5, "steps": 5, "adaptive": adaptive},
+                "adv": {"method": method, "eps": 0.5, "steps": 5, "adaptive": adaptive,
+                        "budget": 2},
                 "train": {"num_negatives": 2, "sparse_embeddings": variant.endswith("sparse")}})
             torch.manual_seed(rank)  # different inits: DDP must make them equal (rank 0's)
             model = build_model(cfg, data)
@@ -119,6 +126,10 @@ def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, featu
                 adaptive = ("fgm-vat", "pgd-pamacf")
                 assert [counts[f"{name}/{m}"] for m in adaptive] == [[1] * STEPS] * 2, name
                 assert all(counts[f"{name}/{m}/replicas_equal"] == [1] for m in adaptive), name
+        # swapping history items (2 rounds, each a forward and an inner gradient): no
+        # communication either, and the replicas stay equal
+        assert counts["sasrec/jsma-items"] == [1] * STEPS
+        assert counts["sasrec/jsma-items/replicas_equal"] == [1]
 
 
 TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",
