@@ -161,16 +161,19 @@ def test_targeted_raises_the_targets_score() -> None:
     assert rank[1] < rank[0]
 
 
-def test_the_objective_adds_lambda_times_the_loss_of_the_swapped_history() -> None:
+@pytest.mark.parametrize("negatives", ["sampled", "all"])
+def test_the_objective_adds_lambda_times_the_loss_of_the_swapped_history(negatives: str) -> None:
     model = _sasrec().train()
     g = torch.Generator().manual_seed(5)
     seq = _histories(g)
     target = torch.where(seq == N, N, torch.randint(N, seq.shape, generator=g))
-    batch = {"seq": seq, "item": torch.stack([target.clamp(max=N - 1),
-                                              torch.randint(N, seq.shape, generator=g)], -1),
-             "mask": (seq != N) & (target != N)}
-    objective = AdversarialObjective(model, LOSSES["bce"], Attack("jsma-items", 0.0, budget=2),
-                                     lam=0.5)
+    batch = {"seq": seq, "mask": (seq != N) & (target != N)}
+    if negatives == "all":  # every item a candidate: the full softmax
+        batch["target"], loss = target, LOSSES["softmax"]
+    else:  # the next item, then one sampled negative
+        negative = torch.randint(N, seq.shape, generator=g)
+        batch["item"], loss = torch.stack([target.clamp(max=N - 1), negative], -1), LOSSES["bce"]
+    objective = AdversarialObjective(model, loss, Attack("jsma-items", 0.0, budget=2), lam=0.5)
     out = objective(batch, adversarial=True)
     assert out["adv"] > out["clean"]  # dropout 0: the swaps raised the training loss
     torch.testing.assert_close(out["loss"], out["clean"] + 0.5 * out["adv"])
@@ -185,11 +188,13 @@ def loo(udata_small: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(out)
 
 
-def test_training_against_jsma_items_and_its_budget_curves(loo: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("protocol", ["full", "sampled"])
+def test_training_against_jsma_items_and_its_budget_curves(loo: str, protocol: str,
+                                                           tmp_path: Path) -> None:
     cfg = load_config(None, [f"data.source={loo}", "model.name=sasrec", "model.dim=16",
                              "model.max_len=20", "adv.method=jsma-items", "adv.budget=2",
                              "train.epochs=2", "train.batch_size=32", "train.loss=bce",
-                             "eval.ks=[10]", "eval.batch_users=40"])
+                             "eval.ks=[10]", "eval.batch_users=40", f"eval.protocol={protocol}"])
     run = tmp_path / "run"
     run_training(cfg, str(run), progress=False)
     history = json.loads((run / "history.json").read_text())

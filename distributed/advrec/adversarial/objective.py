@@ -84,8 +84,6 @@ class AdversarialObjective(nn.Module):
             swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"])}
             # the same targets after the swapped history, embedded anew (its rows are items')
             adv = batch_loss(self.loss_fn, self.model(swapped), swapped)
-            loss = loss + self.lam * adv
-            out["adv"] = adv.detach()
         elif attacking:
             keys = select_targets(list(emb), self.target)
             init_grad = None
@@ -96,6 +94,7 @@ class AdversarialObjective(nn.Module):
                                 self._scales(emb, keys, batch, row_losses))
             adv_emb = {**emb, **{k: emb[k] + delta[k] for k in keys}}
             adv = batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch)
+        if attacking:
             loss = loss + self.lam * adv
             out["adv"] = adv.detach()
         if self.reg > 0:
