@@ -206,11 +206,11 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from advrec.config import BUDGET_ATTACKS
     from advrec.config.policy import target_metrics
+    from advrec.metrics.plots import curve_points
     from advrec.report import (
         ROBUSTNESS_FILE,
         ROBUSTNESS_PLOT,
         TARGETED,
-        curve_points,
         evaluate_run,
         format_table,
         headline,

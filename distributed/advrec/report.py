@@ -17,7 +17,7 @@ from advrec.devices import train_device
 from advrec.errors import AdvrecError, shown
 from advrec.metrics import robustness_curve
 from advrec.metrics.history_attack import budget_curve, longest_history
-from advrec.metrics.plots import plot_robustness
+from advrec.metrics.plots import BUDGET, curve_points, plot_robustness
 from advrec.metrics.robustness import attack_batches
 from advrec.metrics.target import TargetItems, TargetMetrics, listed_targets, resolve_targets
 from advrec.train import launch, load_model, read_run
@@ -26,8 +26,6 @@ from advrec.train.tasks import make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
-BUDGET = "budget"
-"""The key of a budget curve's points in its attack's section of ``robustness.json``."""
 DEFAULT_BUDGETS = [0, 1, 2]
 """The budgets (history items swapped) of ``jsma-items`` when none are given."""
 TARGETED = ":targeted"
@@ -52,12 +50,6 @@ def _is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def curve_points(section: dict[str, Any]) -> dict[str, Any]:
-    """An attack's points in ``robustness.json``, ``{eps: metrics}`` or ``{budget: metrics}``:
-    an ε curve is the section itself, a budget curve its ``budget`` entry."""
-    return section["budget"] if BUDGET in section else section
 
 
 def _is_curve(section: Any) -> bool:

@@ -15,9 +15,11 @@ from advrec.adversarial.jsma_items import swap_items
 from advrec.cli import main
 from advrec.config import load_config
 from advrec.data import prepare
+from advrec.errors import AdvrecError
 from advrec.metrics.history_attack import next_item_grad
 from advrec.models import LOSSES
 from advrec.models.sasrec import SASRec
+from advrec.report import read_robustness
 from advrec.train import run_training
 
 N, D, L = 12, 8, 6  # items, dimension, history length
@@ -221,3 +223,21 @@ def test_training_against_jsma_items_and_its_budget_curves(loo: str, protocol: s
     assert hit[1] > hit[0]  # the targets' hit rate rose
     assert main(["plot", str(run), "--output", str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("section, valid", [
+    ({"budget": {"0": {"ndcg@5": 0.3}, "2": {"ndcg@5": 0.1}}}, True),
+    ({"budget": {"0": {"ndcg@5": 0.3}}, "targets": ["7"]}, True),
+    ({"budget": {"1.5": {"ndcg@5": 0.3}}}, False),  # a budget counts items
+    ({"budget": {}}, False),
+    ({"budget": {"1": {"ndcg@5": 0.3}}, "eps": 3}, False),
+])
+def test_robustness_json_takes_budget_curves_beside_eps_curves(section: dict, valid: bool,
+                                                               tmp_path: Path) -> None:
+    (tmp_path / "robustness.json").write_text(json.dumps(
+        {"fgm": {"0.0": {"ndcg@5": 0.3}}, "jsma-items": section}))
+    if valid:
+        assert read_robustness(str(tmp_path), ["ndcg@5"])["jsma-items"] == section
+    else:
+        with pytest.raises(AdvrecError, match="not a robustness curve"):
+            read_robustness(str(tmp_path))

@@ -16,15 +16,22 @@ from advrec import io
 Curve = dict[str, dict[str, Any]]
 """{attack: {eps: {metric: value}}}, or for an attack on real inputs {attack: {"budget":
 {budget: {metric: value}}, ...}} (`advrec.report`)."""
-AXES = {"eps": "ε (per-row budget)", "budget": "history items swapped (budget)"}
+BUDGET = "budget"
+"""The key of a budget curve's points in its attack's section of a `Curve`."""
+AXES = {"eps": "ε (per-row budget)", BUDGET: "history items swapped (budget)"}
+
+
+def curve_points(section: dict[str, Any]) -> dict[str, Any]:
+    """An attack's points in a `Curve`, ``{eps: metrics}`` or ``{budget: metrics}``: an ε
+    curve is the section itself, a budget curve its ``budget`` entry."""
+    return section.get(BUDGET, section)
 
 
 def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -> None:
     """One panel per metric, one line per (run label, attack), metric against ε; budget curves
     (jsma-items) in a second row of panels, against the budget; PNG to ``output``."""
     # (row's x axis, run label, attack, {x: metrics}) for every curve of every run
-    lines = [("budget", label, attack, section["budget"]) if "budget" in section
-             else ("eps", label, attack, section)
+    lines = [(BUDGET if BUDGET in section else "eps", label, attack, curve_points(section))
              for label, curve in curves.items() for attack, section in curve.items()]
     rows = [axis for axis in AXES if any(line[0] == axis for line in lines)]
     fig, axes = plt.subplots(len(rows), len(metrics),
