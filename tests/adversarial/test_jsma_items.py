@@ -4,6 +4,7 @@ evaluation (`advrec evaluate --attack jsma-items`) and in training (`adv.method=
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,28 @@ def test_robustness_json_takes_budget_curves_beside_eps_curves(section: dict, va
     else:
         with pytest.raises(AdvrecError, match="not a robustness curve"):
             read_robustness(str(tmp_path))
+
+
+def test_two_ray_train_workers_train_against_it_and_share_its_curve(
+        loo: str, tmp_path: Path, ray_local: None) -> None:
+    # training: the objective (swaps included) under DDP on 2 Ray Train workers; evaluation:
+    # each worker attacks and ranks its share of the users (in the sampled protocol every
+    # worker scores every chunk, its own rows or a stand-in), and the curve is one process's
+    shared = tmp_path / "shared"
+    assert main(["train", "--output", str(shared), "--quiet", f"data.source={loo}",
+                 "model.name=sasrec", "model.dim=16", "model.max_len=20",
+                 "adv.method=jsma-items", "train.epochs=1", "train.batch_size=32",
+                 "train.loss=bce", "eval.ks=[10]", "eval.batch_users=30",
+                 "eval.protocol=sampled", "scaling.num_workers=2"]) == 0
+    assert json.loads((shared / "history.json").read_text())[0]["adv"] > 0
+    alone = tmp_path / "alone"
+    shutil.copytree(shared, alone)
+    for where, workers in ((shared, "2"), (alone, "0")):
+        assert main(["evaluate", "--run", str(where), "--quiet", "--attack", "jsma-items",
+                     "--budget", "0,2", "--target-items", "50", "--workers", workers]) == 0
+    two, one = (json.loads((where / "robustness.json").read_text())["jsma-items:targeted"]
+                for where in (shared, alone))
+    for budget in ("0", "2"):
+        for metric in ("ndcg@10", "hit@10", "target/hr@50"):
+            assert two["budget"][budget][metric] == pytest.approx(
+                one["budget"][budget][metric], abs=1e-6), (budget, metric)
