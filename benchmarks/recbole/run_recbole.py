@@ -35,6 +35,25 @@ with advrec's items (not linked), so RecBole ranks exactly advrec's catalogue. T
 unless RecBole's three dataloaders hold as many target rows as advrec's parts imply and as many
 items as advrec's.
 
+``--paper`` (with ``--model SASRec``) trains SASRec with the paper's settings (`PAPER_SASREC`,
+advrec's ``jobs/configs/sasrec-paper.yaml``: dim 50, 2 blocks, 1 head, dropout 0.2, max_len 200,
+BPR against one negative as RecBole's nearest to BCE, Adam at 1e-3 with RecBole's fixed betas
+(0.9, 0.999), batch 128, ``--epochs`` epochs without early stopping, evaluated every 20, the
+best evaluation kept). ``--eval-mode full|uni100`` picks the ranking protocol of valid and test
+(default full). Against advrec's (`advrec.metrics.evaluate`), for a sequential model RecBole
+1.2.1's
+- ``full`` does not mask the user's history (``FullSortEvalDataLoader`` passes no history for
+  sequential models): every item but the padding is ranked, the items before the target too,
+  where advrec masks the user's train items (and for test, the valid item);
+- ``uni100`` draws the 100 negatives uniformly with replacement from every item but the row's
+  own target (``RepeatableSampler``, which RecBole requires for sequential models), so they may
+  be items of the user's history; advrec draws them from the items the user never had in train,
+  valid or test. Neither is a setting of RecBole's.
+
+    TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 benchmarks/.recbole-venv/bin/python \
+        benchmarks/recbole/run_recbole.py --model SASRec --paper --eval-mode uni100 \
+        --split-from /tmp/loo --epochs 200 --seed 0  # after: advrec prepare --split loo:keep-short
+
 A CTR dataset (one with a ``label`` column), or ``--ctr`` on RecBole's own split, runs RecBole's
 context-aware setup instead: the model's own defaults (no embedding 64), user age/gender/occupation
 and item release_year/class as features, labelled evaluation (``mode: labeled``) by AUC and
@@ -77,6 +96,40 @@ CTR_FEATURES = {"user": ["user_id", "age", "gender", "occupation"],
                 "item": ["item_id", "release_year", "class"]}
 # RecBole's field names for ml-100k (USER_ID_FIELD, ITEM_ID_FIELD, ITEM_ID_FIELD + LIST_SUFFIX)
 USER, ITEM, ITEM_LIST = "user_id:token", "item_id:token", "item_id_list:token_seq"
+# SASRec as published (Kang & McAuley, ICDM 2018) in RecBole 1.2.1's terms: advrec's
+# jobs/configs/sasrec-paper.yaml for MovieLens (dim 50, 2 blocks, 1 head, dropout 0.2, max_len
+# 200, ReLU feed-forward, LayerNorm eps 1e-8, Adam lr 1e-3, batch 128, evaluated every 20
+# epochs, the best evaluation kept; epochs from --epochs, protocol from --eval-mode). Where
+# RecBole cannot follow the paper:
+# - loss: RecBole's SASRec has CE (over all items) or BPR, no BCE; BPR against one uniform
+#   negative per target is the nearest (the same positive/negative pair, -log σ(s⁺ - s⁻) instead
+#   of -log σ(s⁺) - log(1 - σ(s⁻))), and the negative only avoids the target itself
+#   (RepeatableSampler), not the user's other items;
+# - Adam: RecBole's is torch's with betas (0.9, 0.999), not configurable; the paper's (0.9, 0.98);
+# - init: RecBole draws every weight from N(0, initializer_range=0.02), not Glorot;
+# - training rows: RecBole trains on every prefix of every history (up to max_len items before
+#   each target), SASRec on one sequence per user, its last max_len + 1 items.
+PAPER_SASREC = {
+    "hidden_size": 50,
+    "inner_size": 50,
+    "n_layers": 2,
+    "n_heads": 1,
+    "hidden_dropout_prob": 0.2,
+    "attn_dropout_prob": 0.2,
+    "hidden_act": "relu",
+    "layer_norm_eps": 1e-8,
+    "MAX_ITEM_LIST_LENGTH": 200,
+    "loss_type": "BPR",
+    "train_neg_sample_args": {"distribution": "uniform", "sample_num": 1},
+    "train_batch_size": 128,
+    "learner": "adam",
+    "learning_rate": 1e-3,
+    "eval_step": 20,  # advrec's train.eval_every; RecBole caps it at epochs
+    "valid_metric": "NDCG@10",
+    "topk": [10, 20],
+    # leave-one-out by time on RecBole's own split; with --split-from only the order is used
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "group_by": "user"},
+}
 
 
 def parse_args(argv=None):
@@ -89,6 +142,11 @@ def parse_args(argv=None):
                         "(CTR setup when it has labels)")
     p.add_argument("--ctr", action="store_true",
                    help="CTR on RecBole's own split: rating >= 4 is a click, AUC/LogLoss")
+    p.add_argument("--paper", action="store_true",
+                   help="SASRec as published (PAPER_SASREC; only with --model SASRec)")
+    p.add_argument("--eval-mode", choices=["full", "uni100"], default=None,
+                   help="ranking protocol of valid and test: all items or the target against "
+                        "100 uniform negatives (default: full; not for CTR)")
     p.add_argument("--seed", type=int, default=2020)
     p.add_argument("--epochs", type=int, default=300, help="max epochs (default: 300)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -243,6 +301,8 @@ def main(argv=None) -> int:
         if not sep:
             sys.exit(f"run_recbole: --set wants KEY=VALUE, got {kv!r}")
         overrides[key.strip()] = yaml.safe_load(value)
+    if args.paper and args.model != "SASRec":
+        sys.exit(f"run_recbole: --paper is SASRec's settings, not {args.model}'s")
     # resolved now: the run works inside a temporary directory
     split_from = Path(args.split_from).resolve() if args.split_from else None
 
@@ -264,6 +324,9 @@ def main(argv=None) -> int:
         ctr, split_counts = args.ctr, None
         if split_from and not sequences:
             ctr, split_counts = write_split(split_from, data_root / DATASET)
+        if ctr and args.eval_mode:
+            sys.exit("run_recbole: --eval-mode ranks items; a CTR run is evaluated by AUC/LogLoss")
+        eval_mode = args.eval_mode or "full"
         config_dict = {
             "data_path": str(data_root),
             "checkpoint_dir": str(tmp / "saved"),
@@ -280,7 +343,7 @@ def main(argv=None) -> int:
             "stopping_step": 10,
             "eval_step": 1,
             "eval_args": {"split": {"RS": [0.8, 0.1, 0.1]}, "order": "RO",
-                          "group_by": "user", "mode": "full"},
+                          "group_by": "user", "mode": eval_mode},
             "metrics": METRICS,
             "topk": [10],
             "valid_metric": "NDCG@10",
@@ -305,6 +368,13 @@ def main(argv=None) -> int:
                 "train_neg_sample_args": None,
                 "metric_decimal_place": 6,
             })
+        if args.paper:
+            del config_dict["embedding_size"]  # SASRec's is hidden_size
+            config_dict.update(PAPER_SASREC)
+            config_dict["eval_args"] = {**PAPER_SASREC["eval_args"], "mode": eval_mode}
+            # never stops early (RecBole stops after stopping_step evaluations without a better
+            # one): the paper trains every epoch, advrec's config has patience 0
+            config_dict["stopping_step"] = args.epochs
         if split_from:
             # fixed parts: RecBole skips filtering and splitting (eval_args.split is unused)
             config_dict["benchmark_filename"] = PARTS
@@ -387,12 +457,15 @@ def main(argv=None) -> int:
     best_epoch = (n - 1) - trainer.cur_step * trainer.eval_step if valid_times else None
     hparams = ["embedding_size", *model_defaults(args.model), "train_batch_size", "learner",
                "learning_rate", "weight_decay", "stopping_step"]
+    if config["MODEL_TYPE"] == ModelType.SEQUENTIAL:
+        hparams += ["MAX_ITEM_LIST_LENGTH", "train_neg_sample_args", "eval_step"]
     out = {
         "model": args.model,
         "seed": args.seed,
         "task": "ctr" if ctr else "ranking",
         "split_from": args.split_from,
         "split_rows": split_counts,
+        "eval_mode": None if ctr else config["eval_args"]["mode"],
         "hparams": {k: config[k] for k in dict.fromkeys(hparams)},
         "epochs": n,
         "best_epoch": best_epoch,
