@@ -1,5 +1,6 @@
 """The benchmark scripts still run against the current API (one tiny round; no timing is checked)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -43,3 +44,61 @@ def test_poisoning_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
         *(("random@0.01", m) for m in ("bpr", "apr", "pgd", "vat", "pamacf", "detect"))}
     assert [d["log"] for d in results["detection"]] == ["random@0.01"]
     assert "| random@0.01 | VAT |" in out.stdout
+
+
+def load_run_recbole():
+    """benchmarks/recbole/run_recbole.py as a module (it imports RecBole only inside main)."""
+    path = ROOT / "benchmarks" / "recbole" / "run_recbole.py"
+    spec = importlib.util.spec_from_file_location("run_recbole", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_recbole_sequential_split_is_recboles_augmentation_of_advrecs_parts(tmp_path: Path):
+    """`run_recbole.py --split-from` for a sequential model: advrec's loo:keep-short parts of a
+    hand-made log, written as the rows RecBole's own augmentation makes (every train item but a
+    user's first after the items before it, valid after train, test after train + valid), each
+    list cut to the last max_len items; a user with one interaction gives no row."""
+    pd = pytest.importorskip("pandas", reason="write_split writes with pandas, which advrec "
+                                              "does not depend on")
+    from advrec.data.prepare import prepare
+
+    log = {"u1": ["a"], "u2": ["b", "a"], "u3": ["c", "d", "a", "e", "b"]}
+    rows = [f"{u},{i},{4},{t}" for u, items in log.items() for t, i in enumerate(items)]
+    (tmp_path / "log.csv").write_text("user_id,item_id,rating,timestamp\n" + "\n".join(rows))
+    prepared, dst = tmp_path / "prepared", tmp_path / "recbole"
+    prepare(str(tmp_path / "log.csv"), "csv", str(prepared), split="loo:keep-short")
+    dst.mkdir()
+
+    ctr, counts = load_run_recbole().write_split(prepared, dst, max_len=2)
+
+    assert not ctr and counts == {"train": 3, "valid": 1, "test": 1}
+    read = {part: pd.read_csv(dst / f"ml-100k.{part}.inter", sep="\t", dtype=str)
+            for part in ("train", "valid", "test")}
+    assert list(read["train"].columns) == ["user_id:token", "item_id:token",
+                                           "item_id_list:token_seq", "rating:float",
+                                           "timestamp:float"]
+    lists = {part: [tuple(r) for r in df.iloc[:, :3].itertuples(index=False)]
+             for part, df in read.items()}
+    assert lists == {"train": [("u2", "a", "b"), ("u3", "d", "c"), ("u3", "a", "c d")],
+                     "valid": [("u3", "e", "d a")], "test": [("u3", "b", "a e")]}
+    assert read["valid"]["timestamp:float"].tolist() == ["3"]  # the target's own columns
+    items = pd.read_csv(dst / "ml-100k.item", sep="\t", dtype=str)
+    assert sorted(items["item_id:token"]) == ["a", "b", "c", "d", "e"]
+
+
+def test_recbole_sequential_split_wants_one_held_out_item_per_user(tmp_path: Path):
+    """A split with two valid items of one user has no sequential layout: refused, naming him."""
+    pytest.importorskip("pandas", reason="write_split writes with pandas, which advrec does "
+                                         "not depend on")
+    from advrec.data.prepare import prepare
+
+    rows = [f"u{u},i{t},4,{t}" for u in (1, 2) for t in range(10)]
+    (tmp_path / "log.csv").write_text("user_id,item_id,rating,timestamp\n" + "\n".join(rows))
+    prepare(str(tmp_path / "log.csv"), "csv", str(tmp_path / "prepared"),
+            split="random:0.4,0.4,0.2")  # 4 train, 4 valid and 2 test items each
+    (tmp_path / "recbole").mkdir()
+    with pytest.raises(SystemExit, match="user u1 has more than one valid item: a sequential "
+                                         "model wants a leave-one-out split"):
+        load_run_recbole().write_split(tmp_path / "prepared", tmp_path / "recbole", max_len=2)
