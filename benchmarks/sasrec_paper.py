@@ -12,14 +12,18 @@ same rows:
   schedule). Fix 3 (``loo:keep-short``) changes no row of ml-100k, whose users all have 20 or
   more ratings; the table says so from the data;
 - ``--recbole``: RecBole 1.2.1's SASRec (``benchmarks/recbole/setup.sh``) on the same rows
-  (``run_recbole.py --split-from``) with the same settings, once per protocol and seed, and the
-  epoch-time ratio (median training epoch, evaluation excluded, on both sides).
+  (``run_recbole.py --split-from --paper``: the same settings where RecBole has them), once per
+  protocol and seed, for ``--recbole-epochs`` epochs (the paper's 200 by default), and the
+  epoch-time ratio (median training epoch, evaluation excluded, on both sides). RecBole's
+  protocols are its own (run_recbole.py's docstring: it masks no history item in full ranking,
+  and its 100 negatives may be the user's items), so its figures are RecBole's view of the rows.
 
 A finished run keeps its figures in ``RUN/bench.json`` and is not trained again. Results:
 ``OUT/results.json`` and Markdown tables on stdout (copied into benchmarks/README.md).
 
     .venv/bin/python benchmarks/sasrec_paper.py [--seeds 0,1,2] [--ablation] [--recbole]
-        [--data ../shared/data/ml-100k] [--out benchmarks/out/sasrec-paper] [--set KEY=VALUE]
+        [--recbole-epochs 200] [--data ../shared/data/ml-100k] [--out benchmarks/out/sasrec-paper]
+        [--set KEY=VALUE]
     .venv/bin/python benchmarks/sasrec_paper.py --seeds 0 --set train.epochs=2   # smoke run
 
 Every training and test runs in a child process whose ``PYTHONPATH`` is the code under test, so
@@ -40,6 +44,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+RECBOLE_PY = ROOT / "benchmarks" / ".recbole-venv" / "bin" / "python"
 PAPER = ROOT / "jobs" / "configs" / "sasrec-paper.yaml"
 HERE = ROOT / "distributed"  # the code of this checkout
 K = 10
@@ -122,6 +127,25 @@ def test_run(run: str) -> dict[str, dict[str, float]]:
             for protocol in ("sampled", "full")}
 
 
+def recbole(dataset: Path, seed: int, mode: str, epochs: int, out: Path) -> dict[str, Any]:
+    """RecBole's SASRec with the paper's settings on ``dataset``'s rows, tested under ``mode``
+    (``uni100`` or ``full``); kept in ``out`` once finished."""
+    done = out / f"recbole-{mode}-seed{seed}-{epochs}ep.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    if not RECBOLE_PY.exists():
+        sys.exit("sasrec_paper: no RecBole venv; run benchmarks/recbole/setup.sh")
+    stdout = subprocess.run(
+        [str(RECBOLE_PY), str(ROOT / "benchmarks" / "recbole" / "run_recbole.py"), "--model",
+         "SASRec", "--paper", "--split-from", str(dataset), "--eval-mode", mode, "--seed",
+         str(seed), "--epochs", str(epochs), "--log-level", "WARNING"],
+        check=True, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}).stdout
+    row = json.loads(stdout.strip().splitlines()[-1])
+    done.write_text(json.dumps(row, indent=1))
+    return row
+
+
 def short_users(dataset: Path) -> int:
     """Users of the prepared dataset with fewer than 3 interactions (fix 3's users)."""
     import pyarrow.parquet as pq
@@ -153,6 +177,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sasrec-paper")
     parser.add_argument("--ablation", action="store_true", help="each fix's effect, first seed")
     parser.add_argument("--recbole", action="store_true", help="RecBole's SASRec, same rows")
+    parser.add_argument("--recbole-epochs", type=int, default=200,
+                        help="RecBole's epochs (default: the paper's 200)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every advrec run (e.g. train.epochs=2)")
     parser.add_argument("--test-run", help=argparse.SUPPRESS)  # the child's entry
@@ -201,6 +227,22 @@ def main() -> None:
         print(f"| + evaluated every 20 epochs for 200 (sasrec-paper.yaml) | 4 | "
               f"{r['sampled'][f'ndcg@{K}']:.4f} | {r['full'][f'ndcg@{K}']:.4f} | "
               f"{r['best_epoch'] + 1} / {r['epochs']} |\n")
+    if args.recbole:
+        results["recbole"] = {mode: {seed: recbole(dataset, seed, mode, args.recbole_epochs,
+                                                   args.out) for seed in seeds}
+                              for mode in ("uni100", "full")}
+        print("| seed | RecBole HR@10 (100 neg.) | NDCG@10 (100 neg.) | HR@10 (full) | "
+              "NDCG@10 (full) | epoch s | advrec epoch / RecBole epoch |")
+        print("|---|---|---|---|---|---|---|")
+        for seed in seeds:
+            sampled, full = (results["recbole"][m][seed] for m in ("uni100", "full"))
+            epoch = statistics.median([sampled["train_epoch_s_median"],
+                                       full["train_epoch_s_median"]])
+            print(f"| {seed} | {sampled['test'][f'hit@{K}']:.4f} | "
+                  f"{sampled['test'][f'ndcg@{K}']:.4f} | {full['test'][f'hit@{K}']:.4f} | "
+                  f"{full['test'][f'ndcg@{K}']:.4f} | {epoch:.1f} | "
+                  f"{paper[seed]['epoch_s'] / epoch:.4f} |")
+        print()
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
 
 

@@ -46,6 +46,20 @@ def test_poisoning_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     assert "| random@0.01 | VAT |" in out.stdout
 
 
+@pytest.mark.slow
+def test_sasrec_paper_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
+    """One seed, one epoch, with the ablation: the older revisions' code runs in its children."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sasrec_paper.py"), "--seeds",
+                          "0", "--ablation", "--set", "train.epochs=1", "--data", str(ml100k),
+                          "--out", str(tmp_path)],
+                         check=False, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["paper"]["0"]) >= {"sampled", "full", "epoch_s"}
+    assert [r["revision"] for r in results["ablation"]] == ["78a941a", "a9768e7", "a7eb91f", None]
+    assert results["short_users"] == 0
+
+
 def load_run_recbole():
     """benchmarks/recbole/run_recbole.py as a module (it imports RecBole only inside main)."""
     path = ROOT / "benchmarks" / "recbole" / "run_recbole.py"
