@@ -505,7 +505,7 @@ CONFIG: list[Case] = [
     Case("evaluate-attack-unknown", ("evaluate", "--run", "{run}", "--attack", "nope"),
          "--attack: unknown attack 'nope'", unchanged=("{run}",)),
     Case("evaluate-attack-empty", ("evaluate", "--run", "{run}", "--attack", ","),
-         "--attack: name fgm, pgd or jsma", unchanged=("{run}",)),
+         "--attack: name fgm, pgd, jsma or jsma-items", unchanged=("{run}",)),
     Case("evaluate-steps-zero", ("evaluate", "--run", "{run}", "--steps", "0"),
          "--steps: expected a positive integer", unchanged=("{run}",)),
     Case("evaluate-workers-negative", ("evaluate", "--run", "{run}", "--workers", "-1"),
