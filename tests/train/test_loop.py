@@ -142,3 +142,10 @@ def test_patience_counts_evaluations_not_epochs(dataset: str, tmp_path: Path) ->
     history = json.loads((tmp_path / "run" / "history.json").read_text())
     assert [h["epoch"] for h in history if "eval_s" in h] == [1, 3, 5]
     assert len(history) == 6 and history[-1]["stopped"] and metrics["best_epoch"] == 1
+
+
+def test_a_dumped_sgd_config_validates_again(dataset: str) -> None:
+    """Ray Train workers validate the dumped config again, betas included: an sgd run's default
+    betas are no error there (every torchrec test with adagrad tables failed on it)."""
+    cfg = build_config({"data": {"source": dataset}, "train": {"optimizer": "sgd"}})
+    assert type(cfg).model_validate(cfg.model_dump()).train.betas == (0.9, 0.999)

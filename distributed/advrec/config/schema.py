@@ -288,7 +288,9 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _betas_need_adam(self) -> TrainConfig:
         adam = self.optimizer in ADAM_KINDS or self.table_optimizer == "adam"
-        if "betas" in self.model_fields_set and not adam:
+        # compared with the default, not "was it set": a dumped config is validated again on
+        # every Ray Train worker, with every key set
+        if self.betas != TrainConfig.model_fields["betas"].default and not adam:
             raise ValueError(f"betas: only adam and adamw use them (optimizer={self.optimizer})")
         return self
 
