@@ -14,8 +14,9 @@ from advrec.adversarial import Attack, perturb, rank_salient
 from advrec.cli import main
 from advrec.config import build_config
 from advrec.errors import AdvrecError
-from advrec.models import LOSSES, MF, NeuMF
+from advrec.models import MF, NeuMF
 from advrec.train import run_training
+from embedding_loss import batch_loss
 from synthetic import prepared_synth
 
 WIDTH = 24  # the default l0 is then 2
@@ -131,18 +132,7 @@ def test_rank_salient_puts_excluded_entries_last() -> None:
 def test_jsma_raises_a_models_loss(model_cls, steps: int) -> None:
     torch.manual_seed(0)
     model = MF(30, 40, 16) if model_cls is MF else NeuMF(30, 40, 16, [16, 8])
-    g = torch.Generator().manual_seed(0)
-    batch = {"user": torch.randint(30, (64,), generator=g),
-             "item": torch.randint(40, (64, 2), generator=g)}
-    emb = {k: v.detach() for k, v in model.embed(batch).items()}
-
-    def loss_at(delta):
-        return LOSSES["bpr"](model.score({k: emb[k] + delta[k] for k in emb}, batch))
-
-    def grad_fn(delta):
-        delta = {k: d.clone().requires_grad_(True) for k, d in delta.items()}
-        return dict(zip(delta, torch.autograd.grad(loss_at(delta), list(delta.values()))))
-
+    emb, loss_at, grad_fn, _ = batch_loss(model)
     clean = loss_at({k: torch.zeros_like(v) for k, v in emb.items()})
     attacked = perturb(emb, grad_fn, Attack("jsma", 0.5, steps=steps, relative=True, l0=3))
     assert loss_at(attacked) > clean

@@ -3,6 +3,7 @@ import torch
 
 from advrec.adversarial import AdversarialObjective, Attack, perturb, project
 from advrec.models import LOSSES, MF, NeuMF
+from embedding_loss import batch_loss
 
 METHODS = ["random", "fgsm", "fgm", "pgd", "jsma"]
 
@@ -85,17 +86,7 @@ def test_project_l2_and_linf() -> None:
 def test_pgd_raises_the_loss_at_least_as_much_as_fgm(model_cls, eps: float) -> None:
     torch.manual_seed(0)
     model = MF(30, 40, 8) if model_cls is MF else NeuMF(30, 40, 8, [16, 8])
-    g = torch.Generator().manual_seed(0)
-    batch = {"user": torch.randint(30, (64,), generator=g), "item": torch.randint(40, (64, 2), generator=g)}
-    emb = {k: v.detach() for k, v in model.embed(batch).items()}
-
-    def loss_at(delta):
-        return LOSSES["bpr"](model.score({k: emb[k] + delta[k] for k in emb}, batch))
-
-    def grad_fn(delta):
-        delta = {k: d.clone().requires_grad_(True) for k, d in delta.items()}
-        return dict(zip(delta, torch.autograd.grad(loss_at(delta), list(delta.values()))))
-
+    emb, loss_at, grad_fn, g = batch_loss(model)
     clean = loss_at({k: torch.zeros_like(v) for k, v in emb.items()})
     fgm = loss_at(perturb(emb, grad_fn, Attack("fgm", eps)))
     pgd = loss_at(perturb(emb, grad_fn, Attack("pgd", eps, steps=10)))

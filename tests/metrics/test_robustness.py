@@ -55,18 +55,20 @@ def test_training_batches_pair_each_interaction_with_a_true_negative(data) -> No
     assert not any((u, j) in positives for u, j in zip(users.tolist(), items[:, 1].tolist()))
 
 
+def loss_under(model, batches, delta):
+    """The summed training BPR loss over ``batches`` with ``delta`` added to the tables."""
+    with shifted_tables(model, delta), torch.no_grad():
+        return sum(LOSSES["bpr"](model(b)) * b["user"].numel() for b in batches)
+
+
 def test_pgd_hurts_the_training_loss_at_least_as_much_as_fgm(data) -> None:
     torch.manual_seed(0)
     model = MF(10, 13, 4)
     batches = training_batches(data, batch_size=64, seed=0)
 
-    def loss_under(delta):
-        with shifted_tables(model, delta), torch.no_grad():
-            return sum(LOSSES["bpr"](model(b)) * b["user"].numel() for b in batches)
-
-    fgm = loss_under(table_attack(model, batches, LOSSES["bpr"], Attack("fgm", 0.3)))
-    pgd = loss_under(table_attack(model, batches, LOSSES["bpr"], Attack("pgd", 0.3, steps=10)))
-    clean = loss_under({})
+    fgm = loss_under(model, batches, table_attack(model, batches, LOSSES["bpr"], Attack("fgm", 0.3)))
+    pgd = loss_under(model, batches, table_attack(model, batches, LOSSES["bpr"], Attack("pgd", 0.3, steps=10)))
+    clean = loss_under(model, batches, {})
     assert clean < fgm <= pgd + 1e-5
 
 
@@ -109,12 +111,8 @@ def test_jsma_moves_l0_coordinates_of_the_trained_rows_and_raises_the_loss(data,
     model = MF(10, 13, 8)
     batches = training_batches(data, batch_size=16, seed=0)
 
-    def loss_under(delta):
-        with shifted_tables(model, delta), torch.no_grad():
-            return sum(LOSSES["bpr"](model(b)) * b["user"].numel() for b in batches)
-
     delta = table_attack(model, batches, LOSSES["bpr"], Attack("jsma", 0.3, steps=steps, l0=2))
-    assert loss_under(delta) > loss_under({})
+    assert loss_under(model, batches, delta) > loss_under(model, batches, {})
     trained = data.train.user.unique()
     assert ((delta["user"][trained] != 0).sum(-1) == 2).all()
     assert delta["user"][trained].abs().amax() == pytest.approx(0.3)
