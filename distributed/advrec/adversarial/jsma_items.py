@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advrec.adversarial.perturb import rank_salient
+from advrec.adversarial.perturb import greedy_rounds, rank_salient
 
 HistoryGradFn = Callable[[Tensor], Tensor]
 """Maps histories (B, L) of item ids to ∂loss/∂(their item rows), (B, L, d): the loss the
@@ -54,14 +54,11 @@ def swap_items(seq: Tensor, grad_fn: HistoryGradFn, catalogue: Tensor, pad: int,
     Returns:
         (B, L) int64, a new tensor; no graph.
     """
-    current = seq.clone()
     spent = seq == pad  # positions not to pick: padding, then each round's pick
     rows = torch.arange(seq.shape[0], device=seq.device).unsqueeze(1)  # (B, 1)
     units = F.normalize(catalogue, dim=-1) if similarity is not None else None
-    g = init_grad
-    for _ in range(budget):
-        if g is None:
-            g = grad_fn(current)
+
+    def step(current: Tensor, g: Tensor) -> Tensor:
         position = rank_salient(g.norm(dim=-1), 1, spent)  # (B, 1)
         real = ~spent.gather(1, position)  # False where a history has no position left
         old = current.gather(1, position).clamp(max=catalogue.shape[0] - 1)  # (B, 1)
@@ -76,5 +73,6 @@ def swap_items(seq: Tensor, grad_fn: HistoryGradFn, catalogue: Tensor, pad: int,
         swap = real & (best > 0)
         current.scatter_(1, position, torch.where(swap, item, current.gather(1, position)))
         spent.scatter_(1, position, True)
-        g = None
-    return current
+        return current
+
+    return greedy_rounds(seq.clone(), budget, grad_fn, step, init_grad)

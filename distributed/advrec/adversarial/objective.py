@@ -14,10 +14,12 @@ import torch
 from torch import Tensor, nn
 
 from advrec.adversarial.adaptive import pamacf_weights, row_scales, vat_weights
+from advrec.adversarial.jsma_fields import flip_fields
 from advrec.adversarial.jsma_items import swap_items
 from advrec.adversarial.perturb import Attack, Tensors, perturb
 from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
+from advrec.models.fields import FieldModel
 from advrec.models.losses import LossFn, batch_loss
 
 
@@ -84,6 +86,13 @@ class AdversarialObjective(nn.Module):
             swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"])}
             # the same targets after the swapped history, embedded anew (its rows are items')
             adv = batch_loss(self.loss_fn, self.model(swapped), swapped)
+        elif attacking and attack.method == "jsma-fields":
+            keys = [k for ks in self._field_model().feature_fields().values() for k in ks]
+            loss, init_grad = self._differentiate_clean(clean, emb, keys)
+            values = self.flipped_fields(batch, emb, init_grad)
+            # the changed values' rows looked up from the tables: L(x') trains them too
+            flipped = {**emb, **self._field_model().embed_fields(values)}
+            adv = batch_loss(self.loss_fn, self.model.score(flipped, batch), batch)
         elif attacking:
             keys = select_targets(list(emb), self.target)
             init_grad = None
@@ -120,6 +129,13 @@ class AdversarialObjective(nn.Module):
         init_grad = {k: g for k, g in zip(emb, grads) if k in keys}
         return _ReplayGradient.apply(clean.detach(), grads, *inputs), init_grad
 
+    def _gradient(self, frozen: Tensors, rows: Tensors, batch: Batch) -> Tensors:
+        """∂(the batch's training loss)/∂``rows``, each (key -> rows) in place of its key's in
+        ``frozen`` (the batch's embeddings, detached): an attack's gradient, `score` alone."""
+        rows = {k: r.detach().requires_grad_(True) for k, r in rows.items()}
+        loss = batch_loss(self.loss_fn, self.model.score({**frozen, **rows}, batch), batch)
+        return dict(zip(rows, torch.autograd.grad(loss, list(rows.values()))))
+
     def _swapped(self, emb: Tensors, batch: Batch, init_grad: Tensor) -> Tensor:
         """The batch's histories ``seq`` (B, L) with up to ``attack.budget`` items each swapped
         to raise its training loss (`swap_items`); ``init_grad`` (B, L, d) the clean loss's
@@ -127,16 +143,44 @@ class AdversarialObjective(nn.Module):
         frozen = {k: v.detach() for k, v in emb.items()}
 
         def grad_fn(seq: Tensor) -> Tensor:
+            swapped = {**batch, "seq": seq}
             with torch.no_grad():
-                rows = self.model.embed({**batch, "seq": seq})["item_seq"]
-            rows.requires_grad_(True)
-            logits = self.model.score({**frozen, "item_seq": rows}, {**batch, "seq": seq})
-            return torch.autograd.grad(batch_loss(self.loss_fn, logits, batch), rows)[0]
+                rows = self.model.embed(swapped)["item_seq"]
+            return self._gradient(frozen, {"item_seq": rows}, swapped)["item_seq"]
 
         seq = batch["seq"]
         catalogue = self.model.all_items(seq.device).detach()
         return swap_items(seq, grad_fn, catalogue, self.model.pad, self.attack.budget,
                           self.attack.similarity, init_grad)
+
+    def _field_model(self) -> FieldModel:
+        if not isinstance(self.model, FieldModel):
+            raise ValueError(f"jsma-fields changes feature fields; {type(self.model).__name__} "
+                             "has none (a feature model has: deepfm, dcnv2, mmoe, twotower)")
+        return self.model
+
+    def flipped_fields(self, batch: Batch, emb: Tensors | None = None,
+                       init_grad: Tensors | None = None) -> Tensors:
+        """The batch's feature-field values (`FieldModel.field_values`) with up to
+        ``attack.budget`` fields of each example changed to raise its training loss
+        (`flip_fields`); ``emb`` its embeddings (looked up here when not given), ``init_grad``
+        the loss's gradient at its fields' keys, when the caller has it. No graph."""
+        model = self._field_model()
+        with torch.enable_grad():  # an evaluation scores under no_grad
+            if emb is None:
+                with torch.no_grad():
+                    emb = model.embed(batch)
+            frozen = {k: v.detach() for k, v in emb.items()}
+            with torch.no_grad():
+                device = next(iter(emb.values())).device
+                catalogues = {f: model.field_catalogue(f, device) for f in model.feature_fields()}
+
+            def grad_fn(rows: Tensors) -> Tensors:
+                return model.field_rows(self._gradient(frozen, model.key_rows(rows), batch))
+
+            return flip_fields(model.field_values(batch), catalogues, grad_fn,
+                               self.attack.budget,
+                               None if init_grad is None else model.field_rows(init_grad))
 
     def _scales(self, emb: Tensors, keys: list[str], batch: Batch,
                 row_losses: Tensor | None) -> Tensors | None:
@@ -158,11 +202,8 @@ class AdversarialObjective(nn.Module):
         ``scale[key]`` when given); δ carries no graph back to the parameters."""
         frozen = {k: v.detach() for k, v in emb.items()}
 
-        def grad_fn(delta: Tensors) -> Tensors:
-            delta = {k: d.detach().requires_grad_(True) for k, d in delta.items()}
-            shifted = {**frozen, **{k: frozen[k] + delta[k] for k in keys}}
-            loss = batch_loss(self.loss_fn, self.model.score(shifted, batch), batch)
-            return dict(zip(keys, torch.autograd.grad(loss, [delta[k] for k in keys])))
+        def grad_fn(delta: Tensors) -> Tensors:  # ∂/∂δ is ∂/∂(x + δ)
+            return self._gradient(frozen, {k: frozen[k] + delta[k] for k in keys}, batch)
 
         return perturb({k: frozen[k] for k in keys}, grad_fn, self.attack,
                        init_grad=init_grad, generator=generator, scale=scale)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from torch import Tensor
@@ -27,10 +27,15 @@ Tensors = dict[str, Tensor]
 GradFn = Callable[[Tensors], Tensors]
 """Maps perturbations δ (same keys and shapes as the attacked tensors) to ∂loss/∂δ."""
 
-Method = Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items"]
-"""``jsma-items`` swaps history items (`advrec.adversarial.jsma_items`), not embedding rows:
-the objective runs it, never `perturb`."""
+Method = Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items", "jsma-fields"]
+"""``jsma-items`` swaps history items (`advrec.adversarial.jsma_items`), ``jsma-fields``
+changes feature fields' values (`advrec.adversarial.jsma_fields`), not embedding rows: the
+objective runs them, never `perturb`."""
+DISCRETE: tuple[Method, ...] = ("jsma-items", "jsma-fields")
+"""The attacks on real, discrete inputs, with a budget of changed inputs and no ε."""
 Norm = Literal["l2", "linf"]
+State = TypeVar("State")
+Grad = TypeVar("Grad")
 
 _TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays zero)
 
@@ -40,7 +45,8 @@ class Attack:
     """What to compute: a method, a budget and, for PGD, steps and a step size; for JSMA,
     rounds (``steps``) and the coordinates it may change per row (``l0``); for JSMA on item
     histories, the items swapped per history (``budget``, where ε means nothing) and the
-    substitutes' least cosine with the item they replace (``similarity``)."""
+    substitutes' least cosine with the item they replace (``similarity``); for JSMA on feature
+    fields, the fields changed per example (``budget``)."""
 
     method: Method
     eps: float
@@ -50,14 +56,14 @@ class Attack:
     random_start: bool = False
     relative: bool = False
     l0: int | None = None  # JSMA; None -> `default_l0` of each row's width
-    budget: int = 1  # jsma-items
+    budget: int = 1  # jsma-items, jsma-fields
     similarity: float | None = None  # jsma-items; None -> any item may substitute
 
     @property
     def active(self) -> bool:
         """Whether the attack changes anything: a method, and a positive ε (a positive budget
-        for jsma-items)."""
-        if self.method == "jsma-items":
+        for the discrete attacks)."""
+        if self.method in DISCRETE:
             return self.budget > 0
         return self.method != "none" and self.eps > 0
 
@@ -69,8 +75,8 @@ class Attack:
     def from_clean_gradient(self) -> bool:
         """Whether the attack's first gradient is the one at δ = 0, the clean loss's, which a
         caller that has it passes to `perturb` as ``init_grad``."""
-        return self.method in ("fgsm", "fgm", "jsma", "jsma-items") or (self.method == "pgd"
-                                                          and not self.random_start)
+        return self.method in ("fgsm", "fgm", "jsma", *DISCRETE) or (self.method == "pgd"
+                                                                   and not self.random_start)
 
 
 def default_l0(width: int) -> int:
@@ -86,6 +92,20 @@ def rank_salient(saliency: Tensor, k: int, excluded: Tensor | None = None) -> Te
     if excluded is not None:
         saliency = saliency.masked_fill(excluded, -math.inf)
     return saliency.topk(k, dim=-1).indices
+
+
+def greedy_rounds(state: State, rounds: int, grad_fn: Callable[[State], Grad],
+                  step: Callable[[State, Grad], State], init_grad: Grad | None = None) -> State:
+    """JSMA's greedy loop on a discrete input (a history, an example's fields): each of
+    ``rounds`` differentiates the loss once at the current ``state`` (the first round at
+    ``init_grad``, the gradient at ``state`` itself, when the caller has it) and takes one
+    ``step`` from that gradient, as Papernot et al. recompute the saliency map after each
+    change."""
+    g = init_grad
+    for _ in range(rounds):
+        state = step(state, grad_fn(state) if g is None else g)
+        g = None
+    return state
 
 
 def _radius(x: Tensor, attack: Attack, scale: Tensor | None = None) -> Tensor | float:
@@ -204,9 +224,9 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
     budget; PGD's step size scales with it, so its steps keep their size relative to the ball,
     and JSMA's changed coordinates move by their row's own radius.
     """
-    if attack.method == "jsma-items":
-        raise ValueError("jsma-items swaps history items (advrec.adversarial.jsma_items): "
-                         "it has no embedding perturbation")
+    if attack.method in DISCRETE:
+        raise ValueError(f"{attack.method} changes discrete inputs (advrec.adversarial."
+                         f"{attack.method.replace('-', '_')}): it has no embedding perturbation")
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
     radius = {k: _radius(v, attack, None if scale is None else scale[k]) for k, v in x.items()}

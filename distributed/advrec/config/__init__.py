@@ -29,6 +29,7 @@ from advrec.config.schema import (
     Section,
     TrainConfig,
     TuneConfig,
+    no_fields,
     no_histories,
 )
 
@@ -37,5 +38,5 @@ __all__ = [
     "AdvConfig", "DataConfig", "EvalConfig", "ModelConfig", "RunConfig", "ScalingConfig",
     "SearchDim", "Section", "TrainConfig", "TuneConfig", "apply_overrides", "build_config",
     "dump_config", "error_line", "key_text", "load_config", "load_raw", "metric_mode",
-    "no_histories", "read_mapping", "with_values",
+    "no_fields", "no_histories", "read_mapping", "with_values",
 ]

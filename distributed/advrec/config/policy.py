@@ -11,6 +11,8 @@ MODEL_KINDS = {"mf": "ranking", "neumf": "ranking", "sasrec": "ranking", "twotow
                "deepfm": "ctr", "dcnv2": "ctr", "mmoe": "multitask"}
 """What each model is trained and evaluated for: top-K ranking, click-through rate, or several
 tasks at once (`advrec.train.tasks`)."""
+FEATURE_MODELS = ("deepfm", "dcnv2", "twotower", "mmoe")
+"""The models that use the users' and items' side features (when the dataset has them)."""
 TASK_NAMES = ("click", "rating")
 """The multi-task model's objectives: click (rating >= data.label_threshold, BCE) and the rating
 itself (MSE)."""

@@ -16,6 +16,7 @@ from advrec.config.overrides import key_text
 from advrec.config.policy import (
     ADAPTIVE,
     CPU_TABLE_OPTIMIZERS,
+    FEATURE_MODELS,
     MODEL_KINDS,
     ROW_SHARDING,
     SHARDING_TYPE,
@@ -199,7 +200,8 @@ class ModelConfig(Section):
 
 
 class AdvConfig(Section):
-    method: Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items"] = "none"
+    method: Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items",
+                    "jsma-fields"] = "none"
     eps: float = Field(0.5, ge=0.0)
     lam: float = Field(1.0, ge=0.0, alias="lambda")
     steps: int = Field(1, gt=0, description="PGD steps K; JSMA rounds.")
@@ -207,8 +209,8 @@ class AdvConfig(Section):
         None, gt=0, description="JSMA: coordinates changed per embedding row (at most "
         "model.dim); default a tenth of the row's width, at least 1.")
     budget: int = Field(
-        1, gt=0, description="jsma-items: history items swapped per sequence (greedily, one "
-        "per round on a fresh gradient).")
+        1, gt=0, description="jsma-items: history items swapped per sequence; jsma-fields: "
+        "feature fields changed per example (greedily, one per round on a fresh gradient).")
     similarity: float | None = Field(
         None, ge=-1.0, le=1.0, description="jsma-items: a substitute's embedding must have "
         "cosine >= this with the item it replaces (Yue et al. RecSys 2022); default any item.")
@@ -323,9 +325,9 @@ class TrainConfig(Section):
 Attack = Literal["fgm", "pgd", "jsma"]
 """The robustness attacks (`advrec.metrics.robustness`)."""
 ATTACKS: tuple[str, ...] = get_args(Attack)
-BUDGET_ATTACKS = ("jsma-items",)
+BUDGET_ATTACKS = ("jsma-items", "jsma-fields")
 """The robustness attacks on real inputs, measured against a budget of changed inputs rather
-than ε (`advrec.metrics.history_attack`)."""
+than ε (`advrec.metrics.history_attack`, `advrec.metrics.field_attack`)."""
 
 
 def no_histories(what: str, model: str) -> str:
@@ -334,6 +336,14 @@ def no_histories(what: str, model: str) -> str:
     hint = (" (its inputs are ids alone: its discrete attack is poisoning, `advrec poison`)"
             if model in ("mf", "neumf") else "")
     return f"{what} attacks item histories; model.name={model} has none{hint}"
+
+
+def no_fields(what: str, model: str) -> str:
+    """The error of an attack on feature fields aimed at a model without them."""
+    hint = (" (its discrete attack is jsma-items, on its histories)" if model == "sasrec"
+            else " (its inputs are ids alone: its discrete attack is poisoning, `advrec poison`)")
+    return (f"{what} changes feature fields; model.name={model} has none{hint}; the feature "
+            f"models are {', '.join(FEATURE_MODELS)}")
 
 
 class EvalConfig(Section):
@@ -578,6 +588,12 @@ class RunConfig(Section):
     def _item_swaps_need_histories(self) -> RunConfig:
         if self.adv.method == "jsma-items" and self.model.name != "sasrec":
             raise ValueError(no_histories("adv.method=jsma-items", self.model.name))
+        return self
+
+    @model_validator(mode="after")
+    def _field_flips_need_fields(self) -> RunConfig:
+        if self.adv.method == "jsma-fields" and self.model.name not in FEATURE_MODELS:
+            raise ValueError(no_fields("adv.method=jsma-fields", self.model.name))
         return self
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from advrec.config import RunConfig
+from advrec.config.policy import FEATURE_MODELS
 from advrec.data.dataset import Dataset
 from advrec.data.features import FeatureSet, load_side_features
 from advrec.errors import AdvrecError
@@ -33,8 +34,6 @@ __all__ = [
     "build_model",
 ]
 
-FEATURE_MODELS = ("deepfm", "dcnv2", "twotower", "mmoe")
-"""The models that use the users' and items' side features (when the dataset has them)."""
 
 
 def build_model(cfg: RunConfig, data: Dataset, sharded: bool = False) -> Recommender:

@@ -44,6 +44,10 @@ class DeepFM(FieldModel):
     def tables(self) -> dict[str, nn.Module]:
         return {**super().tables(), **self.user_linear.as_dict(), **self.item_linear.as_dict()}
 
+    def field_sets(self) -> list[FieldEmbeddings]:
+        """The fields' embeddings, then their first-order weights: a changed value changes both."""
+        return [*super().field_sets(), self.user_linear, self.item_linear]
+
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
         """(B, C) logits from the fields (B, C, F, d) and their weights (B, C, F, 1)."""
         x = self.fields(emb)

@@ -6,6 +6,12 @@ multi-valued features (genres). `FieldEmbeddings` owns one table per field and t
 ids of every row (`advrec.data.features`), so a batch needs only user and item indices: looking a
 user up returns one embedding per field. A multi-valued field is the mean of its tokens'
 embeddings, so every field is one vector, and the adversary perturbs each field's vector.
+
+The discrete attacker (``jsma-fields``, `advrec.adversarial.jsma_fields`) changes a field's
+values instead: `FieldModel` names the feature fields (`FieldModel.feature_fields`; the ids are
+none), gives a batch's values of each (`FieldModel.field_values`) and every value's row
+(`FieldModel.field_catalogue`), and looks changed values up as `embed` would have
+(`FieldModel.embed_fields`).
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ class FieldEmbeddings(nn.Module):
     def __init__(self, side: str, num_rows: int, features: FeatureSet | None, dim: int,
                  init: str = "xavier", init_std: float = 0.1, suffix: str = "") -> None:
         super().__init__()
-        self.side = side + suffix
+        self.kind, self.side, self.dim = side, side + suffix, dim
         self.tables = nn.ModuleDict({self.side: new_table(self.side, num_rows, dim, init,
                                                           init_std)})
         self.single: list[str] = []
@@ -50,16 +56,27 @@ class FieldEmbeddings(nn.Module):
     def forward(self, ids: Tensor) -> dict[str, Tensor]:
         """Row indices (*S) -> one (*S, d) embedding per field key."""
         out = {self.side: self.tables[self.side](ids)}
+        out.update({key: self.lookup(key, v) for key, v in self.values(ids).items()})
+        return out
+
+    def values(self, ids: Tensor) -> dict[str, Tensor]:
+        """Row indices (*S) -> each feature field's values: (*S) ids of a single-valued field,
+        (*S, T) tokens of a multi-valued one (0 = none)."""
+        out = {}
         if self.single:
             field_ids = self.single_ids[ids]  # (*S, F)
-            for j, key in enumerate(self.single):
-                out[key] = self.tables[key](field_ids[..., j])
-        for key in self.multi:
-            tokens = getattr(self, f"ids_{key}")[ids]  # (*S, T), 0 = padding
-            present = (tokens > 0).unsqueeze(-1).to(out[self.side].dtype)
-            summed = (self.tables[key](tokens) * present).sum(-2)
-            out[key] = summed / present.sum(-2).clamp(min=1.0)  # rows without a token stay 0
+            out.update({key: field_ids[..., j] for j, key in enumerate(self.single)})
+        out.update({key: getattr(self, f"ids_{key}")[ids] for key in self.multi})
         return out
+
+    def lookup(self, key: str, values: Tensor) -> Tensor:
+        """A feature field's rows (*S, d) for its ``values`` (as `values` gives them): the
+        value's row, or the mean of the present tokens' rows (0 where a row has none)."""
+        rows = self.tables[key](values)
+        if key in self.single:
+            return rows
+        present = (values > 0).unsqueeze(-1).to(rows.dtype)
+        return (rows * present).sum(-2) / present.sum(-2).clamp(min=1.0)
 
     def as_dict(self) -> dict[str, nn.Module]:
         """The tables by key (each a distinct table)."""
@@ -101,3 +118,66 @@ class FieldModel(Recommender):
     def fields(self, emb: dict[str, Tensor]) -> Tensor:
         """(B, C, F, d): every field of each (user, candidate) pair."""
         return stack_fields(emb, self.users.keys, self.items.keys)
+
+    def field_sets(self) -> list[FieldEmbeddings]:
+        """Every set of field tables: the users' and the items' (DeepFM adds its first-order
+        weights'), each side's first one naming its fields."""
+        return [self.users, self.items]
+
+    def _feature_keys(self) -> dict[str, list[tuple[FieldEmbeddings, str]]]:
+        """Each feature field, by its key in its side's first set, -> (set, key) of every set
+        that looks it up (DeepFM's: its row, its first-order weight)."""
+        out: dict[str, list[tuple[FieldEmbeddings, str]]] = {}
+        for main in (self.users, self.items):
+            sets = [s for s in self.field_sets() if s.kind == main.kind]
+            for j, field in enumerate(main.keys[1:], start=1):
+                out[field] = [(s, s.keys[j]) for s in sets]
+        return out
+
+    def feature_fields(self) -> dict[str, list[str]]:
+        """Each feature field of both sides -> the keys of `embed` looked up with its values.
+        The ids are no feature field: another id is another user or item, not a changed input."""
+        return {field: [k for _, k in pairs] for field, pairs in self._feature_keys().items()}
+
+    def field_values(self, batch: Batch) -> dict[str, Tensor]:
+        """Each feature field's values in the batch, a slot per (example, row of its side):
+        (B, 1) for a user field, (B, C) for an item field, with a last dimension of T tokens
+        for a multi-valued one (`FieldEmbeddings.values`)."""
+        return {**self.users.values(batch["user"].unsqueeze(1)),
+                **self.items.values(batch["item"])}
+
+    def field_catalogue(self, field: str, device: torch.device) -> Tensor:
+        """(V, D): every value's row of ``field`` (a `feature_fields` key), its keys' rows side
+        by side (D their total width); by lookup, not ``.weight``: a sharded table has none."""
+        pairs = self._feature_keys()[field]
+        values = torch.arange(pairs[0][0].tables[pairs[0][1]].num_embeddings, device=device)
+        return torch.cat([s.tables[k](values) for s, k in pairs], dim=-1)
+
+    def field_rows(self, emb: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`embed`'s rows (or their gradients) of the feature fields' keys -> each field's
+        (B, K, D): its keys' rows side by side, a user field's with K = 1."""
+        out = {}
+        for field, pairs in self._feature_keys().items():
+            rows = torch.cat([emb[k] for _, k in pairs], dim=-1)
+            out[field] = rows.unsqueeze(1) if pairs[0][0].kind == "user" else rows
+        return out
+
+    def key_rows(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The inverse of `field_rows`: each field's (B, K, D) -> its keys' rows as `embed`
+        returns them."""
+        out = {}
+        for field, pairs in self._feature_keys().items():
+            parts = rows[field].split([s.dim for s, _ in pairs], dim=-1)
+            for (s, key), part in zip(pairs, parts):
+                out[key] = part.squeeze(1) if s.kind == "user" else part
+        return out
+
+    def embed_fields(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """`embed`'s rows of the feature fields' keys, looked up (from the tables, so
+        differentiably) with ``values`` (`field_values`' shapes, any token count)."""
+        out = {}
+        for field, pairs in self._feature_keys().items():
+            for s, key in pairs:
+                rows = s.lookup(key, values[field])
+                out[key] = rows.squeeze(1) if s.kind == "user" else rows
+        return out

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
+from advrec.adversarial.jsma_fields import check_fields
 from advrec.config import RunConfig
 from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
@@ -45,6 +46,7 @@ from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_a
 from advrec.metrics.target import TargetItems, TargetMetrics
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.models.fields import FieldModel
 from advrec.models.losses import LossFn
 from advrec.models.memory import allocating, check_fits
 from advrec.shards import gather_objects
@@ -267,6 +269,10 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
                share=shard[1] if sharded else 1)
     # torchrec's tables are built on the meta device: each worker allocates its shard only
     model: Recommender = build_model(cfg, data, sharded=sharded)
+    if cfg.adv.method == "jsma-fields":  # the config allows feature models alone
+        check_fields(list(model.feature_fields()) if isinstance(model, FieldModel) else [],
+                     cfg.adv.budget, "adv.method=jsma-fields", f"adv.budget={cfg.adv.budget}",
+                     config["dataset"])
     if not sharded:
         model = model.to(device)  # before its optimizer's state
     optimizer = make_optimizer(model, cfg.train, fused_tables=sharded)
