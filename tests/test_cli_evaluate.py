@@ -45,8 +45,9 @@ def test_the_runs_config_gives_the_defaults(run: Path, capsys: pytest.CaptureFix
     (["--eps", "0,1e400"], "--eps: expected finite numbers >= 0"),
     (["--eps", "0,-0.5"], "--eps: expected finite numbers >= 0"),
     (["--eps", "a,b"], "--eps: expected comma-separated numbers, got 'a,b'"),
-    (["--attack", "cw"], "--attack: unknown attack 'cw' (choose fgm, pgd, jsma or jsma-items)"),
-    (["--attack", ","], "--attack: name fgm, pgd, jsma or jsma-items"),
+    (["--attack", "cw"], "--attack: unknown attack 'cw' (choose fgm, pgd, jsma, jsma-items or "
+     "jsma-fields)"),
+    (["--attack", ","], "--attack: name fgm, pgd, jsma, jsma-items or jsma-fields"),
     (["--attack", "jsma", "--l0", "9"], "--l0 9: above the run's model.dim=8"),
 ])
 def test_bad_flags_are_one_line(run: Path, flags: list[str], culprit: str,

@@ -191,7 +191,8 @@ def test_empty_config_file_is_no_keys(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("override, culprit", [
     (["adv.method=" + "x" * 10_000], ("adv.method: Input should be 'none', 'random', 'fgsm', "
-                                      "'fgm', 'pgd', 'jsma' or 'jsma-items' (got 'xxxxxxxxxx")),
+                                      "'fgm', 'pgd', 'jsma', 'jsma-items' or 'jsma-fields' "
+                                      "(got 'xxxxxxxxxx")),
     (["adv.eps=" + "1" * (70 << 10)], "override '" + "adv.eps=" + "1" * 19),
     (["adv.x\ny=1"], r"adv.'x\ny': unknown config key"),
     (["adv." + "k" * 10_000 + "=1"], "adv.'kkkkk"),

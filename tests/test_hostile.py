@@ -427,8 +427,8 @@ CONFIG: list[Case] = [
          "override 'data.seed=2001-02-30': not valid YAML at line 1, column 1: day is out of "
          "range"),
     Case("train-override-long-value", (*TRAIN, "adv.method=" + "x" * 60_000),
-         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm', 'pgd', 'jsma' or "
-         "'jsma-items' (got 'xxx"),
+         "adv.method: Input should be 'none', 'random', 'fgsm', 'fgm', 'pgd', 'jsma', "
+         "'jsma-items' or 'jsma-fields' (got 'xxx"),
     Case("train-override-newline-key", (*TRAIN, "adv.a\nb=1"), "adv.'a\\nb': unknown config key"),
     Case("run-spec-data-scalar", ("run", "{d}/spec.yaml"), "data: Input should be a valid "
          "dictionary", setup=both(write("c.yaml", "data: 3\n"),
@@ -505,7 +505,7 @@ CONFIG: list[Case] = [
     Case("evaluate-attack-unknown", ("evaluate", "--run", "{run}", "--attack", "nope"),
          "--attack: unknown attack 'nope'", unchanged=("{run}",)),
     Case("evaluate-attack-empty", ("evaluate", "--run", "{run}", "--attack", ","),
-         "--attack: name fgm, pgd, jsma or jsma-items", unchanged=("{run}",)),
+         "--attack: name fgm, pgd, jsma, jsma-items or jsma-fields", unchanged=("{run}",)),
     Case("evaluate-steps-zero", ("evaluate", "--run", "{run}", "--steps", "0"),
          "--steps: expected a positive integer", unchanged=("{run}",)),
     Case("evaluate-workers-negative", ("evaluate", "--run", "{run}", "--workers", "-1"),
@@ -586,7 +586,8 @@ CONFIG: list[Case] = [
          sasrec_run, unchanged=("{d}/s",)),
     Case("evaluate-budget-without-jsma-items", ("evaluate", "--run", "{run}", "--attack", "fgm",
                                                 "--budget", "1"),
-         "--budget: only jsma-items (which swaps history items) takes it", unchanged=("{run}",)),
+         "--budget: only jsma-items and jsma-fields (which change discrete inputs) take it",
+         unchanged=("{run}",)),
     Case("evaluate-budget-negative", ("evaluate", "--run", "{run}", "--attack", "jsma-items",
                                       "--budget=0,-1"),
          "--budget: expected comma-separated integers >= 0, got '0,-1'", unchanged=("{run}",)),

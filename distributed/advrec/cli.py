@@ -37,7 +37,8 @@ def _eps(text: str) -> list[float]:
 
 
 def _budgets(text: str) -> list[int]:
-    """Comma-separated numbers of swapped history items, integers >= 0 (`--budget 0,1,2`)."""
+    """Comma-separated numbers of changed inputs (history items, feature fields), integers
+    >= 0 (`--budget 0,1,2`)."""
     values = [v.strip() for v in text.split(",") if v.strip()]
     if not values or not all(v.isdigit() for v in values):
         raise AdvrecError(f"--budget: expected comma-separated integers >= 0, got {shown(text)}")
@@ -221,10 +222,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     flag_eps = None if args.eps is None else _eps(args.eps)
     budgets = None if args.budget is None else _budgets(args.budget)
     swapping = [a for a in flag_attacks or () if a in BUDGET_ATTACKS]
-    for flag, value in (("--budget", args.budget), ("--similarity", args.similarity)):
-        if value is not None and not swapping:
-            raise AdvrecError(f"{flag}: only jsma-items (which swaps history items) takes "
-                              "it; add jsma-items to --attack")
+    if args.budget is not None and not swapping:
+        raise AdvrecError("--budget: only jsma-items and jsma-fields (which change discrete "
+                          "inputs) take it; add one to --attack")
+    if args.similarity is not None and "jsma-items" not in swapping:
+        raise AdvrecError("--similarity: only jsma-items (which swaps history items) takes "
+                          "it; add jsma-items to --attack")
     if args.targets is not None and args.target_items is not None:
         raise AdvrecError("--targets and --target-items exclude each other: measure a "
                           "targets.json, or attack toward the items named")
@@ -240,7 +243,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                           l0=args.l0, budgets=budgets, similarity=args.similarity,
                           target_items=None if args.target_items is None
                           else list(args.target_items))
-    # a table per kind of curve: against ε, and against the budget (swapped history items)
+    # a table per kind of curve: against ε, and against the budget (changed discrete inputs)
     for axis, names in (("eps", [a for a in attacks if a not in BUDGET_ATTACKS]),
                         ("budget", [a + (TARGETED if args.target_items else "")
                                     for a in swapping])):
@@ -492,17 +495,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="ranking quality of a trained run under attack, across eps")
     p.add_argument("--run", required=True, help="run directory written by `advrec train`")
-    p.add_argument("--attack", help="fgm, pgd, jsma, jsma-items, comma-separated (default: "
-                   "the run's eval.attacks); jsma-items swaps SASRec's history items, across "
-                   "--budget")
+    p.add_argument("--attack", help="fgm, pgd, jsma, jsma-items, jsma-fields, comma-separated "
+                   "(default: the run's eval.attacks); jsma-items swaps SASRec's history items, "
+                   "jsma-fields changes the feature fields of DeepFM's, DCN-v2's and MMoE's "
+                   "examples, across --budget")
     p.add_argument("--eps", help="comma-separated budgets, e.g. 0,0.1,0.5 "
                    "(default: the run's eval.eps)")
     p.add_argument("--steps", type=_positive_int, default=None,
                    help="PGD steps, JSMA rounds (default eval.steps)")
     p.add_argument("--l0", type=_positive_int, default=None, help="JSMA's coordinates changed "
                    "per embedding row (default eval.l0, else a tenth of model.dim)")
-    p.add_argument("--budget", metavar="B,...", help="jsma-items: comma-separated numbers "
-                   "of history items swapped per user, 0 the clean model (default 0,1,2)")
+    p.add_argument("--budget", metavar="B,...", help="jsma-items, jsma-fields: comma-separated "
+                   "numbers of history items swapped per user, of feature fields changed per "
+                   "example, 0 the clean model (default 0,1,2)")
     p.add_argument("--similarity", type=_cosine, default=None, help="jsma-items: substitutes "
                    "only among items whose embedding has cosine >= this with the item replaced "
                    "(default: any item)")

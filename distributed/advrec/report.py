@@ -4,30 +4,35 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 import ray.train
 import torch
 
 from advrec import io
-from advrec.config import BUDGET_ATTACKS, RunConfig, no_histories
-from advrec.config.policy import TARGET_METRICS
+from advrec.adversarial.jsma_fields import check_fields
+from advrec.config import BUDGET_ATTACKS, RunConfig, no_fields, no_histories
+from advrec.config.policy import FEATURE_MODELS, TARGET_METRICS
 from advrec.data import load_dataset
 from advrec.devices import train_device
 from advrec.errors import AdvrecError, shown
 from advrec.metrics import robustness_curve
+from advrec.metrics.field_attack import fields_curve
 from advrec.metrics.history_attack import budget_curve, longest_history
 from advrec.metrics.plots import BUDGET, curve_points, plot_robustness
 from advrec.metrics.robustness import attack_batches
 from advrec.metrics.target import TargetItems, TargetMetrics, listed_targets, resolve_targets
 from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
-from advrec.train.tasks import make_loss, make_task
+from advrec.models import build_model
+from advrec.models.fields import FieldModel
+from advrec.train.tasks import LABELS, LabelledTask, make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
 DEFAULT_BUDGETS = [0, 1, 2]
-"""The budgets (history items swapped) of ``jsma-items`` when none are given."""
+"""The budgets (history items swapped, feature fields changed) of ``jsma-items`` and
+``jsma-fields`` when none are given."""
 TARGETED = ":targeted"
 """The suffix of a targeted attack's curve (``jsma-items:targeted``), kept beside the
 untargeted one."""
@@ -115,8 +120,9 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
                  l0: int | None = None, budgets: list[int] | None = None,
                  similarity: float | None = None,
                  target_items: list[str] | None = None) -> dict[str, Any]:
-    """Attack a trained run at each ε (at each budget for ``jsma-items``, SASRec's histories);
-    merge into ``robustness.json`` and redraw its plot.
+    """Attack a trained run at each ε (at each budget for ``jsma-items``, SASRec's histories,
+    and ``jsma-fields``, a labelled feature model's fields); merge into ``robustness.json`` and
+    redraw its plot.
 
     ``steps`` and ``l0`` (JSMA's coordinates per row) default to the run's ``eval`` section.
     ``budgets`` (default `DEFAULT_BUDGETS`) and ``similarity`` are ``jsma-items``': history
@@ -132,12 +138,16 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     """
     cfg, dataset = read_run(run)
     budgets = DEFAULT_BUDGETS if budgets is None else budgets
-    swapping = [a for a in attacks if a in BUDGET_ATTACKS]
-    if target_items is not None and not swapping:
+    if target_items is not None and "jsma-items" not in attacks:
         raise AdvrecError("--target-items: only jsma-items attacks toward target items; add it "
                           "to --attack (or measure a targets.json with --targets)")
-    if swapping:
+    if target_items is not None and "jsma-fields" in attacks:
+        raise AdvrecError("--target-items: jsma-fields is untargeted (it raises each example's "
+                          "own loss); evaluate it without --target-items")
+    if "jsma-items" in attacks:
         _check_budgets(cfg, dataset, budgets, split)
+    if "jsma-fields" in attacks:
+        _check_field_budgets(cfg, dataset, budgets)
     eval_cfg = cfg.eval if targets is None else cfg.eval.model_copy(update={"targets": targets})
     # a bad or unknown target fails before the attacks
     items = (resolve_targets(eval_cfg, dataset) if target_items is None
@@ -168,6 +178,21 @@ def _check_budgets(cfg: RunConfig, dataset: str, budgets: list[int], split: str)
                           f"{split} users, {longest} items (jsma-items swaps at most that many)")
 
 
+def _check_field_budgets(cfg: RunConfig, dataset: str, budgets: list[int]) -> None:
+    """A field attack needs a labelled feature model (two-tower ranks: no per-example field),
+    side features, and budgets of at most its number of feature fields."""
+    what = "--attack jsma-fields"
+    if cfg.model.name not in FEATURE_MODELS:
+        raise AdvrecError(no_fields(what, cfg.model.name))
+    if not LABELS[cfg.kind]:
+        raise AdvrecError(f"{what} measures the labelled feature models (deepfm, dcnv2, mmoe); "
+                          f"model.name={cfg.model.name} ranks all items, which has no "
+                          "per-example field to change: measure it with fgm, pgd or jsma")
+    model = build_model(cfg, load_dataset(dataset))
+    check_fields(list(cast(FieldModel, model).feature_fields()), max(budgets), what,
+                 f"--budget {max(budgets)}", dataset)
+
+
 def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     """One worker's share of `evaluate_run` (``config`` holds its arguments); rank 0 writes."""
     tune_malloc()
@@ -196,12 +221,16 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                                  progress=config["progress"] and rank == 0, targets=targets)
         for attack, by_eps in curve.items():
             merged.setdefault(attack, {}).update(by_eps)
-    for attack in (a for a in config["attacks"] if a in BUDGET_ATTACKS):
+    if "jsma-items" in config["attacks"]:
         promote = items if config["targeted"] else None
         points = budget_curve(model, task, eval_cfg, config["budgets"], config["similarity"],
                               config["split"], targets,
                               None if promote is None else torch.tensor(promote.indices))
-        _merge_budgets(merged, attack, points, promote)
+        _merge_budgets(merged, "jsma-items", points, promote)
+    if "jsma-fields" in config["attacks"]:
+        points = fields_curve(cast(FieldModel, model), cast(LabelledTask, task), make_loss(cfg),
+                              eval_cfg, config["budgets"], config["split"])
+        _merge_budgets(merged, "jsma-fields", points, None)
     if rank == 0:
         io.dump_json(path, merged)
         plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg)[:2],

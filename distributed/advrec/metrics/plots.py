@@ -1,5 +1,5 @@
-"""Plots of ranking quality against the attack budget, ε or the number of swapped history
-items (jsma-items); several runs can share one figure."""
+"""Plots of quality against the attack budget, ε or the number of changed discrete inputs
+(jsma-items' history items, jsma-fields' feature fields); several runs can share one figure."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ Curve = dict[str, dict[str, Any]]
 {budget: {metric: value}}, ...}} (`advrec.report`)."""
 BUDGET = "budget"
 """The key of a budget curve's points in its attack's section of a `Curve`."""
-AXES = {"eps": "ε (per-row budget)", BUDGET: "history items swapped (budget)"}
+AXES = {"eps": "ε (per-row budget)", BUDGET: "inputs changed (budget: items, fields)"}
 
 
 def curve_points(section: dict[str, Any]) -> dict[str, Any]:
@@ -29,14 +29,15 @@ def curve_points(section: dict[str, Any]) -> dict[str, Any]:
 
 def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -> None:
     """One panel per metric, one line per (run label, attack), metric against ε; budget curves
-    (jsma-items) in a second row of panels, against the budget; PNG to ``output``."""
+    (jsma-items, jsma-fields) in a second row of panels, against the budget; PNG to
+    ``output``."""
     # (row's x axis, run label, attack, {x: metrics}) for every curve of every run
     lines = [(BUDGET if BUDGET in section else "eps", label, attack, curve_points(section))
              for label, curve in curves.items() for attack, section in curve.items()]
     rows = [axis for axis in AXES if any(line[0] == axis for line in lines)]
     fig, axes = plt.subplots(len(rows), len(metrics),
                              figsize=(4.5 * len(metrics), 3.6 * len(rows)), squeeze=False)
-    styles = {"fgm": "-", "pgd": "--", "jsma": "-.", "jsma-items": "-"}
+    styles = {"fgm": "-", "pgd": "--", "jsma": "-.", "jsma-items": "-", "jsma-fields": "--"}
     colors = dict(zip(curves, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 8))
     for panels, axis in zip(axes, rows):
         for ax, metric in zip(panels, metrics):

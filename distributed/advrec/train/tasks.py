@@ -21,7 +21,7 @@ gets the whole split's metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import torch
@@ -269,24 +269,32 @@ class LabelledTask:
                    "label": labels.unsqueeze(1)}
 
     @torch.no_grad()
-    def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:
+    def evaluate(self, model: Recommender, split: str, cfg: EvalConfig,
+                 score: Callable[[Batch], Tensor] | None = None) -> dict[str, float]:
         """``auc``, ``logloss``, ``gauc`` (by user) for CTR; ``click/...`` and ``rating/rmse``
-        for multi-task."""
+        for multi-task. ``score`` maps a chunk's batch (``user`` (B,), ``item`` (B, 1) and its
+        ``label`` (B, 1[, T])) to its logits in place of the model's (an attacked input's,
+        `advrec.metrics.field_attack`)."""
         part = self.data.split(split)
         n = part.user.numel()
         rows = shard_rows(n, self.shard)  # this worker's rows, then everyone's
+        labels = self._labels(vars(part))
         was_training = model.training
         model.eval()
         device = model_device(model)
+
+        def logits_of(r: Tensor) -> Tensor:
+            batch = {"user": part.user[r], "item": part.item[r].unsqueeze(1)}
+            if score is None:
+                return model(to_device(batch, device))
+            return score(to_device({**batch, "label": labels[r].unsqueeze(1)}, device))
+
         try:
-            logits = torch.cat([
-                model(to_device({"user": part.user[r], "item": part.item[r].unsqueeze(1)},
-                                device))[:real, 0].cpu()
-                for r, real in lockstep_chunks(rows, n, EVAL_ROWS, self.shard)])
+            logits = torch.cat([logits_of(r)[:real, 0].cpu()
+                                for r, real in lockstep_chunks(rows, n, EVAL_ROWS, self.shard)])
         finally:
             model.train(was_training)
         logits = gather_shards(logits, part.user.numel(), self.shard)
-        labels = self._labels(vars(part))
         if len(self.tasks) == 1:
             return ctr_metrics(logits, labels, part.user)
         out = {f"click/{k}": v for k, v in ctr_metrics(logits[:, 0], labels[:, 0], part.user).items()}
