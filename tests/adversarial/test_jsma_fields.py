@@ -272,3 +272,31 @@ def test_training_against_jsma_fields_and_its_budget_curve(deepfm_run: Path,
     assert points["3"]["logloss"] > points["0"]["logloss"]
     assert main(["plot", str(run), "--output", str(tmp_path / "plot.png")]) == 0
     assert (tmp_path / "plot.png").stat().st_size > 0
+
+
+def test_two_ray_train_workers_train_against_it_and_share_its_curve(
+        ctr_small: str, feature_options: dict, tmp_path: Path, ray_local: None) -> None:
+    # training: the objective (field changes included) under DDP on 2 Ray Train workers, for
+    # MMoE (its loss: the click's BCE and the rating's MSE); evaluation: each worker attacks and
+    # scores its share of the test rows, and the curve is one process's
+    shared = tmp_path / "shared"
+    assert main(["train", "--output", str(shared), "--quiet", f"data.source={ctr_small}",
+                 "model.name=mmoe", "model.dim=8", "model.mlp_layers=[16]", "model.experts=2",
+                 "adv.method=jsma-fields", "train.epochs=1", "train.batch_size=256",
+                 "scaling.num_workers=2",
+                 *(f"data.{k}={json.dumps(v)}" for k, v in feature_options.items())]) == 0
+    assert json.loads((shared / "history.json").read_text())[0]["adv"] > 0
+    alone = tmp_path / "alone"
+    shutil.copytree(shared, alone)
+    for where, workers in ((shared, "2"), (alone, "0")):
+        assert main(["evaluate", "--run", str(where), "--quiet", "--attack", "jsma-fields",
+                     "--budget", "0,2", "--workers", workers]) == 0
+    two, one = (json.loads((where / "robustness.json").read_text())["jsma-fields"]["budget"]
+                for where in (shared, alone))
+    # the attack raises the weighted sum of both losses: after one epoch the rating's MSE is
+    # most of it (the click's BCE is still log 2), and the rating's error is what grows
+    assert two["2"]["rating/rmse"] > two["0"]["rating/rmse"]
+    for budget in ("0", "2"):
+        for metric in ("click/auc", "click/gauc", "rating/rmse"):
+            assert two[budget][metric] == pytest.approx(one[budget][metric], abs=1e-6), (
+                budget, metric)

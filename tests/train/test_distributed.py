@@ -19,6 +19,7 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from advrec.adversarial import AdversarialObjective
 from advrec.cli import main
 from advrec.config import build_config
+from advrec.config.policy import FEATURE_MODELS
 from advrec.data import load_dataset, prepare
 from advrec.models import build_model
 from advrec.train.loop import attack_from_config, distribute, epoch_generator
@@ -46,22 +47,23 @@ def _counting_allreduce(state, bucket):  # unannotated: DDP rejects string annot
 def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: dict,
                       out: str) -> None:
     """Worker: ``STEPS`` steps of every zoo model, clean and with FGM and PGD-5 (also with
-    sparse embedding gradients, with adaptive ε for the user-id models, and with 2 swapped
-    history items, jsma-items, for SASRec), under DDP, counting the all-reduces DDP launches
-    (its communication hook runs once per bucket)."""
+    sparse embedding gradients, with adaptive ε for the user-id models, with 2 swapped
+    history items, jsma-items, for SASRec, and with 2 changed feature fields, jsma-fields, for
+    the feature models), under DDP, counting the all-reduces DDP launches (its communication
+    hook runs once per bucket)."""
     dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
     data = load_dataset(dataset)
     counts: dict[str, list[int]] = {}
     for name, model_options in MODELS.items():
         for variant in ("none", "fgm", "pgd", "pgd-sparse", "fgm-vat", "pgd-pamacf",
-                        "jsma-items"):
+                        "jsma-items", "jsma-fields"):
             method, _, extra = variant.partition("-")
             adaptive = extra if extra in ("vat", "pamacf") else "none"
             if adaptive != "none" and name == "sasrec":
                 continue  # no user rows: a config error
-            if variant == "jsma-items":
-                if name != "sasrec":
-                    continue  # no histories: a config error
+            if variant.startswith("jsma-"):
+                if name not in (("sasrec",) if variant == "jsma-items" else FEATURE_MODELS):
+                    continue  # no histories, or no feature fields: a config error
                 method = variant
             cfg = build_config({
                 "data": {"source": dataset, **options},
@@ -130,6 +132,11 @@ def test_one_allreduce_per_step_for_every_model_and_attack(ctr_small: str, featu
         # communication either, and the replicas stay equal
         assert counts["sasrec/jsma-items"] == [1] * STEPS
         assert counts["sasrec/jsma-items/replicas_equal"] == [1]
+        # changing feature fields (2 rounds of `score` alone, then their rows looked up): no
+        # communication either, for every feature model
+        for name in FEATURE_MODELS:
+            assert counts[f"{name}/jsma-fields"] == [1] * STEPS, name
+            assert counts[f"{name}/jsma-fields/replicas_equal"] == [1], name
 
 
 TWO_WORKERS = ["model.name=mf", "model.dim=16", "adv.method=pgd", "adv.steps=2", "adv.eps=0.5",
