@@ -49,6 +49,10 @@ def test_the_runs_config_gives_the_defaults(run: Path, capsys: pytest.CaptureFix
      "jsma-fields)"),
     (["--attack", ","], "--attack: name fgm, pgd, jsma, jsma-items or jsma-fields"),
     (["--attack", "jsma", "--l0", "9"], "--l0 9: above the run's model.dim=8"),
+    (["--attack", "jsma-fields"], "--attack jsma-fields changes feature fields; model.name=mf "
+     "has none"),
+    (["--attack", "jsma-fields", "--similarity", "0.5"], "--similarity: only jsma-items"),
+    (["--attack", "fgm", "--budget", "1"], "--budget: only jsma-items and jsma-fields"),
 ])
 def test_bad_flags_are_one_line(run: Path, flags: list[str], culprit: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:

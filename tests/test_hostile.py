@@ -198,6 +198,12 @@ def sasrec_run(p: Places) -> None:
                  "eval.ks=[5]"]) == 0
 
 
+def item_feature_data(p: Places) -> None:
+    """The shared log prepared at ``{d}/f`` with one item feature (its first timestamp)."""
+    assert main(["prepare", "--input", str(p.log), "--format", "parquet", "--output",
+                 str(p.d / "f"), "--item-features", "timestamp"]) == 0
+
+
 # --- security: nothing from a run directory or a config is ever executed ----------------------
 def writable(name: str = "run") -> Setup:
     """A setup that makes the copied ``{d}/name`` writable again (copies keep the modes)."""
@@ -593,6 +599,24 @@ CONFIG: list[Case] = [
          "--budget: expected comma-separated integers >= 0, got '0,-1'", unchanged=("{run}",)),
     Case("train-jsma-items-mf", (*TRAIN, "adv.method=jsma-items"),
          "adv.method=jsma-items attacks item histories; model.name=mf has none"),
+    # JSMA on the feature models' fields (issue 19): a model with fields, a dataset with side
+    # features, a budget they can pay
+    Case("train-jsma-fields-mf", (*TRAIN, "adv.method=jsma-fields"),
+         "adv.method=jsma-fields changes feature fields; model.name=mf has none"),
+    Case("train-jsma-fields-no-features", (*TRAIN, "model.name=twotower", "adv.method=jsma-fields"),
+         "adv.method=jsma-fields changes feature fields, and {data} has no side features"),
+    Case("train-jsma-fields-budget-above-fields",
+         ("train", "--output", "{d}/out", "data.source={d}/f", "model.dim=8", "train.epochs=1",
+          "model.name=twotower", "adv.method=jsma-fields", "adv.budget=2"),
+         "adv.budget=2: above the 1 feature field of each example (item_timestamp)",
+         item_feature_data),
+    Case("evaluate-jsma-fields-on-mf", ("evaluate", "--run", "{run}", "--attack", "jsma-fields"),
+         "--attack jsma-fields changes feature fields; model.name=mf has none",
+         unchanged=("{run}",)),
+    Case("evaluate-jsma-fields-similarity", ("evaluate", "--run", "{run}", "--attack",
+                                             "jsma-fields", "--similarity", "0.5"),
+         "--similarity: only jsma-items (which swaps history items) takes it",
+         unchanged=("{run}",)),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

@@ -51,9 +51,9 @@ def check_fields(fields: list[str], budget: int, attack: str, budget_text: str,
                           "prepare it with some (data.user_features, data.item_features, or "
                           "a log whose user and item files have them)")
     if budget > len(fields):
-        raise AdvrecError(f"{budget_text}: above the {len(fields)} feature fields of each "
-                          f"example ({', '.join(fields)}); jsma-fields changes each at most "
-                          "once")
+        raise AdvrecError(f"{budget_text}: above the {len(fields)} feature field"
+                          f"{'s' if len(fields) > 1 else ''} of each example "
+                          f"({', '.join(fields)}); jsma-fields changes each at most once")
 
 
 def field_rows(values: Tensor, catalogue: Tensor) -> Tensor:
