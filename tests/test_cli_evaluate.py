@@ -45,12 +45,12 @@ def test_the_runs_config_gives_the_defaults(run: Path, capsys: pytest.CaptureFix
     (["--eps", "0,1e400"], "--eps: expected finite numbers >= 0"),
     (["--eps", "0,-0.5"], "--eps: expected finite numbers >= 0"),
     (["--eps", "a,b"], "--eps: expected comma-separated numbers, got 'a,b'"),
-    (["--attack", "cw"], "--attack: unknown attack 'cw' (choose fgm, pgd, jsma, jsma-items or "
-     "jsma-fields)"),
+    (["--attack", "cw"], ("--attack: unknown attack 'cw' (choose fgm, pgd, jsma, jsma-items or "
+                          "jsma-fields)")),
     (["--attack", ","], "--attack: name fgm, pgd, jsma, jsma-items or jsma-fields"),
     (["--attack", "jsma", "--l0", "9"], "--l0 9: above the run's model.dim=8"),
-    (["--attack", "jsma-fields"], "--attack jsma-fields changes feature fields; model.name=mf "
-     "has none"),
+    (["--attack", "jsma-fields"], ("--attack jsma-fields changes feature fields; "
+                                   "model.name=mf has none")),
     (["--attack", "jsma-fields", "--similarity", "0.5"], "--similarity: only jsma-items"),
     (["--attack", "fgm", "--budget", "1"], "--budget: only jsma-items and jsma-fields"),
 ])

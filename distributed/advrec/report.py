@@ -22,10 +22,10 @@ from advrec.metrics.history_attack import budget_curve, longest_history
 from advrec.metrics.plots import BUDGET, curve_points, plot_robustness
 from advrec.metrics.robustness import attack_batches
 from advrec.metrics.target import TargetItems, TargetMetrics, listed_targets, resolve_targets
-from advrec.train import launch, load_model, read_run
-from advrec.train.allocator import tune_malloc
 from advrec.models import build_model
 from advrec.models.fields import FieldModel
+from advrec.train import launch, load_model, read_run
+from advrec.train.allocator import tune_malloc
 from advrec.train.tasks import LABELS, LabelledTask, make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"

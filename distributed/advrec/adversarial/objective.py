@@ -155,7 +155,7 @@ class AdversarialObjective(nn.Module):
 
     def _field_model(self) -> FieldModel:
         if not isinstance(self.model, FieldModel):
-            raise ValueError(f"jsma-fields changes feature fields; {type(self.model).__name__} "
+            raise TypeError(f"jsma-fields changes feature fields; {type(self.model).__name__} "
                              "has none (a feature model has: deepfm, dcnv2, mmoe, twotower)")
         return self.model
 
