@@ -87,11 +87,13 @@ class AdversarialObjective(nn.Module):
             # the same targets after the swapped history, embedded anew (its rows are items')
             adv = batch_loss(self.loss_fn, self.model(swapped), swapped)
         elif attacking and attack.method == "jsma-fields":
-            keys = [k for ks in self._field_model().feature_fields().values() for k in ks]
+            model = self._field_model()
+            # the clean loss's gradient at the fields' rows is the first round's saliency
+            keys = [k for ks in model.feature_fields().values() for k in ks]
             loss, init_grad = self._differentiate_clean(clean, emb, keys)
             values = self.flipped_fields(batch, emb, init_grad)
             # the changed values' rows looked up from the tables: L(x') trains them too
-            flipped = {**emb, **self._field_model().embed_fields(values)}
+            flipped = {**emb, **model.embed_fields(values)}
             adv = batch_loss(self.loss_fn, self.model.score(flipped, batch), batch)
         elif attacking:
             keys = select_targets(list(emb), self.target)
@@ -154,9 +156,10 @@ class AdversarialObjective(nn.Module):
                           self.attack.similarity, init_grad)
 
     def _field_model(self) -> FieldModel:
+        """The model, which jsma-fields needs to be a feature model (the config sees to it)."""
         if not isinstance(self.model, FieldModel):
             raise TypeError(f"jsma-fields changes feature fields; {type(self.model).__name__} "
-                             "has none (a feature model has: deepfm, dcnv2, mmoe, twotower)")
+                            "has none (the feature models: deepfm, dcnv2, mmoe, twotower)")
         return self.model
 
     def flipped_fields(self, batch: Batch, emb: Tensors | None = None,
