@@ -20,9 +20,11 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.optim import Optimizer
 
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.config import build_config
@@ -31,9 +33,37 @@ from advrec.models import LOSSES, build_model
 from advrec.train.allocator import tune_malloc
 from advrec.train.loop import train_epoch
 from advrec.train.optim import make_optimizer
-from advrec.train.tasks import PairTask
+from advrec.train.tasks import PairTask, Task
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+Run = tuple[AdversarialObjective, Optimizer, torch.Generator]
+"""One method's training state: its objective (model inside), optimizer and generator."""
+
+
+def interleaved_epochs(runs: dict[str, Run], task: Task, batch_size: int, rounds: int,
+                       clean: str, clock: Callable[[], float] = time.perf_counter
+                       ) -> dict[str, list[float]]:
+    """Each method's epoch time in each of ``rounds`` rounds; a round trains one epoch of every
+    method back to back (in reverse order every other round, so none always runs first or
+    last); ``clean`` names the method that trains without its adversary."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds):
+        order = list(runs.items())
+        for name, (objective, optimizer, generator) in order[::-1] if round_ % 2 else order:
+            start = clock()
+            train_epoch(objective, optimizer, task, batch_size, adversarial=name != clean,
+                        generator=generator)
+            times[name].append(clock() - start)
+    return times
+
+
+def median_ratio(times: dict[str, list[float]], name: str, base: str) -> float:
+    """The median over rounds of ``name``'s epoch over ``base``'s epoch of the same round: the
+    ratio within a round cancels the slow drifts of a shared machine, the median drops the
+    bursts."""
+    return statistics.median(t / b for t, b in zip(times[name], times[base]))
 
 
 def main() -> None:
@@ -72,19 +102,10 @@ def main() -> None:
                       torch.Generator().manual_seed(0))
     task = PairTask(data, cfg.train.num_negatives)
     clock = time.process_time if args.cpu_time else time.perf_counter
-    times: dict[str, list[float]] = {name: [] for name in methods}
-    for round_ in range(args.epochs):
-        order = list(runs.items())
-        for name, (objective, optimizer, generator) in order[::-1] if round_ % 2 else order:
-            start = clock()
-            train_epoch(objective, optimizer, task, cfg.train.batch_size, adversarial=name != "bpr",
-                        generator=generator)
-            times[name].append(clock() - start)
+    times = interleaved_epochs(runs, task, cfg.train.batch_size, args.epochs, "bpr", clock)
 
-    # each round times every method back to back: the ratio within a round cancels the slow
-    # drifts of a shared machine, and the median over rounds drops the bursts
     def ratio(name: str, base: str) -> float:
-        return statistics.median(t / b for t, b in zip(times[name], times[base]))
+        return median_ratio(times, name, base)
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.epochs} interleaved rounds, {'CPU' if args.cpu_time else 'wall'} time\n")

@@ -23,12 +23,31 @@ import shutil
 import statistics
 from pathlib import Path
 
-from advrec.config import AdvConfig, load_config
+from advrec.config import AdvConfig, RunConfig, load_config
 from advrec.report import evaluate_run, headline
 from advrec.train import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("deepfm", "dcnv2", "twotower", "mmoe", "sasrec")
+
+
+def same_config(run: Path, cfg: RunConfig) -> bool:
+    """Whether ``run`` was trained (or began training) with ``cfg``; a clean run's (``adv.method
+    =none``) other adv settings do not count: it trains without an adversary."""
+    exclude = {"adv": set(AdvConfig.model_fields) - {"method"}} if cfg.adv.method == "none" else None
+    return run.exists() and (load_config(run / "config.yaml").model_dump(exclude=exclude)
+                             == cfg.model_dump(exclude=exclude))
+
+
+def trained(cfg: RunConfig, run: Path) -> dict:
+    """The test metrics (``metrics.json``) of ``cfg`` trained into ``run``: trained now unless
+    ``run`` already holds that training finished (new, interrupted, or of a config changed
+    since: trained again)."""
+    if same_config(run, cfg) and (run / "metrics.json").exists():
+        return json.loads((run / "metrics.json").read_text())
+    if run.exists():
+        shutil.rmtree(run)
+    return run_training(cfg, str(run), progress=False)
 
 
 def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
@@ -41,18 +60,9 @@ def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
                       [*overrides, "adv.method=none"] if clean else overrides)
     run = out / f"{model}-{'clean' if clean else 'adv'}-seed{seed}"
     done = run / "zoo.json"
-    # the twin trains without an adversary, so its adv settings do not matter
-    exclude = {"adv": set(AdvConfig.model_fields) - {"method"}} if clean else None
-    same = run.exists() and (load_config(run / "config.yaml").model_dump(exclude=exclude)
-                             == cfg.model_dump(exclude=exclude))
-    if same and done.exists():
+    if same_config(run, cfg) and done.exists():
         return json.loads(done.read_text())
-    if same and (run / "metrics.json").exists():  # trained, not yet attacked
-        metrics = json.loads((run / "metrics.json").read_text())
-    else:  # new, interrupted, or of a config changed since: train it (again)
-        if run.exists():
-            shutil.rmtree(run)
-        metrics = run_training(cfg, str(run), progress=False)
+    metrics = trained(cfg, run)
     eps = repr(float(shipped.adv.eps))  # the twin is attacked at its adversarial sibling's ε
     curve = evaluate_run(str(run), ["pgd"], [0.0, shipped.adv.eps], steps=10, progress=False)
     metric = headline(cfg)[0]

@@ -60,6 +60,29 @@ def test_sasrec_paper_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     assert results["short_users"] == 0
 
 
+
+@pytest.mark.slow
+def test_jsma_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
+    """One seed, two epochs (adversarial from the second), one round of the cost: every model
+    is attacked under both protocols, the control and the targeted attack included."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "jsma.py"), "--seeds", "0",
+                          "--set", "train.epochs=2", "--set", "adv.start_epoch=1", "--cost", "1",
+                          "--data", str(ml100k), "--out", str(tmp_path / "jsma"),
+                          "--zoo-out", str(tmp_path / "zoo")],
+                         check=False, capture_output=True, text=True, timeout=1800)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "jsma" / "results.json").read_text())
+    sasrec = results["sasrec"]["0"]
+    assert set(sasrec) == {"twin", "fgm", "jsma"}
+    for protocol in ("full", "sampled"):
+        assert set(sasrec["twin"][protocol]["random"]) == {"0", "1", "2"}
+        # the attack, even on a barely trained model, costs more than random swaps
+        jsma, random = (sasrec["twin"][protocol][a]["2"]["ndcg@10"] for a in ("jsma", "random"))
+        assert jsma < random
+    assert set(results["deepfm"]["0"]) == {"twin", "adv"}
+    assert set(results["cost"]) >= {"fgm", "jsma-items, budget 2"}
+    assert "| twin |" in out.stdout
+
 def load_run_recbole():
     """benchmarks/recbole/run_recbole.py as a module (it imports RecBole only inside main)."""
     path = ROOT / "benchmarks" / "recbole" / "run_recbole.py"

@@ -1,0 +1,268 @@
+"""JSMA benchmark (issue 19): attacks that change a few real inputs, and training against them.
+
+**SASRec** (``jobs/configs/ml100k-sasrec.yaml``, leave-one-out, ml-100k's RecBole atomic files as
+`zoo.py` reads them), per seed, three models:
+
+- ``twin``: the clean-trained twin (``adv.method=none``) and ``fgm``: the shipped config
+  (embedding FGM after 50 clean epochs), both `zoo.py`'s runs (shared through ``--zoo-out``:
+  a seed `zoo.py` trained is not trained again);
+- ``jsma``: the shipped config with ``adv.method=jsma-items`` (``adv.budget`` 2, the same warm-up
+  and λ), trained on histories with two items swapped by JSMA.
+
+Each is tested under full ranking and the sampled protocol (100 negatives): clean, JSMA at
+budget 1 and 2 (`advrec.metrics.history_attack`, untargeted: the held-out item's rank), the
+control (1 or 2 history items, at random positions, swapped for random items; seeded), and
+targeted JSMA at budget 1 and 2 toward ``--targets`` random items (T-HR@50 of them, each user
+attacked toward all of them at once).
+
+**Cost** (``--cost``): training epochs of the twin, FGM and JSMA-items at budget 1 and 2 on the
+same data, interleaved (`epoch_time.interleaved_epochs`), each divided by the clean epoch of its
+round, median over rounds.
+
+**DeepFM** (``jobs/configs/ml100k-deepfm.yaml``, the CTR task), per seed: `zoo.py`'s clean twin
+and shipped model (PGD-3 at a relative ε of 0.1), each tested under ``jsma-fields`` at budget 1
+and 2 (`advrec.metrics.field_attack`: each test example's most salient user and item fields set
+to their most damaging values, against its true label): test AUC and its relative fall.
+
+Results: ``OUT/results.json`` and Markdown tables on stdout (copied into benchmarks/README.md).
+A trained run is reused while its config is unchanged (`zoo.trained`); evaluations are redone.
+
+    .venv/bin/python benchmarks/jsma.py [--seeds 0,1,2] [--cost] [--set KEY=VALUE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from epoch_time import interleaved_epochs, median_ratio
+from torch import Tensor
+from zoo import ROOT, run_one, trained
+
+from advrec.adversarial import AdversarialObjective
+from advrec.config import load_config
+from advrec.data import load_dataset
+from advrec.metrics.evaluate import ContextFn
+from advrec.metrics.field_attack import fields_curve
+from advrec.metrics.history_attack import budget_curve
+from advrec.metrics.robustness import point_metrics
+from advrec.metrics.target import TargetItems, TargetMetrics
+from advrec.models import build_model
+from advrec.train import load_model, read_run
+from advrec.train.loop import attack_from_config
+from advrec.train.optim import make_optimizer
+from advrec.train.tasks import SequenceTask, make_loss, make_task
+
+CONFIG = ROOT / "jobs" / "configs" / "ml100k-sasrec.yaml"
+BUDGETS = [1, 2]
+PROTOCOLS = ("full", "sampled")
+METRIC = "ndcg@10"
+
+
+def random_swaps(task: SequenceTask, num_items: int, budget: int, seed: int) -> ContextFn:
+    """The control attack's context: ``budget`` items of each history, at random real positions,
+    swapped for random other items (from a generator seeded by ``seed`` afresh for each chunk,
+    so a user's swaps depend only on its chunk)."""
+
+    def context(users: Tensor, split: str) -> dict[str, Tensor]:
+        seq = task.context(users, split)["seq"]  # (B, L), left-padded with task.pad
+        generator = torch.Generator().manual_seed(seed)
+        real = seq != task.pad
+        # the top `budget` of random keys over the real positions: a uniform choice of them
+        keys = torch.rand(seq.shape, generator=generator).masked_fill(~real, -1.0)
+        position = keys.topk(budget, dim=1).indices  # (B, budget)
+        old = seq.gather(1, position)
+        # a shift in [1, N) modulo N: any item but the one there
+        new = (old + torch.randint(1, num_items, old.shape, generator=generator)) % num_items
+        swapped = seq.clone()
+        swapped.scatter_(1, position, torch.where(real.gather(1, position), new, old))
+        return {"seq": swapped}
+
+    return context
+
+
+def attacked(run: Path, targets: int, seed: int) -> dict[str, Any]:
+    """One trained SASRec run tested under each protocol, ``{protocol: {"jsma": {budget:
+    metrics}, "random": {budget: metrics}}}``, and ``"targeted": {budget: metrics}`` with
+    ``target/hr@50`` (budget "0": clean)."""
+    cfg, dataset = read_run(str(run))
+    data = load_dataset(dataset)
+    model, _ = load_model(str(run / "checkpoint" / "model.pt"), cfg, data)
+    model.eval()
+    task = make_task(cfg, data)
+    picked = torch.randperm(data.num_items, generator=torch.Generator().manual_seed(seed))[:targets]
+    target_metrics = TargetMetrics(
+        data, TargetItems("benchmark", [f"#{i}" for i in picked.tolist()], picked.tolist()), 50)
+    out: dict[str, Any] = {}
+    for protocol in PROTOCOLS:
+        eval_cfg = cfg.eval.model_copy(update={"protocol": protocol, "num_negatives": 100})
+        jsma = budget_curve(model, task, eval_cfg, [0, *BUDGETS])
+        random = {"0": jsma["0"], **{
+            str(b): point_metrics(model, task, eval_cfg, "test",
+                                  context=random_swaps(task, data.num_items, b, seed))
+            for b in BUDGETS}}
+        out[protocol] = {"jsma": jsma, "random": random}
+    # T-HR ranks every item whatever the protocol: one targeted curve
+    out["targeted"] = budget_curve(model, task, cfg.eval, [0, *BUDGETS], targets=target_metrics,
+                                   promote=picked)
+    return out
+
+
+def drop(points: dict[str, dict[str, float]], budget: int) -> float:
+    """The relative fall of `METRIC` at ``budget`` from the clean point."""
+    clean = points["0"][METRIC]
+    return (clean - points[str(budget)][METRIC]) / clean
+
+
+def sasrec_runs(seed: int, data: Path, out: Path, zoo_out: Path, extra: list[str]) -> dict[str, Path]:
+    """The three SASRec runs of ``seed`` (trained when missing): twin, fgm (`zoo.py`'s) and
+    jsma (here)."""
+    for clean in (True, False):
+        run_one("sasrec", seed, clean, data, zoo_out, extra)
+    overrides = [f"data.source={data / 'recbole'}", "data.format=recbole", f"train.seed={seed}",
+                 "adv.method=jsma-items", "adv.budget=2", *extra]
+    jsma = out / f"sasrec-jsma-seed{seed}"
+    trained(load_config(CONFIG, overrides), jsma)
+    return {"twin": zoo_out / f"sasrec-clean-seed{seed}", "fgm": zoo_out / f"sasrec-adv-seed{seed}",
+            "jsma": jsma}
+
+
+def fields_attacked(seed: int, data: Path, zoo_out: Path, extra: list[str]) -> dict[str, Any]:
+    """DeepFM's twin and shipped model of ``seed`` (`zoo.py`'s, trained when missing), each
+    ``{budget: metrics}`` under ``jsma-fields`` (budget "0": clean)."""
+    out = {}
+    for name, clean in (("twin", True), ("adv", False)):
+        run_one("deepfm", seed, clean, data, zoo_out, extra)
+        run = zoo_out / f"deepfm-{'clean' if clean else 'adv'}-seed{seed}"
+        cfg, dataset = read_run(str(run))
+        loaded = load_dataset(dataset)
+        model, _ = load_model(str(run / "checkpoint" / "model.pt"), cfg, loaded)
+        out[name] = fields_curve(model, make_task(cfg, loaded), make_loss(cfg), cfg.eval,
+                                 [0, *BUDGETS])
+    return out
+
+
+def cost(run: Path, rounds: int) -> dict[str, float]:
+    """Epoch time of each method over the twin's (median over ``rounds`` interleaved rounds):
+    the twin's ``run`` config (the shipped one with ``adv.method=none``) on its dataset, each
+    method from the same initial model."""
+    cfg, dataset = read_run(str(run))
+    data = load_dataset(dataset)
+    task = make_task(cfg, data)
+    variants = {"twin": [], "fgm": ["adv.method=fgm"],
+                **{f"jsma-items, budget {b}": ["adv.method=jsma-items", f"adv.budget={b}"]
+                   for b in BUDGETS}}
+    runs = {}
+    for name, overrides in variants.items():
+        variant = load_config(run / "config.yaml", overrides)
+        torch.manual_seed(0)
+        model = build_model(variant, data)
+        runs[name] = (AdversarialObjective(model, make_loss(variant), attack_from_config(variant),
+                                           lam=variant.adv.lam),
+                      make_optimizer(model, variant.train), torch.Generator().manual_seed(0))
+    times = interleaved_epochs(runs, task, cfg.train.batch_size, rounds, "twin")
+    return {name: median_ratio(times, name, "twin") for name in runs} | {
+        "twin epoch s": statistics.median(times["twin"])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--models", default="sasrec,deepfm", help="sasrec, deepfm or both")
+    parser.add_argument("--targets", type=int, default=5, help="target items of the targeted attack")
+    parser.add_argument("--cost", type=int, default=0, metavar="ROUNDS",
+                        help="also time training epochs in ROUNDS interleaved rounds")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "jsma")
+    parser.add_argument("--zoo-out", type=Path, default=ROOT / "benchmarks" / "out" / "zoo")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for every run (e.g. train.epochs=2 for a smoke run)")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    results: dict[str, Any] = {"sasrec": {}, "deepfm": {}}
+    models = args.models.split(",")
+    for seed in seeds:
+        if "deepfm" in models:
+            results["deepfm"][seed] = fields_attacked(seed, args.data, args.zoo_out, args.set)
+        if "sasrec" not in models:
+            continue
+        runs = sasrec_runs(seed, args.data, args.out, args.zoo_out, args.set)
+        results["sasrec"][seed] = {}
+        for name, run in runs.items():
+            start = time.perf_counter()
+            results["sasrec"][seed][name] = attacked(run, args.targets, seed)
+            print(f"seed {seed}, {name}: attacked in {time.perf_counter() - start:.0f} s",
+                  file=sys.stderr)
+        if args.cost and seed == seeds[0]:
+            results["cost"] = cost(runs["twin"], args.cost)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    report(results, seeds, models)
+
+
+def cell(values: list[float], percent: bool = False) -> str:
+    """The mean of ``values``, each in brackets when several (in % with ``percent``)."""
+    scale, unit, digits = (100, " %", 1) if percent else (1, "", 4)
+    mean = f"{scale * statistics.fmean(values):.{digits}f}{unit}"
+    if len(values) == 1:
+        return mean
+    return mean + " (" + " / ".join(f"{scale * v:.{digits}f}" for v in values) + ")"
+
+
+def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None:
+    """Markdown tables of ``results`` (means over ``seeds``, per seed in brackets)."""
+    if "deepfm" in models:
+        deepfm = results["deepfm"]
+        print(f"\nDeepFM, test AUC under jsma-fields; seeds {seeds}; drop = relative fall\n")
+        print("| model | clean | drop, budget 1 | budget 2 | AUC at budget 2 |")
+        print("|---|---|---|---|---|")
+        for name in ("twin", "adv"):
+            curves = [deepfm[s][name] for s in seeds]
+            clean = [c["0"]["auc"] for c in curves]
+            drops = {b: [(c["0"]["auc"] - c[str(b)]["auc"]) / c["0"]["auc"] for c in curves]
+                     for b in BUDGETS}
+            print(f"| {name} | {cell(clean)} | {cell(drops[1], True)} | {cell(drops[2], True)} "
+                  f"| {cell([c['2']['auc'] for c in curves])} |")
+    if "sasrec" not in models:
+        return
+    sasrec = results["sasrec"]
+    for protocol in PROTOCOLS:
+        print(f"\nSASRec, {protocol} ranking, test {METRIC}; seeds {seeds}; drop = relative fall\n")
+        print("| model | clean | JSMA drop, budget 1 | budget 2 | random drop, budget 1 | "
+              "budget 2 | JSMA / random, budget 2 |")
+        print("|---|---|---|---|---|---|---|")
+        for name in ("twin", "fgm", "jsma"):
+            runs = [sasrec[s][name][protocol] for s in seeds]
+            clean = [r["jsma"]["0"][METRIC] for r in runs]
+            jsma = {b: [drop(r["jsma"], b) for r in runs] for b in BUDGETS}
+            rand = {b: [drop(r["random"], b) for r in runs] for b in BUDGETS}
+            # random swaps may cost nothing (or help): no ratio then
+            ratio = (f"{statistics.fmean(jsma[2]) / statistics.fmean(rand[2]):.1f}×"
+                     if statistics.fmean(rand[2]) > 0 else "random costs nothing")
+            print(f"| {name} | {cell(clean)} | {cell(jsma[1], True)} | {cell(jsma[2], True)} | "
+                  f"{cell(rand[1], True)} | {cell(rand[2], True)} | {ratio} |")
+    print("\ntargeted JSMA (full ranking): T-HR@50 of the targets, clean, budget 1, budget 2\n")
+    print("| model | clean | budget 1 | budget 2 |")
+    print("|---|---|---|---|")
+    for name in ("twin", "fgm", "jsma"):
+        points = [sasrec[s][name]["targeted"] for s in seeds]
+        print(f"| {name} | " + " | ".join(
+            cell([p[b]["target/hr@50"] for p in points], True) for b in ("0", "1", "2")) + " |")
+    if "cost" in results:
+        print("\nepoch time over the clean twin's, median over interleaved rounds "
+              f"(twin epoch {results['cost']['twin epoch s']:.2f} s)\n")
+        print("| method | ratio |")
+        print("|---|---|")
+        for name, ratio in results["cost"].items():
+            if name != "twin epoch s":
+                print(f"| {name} | {ratio:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
