@@ -163,7 +163,7 @@ def cost(run: Path, rounds: int) -> dict[str, float]:
         variant = load_config(run / "config.yaml", overrides)
         torch.manual_seed(0)
         model = build_model(variant, data)
-        runs[name] = (AdversarialObjective(model, make_loss(variant), attack_from_config(variant),
+        runs[name] = (AdversarialObjective(model, make_loss(variant), attack_from_config(variant.adv),
                                            lam=variant.adv.lam),
                       make_optimizer(model, variant.train), torch.Generator().manual_seed(0))
     times = interleaved_epochs(runs, task, cfg.train.batch_size, rounds, "twin")

@@ -617,6 +617,12 @@ CONFIG: list[Case] = [
                                              "jsma-fields", "--similarity", "0.5"),
          "--similarity: only jsma-items (which swaps history items) takes it",
          unchanged=("{run}",)),
+    # several adversaries (adv.mix): each entry an attack the model can take, named in errors
+    Case("train-mix-not-a-list", (*TRAIN, "adv.mix=fgm"), "adv.mix: Input should be a valid list"),
+    Case("train-mix-jsma-items-mf", (*TRAIN, "adv.mix=[{method: jsma-items, lambda: 0.5}]"),
+         "adv.mix[0].method=jsma-items attacks item histories; model.name=mf has none"),
+    Case("train-mix-negative-lambda", (*TRAIN, "adv.mix=[{method: fgm, lambda: -1}]"),
+         "adv.mix.0.lambda: Input should be greater than or equal to 0"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

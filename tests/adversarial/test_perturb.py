@@ -118,7 +118,7 @@ def test_objective_target_user_only_perturbs_user_rows() -> None:
     objective = AdversarialObjective(model, LOSSES["bpr"], Attack("fgm", 0.5), lam=1.0, target="user")
     batch = {"user": torch.randint(20, (16,)), "item": torch.randint(30, (16, 2))}
     emb = model.embed(batch)
-    delta = objective._delta(emb, ["user"], None, batch, None)
+    delta = objective._delta(emb, ["user"], None, batch, None, objective.attack)
     assert set(delta) == {"user"}
     clean = objective(batch, adversarial=False)
     assert "adv" not in clean and torch.equal(clean["loss"].detach(), clean["clean"])
@@ -148,7 +148,7 @@ def test_objective_gradients_equal_plain_autograd_of_clean_plus_lambda_adv(model
 
     model.zero_grad(set_to_none=True)
     emb = model.embed(batch)
-    delta = objective._delta(emb, list(emb), None, batch, None)
+    delta = objective._delta(emb, list(emb), None, batch, None, objective.attack)
     clean = LOSSES["bpr"](model.score(emb, batch))
     adv = LOSSES["bpr"](model.score({k: v + delta[k] for k, v in emb.items()}, batch))
     reg = 0.01 * sum(v.pow(2).sum() for v in emb.values()) / 16

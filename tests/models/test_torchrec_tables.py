@@ -49,7 +49,7 @@ def test_torchrec_tables_score_attack_and_differentiate_as_dense_ones(
     # the adversarial objective (PGD from a random start) and its gradients, table by table
     losses = []
     for model in (dense, twin):
-        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0)
+        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0)
         loss = objective(batch, adversarial=True, generator=torch.Generator().manual_seed(1))
         loss["loss"].backward()
         losses.append(loss["loss"].item())

@@ -175,7 +175,7 @@ def test_sharded_tables_give_the_same_adversarial_loss(adaptive: str, prepared: 
             "train": {"optimizer": "sgd"}})
 
     def objective(model: torch.nn.Module, cfg: object) -> AdversarialObjective:
-        return AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0,
+        return AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0,
                                     adaptive=cfg.adv.adaptive)
 
     dense_cfg, sharded_cfg = config("dense"), config("torchrec")
@@ -206,7 +206,7 @@ def test_every_user_model_trains_with_adaptive_eps(name: str, ctr_small: str,
                             "adv": {"method": "fgm", "eps": 0.5, "adaptive": adaptive}})
         torch.manual_seed(0)
         model = build_model(cfg, data)
-        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0,
+        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0,
                                          adaptive=adaptive)
         batch = next(iter(make_task(cfg, data).batches(64, torch.Generator().manual_seed(0))))
         emb = model.embed(batch)

@@ -75,7 +75,7 @@ def _count_allreduces(rank: int, world: int, init: str, dataset: str, options: d
             model = build_model(cfg, data)
             optimizer = make_optimizer(model, cfg.train)
             objective = distribute(AdversarialObjective(
-                model, make_loss(cfg), attack_from_config(cfg), lam=1.0, adaptive=adaptive),
+                model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0, adaptive=adaptive),
                 world)
             calls = [0]
             objective.register_comm_hook(calls, _counting_allreduce)

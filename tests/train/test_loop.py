@@ -34,7 +34,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
 def _objective(cfg, data):
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg),
+    objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv),
                                      lam=cfg.adv.lam, target=cfg.adv.target, reg=cfg.train.reg)
     return objective, make_optimizer(model, cfg.train)
 

@@ -65,7 +65,7 @@ def test_fused_tables_update_each_row_once_per_step(prepared: str) -> None:
     batch = next(iter(make_task(dense_cfg, data).batches(256, torch.Generator().manual_seed(0))))
 
     def objective(model: torch.nn.Module, cfg: object) -> AdversarialObjective:
-        return AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0,
+        return AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0,
                                     reg=0.1)
 
     out = objective(dense, dense_cfg)(batch, adversarial=True)
@@ -90,7 +90,7 @@ def test_a_table_the_model_lacks_is_named(prepared: str) -> None:
     cfg = _config(prepared, "torchrec", model={"sharding": {"usr": "table_wise"}})
     with process_group():
         model = build_model(cfg, load_dataset(prepared), sharded=True)
-        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0)
+        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0)
         with pytest.raises(AdvrecError, match=r"model.sharding: 'usr' is no table of "
                                               r"model.name=mf \(its tables: user, item\)"):
             shard(objective, model, cfg, torch.device("cpu"))
@@ -228,7 +228,7 @@ def test_a_table_too_narrow_to_shard_is_named(ctr_small: str, feature_options: d
                         "train": {"optimizer": "sgd"}})
     with process_group():
         model = build_model(cfg, load_dataset(ctr_small), sharded=True)
-        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0)
+        objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0)
         with pytest.raises(AdvrecError, match="model.sharding: 'user_linear' is 1 wide, which "
                                               "FBGEMM cannot shard, so it stays dense"):
             shard(objective, model, cfg, torch.device("cpu"))

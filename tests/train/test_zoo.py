@@ -29,7 +29,7 @@ def _setup(name: str, method: str, source: str, feature_options: dict, **train: 
     data = load_dataset(source)
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg), lam=1.0)
+    objective = AdversarialObjective(model, make_loss(cfg), attack_from_config(cfg.adv), lam=1.0)
     return cfg, model, objective, make_task(cfg, data)
 
 
@@ -41,7 +41,7 @@ def test_perturbation_respects_the_budget(name: str, method: str, ctr_small: str
     g = torch.Generator().manual_seed(0)
     batch = next(iter(task.batches(64, g)))
     emb = model.embed(batch)
-    delta = objective._delta(emb, list(emb), None, batch, g)
+    delta = objective._delta(emb, list(emb), None, batch, g, objective.attack)
     assert set(delta) == set(emb)  # every table's rows, features included, are attacked
     for key, d in delta.items():
         assert d.shape == emb[key].shape

@@ -8,6 +8,7 @@ gradient hook.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -57,10 +58,14 @@ class AdversarialObjective(nn.Module):
 
     def __init__(self, model: Recommender, loss_fn: LossFn, attack: Attack, lam: float,
                  target: str = "all", reg: float = 0.0, adaptive: ADAPTIVE = "none",
-                 adaptive_lambda: float = 2.0) -> None:
+                 adaptive_lambda: float = 2.0,
+                 mix: Sequence[tuple[Attack, float, str]] = ()) -> None:
+        """``attack`` at weight ``lam`` on the ``target`` rows, and each of ``mix``'s (attack,
+        λ, target) besides it (``adv.mix``): ``L + lam·L(x') + Σ λ_i·L(x'_i)``."""
         super().__init__()
         self.model, self.loss_fn, self.attack = model, loss_fn, attack
-        self.lam, self.target, self.reg = lam, target, reg
+        self.adversaries = [(attack, lam, target), *mix]
+        self.reg = reg
         self.adaptive, self.adaptive_lambda = adaptive, adaptive_lambda
         # every parameter of a table module (a torchrec table's live in its collection)
         tables = {id(p) for t in model.tables().values() for p in t.parameters()}
@@ -68,52 +73,74 @@ class AdversarialObjective(nn.Module):
 
     def forward(self, batch: Batch, adversarial: bool,
                 generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        """Returns ``loss`` (to backpropagate), ``clean`` and, when adversarial, ``adv``."""
+        """Returns ``loss`` (to backpropagate), ``clean`` and, when adversarial, ``adv`` (the
+        adversarial loss; with several adversaries their λ-weighted mean)."""
         emb = self.model.embed(batch)
-        attack = self.attack
-        attacking = adversarial and self.lam > 0 and attack.active
+        active = [(a, lam, t) for a, lam, t in self.adversaries
+                  if adversarial and lam > 0 and a.active]
         logits = self.model.score(emb, batch)
         # VAT weighs users by their own loss: this forward's, per row, before the mean
         row_losses = (batch_loss(self.loss_fn, logits, batch, rows=True)
-                      if attacking and self.adaptive == "vat" else None)
+                      if active and self.adaptive == "vat" else None)
         clean = row_losses.mean() if row_losses is not None else batch_loss(self.loss_fn, logits,
                                                                             batch)
         out = {"clean": clean.detach()}
         loss = clean
-        if attacking and attack.method == "jsma-items":
-            # the clean loss's gradient at the history rows is the first round's saliency
-            loss, init_grad = self._differentiate_clean(clean, emb, ["item_seq"])
-            swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"])}
-            # the same targets after the swapped history, embedded anew (its rows are items')
-            adv = batch_loss(self.loss_fn, self.model(swapped), swapped)
-        elif attacking and attack.method == "jsma-fields":
-            model = self._field_model()
-            # the clean loss's gradient at the fields' rows is the first round's saliency
-            keys = [k for ks in model.feature_fields().values() for k in ks]
-            loss, init_grad = self._differentiate_clean(clean, emb, keys)
-            values = self.flipped_fields(batch, emb, init_grad)
-            # the changed values' rows looked up from the tables: L(x') trains them too
-            flipped = {**emb, **model.embed_fields(values)}
-            adv = batch_loss(self.loss_fn, self.model.score(flipped, batch), batch)
-        elif attacking:
-            keys = select_targets(list(emb), self.target)
-            init_grad = None
-            if attack.from_clean_gradient:
-                # the attack starts from the clean loss's gradient at δ = 0
-                loss, init_grad = self._differentiate_clean(clean, emb, keys)
-            delta = self._delta(emb, keys, init_grad, batch, generator,
-                                self._scales(emb, keys, batch, row_losses))
-            adv_emb = {**emb, **{k: emb[k] + delta[k] for k in keys}}
-            adv = batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch)
-        if attacking:
-            loss = loss + self.lam * adv
-            out["adv"] = adv.detach()
+        # the clean loss's gradient where any attack starts (its first round's saliency, or
+        # FGM's step), from one backward shared by every adversary
+        start = {k for a, _, t in active for k in self._start_keys(a, t, emb)}
+        init_grad: Tensors = {}
+        if start:
+            loss, init_grad = self._differentiate_clean(clean, emb, [k for k in emb if k in start])
+        weighted, weights = 0.0, 0.0
+        for attack, lam, target in active:
+            adv = self._adversarial_loss(attack, target, emb, batch, init_grad, generator,
+                                         row_losses)
+            loss = loss + lam * adv
+            weighted, weights = weighted + lam * adv.detach(), weights + lam
+        if active:
+            out["adv"] = weighted / weights
         if self.reg > 0:
             # L2 on the rows this batch used (BPR's regulariser), per example
             size = next(iter(batch.values())).shape[0]
             loss = loss + self.reg * sum(v.pow(2).sum() for v in emb.values()) / size
         out["loss"] = loss
         return out
+
+    def _start_keys(self, attack: Attack, target: str, emb: Tensors) -> list[str]:
+        """The embedding keys at which ``attack`` starts from the clean loss's gradient."""
+        if attack.method == "jsma-items":
+            return ["item_seq"]
+        if attack.method == "jsma-fields":
+            return self._field_keys()
+        return select_targets(list(emb), target) if attack.from_clean_gradient else []
+
+    def _field_keys(self) -> list[str]:
+        """The embedding keys of the feature fields (what jsma-fields changes)."""
+        return [k for keys in self._field_model().feature_fields().values() for k in keys]
+
+    def _adversarial_loss(self, attack: Attack, target: str, emb: Tensors, batch: Batch,
+                          init_grad: Tensors, generator: torch.Generator | None,
+                          row_losses: Tensor | None) -> Tensor:
+        """The training loss of the batch's adversarial example under ``attack`` (on the
+        ``target`` rows, for an attack on embeddings); ``init_grad`` holds the clean loss's
+        gradient at the keys where it starts (`_start_keys`)."""
+        if attack.method == "jsma-items":
+            swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"], attack)}
+            # the same targets after the swapped history, embedded anew (its rows are items')
+            return batch_loss(self.loss_fn, self.model(swapped), swapped)
+        if attack.method == "jsma-fields":
+            values = self.flipped_fields(batch, emb, {k: init_grad[k] for k in self._field_keys()},
+                                         attack)
+            # the changed values' rows looked up from the tables: L(x') trains them too
+            flipped = {**emb, **self._field_model().embed_fields(values)}
+            return batch_loss(self.loss_fn, self.model.score(flipped, batch), batch)
+        keys = select_targets(list(emb), target)
+        start = {k: init_grad[k] for k in keys} if attack.from_clean_gradient else None
+        delta = self._delta(emb, keys, start, batch, generator, attack,
+                            self._scales(emb, keys, batch, row_losses))
+        adv_emb = {**emb, **{k: emb[k] + delta[k] for k in keys}}
+        return batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch)
 
     def _differentiate_clean(self, clean: Tensor, emb: Tensors,
                              keys: list[str]) -> tuple[Tensor, Tensors]:
@@ -138,7 +165,7 @@ class AdversarialObjective(nn.Module):
         loss = batch_loss(self.loss_fn, self.model.score({**frozen, **rows}, batch), batch)
         return dict(zip(rows, torch.autograd.grad(loss, list(rows.values()))))
 
-    def _swapped(self, emb: Tensors, batch: Batch, init_grad: Tensor) -> Tensor:
+    def _swapped(self, emb: Tensors, batch: Batch, init_grad: Tensor, attack: Attack) -> Tensor:
         """The batch's histories ``seq`` (B, L) with up to ``attack.budget`` items each swapped
         to raise its training loss (`swap_items`); ``init_grad`` (B, L, d) the clean loss's
         gradient at their rows. No graph."""
@@ -152,8 +179,8 @@ class AdversarialObjective(nn.Module):
 
         seq = batch["seq"]
         catalogue = self.model.all_items(seq.device).detach()
-        return swap_items(seq, grad_fn, catalogue, self.model.pad, self.attack.budget,
-                          self.attack.similarity, init_grad)
+        return swap_items(seq, grad_fn, catalogue, self.model.pad, attack.budget,
+                          attack.similarity, init_grad)
 
     def _field_model(self) -> FieldModel:
         """The model, which jsma-fields needs to be a feature model (the config sees to it)."""
@@ -163,11 +190,12 @@ class AdversarialObjective(nn.Module):
         return self.model
 
     def flipped_fields(self, batch: Batch, emb: Tensors | None = None,
-                       init_grad: Tensors | None = None) -> Tensors:
+                       init_grad: Tensors | None = None, attack: Attack | None = None) -> Tensors:
         """The batch's feature-field values (`FieldModel.field_values`) with up to
         ``attack.budget`` fields of each example changed to raise its training loss
         (`flip_fields`); ``emb`` its embeddings (looked up here when not given), ``init_grad``
-        the loss's gradient at its fields' keys, when the caller has it. No graph."""
+        the loss's gradient at its fields' keys, when the caller has it; ``attack`` this
+        objective's own when not given. No graph."""
         model = self._field_model()
         with torch.enable_grad():  # an evaluation scores under no_grad
             if emb is None:
@@ -182,7 +210,7 @@ class AdversarialObjective(nn.Module):
                 return model.field_rows(self._gradient(frozen, model.key_rows(rows), batch))
 
             return flip_fields(model.field_values(batch), catalogues, grad_fn,
-                               self.attack.budget,
+                               (attack or self.attack).budget,
                                None if init_grad is None else model.field_rows(init_grad))
 
     def _scales(self, emb: Tensors, keys: list[str], batch: Batch,
@@ -200,13 +228,14 @@ class AdversarialObjective(nn.Module):
         return row_scales(weights, {k: emb[k] for k in keys})
 
     def _delta(self, emb: Tensors, keys: list[str], init_grad: Tensors | None, batch: Batch,
-               generator: torch.Generator | None, scale: Tensors | None = None) -> Tensors:
-        """The perturbation of the target rows, each inside its ball (its radius times
+               generator: torch.Generator | None, attack: Attack,
+               scale: Tensors | None = None) -> Tensors:
+        """``attack``'s perturbation of the target rows, each inside its ball (its radius times
         ``scale[key]`` when given); δ carries no graph back to the parameters."""
         frozen = {k: v.detach() for k, v in emb.items()}
 
         def grad_fn(delta: Tensors) -> Tensors:  # ∂/∂δ is ∂/∂(x + δ)
             return self._gradient(frozen, {k: frozen[k] + delta[k] for k in keys}, batch)
 
-        return perturb({k: frozen[k] for k in keys}, grad_fn, self.attack,
+        return perturb({k: frozen[k] for k in keys}, grad_fn, attack,
                        init_grad=init_grad, generator=generator, scale=scale)

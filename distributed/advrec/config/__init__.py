@@ -20,6 +20,7 @@ from advrec.config.schema import (
     ATTACKS,
     BUDGET_ATTACKS,
     AdvConfig,
+    Adversary,
     DataConfig,
     EvalConfig,
     ModelConfig,
@@ -35,7 +36,7 @@ from advrec.config.schema import (
 
 __all__ = [
     "ADAM_KINDS", "ATTACKS", "BUDGET_ATTACKS", "TASK_NAMES",
-    "AdvConfig", "DataConfig", "EvalConfig", "ModelConfig", "RunConfig", "ScalingConfig",
+    "AdvConfig", "Adversary", "DataConfig", "EvalConfig", "ModelConfig", "RunConfig", "ScalingConfig",
     "SearchDim", "Section", "TrainConfig", "TuneConfig", "apply_overrides", "build_config",
     "dump_config", "error_line", "key_text", "load_config", "load_raw", "metric_mode",
     "no_fields", "no_histories", "read_mapping", "with_values",

@@ -199,7 +199,9 @@ class ModelConfig(Section):
         return self
 
 
-class AdvConfig(Section):
+class Adversary(Section):
+    """One adversary of the objective: its attack and its weight λ (``L(x) + λ·L(x')``)."""
+
     method: Literal["none", "random", "fgsm", "fgm", "pgd", "jsma", "jsma-items",
                     "jsma-fields"] = "none"
     eps: float = Field(0.5, ge=0.0)
@@ -220,11 +222,14 @@ class AdvConfig(Section):
     norm: Literal["l2", "linf"] = "l2"
     random_start: bool = False
     target: Literal["user", "item", "all"] = "all"
-    start_epoch: int = Field(
-        0, ge=0, description="Clean warm-up: adversarial training starts at this epoch (APR)."
-    )
     relative: bool = Field(
         False, description="Scale eps by each row's own embedding norm (eps is then a fraction)."
+    )
+
+
+class AdvConfig(Adversary):
+    start_epoch: int = Field(
+        0, ge=0, description="Clean warm-up: adversarial training starts at this epoch (APR)."
     )
     adaptive: ADAPTIVE = Field(
         "none", description="Per-user eps, the defences made for poisoning: each example's rows "
@@ -234,6 +239,28 @@ class AdvConfig(Section):
     adaptive_lambda: float = Field(
         2.0, gt=0.0, description="lambda_a of adv.adaptive: a user's eps lies in (0, lambda_a * "
         "eps), and is eps at the batch's mean; 2 in both papers' code.")
+
+    mix: list[Adversary] = Field(
+        default_factory=list, description="More adversaries, each with its own lambda: the "
+        "objective becomes L(x) + lambda * L(x') + sum_i lambda_i * L(x'_i), e.g. embedding FGM "
+        "and jsma-items together. Each entry takes this section's attack keys (method, eps, "
+        "lambda, steps, l0, budget, similarity, step_size, norm, random_start, target, "
+        "relative), with the same defaults; start_epoch and adaptive apply to all of them.")
+
+    @field_validator("mix")
+    @classmethod
+    def _mixed_adversaries_attack(cls, v: list[Adversary]) -> list[Adversary]:
+        for i, adversary in enumerate(v):
+            if adversary.method == "none":
+                raise ValueError(f"entry {i}: method=none makes no attack; name one (fgm, pgd, "
+                                 "jsma, jsma-items, jsma-fields, ...) or drop the entry")
+        return v
+
+    def adversaries(self) -> list[tuple[str, Adversary]]:
+        """Every adversary that attacks (method not none) by its config key: ``adv`` itself,
+        then ``adv.mix[i]``."""
+        named = [("adv", self), *((f"adv.mix[{i}]", a) for i, a in enumerate(self.mix))]
+        return [(key, a) for key, a in named if a.method != "none"]
 
     @model_validator(mode="after")
     def _adaptive_scales_an_attack(self) -> AdvConfig:
@@ -570,7 +597,8 @@ class RunConfig(Section):
     def _l0_fits_the_rows(self) -> RunConfig:
         # every attacked row is model.dim wide (DeepFM's first-order weights narrower: JSMA
         # may change all of theirs), so a larger l0 would be no L0 budget at all
-        for key, l0 in (("adv.l0", self.adv.l0), ("eval.l0", self.eval.l0)):
+        for key, l0 in (*((f"{name}.l0", a.l0) for name, a in self.adv.adversaries()),
+                        ("eval.l0", self.eval.l0)):
             if l0 is not None and l0 > self.model.dim:
                 raise ValueError(f"{key}={l0} is above model.dim={self.model.dim}: JSMA "
                                  "changes at most l0 coordinates of each embedding row")
@@ -586,14 +614,16 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _item_swaps_need_histories(self) -> RunConfig:
-        if self.adv.method == "jsma-items" and self.model.name != "sasrec":
-            raise ValueError(no_histories("adv.method=jsma-items", self.model.name))
+        for name, adversary in self.adv.adversaries():
+            if adversary.method == "jsma-items" and self.model.name != "sasrec":
+                raise ValueError(no_histories(f"{name}.method=jsma-items", self.model.name))
         return self
 
     @model_validator(mode="after")
     def _field_flips_need_fields(self) -> RunConfig:
-        if self.adv.method == "jsma-fields" and self.model.name not in FEATURE_MODELS:
-            raise ValueError(no_fields("adv.method=jsma-fields", self.model.name))
+        for name, adversary in self.adv.adversaries():
+            if adversary.method == "jsma-fields" and self.model.name not in FEATURE_MODELS:
+                raise ValueError(no_fields(f"{name}.method=jsma-fields", self.model.name))
         return self
 
     @model_validator(mode="after")

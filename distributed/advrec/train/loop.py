@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from advrec import io
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.adversarial.jsma_fields import check_fields
-from advrec.config import RunConfig
+from advrec.config import Adversary, RunConfig
 from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
 from advrec.devices import CPU, to_device, train_device
@@ -57,8 +57,8 @@ from advrec.train.state import EarlyStopping, load_sharded_state, save_state
 from advrec.train.tasks import Task, make_loss, make_task
 
 
-def attack_from_config(cfg: RunConfig) -> Attack:
-    adv = cfg.adv
+def attack_from_config(adv: Adversary) -> Attack:
+    """The attack of one adversary of the config (``adv`` itself or an ``adv.mix`` entry)."""
     return Attack(method=adv.method, eps=adv.eps, steps=adv.steps, step_size=adv.step_size,
                   norm=adv.norm, random_start=adv.random_start, relative=adv.relative,
                   l0=adv.l0, budget=adv.budget, similarity=adv.similarity)
@@ -269,17 +269,19 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
                share=shard[1] if sharded else 1)
     # torchrec's tables are built on the meta device: each worker allocates its shard only
     model: Recommender = build_model(cfg, data, sharded=sharded)
-    if cfg.adv.method == "jsma-fields":  # the config allows feature models alone
-        check_fields(list(model.feature_fields()) if isinstance(model, FieldModel) else [],
-                     cfg.adv.budget, "adv.method=jsma-fields", f"adv.budget={cfg.adv.budget}",
-                     config["dataset"])
+    for name, adversary in cfg.adv.adversaries():
+        if adversary.method == "jsma-fields":  # the config allows feature models alone
+            check_fields(list(model.feature_fields()) if isinstance(model, FieldModel) else [],
+                         adversary.budget, f"{name}.method=jsma-fields",
+                         f"{name}.budget={adversary.budget}", config["dataset"])
     if not sharded:
         model = model.to(device)  # before its optimizer's state
     optimizer = make_optimizer(model, cfg.train, fused_tables=sharded)
     loss_fn = make_loss(cfg)
     objective: nn.Module = AdversarialObjective(
-        model, loss_fn, attack_from_config(cfg), lam=cfg.adv.lam, target=cfg.adv.target,
-        reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda)
+        model, loss_fn, attack_from_config(cfg.adv), lam=cfg.adv.lam, target=cfg.adv.target,
+        reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda,
+        mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix])
     tables = None
     if sharded:
         from advrec.train.sharding import shard as shard_tables
@@ -331,7 +333,7 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
     a resumed or restarted run)."""
     cfg, tc = run.cfg, run.cfg.train
     rank, world = run.shard
-    adversarial = cfg.adv.method != "none" and epoch >= cfg.adv.start_epoch
+    adversarial = bool(cfg.adv.adversaries()) and epoch >= cfg.adv.start_epoch
     if adversarial and epoch == cfg.adv.start_epoch and epoch > 0:
         # the adversarial phase starts: select the best model, and count patience, among
         # adversarial epochs only, so a clean warm-up epoch is never returned as "the" model
@@ -363,7 +365,7 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
             record["robust_s"] = time.perf_counter() - started
         best.update(epoch, valid, valid[monitor], run.model)
     # a clean warm-up always runs to its end: APR's adversarial phase starts from it
-    warming_up = cfg.adv.method != "none" and not adversarial
+    warming_up = bool(cfg.adv.adversaries()) and not adversarial
     record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
     return record
 
