@@ -128,7 +128,7 @@ def test_each_rows_perturbation_has_its_users_norm(method: str, adaptive: str) -
     keys = select_targets(list(emb), "all")
     rows = batch_loss(LOSSES["bpr"], model.score(emb, batch), batch, rows=True)
     delta = objective._delta(emb, keys, None, batch, torch.Generator().manual_seed(0),
-                             objective._scales(emb, keys, batch, rows))
+                             objective.attack, objective._scales(emb, keys, batch, rows))
     budget = RHO * torch.tensor(_hand_weights(adaptive, model, batch)) * 1.5  # λ = 3, not 2
     assert budget.max() > 1.2 * budget.min()  # the users' budgets differ
     for key in keys:
@@ -183,7 +183,7 @@ def test_sharded_tables_give_the_same_adversarial_loss(adaptive: str, prepared: 
     dense = build_model(dense_cfg, data)
     batch = next(iter(make_task(dense_cfg, data).batches(256, torch.Generator().manual_seed(0))))
     want = objective(dense, dense_cfg)(batch, adversarial=True)
-    uniform = AdversarialObjective(dense, make_loss(dense_cfg), attack_from_config(dense_cfg),
+    uniform = AdversarialObjective(dense, make_loss(dense_cfg), attack_from_config(dense_cfg.adv),
                                    lam=1.0)(batch, adversarial=True)
     assert want["adv"].item() != pytest.approx(uniform["adv"].item(), rel=1e-4)
     with process_group():
