@@ -617,6 +617,10 @@ CONFIG: list[Case] = [
                                              "jsma-fields", "--similarity", "0.5"),
          "--similarity: only jsma-items (which swaps history items) takes it",
          unchanged=("{run}",)),
+    Case("evaluate-eps-with-budget-attacks-only",
+         ("evaluate", "--run", "{run}", "--attack", "jsma-fields", "--eps", "0,0.5"),
+         "--eps: jsma-fields changes discrete inputs, by --budget, not embeddings",
+         unchanged=("{run}",)),
     # several adversaries (adv.mix): each entry an attack the model can take, named in errors
     Case("train-mix-not-a-list", (*TRAIN, "adv.mix=fgm"), "adv.mix: Input should be a valid list"),
     Case("train-mix-jsma-items-mf", (*TRAIN, "adv.mix=[{{method: jsma-items, lambda: 0.5}}]"),
