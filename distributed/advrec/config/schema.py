@@ -626,6 +626,12 @@ class RunConfig(Section):
         for name, adversary in self.adv.adversaries():
             if adversary.method == "jsma-items" and self.model.name != "sasrec":
                 raise ValueError(no_histories(f"{name}.method=jsma-items", self.model.name))
+            # a sequence holds at most max_len items, each swapped at most once: a larger budget
+            # would read as a stronger attack than any it makes (as jsma-fields' above the fields)
+            if adversary.method == "jsma-items" and adversary.budget > self.model.max_len:
+                raise ValueError(f"{name}.budget={adversary.budget}: above model.max_len="
+                                 f"{self.model.max_len}, the most history items a sequence "
+                                 "holds; jsma-items swaps each at most once")
         return self
 
     @model_validator(mode="after")
