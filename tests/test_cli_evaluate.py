@@ -53,6 +53,9 @@ def test_the_runs_config_gives_the_defaults(run: Path, capsys: pytest.CaptureFix
                                    "model.name=mf has none")),
     (["--attack", "jsma-fields", "--similarity", "0.5"], "--similarity: only jsma-items"),
     (["--attack", "fgm", "--budget", "1"], "--budget: only jsma-items and jsma-fields"),
+    (["--attack", "jsma-items", "--eps", "0.5"], "--eps: jsma-items changes discrete inputs"),
+    (["--attack", "jsma-fields,jsma-items", "--l0", "2"],
+     "--l0: jsma-fields, jsma-items change discrete inputs, by --budget"),
 ])
 def test_bad_flags_are_one_line(run: Path, flags: list[str], culprit: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -382,7 +382,7 @@ CONFIG: list[Case] = [
     Case("train-eps-inf", (*TRAIN, "adv.eps=.inf"), "adv.eps: Input should be a finite number"),
     Case("train-lr-inf", (*TRAIN, "train.lr=.inf"), "train.lr: Input should be a finite number"),
     Case("train-lr-nan", (*TRAIN, "train.lr=nan"), "train.lr: Input should be a finite number"),
-    Case("train-eval-eps-nan", (*TRAIN, "eval.eps=[0, .nan]"), "eval.eps.1: Input should be a "
+    Case("train-eval-eps-nan", (*TRAIN, "eval.eps=[0, .nan]"), "eval.eps[1]: Input should be a "
          "finite number"),
     Case("run-spec-override-inf", ("run", "{d}/spec.yaml"), "adv.eps: Input should be a finite "
          "number", setup=both(write("c.yaml", "data: {source: x}\n"),
@@ -617,12 +617,36 @@ CONFIG: list[Case] = [
                                              "jsma-fields", "--similarity", "0.5"),
          "--similarity: only jsma-items (which swaps history items) takes it",
          unchanged=("{run}",)),
+    Case("evaluate-eps-with-budget-attacks-only",
+         ("evaluate", "--run", "{run}", "--attack", "jsma-fields", "--eps", "0,0.5"),
+         "--eps: jsma-fields changes discrete inputs, by --budget, not embeddings",
+         unchanged=("{run}",)),
     # several adversaries (adv.mix): each entry an attack the model can take, named in errors
     Case("train-mix-not-a-list", (*TRAIN, "adv.mix=fgm"), "adv.mix: Input should be a valid list"),
-    Case("train-mix-jsma-items-mf", (*TRAIN, "adv.mix=[{method: jsma-items, lambda: 0.5}]"),
+    Case("train-mix-jsma-items-mf", (*TRAIN, "adv.mix=[{{method: jsma-items, lambda: 0.5}}]"),
          "adv.mix[0].method=jsma-items attacks item histories; model.name=mf has none"),
-    Case("train-mix-negative-lambda", (*TRAIN, "adv.mix=[{method: fgm, lambda: -1}]"),
-         "adv.mix.0.lambda: Input should be greater than or equal to 0"),
+    Case("train-mix-negative-lambda", (*TRAIN, "adv.mix=[{{method: fgm, lambda: -1}}]"),
+         "adv.mix[0].lambda: Input should be greater than or equal to 0"),
+    Case("train-mix-method-none", (*TRAIN, "adv.mix=[{{method: fgm}}, {{lambda: 0.5}}]"),
+         "adv.mix[1].method=none makes no attack"),
+    Case("train-mix-null-entry", (*TRAIN, "--config", "{d}/c.yaml"),
+         "adv.mix[1]: Input should be a valid dictionary",
+         write("c.yaml", "adv:\n  mix:\n    - method: fgm\n    -\n")),
+    Case("train-mix-nan-lambda-in-config", (*TRAIN, "--config", "{d}/c.yaml"),
+         "adv.mix[0].lambda: Input should be a finite number",
+         write("c.yaml", "adv:\n  mix:\n    - {method: fgm, lambda: .nan}\n")),
+    Case("train-similarity-without-jsma-items",
+         ("train", "--output", "{d}/out", "data.source={d}/f", "model.dim=8", "train.epochs=1",
+          "model.name=twotower", "adv.method=jsma-fields", "adv.similarity=0.5"),
+         "adv: similarity=0.5: only method=jsma-items (which swaps history items) takes it, not "
+         "method=jsma-fields", item_feature_data),
+    Case("train-mix-jsma-items-budget-above-max-len",
+         (*TRAIN, "model.name=sasrec", "model.max_len=5", "adv.method=fgm",
+          "adv.mix=[{{method: jsma-items, budget: 6}}]"),
+         "adv.mix[0].budget=6: above model.max_len=5, the most history items a sequence holds"),
+    Case("train-mix-similarity-without-jsma-items",
+         (*TRAIN, "adv.mix=[{{method: fgm}}, {{method: pgd, similarity: 0.5}}]"),
+         "adv.mix[1]: similarity=0.5: only method=jsma-items"),
 ]
 
 # --- data: columns, types, values ----------------------------------------------------------------

@@ -233,3 +233,29 @@ def test_a_failed_trial_is_a_row_of_its_own(prepared: str, tmp_path: Path, ray_l
     assert rows["mf"]["status"] == "finished" and rows["deepfm"]["status"] == "error"
     assert re.fullmatch(r"[0-9a-f]+_\d{5}", rows["deepfm"]["trial"])  # Tune's trial id
     assert yaml.safe_load((out / "best.yaml").read_text())["model"]["name"] == "mf"
+
+
+def test_a_searched_list_is_a_cell_of_the_table_and_best_yaml_takes_it_back(
+        tmp_path: Path) -> None:
+    """A searched key whose values are lists (adv.mix: a list of adversaries) is written to
+    results.csv and .parquet as its JSON (pyarrow writes no list column to CSV), and best.yaml
+    holds the best trial's list itself; no Ray: the trials' results as Tune hands them over."""
+    from types import SimpleNamespace
+
+    from advrec.config import build_config, load_config
+    from advrec.tune.results import write_results
+
+    mixes = [[], [{"method": "fgm", "lambda": 0.5}, {"method": "pgd", "steps": 2}]]
+    raw = {"data": {"source": "unused"}, "model": {"dim": 8}, "adv": {"method": "fgm"},
+           "tune": {"space": {"adv.mix": {"choice": mixes}}}}
+    grid = [SimpleNamespace(metrics={"trial_id": f"t{i}", "epochs": 1, "valid/ndcg@10": score},
+                            path=str(tmp_path / f"t{i}"), error=None, config={"adv.mix": mix})
+            for i, (mix, score) in enumerate(zip(mixes, [0.1, 0.3]))]
+    summary = write_results(grid, build_config(raw), str(tmp_path), raw)
+
+    assert [json.loads(r["adv.mix"]) for r in _rows(tmp_path / "results.csv")] == mixes
+    assert [json.loads(m) for m in pq.read_table(tmp_path / "results.parquet")["adv.mix"]
+            .to_pylist()] == mixes
+    assert summary["best"]["trial"] == "t1"
+    best = load_config(tmp_path / "best.yaml")
+    assert [(a.method, a.lam, a.steps) for a in best.adv.mix] == [("fgm", 0.5, 1), ("pgd", 1.0, 2)]

@@ -65,7 +65,12 @@ def test_clean_epochs_skip_every_adversary() -> None:
 
 @pytest.mark.parametrize("overrides, error", [
     (["model.name=mf", "adv.mix=[{method: jsma-items}]"], "adv.mix[0].method=jsma-items"),
-    (["model.name=sasrec", "adv.mix=[{method: none}]"], "entry 0: method=none"),
+    (["model.name=sasrec", "adv.mix=[{method: none}]"], "adv.mix[0].method=none"),
+    (["model.name=sasrec", "adv.mix=[{method: fgm, lambda: -1}]"], "adv.mix[0].lambda"),
+    (["model.name=sasrec", "model.max_len=5", "adv.method=jsma-items", "adv.budget=6"],
+     "adv.budget=6: above model.max_len=5"),
+    (["model.name=sasrec", "adv.mix=[{method: fgm}, {method: fgm, similarity: 0.5}]"],
+     "adv.mix[1]: similarity=0.5: only method=jsma-items"),
     (["model.name=sasrec", "model.dim=8", "adv.mix=[{method: fgm}, {method: jsma, l0: 9}]"],
      "adv.mix[1].l0=9"),
     (["model.name=sasrec", "adv.mix=[{method: fgm, lamda: 1}]"], "lamda"),

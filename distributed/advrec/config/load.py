@@ -15,10 +15,13 @@ from advrec.errors import AdvrecError, shown
 
 
 def error_line(exc: ValidationError) -> str:
-    """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``; keys and
-    values are echoed cut short (a value can be megabytes long)."""
+    """One line naming the first bad key: ``adv.eps: Input should be >= 0 (got -1)``, a list's
+    entry by its index as the config errors name it (``adv.mix[0].lambda``, ``eval.eps[1]``);
+    keys and values are echoed cut short (a value can be megabytes long)."""
     err = exc.errors()[0]
-    loc = ".".join(key_text(p) for p in err["loc"]) or "config"
+    # pydantic's loc holds a list index as an int (``("adv", "mix", 0, "lambda")``)
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{key_text(p)}"
+                  for p in err["loc"]).removeprefix(".") or "config"
     msg = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"{loc}: unknown config key"

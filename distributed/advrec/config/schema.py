@@ -226,6 +226,15 @@ class Adversary(Section):
         False, description="Scale eps by each row's own embedding norm (eps is then a fraction)."
     )
 
+    @model_validator(mode="after")
+    def _similarity_bounds_item_swaps(self) -> Adversary:
+        # only jsma-items picks substitutes; elsewhere the key would be silently ignored (as
+        # `advrec evaluate --similarity` is refused without jsma-items)
+        if self.similarity is not None and self.method != "jsma-items":
+            raise ValueError(f"similarity={self.similarity}: only method=jsma-items (which swaps "
+                             f"history items) takes it, not method={self.method}")
+        return self
+
 
 class AdvConfig(Adversary):
     start_epoch: int = Field(
@@ -246,15 +255,6 @@ class AdvConfig(Adversary):
         "and jsma-items together. Each entry takes this section's attack keys (method, eps, "
         "lambda, steps, l0, budget, similarity, step_size, norm, random_start, target, "
         "relative), with the same defaults; start_epoch and adaptive apply to all of them.")
-
-    @field_validator("mix")
-    @classmethod
-    def _mixed_adversaries_attack(cls, v: list[Adversary]) -> list[Adversary]:
-        for i, adversary in enumerate(v):
-            if adversary.method == "none":
-                raise ValueError(f"entry {i}: method=none makes no attack; name one (fgm, pgd, "
-                                 "jsma, jsma-items, jsma-fields, ...) or drop the entry")
-        return v
 
     def adversaries(self) -> list[tuple[str, Adversary]]:
         """Every adversary that attacks (method not none) by its config key: ``adv`` itself,
@@ -613,10 +613,25 @@ class RunConfig(Section):
         return self
 
     @model_validator(mode="after")
+    def _mixed_adversaries_attack(self) -> RunConfig:
+        # here, not on the field, so that the error names the entry as the others do
+        for i, adversary in enumerate(self.adv.mix):
+            if adversary.method == "none":
+                raise ValueError(f"adv.mix[{i}].method=none makes no attack; name one (fgm, "
+                                 "pgd, jsma, jsma-items, jsma-fields, ...) or drop the entry")
+        return self
+
+    @model_validator(mode="after")
     def _item_swaps_need_histories(self) -> RunConfig:
         for name, adversary in self.adv.adversaries():
             if adversary.method == "jsma-items" and self.model.name != "sasrec":
                 raise ValueError(no_histories(f"{name}.method=jsma-items", self.model.name))
+            # a sequence holds at most max_len items, each swapped at most once: a larger budget
+            # would read as a stronger attack than any it makes (as jsma-fields' above the fields)
+            if adversary.method == "jsma-items" and adversary.budget > self.model.max_len:
+                raise ValueError(f"{name}.budget={adversary.budget}: above model.max_len="
+                                 f"{self.model.max_len}, the most history items a sequence "
+                                 "holds; jsma-items swaps each at most once")
         return self
 
     @model_validator(mode="after")

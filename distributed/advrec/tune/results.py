@@ -9,6 +9,7 @@ last ones it reported before the scheduler stopped it.
 from __future__ import annotations
 
 import io as _bytes_io
+import json
 from typing import Any
 
 import pyarrow as pa
@@ -66,8 +67,15 @@ def pareto_front(rows: list[dict[str, Any]], higher_is_better: bool) -> list[dic
                   key=lambda r: r["clean"])
 
 
+def _cell(value: Any) -> Any:
+    """A table cell: a searched list or mapping (``adv.mix``, ``eval.ks``) as its JSON, which
+    CSV can hold (pyarrow writes no list or struct column to CSV: the search's table failed
+    after its trials) and an override takes back (JSON is YAML); anything else as it is."""
+    return json.dumps(value) if isinstance(value, (list, dict)) else value
+
+
 def _write_table(rows: list[dict[str, Any]], stem: str, parquet: bool) -> None:
-    table = pa.Table.from_pylist(rows)
+    table = pa.Table.from_pylist([{k: _cell(v) for k, v in r.items()} for r in rows])
     buf = _bytes_io.BytesIO()
     pcsv.write_csv(table, buf)
     with io.atomic_file(f"{stem}.csv", "wb") as f:
