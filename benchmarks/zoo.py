@@ -51,26 +51,29 @@ def trained(cfg: RunConfig, run: Path) -> dict:
 
 
 def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
-            extra: list[str]) -> dict:
-    """Train one config (or its clean twin) for one seed, attack it, and collect the figures."""
+            extra: list[str], attack_eps: float | None = None) -> dict:
+    """Train one config (or its clean twin) for one seed, attack it at ``attack_eps`` (default:
+    the shipped config's ε), and collect the figures."""
     overrides = [f"data.source={data / 'recbole'}", "data.format=recbole", f"train.seed={seed}",
                  *extra]
     shipped = load_config(ROOT / "jobs" / "configs" / f"ml100k-{model}.yaml", overrides)
     cfg = load_config(ROOT / "jobs" / "configs" / f"ml100k-{model}.yaml",
                       [*overrides, "adv.method=none"] if clean else overrides)
     run = out / f"{model}-{'clean' if clean else 'adv'}-seed{seed}"
+    # the twin is attacked at its adversarial sibling's ε
+    attack = shipped.adv.eps if attack_eps is None else attack_eps
     done = run / "zoo.json"
-    if same_config(run, cfg) and done.exists():
+    if same_config(run, cfg) and done.exists() and json.loads(done.read_text())["eps"] == attack:
         return json.loads(done.read_text())
     metrics = trained(cfg, run)
-    eps = repr(float(shipped.adv.eps))  # the twin is attacked at its adversarial sibling's ε
-    curve = evaluate_run(str(run), ["pgd"], [0.0, shipped.adv.eps], steps=10, progress=False)
+    eps = repr(float(attack))
+    curve = evaluate_run(str(run), ["pgd"], [0.0, attack], steps=10, progress=False)
     metric = headline(cfg)[0]
     history = json.loads((run / "history.json").read_text())
     before, after = curve["pgd"]["0.0"][metric], curve["pgd"][eps][metric]
     row = {"model": model, "seed": seed, "clean": clean, "metric": metric,
            "test": metrics["test"], "value": metrics["test"][metric], "attacked": after,
-           "drop": (before - after) / before, "eps": shipped.adv.eps,
+           "drop": (before - after) / before, "eps": attack,
            "epochs": len(history), "best_epoch": metrics["best_epoch"],
            "epoch_s": statistics.median(h["train_s"] for h in history)}
     done.write_text(json.dumps(row, indent=1))
@@ -85,11 +88,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "zoo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every run (e.g. train.epochs=2 for a smoke run)")
+    parser.add_argument("--attack-eps", type=float, default=None, metavar="EPS",
+                        help="attack every run at this ε (default: each config's adv.eps)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
 
-    rows = [run_one(m, s, clean, args.data, args.out, args.set)
+    rows = [run_one(m, s, clean, args.data, args.out, args.set, args.attack_eps)
             for m in models for s in seeds for clean in (True, False)]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(rows, indent=1))
