@@ -504,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attack", help="fgm, pgd, jsma, jsma-items, jsma-fields, comma-separated "
                    "(default: the run's eval.attacks); jsma-items swaps SASRec's history items, "
                    "jsma-fields changes the feature fields of DeepFM's, DCN-v2's and MMoE's "
-                   "examples, across --budget")
+                   "examples (two-tower's, and with --target-items any feature model's: each "
+                   "user's profile fields), across --budget")
     p.add_argument("--eps", help="comma-separated budgets, e.g. 0,0.1,0.5 "
                    "(default: the run's eval.eps)")
     p.add_argument("--steps", type=_positive_int, default=None,
@@ -518,8 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "only among items whose embedding has cosine >= this with the item replaced "
                    "(default: any item)")
     p.add_argument("--target-items", type=_names, default=None, metavar="RAW_ID,...",
-                   help="jsma-items promotes these items (raw ids) instead of demoting each "
-                   "user's held-out items; every point reports their T-HR and T-NDCG")
+                   help="jsma-items and jsma-fields promote these items (raw ids) instead of "
+                   "demoting each user's held-out items (jsma-fields: by changing each user's "
+                   "profile); every point reports their T-HR and T-NDCG")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the attack and the ranking (default: the run's "
                    "scaling.num_workers; 0 = this process)")

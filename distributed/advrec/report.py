@@ -20,6 +20,7 @@ from advrec.metrics import robustness_curve
 from advrec.metrics.field_attack import fields_curve
 from advrec.metrics.history_attack import budget_curve, longest_history
 from advrec.metrics.plots import BUDGET, curve_points, plot_robustness
+from advrec.metrics.profile_attack import profile_curve
 from advrec.metrics.robustness import attack_batches
 from advrec.metrics.target import TargetItems, TargetMetrics, listed_targets, resolve_targets
 from advrec.models import build_model
@@ -138,16 +139,13 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     """
     cfg, dataset = read_run(run)
     budgets = DEFAULT_BUDGETS if budgets is None else budgets
-    if target_items is not None and "jsma-items" not in attacks:
-        raise AdvrecError("--target-items: only jsma-items attacks toward target items; add it "
-                          "to --attack (or measure a targets.json with --targets)")
-    if target_items is not None and "jsma-fields" in attacks:
-        raise AdvrecError("--target-items: jsma-fields is untargeted (it raises each example's "
-                          "own loss); evaluate it without --target-items")
+    if target_items is not None and not set(BUDGET_ATTACKS) & set(attacks):
+        raise AdvrecError("--target-items: only jsma-items and jsma-fields attack toward target "
+                          "items; add one to --attack (or measure a targets.json with --targets)")
     if "jsma-items" in attacks:
         _check_budgets(cfg, dataset, budgets, split)
     if "jsma-fields" in attacks:
-        _check_field_budgets(cfg, dataset, budgets)
+        _check_field_budgets(cfg, dataset, budgets, target_items is not None)
     eval_cfg = cfg.eval if targets is None else cfg.eval.model_copy(update={"targets": targets})
     # a bad or unknown target fails before the attacks
     items = (resolve_targets(eval_cfg, dataset) if target_items is None
@@ -178,19 +176,24 @@ def _check_budgets(cfg: RunConfig, dataset: str, budgets: list[int], split: str)
                           f"{split} users, {longest} items (jsma-items swaps at most that many)")
 
 
-def _check_field_budgets(cfg: RunConfig, dataset: str, budgets: list[int]) -> None:
-    """A field attack needs a labelled feature model (two-tower ranks: no per-example field),
-    side features, and budgets of at most its number of feature fields."""
+def _check_field_budgets(cfg: RunConfig, dataset: str, budgets: list[int],
+                         targeted: bool) -> None:
+    """A field attack needs a feature model with fields to change, at most ``budgets`` of them:
+    every feature field of a labelled model's examples (untargeted), else each user's profile
+    fields (`advrec.metrics.profile_attack`: two-tower's ranking, and every targeted attack)."""
     what = "--attack jsma-fields"
     if cfg.model.name not in FEATURE_MODELS:
         raise AdvrecError(no_fields(what, cfg.model.name))
-    if not LABELS[cfg.kind]:
-        raise AdvrecError(f"{what} measures the labelled feature models (deepfm, dcnv2, mmoe); "
-                          f"model.name={cfg.model.name} ranks all items, which has no "
-                          "per-example field to change: measure it with fgm, pgd or jsma")
-    model = build_model(cfg, load_dataset(dataset))
-    check_fields(list(cast(FieldModel, model).feature_fields()), max(budgets), what,
-                 f"--budget {max(budgets)}", dataset)
+    model = cast(FieldModel, build_model(cfg, load_dataset(dataset)))
+    if targeted or not LABELS[cfg.kind]:
+        fields, holder = model.user_fields(), "each user's profile"
+        if model.feature_fields() and not fields:
+            why = "with --target-items" if targeted else f"on {cfg.model.name} (it ranks items)"
+            raise AdvrecError(f"{what} {why} changes the users' profiles, and {dataset} has no "
+                              "user features (only item ones)")
+    else:
+        fields, holder = list(model.feature_fields()), "each example"
+    check_fields(fields, max(budgets), what, f"--budget {max(budgets)}", dataset, holder)
 
 
 def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
@@ -228,9 +231,16 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
                               None if promote is None else torch.tensor(promote.indices))
         _merge_budgets(merged, "jsma-items", points, promote)
     if "jsma-fields" in config["attacks"]:
-        points = fields_curve(cast(FieldModel, model), cast(LabelledTask, task), make_loss(cfg),
-                              eval_cfg, config["budgets"], config["split"])
-        _merge_budgets(merged, "jsma-fields", points, None)
+        promote = items if config["targeted"] else None
+        labelled = bool(LABELS[cfg.kind])
+        if labelled and promote is None:  # each example's fields, against its own labels
+            points = fields_curve(cast(FieldModel, model), cast(LabelledTask, task),
+                                  make_loss(cfg), eval_cfg, config["budgets"], config["split"])
+        else:  # each user's profile, against the ranking
+            points = profile_curve(cast(FieldModel, model), task, eval_cfg, config["budgets"],
+                                   labelled, config["split"], targets,
+                                   None if promote is None else torch.tensor(promote.indices))
+        _merge_budgets(merged, "jsma-fields", points, promote)
     if rank == 0:
         io.dump_json(path, merged)
         plot_robustness({run.rstrip("/").rsplit("/", 1)[-1]: merged}, headline(cfg)[:2],

@@ -274,6 +274,23 @@ def test_training_against_jsma_fields_and_its_budget_curve(deepfm_run: Path,
     assert (tmp_path / "plot.png").stat().st_size > 0
 
 
+def test_targeted_it_changes_each_users_profile_toward_the_targets(deepfm_run: Path,
+                                                                    tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(deepfm_run, run)
+    assert main(["evaluate", "--run", str(run), "--quiet", "--attack", "jsma-fields",
+                 "--budget", "0,2", "--target-items", "7,300"]) == 0
+    curve = json.loads((run / "robustness.json").read_text())
+    assert sorted(curve) == ["jsma-fields:targeted"] and curve[
+        "jsma-fields:targeted"]["targets"] == ["7", "300"]
+    points = curve["jsma-fields:targeted"]["budget"]
+    test = json.loads((run / "metrics.json").read_text())["test"]
+    assert points["0"]["auc"] == pytest.approx(test["auc"])
+    # the test examples are scored with their users' changed profiles: the AUC moves
+    assert points["2"]["auc"] != pytest.approx(points["0"]["auc"], abs=1e-6)
+    assert {"target/hr@50", "target/ndcg@50"} <= points["2"].keys()
+
+
 def test_two_ray_train_workers_train_against_it_and_share_its_curve(
         ctr_small: str, feature_options: dict, tmp_path: Path, ray_local: None) -> None:
     # training: the objective (field changes included) under DDP on 2 Ray Train workers, for
@@ -289,10 +306,18 @@ def test_two_ray_train_workers_train_against_it_and_share_its_curve(
     alone = tmp_path / "alone"
     shutil.copytree(shared, alone)
     for where, workers in ((shared, "2"), (alone, "0")):
-        assert main(["evaluate", "--run", str(where), "--quiet", "--attack", "jsma-fields",
-                     "--budget", "0,2", "--workers", workers]) == 0
+        for targets in ([], ["--target-items", "7,300"]):  # examples' fields; users' profiles
+            assert main(["evaluate", "--run", str(where), "--quiet", "--attack", "jsma-fields",
+                         "--budget", "0,2", "--workers", workers, *targets]) == 0
     two, one = (json.loads((where / "robustness.json").read_text())["jsma-fields"]["budget"]
                 for where in (shared, alone))
+    # the targeted curve too: each worker attacks the profiles of the users it ranks and of
+    # its examples' users, and the points are one process's
+    two_t, one_t = (json.loads((where / "robustness.json").read_text())[
+        "jsma-fields:targeted"]["budget"]["2"] for where in (shared, alone))
+    assert two_t.keys() == one_t.keys() >= {"click/auc", "target/hr@50"}
+    for metric, value in one_t.items():
+        assert two_t[metric] == pytest.approx(value, abs=1e-6), metric
     # the attack raises the weighted sum of both losses: after one epoch the rating's MSE is
     # most of it (the click's BCE is still log 2), and the rating's error is what grows
     assert two["2"]["rating/rmse"] > two["0"]["rating/rmse"]

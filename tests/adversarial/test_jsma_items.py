@@ -123,7 +123,8 @@ def test_swaps_stay_on_real_positions_at_most_budget_and_raise_the_loss(budget: 
     g = torch.Generator().manual_seed(1)
     seq, truth = _histories(g), torch.randint(N, (16,), generator=g)
     catalogue = model.all_items(torch.device("cpu")).detach()
-    grad_fn = next_item_grad(model, catalogue, torch.arange(16), truth, 1.0)
+    grad_fn = next_item_grad(model, catalogue, lambda logits: F.cross_entropy(
+        logits, truth, reduction="sum"))
     attacked = swap_items(seq, grad_fn, catalogue, N, budget)
     changed = attacked != seq
     assert not changed[seq == N].any()  # padding never touched, never put in
@@ -139,7 +140,8 @@ def test_similarity_keeps_every_substitute_close_to_the_item_it_replaces() -> No
     g = torch.Generator().manual_seed(2)
     seq, truth = _histories(g), torch.randint(N, (16,), generator=g)
     catalogue = model.all_items(torch.device("cpu")).detach()
-    grad_fn = next_item_grad(model, catalogue, torch.arange(16), truth, 1.0)
+    grad_fn = next_item_grad(model, catalogue, lambda logits: F.cross_entropy(
+        logits, truth, reduction="sum"))
     attacked = swap_items(seq, grad_fn, catalogue, N, 2, similarity=0.3)
     changed = attacked != seq
     assert changed.any()
@@ -154,7 +156,8 @@ def test_targeted_raises_the_targets_score() -> None:
     seq = _histories(torch.Generator().manual_seed(4))
     catalogue = model.all_items(torch.device("cpu")).detach()
     target = torch.tensor([5])
-    grad_fn = next_item_grad(model, catalogue, torch.arange(16), target.repeat(16), -1.0)
+    grad_fn = next_item_grad(model, catalogue, lambda logits: -F.cross_entropy(
+        logits, target.repeat(16), reduction="sum"))
     attacked = swap_items(seq, grad_fn, catalogue, N, 2)
     before, after = (model.rank_scores({"seq": s}).detach() for s in (seq, attacked))
     # its log-probability and its rank among the items rise

@@ -40,11 +40,11 @@ FieldGradFn = Callable[[Tensors], Tensors]
 
 
 def check_fields(fields: list[str], budget: int, attack: str, budget_text: str,
-                 dataset: str) -> None:
+                 dataset: str, holder: str = "each example") -> None:
     """Refuse, in one line, an attack on the feature ``fields`` (`FieldModel.feature_fields`)
     of ``dataset`` that has none to change, or a ``budget`` above their number (each field is
     changed once at most). ``attack`` and ``budget_text`` name the settings
-    (``adv.method=jsma-fields``, ``adv.budget=3``)."""
+    (``adv.method=jsma-fields``, ``adv.budget=3``), ``holder`` what has the fields."""
     if not fields:
         raise AdvrecError(f"{attack} changes feature fields, and {dataset} has no side "
                           "features (no user_features.parquet nor item_features.parquet); "
@@ -52,7 +52,7 @@ def check_fields(fields: list[str], budget: int, attack: str, budget_text: str,
                           "a log whose user and item files have them)")
     if budget > len(fields):
         raise AdvrecError(f"{budget_text}: above the {len(fields)} feature field"
-                          f"{'s' if len(fields) > 1 else ''} of each example "
+                          f"{'s' if len(fields) > 1 else ''} of {holder} "
                           f"({', '.join(fields)}); jsma-fields changes each at most once")
 
 

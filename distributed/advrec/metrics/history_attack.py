@@ -2,12 +2,10 @@
 evaluation reads it, has up to ``budget`` items swapped by JSMA (`advrec.adversarial.jsma_items`).
 
 The attacker is white-box and per user: it knows the model and what the evaluation asks of the
-user's history. Untargeted, it raises the full-softmax cross-entropy of the user's held-out
-items of the split (the sum over them), lowering their rank among all items; targeted, it
-lowers that of the target items instead (raises their log-probability), promoting them. The
-cross-entropy rather than the raw logit: a raw score can be raised by lifting every item's
-score, a rank only by beating the others'. Every protocol then ranks from the attacked history
-(full ranking and the sampled one alike), and the target metrics too (`TargetMetrics`).
+user's history, and raises `advrec.metrics.attack_goal.RankingGoal`'s loss (untargeted: demote
+the user's held-out items; targeted: promote the target items). Every protocol then ranks from
+the attacked history (full ranking and the sampled one alike), and the target metrics too
+(`TargetMetrics`).
 
 Each call of the attacked context attacks its chunk of users at once (no loop over users); on
 several workers each attacks the users it ranks.
@@ -15,17 +13,18 @@ several workers each attacks the users it ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from advrec.adversarial.jsma_items import HistoryGradFn, swap_items
 from advrec.adversarial.perturb import Attack
 from advrec.config import EvalConfig
 from advrec.devices import model_device
-from advrec.metrics.evaluate import ContextFn, csr_rows
+from advrec.metrics.attack_goal import RankingGoal
+from advrec.metrics.evaluate import ContextFn
 from advrec.metrics.robustness import point_metrics
 from advrec.models.base import Batch
 from advrec.models.sasrec import SASRec
@@ -35,19 +34,17 @@ if TYPE_CHECKING:  # tasks evaluate with this package's metrics: a runtime impor
     from advrec.train.tasks import SequenceTask
 
 
-def next_item_grad(model: SASRec, catalogue: Tensor, rows: Tensor, items: Tensor,
-                   sign: float) -> HistoryGradFn:
-    """The gradient, at histories (B, L), of ``sign`` × the summed cross-entropy of ``items``
-    (P,) as the next item after history ``rows`` (P,) (each pair a history's row and an item),
-    over every item of ``catalogue`` (N, d): +1 demotes them, -1 promotes them."""
+def next_item_grad(model: SASRec, catalogue: Tensor,
+                   loss: Callable[[Tensor], Tensor]) -> HistoryGradFn:
+    """The gradient, at histories (B, L), of ``loss`` (a scalar) of the next item's logits
+    (B, N) over every item of ``catalogue`` (N, d)."""
 
     def grad_fn(seq: Tensor) -> Tensor:
         with torch.no_grad():
             history = model.embed({"seq": seq})["item_seq"]
         history.requires_grad_(True)
         logits = model.hidden(history, seq)[:, -1] @ catalogue.T  # (B, N)
-        loss = sign * F.cross_entropy(logits[rows], items, reduction="sum")
-        return torch.autograd.grad(loss, history)[0]
+        return torch.autograd.grad(loss(logits), history)[0]
 
     return grad_fn
 
@@ -58,19 +55,12 @@ def attacked_context(model: SASRec, task: SequenceTask, attack: Attack,
     the user's held-out items of the split asked for, or toward ``targets`` (T,) item indices."""
     device = model_device(model)
     catalogue = model.all_items(device).detach()
-    held_out = {}  # split -> its CSR of held-out items (sorting a split once, not per chunk)
+    goal = RankingGoal(task.data, targets)
 
     def context(users: Tensor, split: str) -> Batch:
         seq = task.context(users, split)["seq"].to(device)
-        if targets is None:
-            if split not in held_out:
-                held_out[split] = task.data.positives(split)
-            rows, items = csr_rows(*held_out[split], users.cpu())
-            grad_fn = next_item_grad(model, catalogue, rows.to(device), items.to(device), 1.0)
-        else:
-            rows = torch.arange(users.numel(), device=device).repeat_interleave(targets.numel())
-            items = targets.to(device).repeat(users.numel())
-            grad_fn = next_item_grad(model, catalogue, rows, items, -1.0)
+        grad_fn = next_item_grad(model, catalogue,
+                                 lambda logits: goal.loss(logits, users, split))
         with torch.enable_grad():  # the evaluation scores under no_grad
             return {"seq": swap_items(seq, grad_fn, catalogue, model.pad, attack.budget,
                                       attack.similarity)}

@@ -16,10 +16,11 @@ equals one worker's.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, cast
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from advrec.adversarial.perturb import Attack, Tensors, perturb
@@ -33,7 +34,7 @@ from advrec.shards import WHOLE, Shard, sum_tensors_over_shards
 
 if TYPE_CHECKING:  # tasks evaluate with this package's metrics: a runtime import would cycle
     from advrec.metrics.target import TargetMetrics
-    from advrec.train.tasks import Task
+    from advrec.train.tasks import LabelledTask, Task
 
 
 @contextlib.contextmanager
@@ -94,13 +95,18 @@ def attack_batches(task: Task, max_rows: int, seed: int, batch_size: int = 8192)
 
 
 def point_metrics(model: Recommender, task: Task, cfg: EvalConfig, split: str,
-                  targets: TargetMetrics | None = None,
-                  context: ContextFn | None = None) -> dict[str, float]:
+                  targets: TargetMetrics | None = None, context: ContextFn | None = None,
+                  score: Callable[[Batch], Tensor] | None = None) -> dict[str, float]:
     """The task's metrics on ``split``, and with ``targets`` the target items' (``target/...``);
-    a ranking task's users scored from ``context`` when given (attacked histories,
-    `advrec.metrics.history_attack`), else from the task's own."""
-    metrics = (task.evaluate(model, split, cfg) if context is None
-               else evaluate(model, task.data, split, cfg, context, task.shard))
+    users ranked from ``context`` when given (attacked histories or profiles,
+    `advrec.metrics.history_attack`, `advrec.metrics.profile_attack`), else from the task's
+    own; a labelled task's examples scored by ``score`` when given (`LabelledTask.evaluate`)."""
+    if score is not None:
+        metrics = cast("LabelledTask", task).evaluate(model, split, cfg, score)
+    elif context is not None:
+        metrics = evaluate(model, task.data, split, cfg, context, task.shard)
+    else:
+        metrics = task.evaluate(model, split, cfg)
     if targets is not None:
         measured = targets(model, split, context or task.context, cfg.batch_users, task.shard)
         metrics.update({f"{TARGET}{k}": v for k, v in measured.items()})

@@ -63,7 +63,13 @@ class Recommender(nn.Module):
         The context is what the model scores from: ``{"user": (B,)}`` for user-id models,
         ``{"seq": (B, L)}`` for sequential ones (see `advrec.train.tasks`).
         """
-        return self({**context, "item": items})
+        batch = {**context, "item": items}
+        return self.rank_logits(self.embed(batch), batch)
+
+    def rank_logits(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
+        """The logits (B, C) the candidates are ranked by: `score`'s (a multi-task model's,
+        its ranking task's)."""
+        return self.score(emb, batch)
 
     def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
         """Scores of every item in each context: (B, num_items), for full-ranking evaluation.

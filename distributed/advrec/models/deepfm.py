@@ -36,16 +36,13 @@ class DeepFM(FieldModel):
         self.deep, width = mlp(self.num_fields * dim, mlp_layers, dropout)
         self.head = nn.Linear(width, 1)  # its bias is the FM's global bias
 
-    def embed(self, batch: Batch) -> dict[str, Tensor]:
-        """Each user field (B, d) and weight (B, 1); each item field (B, C, d) and weight (B, C, 1)."""
-        return {**super().embed(batch), **self.user_linear(batch["user"]),
-                **self.item_linear(batch["item"])}
-
     def tables(self) -> dict[str, nn.Module]:
         return {**super().tables(), **self.user_linear.as_dict(), **self.item_linear.as_dict()}
 
     def field_sets(self) -> list[FieldEmbeddings]:
-        """The fields' embeddings, then their first-order weights: a changed value changes both."""
+        """The fields' embeddings, then their first-order weights: a changed value changes both,
+        and `embed` looks both up (each user field (B, d) and weight (B, 1); each item field
+        (B, C, d) and weight (B, C, 1))."""
         return [*super().field_sets(), self.user_linear, self.item_linear]
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:

@@ -11,7 +11,9 @@ The discrete attacker (``jsma-fields``, `advrec.adversarial.jsma_fields`) change
 values instead: `FieldModel` names the feature fields (`FieldModel.feature_fields`; the ids are
 none), gives a batch's values of each (`FieldModel.field_values`) and every value's row
 (`FieldModel.field_catalogue`), and looks changed values up as `embed` would have
-(`FieldModel.embed_fields`).
+(`FieldModel.embed_fields`). A batch may also carry a user's changed profile (its user fields'
+values under the fields' names): `embed` looks those up instead of the user's own, so a ranking
+context can hold attacked profiles (`advrec.metrics.profile_attack`).
 """
 
 from __future__ import annotations
@@ -94,8 +96,9 @@ def stack_fields(emb: dict[str, Tensor], user_keys: list[str], item_keys: list[s
 class FieldModel(Recommender):
     """Base of the feature models: user and item `FieldEmbeddings`; `embed` looks up every field.
 
-    Batch keys: ``user`` (B,) and ``item`` (B, C). `embed` returns each user field (B, d) and
-    each item field (B, C, d).
+    Batch keys: ``user`` (B,) and ``item`` (B, C); optionally a user's profile, some of
+    `user_fields` by name, (B,) ids or (B, T) tokens, looked up instead of the user's own values.
+    `embed` returns each user field (B, d) and each item field (B, C, d).
     """
 
     def __init__(self, num_users: int, num_items: int, features: dict[str, FeatureSet | None],
@@ -110,7 +113,18 @@ class FieldModel(Recommender):
         return len(self.users.keys) + len(self.items.keys)
 
     def embed(self, batch: Batch) -> dict[str, Tensor]:
-        return {**self.users(batch["user"]), **self.items(batch["item"])}
+        return {**self.user_embed(batch), **self._lookup(batch, "item")}
+
+    def user_embed(self, batch: Batch) -> dict[str, Tensor]:
+        """The user rows of `embed`, (B, d) each, from ``user`` (B,) and any profile values the
+        batch carries (see the class)."""
+        profile = {f: batch[f].unsqueeze(1) for f in self.user_fields() if f in batch}
+        return {**self._lookup(batch, "user"), **self.embed_fields(profile)}
+
+    def _lookup(self, batch: Batch, kind: str) -> dict[str, Tensor]:
+        """Every field set of one side (``user`` or ``item``) looked up at the batch's ids."""
+        return {k: v for s in self.field_sets() if s.kind == kind
+                for k, v in s(batch[kind]).items()}
 
     def tables(self) -> dict[str, nn.Module]:
         return {**self.users.as_dict(), **self.items.as_dict()}
@@ -133,6 +147,10 @@ class FieldModel(Recommender):
             for j, field in enumerate(main.keys[1:], start=1):
                 out[field] = [(s, s.keys[j]) for s in sets]
         return out
+
+    def user_fields(self) -> list[str]:
+        """The users' feature fields (`feature_fields` keys): a user's profile."""
+        return [f for f, pairs in self._feature_keys().items() if pairs[0][0].kind == "user"]
 
     def feature_fields(self) -> dict[str, list[str]]:
         """Each feature field of both sides -> the keys of `embed` looked up with its values.
@@ -163,10 +181,12 @@ class FieldModel(Recommender):
         return out
 
     def key_rows(self, rows: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The inverse of `field_rows`: each field's (B, K, D) -> its keys' rows as `embed`
-        returns them."""
+        """The inverse of `field_rows`: each field's (B, K, D) (some fields, or all) -> its keys'
+        rows as `embed` returns them."""
         out = {}
         for field, pairs in self._feature_keys().items():
+            if field not in rows:
+                continue
             parts = rows[field].split([s.dim for s, _ in pairs], dim=-1)
             for (s, key), part in zip(pairs, parts):
                 out[key] = part.squeeze(1) if s.kind == "user" else part
@@ -174,9 +194,12 @@ class FieldModel(Recommender):
 
     def embed_fields(self, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """`embed`'s rows of the feature fields' keys, looked up (from the tables, so
-        differentiably) with ``values`` (`field_values`' shapes, any token count)."""
+        differentiably) with ``values`` (`field_values`' shapes, any token count), of some
+        fields or all."""
         out = {}
         for field, pairs in self._feature_keys().items():
+            if field not in values:
+                continue
             for s, key in pairs:
                 rows = s.lookup(key, values[field])
                 out[key] = rows.squeeze(1) if s.kind == "user" else rows

@@ -46,6 +46,6 @@ class MMoE(FieldModel):
             out.append(tower((weights * experts).sum(-2)))  # (B, C, 1)
         return torch.cat(out, dim=-1)
 
-    def score_candidates(self, context: Batch, items: Tensor) -> Tensor:
+    def rank_logits(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
         """Ranking uses the click task's logit: (B, C)."""
-        return self({**context, "item": items})[..., 0]
+        return self.score(emb, batch)[..., 0]

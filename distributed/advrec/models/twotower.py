@@ -80,7 +80,8 @@ class TwoTower(FieldModel):
         return (users.unsqueeze(1) * items).sum(-1)
 
     def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
-        """``user`` (B,) -> (B, num_items): the item tower runs once over all items."""
-        users = self.user_vectors(self.users(context["user"]))
+        """``user`` (B,), and any profile values (`FieldModel`) -> (B, num_items): the item
+        tower runs once over all items."""
+        users = self.user_vectors(self.user_embed(context))
         all_items = torch.arange(self.num_items, device=users.device)
         return users @ self.item_vectors(self.items(all_items)).T
