@@ -22,7 +22,13 @@ round, median over rounds.
 **DeepFM** (``jobs/configs/ml100k-deepfm.yaml``, the CTR task), per seed: `zoo.py`'s clean twin
 and shipped model (PGD-3 at a relative ε of 0.1), each tested under ``jsma-fields`` at budget 1
 and 2 (`advrec.metrics.field_attack`: each test example's most salient user and item fields set
-to their most damaging values, against its true label): test AUC and its relative fall.
+to their most damaging values, against its true label): test AUC and its relative fall; and
+targeted (`advrec.metrics.profile_attack`: each user's profile changed to promote the
+``--targets`` random items in the ranking by click logit): their T-HR@50.
+
+**Two-tower** (``jobs/configs/ml100k-twotower.yaml``), per seed: `zoo.py`'s twin and shipped model
+under ``jsma-fields`` on the users' profiles (age, gender, occupation), untargeted (test NDCG@10
+of the full ranking from the changed profiles) and targeted (T-HR@50).
 
 Results: ``OUT/results.json`` and Markdown tables on stdout (copied into benchmarks/README.md).
 A trained run is reused while its config is unchanged (`zoo.trained`); evaluations are redone.
@@ -48,21 +54,25 @@ from zoo import ROOT, run_one, trained
 from advrec.adversarial import AdversarialObjective
 from advrec.config import load_config
 from advrec.data import load_dataset
+from advrec.data.dataset import Dataset
 from advrec.metrics.evaluate import ContextFn
 from advrec.metrics.field_attack import fields_curve
 from advrec.metrics.history_attack import budget_curve
+from advrec.metrics.profile_attack import profile_curve
 from advrec.metrics.robustness import point_metrics
 from advrec.metrics.target import TargetItems, TargetMetrics
 from advrec.models import build_model
 from advrec.train import load_model, read_run
 from advrec.train.loop import attack_from_config
 from advrec.train.optim import make_optimizer
-from advrec.train.tasks import SequenceTask, make_loss, make_task
+from advrec.train.tasks import LABELS, SequenceTask, make_loss, make_task
 
 CONFIG = ROOT / "jobs" / "configs" / "ml100k-sasrec.yaml"
 BUDGETS = [1, 2]
 PROTOCOLS = ("full", "sampled")
 METRIC = "ndcg@10"
+FIELD_MODELS = {"deepfm": "auc", "twotower": METRIC}
+"""The feature models under jsma-fields, each with its headline test metric."""
 
 
 def random_swaps(task: SequenceTask, num_items: int, budget: int, seed: int) -> ContextFn:
@@ -87,6 +97,13 @@ def random_swaps(task: SequenceTask, num_items: int, budget: int, seed: int) -> 
     return context
 
 
+def random_targets(data: Dataset, count: int, seed: int) -> tuple[Tensor, TargetMetrics]:
+    """``count`` items drawn at random with ``seed`` (T,), and their T-HR@50 and T-NDCG@50."""
+    picked = torch.randperm(data.num_items, generator=torch.Generator().manual_seed(seed))[:count]
+    return picked, TargetMetrics(
+        data, TargetItems("benchmark", [f"#{i}" for i in picked.tolist()], picked.tolist()), 50)
+
+
 def attacked(run: Path, targets: int, seed: int) -> dict[str, Any]:
     """One trained SASRec run tested under each protocol, ``{protocol: {"jsma": {budget:
     metrics}, "random": {budget: metrics}}}``, and ``"targeted": {budget: metrics}`` with
@@ -96,9 +113,7 @@ def attacked(run: Path, targets: int, seed: int) -> dict[str, Any]:
     model, _ = load_model(str(run / "checkpoint" / "model.pt"), cfg, data)
     model.eval()
     task = make_task(cfg, data)
-    picked = torch.randperm(data.num_items, generator=torch.Generator().manual_seed(seed))[:targets]
-    target_metrics = TargetMetrics(
-        data, TargetItems("benchmark", [f"#{i}" for i in picked.tolist()], picked.tolist()), 50)
+    picked, target_metrics = random_targets(data, targets, seed)
     out: dict[str, Any] = {}
     for protocol in PROTOCOLS:
         eval_cfg = cfg.eval.model_copy(update={"protocol": protocol, "num_negatives": 100})
@@ -133,18 +148,29 @@ def sasrec_runs(seed: int, data: Path, out: Path, zoo_out: Path, extra: list[str
             "jsma": jsma}
 
 
-def fields_attacked(seed: int, data: Path, zoo_out: Path, extra: list[str]) -> dict[str, Any]:
-    """DeepFM's twin and shipped model of ``seed`` (`zoo.py`'s, trained when missing), each
-    ``{budget: metrics}`` under ``jsma-fields`` (budget "0": clean)."""
+def fields_attacked(model_name: str, seed: int, data: Path, zoo_out: Path, targets: int,
+                    extra: list[str]) -> dict[str, Any]:
+    """A feature model's twin and shipped model of ``seed`` (`zoo.py`'s, trained when missing),
+    each ``{"untargeted": {budget: metrics}, "targeted": {budget: metrics}}`` under
+    ``jsma-fields`` (budget "0": clean): untargeted on each example's fields (a labelled model)
+    or each user's profile (two-tower), targeted on the profiles toward ``targets`` random
+    items."""
     out = {}
     for name, clean in (("twin", True), ("adv", False)):
-        run_one("deepfm", seed, clean, data, zoo_out, extra)
-        run = zoo_out / f"deepfm-{'clean' if clean else 'adv'}-seed{seed}"
+        run_one(model_name, seed, clean, data, zoo_out, extra)
+        run = zoo_out / f"{model_name}-{'clean' if clean else 'adv'}-seed{seed}"
         cfg, dataset = read_run(str(run))
         loaded = load_dataset(dataset)
         model, _ = load_model(str(run / "checkpoint" / "model.pt"), cfg, loaded)
-        out[name] = fields_curve(model, make_task(cfg, loaded), make_loss(cfg), cfg.eval,
-                                 [0, *BUDGETS])
+        task = make_task(cfg, loaded)
+        labelled = bool(LABELS[cfg.kind])
+        picked, target_metrics = random_targets(loaded, targets, seed)
+        out[name] = {
+            "untargeted": (fields_curve(model, task, make_loss(cfg), cfg.eval, [0, *BUDGETS])
+                           if labelled else
+                           profile_curve(model, task, cfg.eval, [0, *BUDGETS], labelled)),
+            "targeted": profile_curve(model, task, cfg.eval, [0, *BUDGETS], labelled,
+                                      targets=target_metrics, promote=picked)}
     return out
 
 
@@ -174,7 +200,8 @@ def cost(run: Path, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--models", default="sasrec,deepfm", help="sasrec, deepfm or both")
+    parser.add_argument("--models", default="sasrec,deepfm,twotower",
+                        help="comma-separated: sasrec, deepfm, twotower")
     parser.add_argument("--targets", type=int, default=5, help="target items of the targeted attack")
     parser.add_argument("--cost", type=int, default=0, metavar="ROUNDS",
                         help="also time training epochs in ROUNDS interleaved rounds")
@@ -185,11 +212,12 @@ def main() -> None:
                         help="extra override for every run (e.g. train.epochs=2 for a smoke run)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    results: dict[str, Any] = {"sasrec": {}, "deepfm": {}}
     models = args.models.split(",")
+    results: dict[str, Any] = {m: {} for m in models}
     for seed in seeds:
-        if "deepfm" in models:
-            results["deepfm"][seed] = fields_attacked(seed, args.data, args.zoo_out, args.set)
+        for name in set(models) & set(FIELD_MODELS):
+            results[name][seed] = fields_attacked(name, seed, args.data, args.zoo_out,
+                                                  args.targets, args.set)
         if "sasrec" not in models:
             continue
         runs = sasrec_runs(seed, args.data, args.out, args.zoo_out, args.set)
@@ -217,18 +245,23 @@ def cell(values: list[float], percent: bool = False) -> str:
 
 def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None:
     """Markdown tables of ``results`` (means over ``seeds``, per seed in brackets)."""
-    if "deepfm" in models:
-        deepfm = results["deepfm"]
-        print(f"\nDeepFM, test AUC under jsma-fields; seeds {seeds}; drop = relative fall\n")
-        print("| model | clean | drop, budget 1 | budget 2 | AUC at budget 2 |")
-        print("|---|---|---|---|---|")
+    for model in set(models) & set(FIELD_MODELS):
+        metric = FIELD_MODELS[model]
+        print(f"\n{model}, test {metric} under jsma-fields (untargeted), and T-HR@50 of the "
+              f"targets under targeted jsma-fields; seeds {seeds}; drop = relative fall\n")
+        print(f"| model | clean | drop, budget 1 | budget 2 | {metric} at budget 2 "
+              "| T-HR@50 clean | budget 1 | budget 2 |")
+        print("|---|---|---|---|---|---|---|---|")
         for name in ("twin", "adv"):
-            curves = [deepfm[s][name] for s in seeds]
-            clean = [c["0"]["auc"] for c in curves]
-            drops = {b: [(c["0"]["auc"] - c[str(b)]["auc"]) / c["0"]["auc"] for c in curves]
+            curves = [results[model][s][name]["untargeted"] for s in seeds]
+            hits = [results[model][s][name]["targeted"] for s in seeds]
+            clean = [c["0"][metric] for c in curves]
+            drops = {b: [(c["0"][metric] - c[str(b)][metric]) / c["0"][metric] for c in curves]
                      for b in BUDGETS}
             print(f"| {name} | {cell(clean)} | {cell(drops[1], True)} | {cell(drops[2], True)} "
-                  f"| {cell([c['2']['auc'] for c in curves])} |")
+                  f"| {cell([c['2'][metric] for c in curves])} | " + " | ".join(
+                      cell([h[b]["target/hr@50"] for h in hits], True) for b in ("0", "1", "2"))
+                  + " |")
     if "sasrec" not in models:
         return
     sasrec = results["sasrec"]

@@ -64,7 +64,8 @@ def test_sasrec_paper_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_jsma_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     """One seed, two epochs (adversarial from the second), one round of the cost: every model
-    is attacked under both protocols, the control and the targeted attack included."""
+    is attacked under both protocols, the control and the targeted attack included; DeepFM and
+    two-tower under jsma-fields, untargeted and targeted."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "jsma.py"), "--seeds", "0",
                           "--set", "train.epochs=2", "--set", "adv.start_epoch=1", "--cost", "1",
                           "--data", str(ml100k), "--out", str(tmp_path / "jsma"),
@@ -79,7 +80,10 @@ def test_jsma_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
         # the attack, even on a barely trained model, costs more than random swaps
         jsma, random = (sasrec["twin"][protocol][a]["2"]["ndcg@10"] for a in ("jsma", "random"))
         assert jsma < random
-    assert set(results["deepfm"]["0"]) == {"twin", "adv"}
+    for model in ("deepfm", "twotower"):  # each example's fields or each user's profile
+        assert set(results[model]["0"]) == {"twin", "adv"}
+        targeted = results[model]["0"]["twin"]["targeted"]
+        assert set(targeted) == {"0", "1", "2"} and "target/hr@50" in targeted["2"]
     assert set(results["cost"]) >= {"fgm", "jsma-items, budget 2"}
     assert "| twin |" in out.stdout
 

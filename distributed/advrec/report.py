@@ -184,7 +184,8 @@ def _check_field_budgets(cfg: RunConfig, dataset: str, budgets: list[int],
     what = "--attack jsma-fields"
     if cfg.model.name not in FEATURE_MODELS:
         raise AdvrecError(no_fields(what, cfg.model.name))
-    model = cast(FieldModel, build_model(cfg, load_dataset(dataset)))
+    with torch.device("meta"):  # only the fields' names are needed: no table is allocated
+        model = cast(FieldModel, build_model(cfg, load_dataset(dataset)))
     if targeted or not LABELS[cfg.kind]:
         fields, holder = model.user_fields(), "each user's profile"
         if model.feature_fields() and not fields:

@@ -110,8 +110,10 @@ class TableFactory(Protocol):
 def dense_table(name: str, num_embeddings: int, embedding_dim: int, std: float,
                 padding_idx: int | None = None) -> nn.Module:
     """An ``nn.Embedding`` (``model.embeddings=dense``), its padding row zero."""
-    # skip_init: nn.Embedding's own N(0, 1) init would be drawn only to be overwritten
-    table = skip_init(nn.Embedding, num_embeddings, embedding_dim, padding_idx=padding_idx)
+    # skip_init: nn.Embedding's own N(0, 1) init would be drawn only to be overwritten; on the
+    # default device (skip_init's own default is the CPU), so a model built on "meta" is free
+    table = skip_init(nn.Embedding, num_embeddings, embedding_dim, padding_idx=padding_idx,
+                      device=torch.get_default_device())
     nn.init.normal_(table.weight, std=std)
     if padding_idx is not None:
         with torch.no_grad():
