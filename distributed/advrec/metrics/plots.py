@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from advrec import io
 
@@ -47,6 +48,8 @@ def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -
                         styles.get(attack, ":"), marker="o", color=colors[label],
                         label=f"{label} {attack}")
             ax.set_xlabel(AXES[axis])
+            if axis == BUDGET:  # a count of changed inputs: no fractional ticks
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
         panels[0].legend(fontsize=8)
