@@ -475,6 +475,9 @@ CONFIG: list[Case] = [
          "bad split 'loo:3': 'loo' takes no arguments"),
     Case("prepare-split-time-over-one", (*PREPARE, "{d}/out", "--split", "time:1.5"),
          "bad split 'time:1.5': a single train share must be between 0 and 1"),
+    # a prepared dataset ignores data.split, but a bad one is still refused (was: exit 0)
+    Case("train-split-bogus-on-prepared", (*TRAIN, "data.split=bogus"),
+         "data.split: bad split: unknown kind 'bogus'"),
     Case("prepare-negative-user-buckets", (*PREPARE, "{d}/out", "--user-buckets", "-5"),
          "--user-buckets/data.user_buckets must be >= 0"),
     Case("prepare-label-threshold-inf", (*PREPARE, "{d}/out", "--label-threshold", "inf"),

@@ -143,6 +143,16 @@ class DataConfig(Section):
         check_label_column(self.label_column, self.label_threshold, self.min_rating)
         return self
 
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, v: str) -> str:
+        # checked here too, not only when a log is prepared: a prepared dataset ignores it, and
+        # a typo there would pass unnoticed (imported here: advrec.data imports this module)
+        from advrec.data.splits import parse_split
+
+        parse_split(v, name=None)  # the loader names the key and the value
+        return v
+
 
 class ModelConfig(Section):
     name: Literal["mf", "neumf", "sasrec", "twotower", "deepfm", "dcnv2", "mmoe"] = "mf"

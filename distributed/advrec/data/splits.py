@@ -76,15 +76,17 @@ class SplitSpec:
         return n
 
 
-def parse_split(spec: str) -> SplitSpec:
+def parse_split(spec: str, name: str | None = "--split/data.split") -> SplitSpec:
     """Parse ``random:TRAIN[,VALID],TEST``, ``loo[:keep-short]`` or ``time:TRAIN[,VALID,TEST]``.
 
     One share F means (F, (1-F)/2, (1-F)/2); two mean (train, test) with no validation set.
+    A bad one is an error naming ``name`` and ``spec`` (None: neither, for a caller that does).
     """
     kind, _, args = spec.strip().partition(":")
 
     def bad(why: str) -> AdvrecError:
-        return AdvrecError(f"--split/data.split: bad split '{spec}': {why}")
+        return AdvrecError(f"bad split: {why}" if name is None
+                           else f"{name}: bad split '{spec}': {why}")
 
     if kind not in _KINDS:
         raise bad(f"unknown kind '{kind}' (expected random:..., loo, loo:keep-short or time:...)")
