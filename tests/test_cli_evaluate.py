@@ -56,6 +56,9 @@ def test_the_runs_config_gives_the_defaults(run: Path, capsys: pytest.CaptureFix
     (["--attack", "jsma-items", "--eps", "0.5"], "--eps: jsma-items changes discrete inputs"),
     (["--attack", "jsma-fields,jsma-items", "--l0", "2"],
      "--l0: jsma-fields, jsma-items change discrete inputs, by --budget"),
+    (["--attack", "jsma-items", "--steps", "3"], "--steps: jsma-items changes discrete inputs"),
+    (["--attack", "jsma-fields", "--target-items", "1"],
+     "--attack jsma-fields changes feature fields; model.name=mf has none"),
 ])
 def test_bad_flags_are_one_line(run: Path, flags: list[str], culprit: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:

@@ -225,12 +225,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.budget is not None and not swapping:
         raise AdvrecError("--budget: only jsma-items and jsma-fields (which change discrete "
                           "inputs) take it; add one to --attack")
-    if flag_attacks is not None and flag_attacks == swapping and (args.eps or args.l0):
-        # every attack named changes discrete inputs, by the budget: ε and l0 would be ignored
+    ignored = next((flag for flag in ("eps", "l0", "steps") if getattr(args, flag)), None)
+    if flag_attacks is not None and flag_attacks == swapping and ignored:
+        # every attack named changes discrete inputs, by the budget (one round per changed
+        # input): ε, l0 and the steps would be ignored
         verb = "change" if len(set(swapping)) > 1 else "changes"
-        raise AdvrecError(f"--{'eps' if args.eps else 'l0'}: {', '.join(swapping)} {verb} "
-                          "discrete inputs, by --budget, not embeddings; add fgm, pgd or jsma "
-                          "to --attack")
+        raise AdvrecError(f"--{ignored}: {', '.join(swapping)} {verb} discrete inputs, by "
+                          "--budget, not embeddings; add fgm, pgd or jsma to --attack")
     if args.similarity is not None and "jsma-items" not in swapping:
         raise AdvrecError("--similarity: only jsma-items (which swaps history items) takes "
                           "it; add jsma-items to --attack")
