@@ -482,6 +482,9 @@ CONFIG: list[Case] = [
          "--user-buckets/data.user_buckets must be >= 0"),
     Case("prepare-label-threshold-inf", (*PREPARE, "{d}/out", "--label-threshold", "inf"),
          "--label-threshold/data.label_threshold must be a finite number, not inf"),
+    # a threshold above every rating: only non-clicks, refused now (AUC failed after training)
+    Case("prepare-label-threshold-one-class", (*PREPARE, "{d}/out", "--label-threshold", "99"),
+         "every kept interaction is a non-click (0) by --label-threshold/data.label_threshold 99"),
     Case("synth-zero-users", ("synth", "--users", "0", "--items", "5", "--interactions", "9",
                               "--output", "{d}/out"), "--users: expected a positive integer"),
     Case("synth-negative-items", ("synth", "--users", "5", "--items", "-3", "--interactions",

@@ -227,6 +227,13 @@ def _keep(
         label = log["label"].to_numpy()[rows]
     else:
         label = None if label_threshold is None else (rating >= label_threshold).astype(np.int8)
+    if label is not None and np.unique(label).size < 2:
+        # AUC and log-loss need both classes: refused now, not after the first epoch's training
+        only = "click (1)" if label[0] else "non-click (0)"
+        source = (f"its label column '{label_column}'" if label_column is not None
+                  else f"--label-threshold/data.label_threshold {label_threshold:g}")
+        raise AdvrecError(f"{input}: every kept interaction is a {only} by {source}; a CTR "
+                          "dataset needs clicks and non-clicks")
     return _Kept(rows, {"user": user[rows], "item": item[rows]},
                  {"user": users.dictionary, "item": items.dictionary}, timestamp[rows], rating,
                  label)
