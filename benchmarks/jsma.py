@@ -3,8 +3,8 @@
 **SASRec** (``jobs/configs/ml100k-sasrec.yaml``, leave-one-out, ml-100k's RecBole atomic files as
 `zoo.py` reads them), per seed, three models:
 
-- ``twin``: the clean-trained twin (``adv.method=none``) and ``fgm``: the shipped config
-  (embedding FGM after 50 clean epochs), both `zoo.py`'s runs (shared through ``--zoo-out``:
+- ``twin``: the clean-trained twin (``adv.method=none``) and ``shipped``: the shipped config
+  (embedding PGD-3 after 50 clean epochs; FGM before issue 18's re-tuning), both `zoo.py`'s runs (shared through ``--zoo-out``:
   a seed `zoo.py` trained is not trained again);
 - ``jsma``: the shipped config with ``adv.method=jsma-items`` (``adv.budget`` 2, the same warm-up
   and λ), trained on histories with two items swapped by JSMA.
@@ -136,7 +136,7 @@ def drop(points: dict[str, dict[str, float]], budget: int) -> float:
 
 
 def sasrec_runs(seed: int, data: Path, out: Path, zoo_out: Path, extra: list[str]) -> dict[str, Path]:
-    """The three SASRec runs of ``seed`` (trained when missing): twin, fgm (`zoo.py`'s) and
+    """The three SASRec runs of ``seed`` (trained when missing): twin, shipped (`zoo.py`'s) and
     jsma (here)."""
     for clean in (True, False):
         run_one("sasrec", seed, clean, data, zoo_out, extra)
@@ -144,7 +144,7 @@ def sasrec_runs(seed: int, data: Path, out: Path, zoo_out: Path, extra: list[str
                  "adv.method=jsma-items", "adv.budget=2", *extra]
     jsma = out / f"sasrec-jsma-seed{seed}"
     trained(load_config(CONFIG, overrides), jsma)
-    return {"twin": zoo_out / f"sasrec-clean-seed{seed}", "fgm": zoo_out / f"sasrec-adv-seed{seed}",
+    return {"twin": zoo_out / f"sasrec-clean-seed{seed}", "shipped": zoo_out / f"sasrec-adv-seed{seed}",
             "jsma": jsma}
 
 
@@ -270,7 +270,7 @@ def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None
         print("| model | clean | JSMA drop, budget 1 | budget 2 | random drop, budget 1 | "
               "budget 2 | JSMA / random, budget 2 |")
         print("|---|---|---|---|---|---|---|")
-        for name in ("twin", "fgm", "jsma"):
+        for name in ("twin", "shipped", "jsma"):
             runs = [sasrec[s][name][protocol] for s in seeds]
             clean = [r["jsma"]["0"][METRIC] for r in runs]
             jsma = {b: [drop(r["jsma"], b) for r in runs] for b in BUDGETS}
@@ -283,7 +283,7 @@ def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None
     print("\ntargeted JSMA (full ranking): T-HR@50 of the targets, clean, budget 1, budget 2\n")
     print("| model | clean | budget 1 | budget 2 |")
     print("|---|---|---|---|")
-    for name in ("twin", "fgm", "jsma"):
+    for name in ("twin", "shipped", "jsma"):
         points = [sasrec[s][name]["targeted"] for s in seeds]
         print(f"| {name} | " + " | ".join(
             cell([p[b]["target/hr@50"] for p in points], True) for b in ("0", "1", "2")) + " |")
