@@ -31,6 +31,27 @@ def test_ml100k_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     assert (tmp_path / "results.json").exists()
 
 
+@pytest.mark.slow
+def test_zoo_benchmark_attacks_at_the_eps_asked(ml100k: Path, tmp_path: Path) -> None:
+    """One model, one epoch: the twin and the shipped run, both attacked at --attack-eps (not
+    the config's 0.1); a second call reuses the runs and redoes only a changed attack."""
+    def zoo(eps: str) -> list[dict]:
+        out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "zoo.py"), "--models",
+                              "deepfm", "--seeds", "0", "--set", "train.epochs=1",
+                              "--attack-eps", eps, "--data", str(ml100k), "--out", str(tmp_path)],
+                             check=False, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return json.loads((tmp_path / "results.json").read_text())
+
+    first = zoo("0.3")
+    assert [r["eps"] for r in first] == [0.3, 0.3] and [r["clean"] for r in first] == [True, False]
+    second = zoo("0.05")
+    assert [r["eps"] for r in second] == [0.05, 0.05]
+    for a, b in zip(first, second):
+        assert a["value"] == b["value"]  # the same trained runs, attacked again
+        assert b["attacked"] >= a["attacked"]  # a smaller ball costs less
+
+
 def test_poisoning_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     """One seed, one attack, two epochs: every method trains, detection reports, both tables."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "poisoning.py"), "--seeds",
