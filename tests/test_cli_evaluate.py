@@ -59,6 +59,10 @@ def test_the_runs_config_gives_the_defaults(run: Path, capsys: pytest.CaptureFix
     (["--attack", "jsma-items", "--steps", "3"], "--steps: jsma-items changes discrete inputs"),
     (["--attack", "jsma-fields", "--target-items", "1"],
      "--attack jsma-fields changes feature fields; model.name=mf has none"),
+    # an ε curve records no targets: mixed calls would mix target sets in one curve
+    (["--attack", "fgm,jsma-fields", "--target-items", "1"],
+     "--target-items: only jsma-items and jsma-fields are targeted"),
+    (["--target-items", "1"], "--target-items: only jsma-items and jsma-fields are targeted"),
 ])
 def test_bad_flags_are_one_line(run: Path, flags: list[str], culprit: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:

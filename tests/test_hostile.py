@@ -478,6 +478,10 @@ CONFIG: list[Case] = [
     # a prepared dataset ignores data.split, but a bad one is still refused (was: exit 0)
     Case("train-split-bogus-on-prepared", (*TRAIN, "data.split=bogus"),
          "data.split: bad split: unknown kind 'bogus'"),
+    # two shares are (train, test): no validation, which training needs (was: a KeyError
+    # traceback after the first epoch)
+    Case("train-split-no-validation", (*TRAIN, "data.split=random:0.8,0.2"),
+         "data.split: no validation share"),
     Case("prepare-negative-user-buckets", (*PREPARE, "{d}/out", "--user-buckets", "-5"),
          "--user-buckets/data.user_buckets must be >= 0"),
     Case("prepare-label-threshold-inf", (*PREPARE, "{d}/out", "--label-threshold", "inf"),
@@ -616,6 +620,9 @@ CONFIG: list[Case] = [
           "model.name=twotower", "adv.method=jsma-fields", "adv.budget=2"),
          "adv.budget=2: above the 1 feature field of each example (item_timestamp)",
          item_feature_data),
+    Case("evaluate-target-items-empty-name", ("evaluate", "--run", "{run}", "--attack",
+                                              "jsma-items", "--target-items", "1,,2"),
+         "expected comma-separated names, none empty, got '1,,2'", unchanged=("{run}",)),
     Case("evaluate-jsma-fields-on-mf", ("evaluate", "--run", "{run}", "--attack", "jsma-fields"),
          "--attack jsma-fields changes feature fields; model.name=mf has none",
          unchanged=("{run}",)),

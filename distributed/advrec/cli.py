@@ -93,10 +93,12 @@ JOBS_ADDRESS_HELP = ("the cluster's job server, http://HOST:8265 (default: RAY_A
 
 
 def _names(text: str) -> tuple[str, ...]:
-    """Comma-separated column names (`--user-features age,gender`)."""
-    names = tuple(n.strip() for n in text.split(",") if n.strip())
-    if not names:
-        raise argparse.ArgumentTypeError(f"expected comma-separated column names, got '{text}'")
+    """Comma-separated names: columns (`--user-features age,gender`) or raw ids
+    (`--target-items 50,181`); an empty one (``1,,2``) is a typo, refused."""
+    names = tuple(n.strip() for n in text.split(","))
+    if not any(names) or not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, none empty, got "
+                                         f"'{text}'")
     return names
 
 
@@ -238,6 +240,11 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.targets is not None and args.target_items is not None:
         raise AdvrecError("--targets and --target-items exclude each other: measure a "
                           "targets.json, or attack toward the items named")
+    if args.target_items is not None and flag_attacks is not None and flag_attacks != swapping:
+        # an ε curve records no targets: its points would mix target sets across calls
+        raise AdvrecError("--target-items: only jsma-items and jsma-fields are targeted; "
+                          "evaluate fgm, pgd and jsma in another call (or measure a "
+                          "targets.json with --targets)")
     cfg = read_run(args.run)[0]
     if args.l0 is not None and args.l0 > cfg.model.dim:
         raise AdvrecError(f"--l0 {args.l0}: above the run's model.dim={cfg.model.dim} (JSMA "

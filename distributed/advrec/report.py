@@ -138,14 +138,17 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     its dataset's ``targets.json``).
     """
     cfg, dataset = read_run(run)
+    given = budgets is not None
     budgets = DEFAULT_BUDGETS if budgets is None else budgets
-    if target_items is not None and not set(BUDGET_ATTACKS) & set(attacks):
-        raise AdvrecError("--target-items: only jsma-items and jsma-fields attack toward target "
-                          "items; add one to --attack (or measure a targets.json with --targets)")
+    if target_items is not None and not set(attacks) <= set(BUDGET_ATTACKS):
+        # an ε curve records no targets: its points would mix target sets across calls
+        raise AdvrecError("--target-items: only jsma-items and jsma-fields are targeted; name "
+                          "only them in --attack (fgm, pgd and jsma in another call, or "
+                          "measure a targets.json with --targets)")
     if "jsma-items" in attacks:
         _check_budgets(cfg, dataset, budgets, split)
     if "jsma-fields" in attacks:
-        _check_field_budgets(cfg, dataset, budgets, target_items is not None)
+        _check_field_budgets(cfg, dataset, budgets, target_items is not None, given)
     eval_cfg = cfg.eval if targets is None else cfg.eval.model_copy(update={"targets": targets})
     # a bad or unknown target fails before the attacks
     items = (resolve_targets(eval_cfg, dataset) if target_items is None
@@ -177,7 +180,7 @@ def _check_budgets(cfg: RunConfig, dataset: str, budgets: list[int], split: str)
 
 
 def _check_field_budgets(cfg: RunConfig, dataset: str, budgets: list[int],
-                         targeted: bool) -> None:
+                         targeted: bool, given: bool = True) -> None:
     """A field attack needs a feature model with fields to change, at most ``budgets`` of them:
     every feature field of a labelled model's examples (untargeted), else each user's profile
     fields (`advrec.metrics.profile_attack`: two-tower's ranking, and every targeted attack)."""
@@ -190,11 +193,14 @@ def _check_field_budgets(cfg: RunConfig, dataset: str, budgets: list[int],
         fields, holder = model.user_fields(), "each user's profile"
         if model.feature_fields() and not fields:
             why = "with --target-items" if targeted else f"on {cfg.model.name} (it ranks items)"
-            raise AdvrecError(f"{what} {why} changes the users' profiles, and {dataset} has no "
-                              "user features (only item ones)")
+            raise AdvrecError(f"{what} {why} changes the users' profiles, and the run has no "
+                              f"user features (only item ones; {dataset}'s user features less "
+                              "data.exclude_features)")
     else:
         fields, holder = list(model.feature_fields()), "each example"
-    check_fields(fields, max(budgets), what, f"--budget {max(budgets)}", dataset, holder)
+    budget = (f"--budget {max(budgets)}" if given else
+              f"--budget's default {','.join(map(str, budgets))} (give a smaller --budget)")
+    check_fields(fields, max(budgets), what, budget, dataset, holder)
 
 
 def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:

@@ -150,7 +150,10 @@ class DataConfig(Section):
         # a typo there would pass unnoticed (imported here: advrec.data imports this module)
         from advrec.data.splits import parse_split
 
-        parse_split(v, name=None)  # the loader names the key and the value
+        spec = parse_split(v, name=None)  # the loader names the key and the value
+        if spec.ratios is not None and spec.ratios[1] == 0:
+            raise ValueError("no validation share, and training validates every evaluation "
+                             "(give three shares, e.g. random:0.8,0.1,0.1)")
         return v
 
 
