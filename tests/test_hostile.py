@@ -807,7 +807,7 @@ DATA: list[Case] = [
          both(copy_run(), write("run/robustness.json", '{"fgm": {"x": {"ndcg@5": 0.3}}}')),
          absent=("{d}/out.png*",)),
     Case("plot-metric-missing", ("plot", "{d}/run", "--output", "{d}/out.png", "--metric",
-                                 "nope"), "{d}/run/robustness.json: no metric 'nope'",
+                                 "nope"), "{d}/run/robustness.json: no curve has metric 'nope'",
          both(copy_run(), write("run/robustness.json", ROBUSTNESS)), absent=("{d}/out.png*",)),
     # evaluate merges its curve into the old file: a bad one fails before the attacks
     Case("evaluate-robustness-a-list", ("evaluate", "--run", "{d}/run", "--eps", "0"),

@@ -296,7 +296,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
     curves = {label: read_robustness(run) for label, run in zip(labels, args.runs)}
     # by default the first run's headline metric: ndcg@K, auc or click/auc
     metrics = args.metric or headline(read_run(args.runs[0])[0])[:1]
-    for run in args.runs:  # every curve has every metric plotted
+    for run in args.runs:  # every run has a curve of every metric plotted
         read_robustness(run, metrics)
     plot_robustness(curves, metrics, args.output)
     print(f"wrote {args.output}")

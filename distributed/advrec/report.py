@@ -79,7 +79,8 @@ def _is_curve(section: Any) -> bool:
 def read_robustness(run: str, metrics: Sequence[str] = ()) -> dict[str, Any]:
     """The run's ``robustness.json``, checked to be what `evaluate_run` writes,
     ``{attack: {eps: {metric: number}}}`` and, for attacks on real inputs,
-    ``{attack: {"budget": {budget: {metric: number}}}}``, and to hold each of ``metrics``."""
+    ``{attack: {"budget": {budget: {metric: number}}}}``, and to hold each of ``metrics`` in
+    some curve (every point of it: a targeted curve has the target metrics, others may not)."""
     path = io.join(run, ROBUSTNESS_FILE)
     if not io.exists(path):
         raise AdvrecError(f"{path}: not found; run `advrec evaluate --run {run}` first")
@@ -87,11 +88,14 @@ def read_robustness(run: str, metrics: Sequence[str] = ()) -> dict[str, Any]:
     if not (isinstance(curve, dict) and curve and all(map(_is_curve, curve.values()))):
         raise AdvrecError(f"{path}: not a robustness curve ({{attack: {{eps: {{metric: value}}}}}}"
                           "); run `advrec evaluate` again")
-    points = [values for section in curve.values() for values in curve_points(section).values()]
+    # the metrics each curve has at every point
+    complete = [set.intersection(*(set(v) for v in curve_points(section).values()))
+                for section in curve.values()]
     for metric in metrics:
-        if not all(metric in v for v in points):
-            raise AdvrecError(f"{path}: no metric {shown(metric)} (it has "
-                              f"{', '.join(sorted(points[0]))}); choose one with --metric")
+        if not any(metric in c for c in complete):
+            raise AdvrecError(f"{path}: no curve has metric {shown(metric)} (they have "
+                              f"{', '.join(sorted(set().union(*complete)))}); choose one with "
+                              "--metric")
     return curve
 
 

@@ -126,6 +126,9 @@ def test_two_towers_budget_curve_and_its_targeted_one(twotower_run: Path, tmp_pa
     targeted = curve["jsma-fields:targeted"]
     assert targeted["targets"] == ["7", "300"] and sorted(targeted["budget"]) == ["0", "1"]
     assert all("target/hr@50" in p for p in targeted["budget"].values())
+    # the targets' T-HR is plotted for the curve that has it (the untargeted one has not)
+    assert main(["plot", str(run), "--output", str(tmp_path / "thr.png"), "--metric",
+                 "target/hr@50"]) == 0
 
 
 def test_a_profile_attack_needs_user_fields(tmp_path: Path, atomic_small: Path,

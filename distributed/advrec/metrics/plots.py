@@ -44,6 +44,8 @@ def plot_robustness(curves: dict[str, Curve], metrics: list[str], output: str) -
         for ax, metric in zip(panels, metrics):
             for _, label, attack, points in (line for line in lines if line[0] == axis):
                 xs = sorted(points, key=float)
+                if not all(metric in points[x] for x in xs):
+                    continue  # a metric of other curves only (a targeted curve's T-HR)
                 ax.plot([float(x) for x in xs], [points[x][metric] for x in xs],
                         styles.get(attack, ":"), marker="o", color=colors[label],
                         label=f"{label} {attack}")
