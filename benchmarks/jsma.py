@@ -56,9 +56,8 @@ from advrec.config import load_config
 from advrec.data import load_dataset
 from advrec.data.dataset import Dataset
 from advrec.metrics.evaluate import ContextFn
-from advrec.metrics.field_attack import fields_curve
 from advrec.metrics.history_attack import budget_curve
-from advrec.metrics.profile_attack import profile_curve
+from advrec.metrics.profile_attack import jsma_fields_curve
 from advrec.metrics.robustness import point_metrics
 from advrec.metrics.target import TargetItems, TargetMetrics
 from advrec.models import build_model
@@ -166,11 +165,10 @@ def fields_attacked(model_name: str, seed: int, data: Path, zoo_out: Path, targe
         labelled = bool(LABELS[cfg.kind])
         picked, target_metrics = random_targets(loaded, targets, seed)
         out[name] = {
-            "untargeted": (fields_curve(model, task, make_loss(cfg), cfg.eval, [0, *BUDGETS])
-                           if labelled else
-                           profile_curve(model, task, cfg.eval, [0, *BUDGETS], labelled)),
-            "targeted": profile_curve(model, task, cfg.eval, [0, *BUDGETS], labelled,
-                                      targets=target_metrics, promote=picked)}
+            "untargeted": jsma_fields_curve(model, task, make_loss(cfg), cfg.eval,
+                                            [0, *BUDGETS], labelled),
+            "targeted": jsma_fields_curve(model, task, make_loss(cfg), cfg.eval, [0, *BUDGETS],
+                                          labelled, targets=target_metrics, promote=picked)}
     return out
 
 

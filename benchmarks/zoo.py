@@ -63,8 +63,10 @@ def run_one(model: str, seed: int, clean: bool, data: Path, out: Path,
     # the twin is attacked at its adversarial sibling's ε
     attack = shipped.adv.eps if attack_eps is None else attack_eps
     done = run / "zoo.json"
-    if same_config(run, cfg) and done.exists() and json.loads(done.read_text())["eps"] == attack:
-        return json.loads(done.read_text())
+    if same_config(run, cfg) and done.exists():
+        row = json.loads(done.read_text())
+        if row["eps"] == attack:
+            return row
     metrics = trained(cfg, run)
     eps = repr(float(attack))
     curve = evaluate_run(str(run), ["pgd"], [0.0, attack], steps=10, progress=False)

@@ -240,11 +240,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.targets is not None and args.target_items is not None:
         raise AdvrecError("--targets and --target-items exclude each other: measure a "
                           "targets.json, or attack toward the items named")
-    if args.target_items is not None and flag_attacks is not None and flag_attacks != swapping:
-        # an ε curve records no targets: its points would mix target sets across calls
-        raise AdvrecError("--target-items: only jsma-items and jsma-fields are targeted; "
-                          "evaluate fgm, pgd and jsma in another call (or measure a "
-                          "targets.json with --targets)")
     cfg = read_run(args.run)[0]
     if args.l0 is not None and args.l0 > cfg.model.dim:
         raise AdvrecError(f"--l0 {args.l0}: above the run's model.dim={cfg.model.dim} (JSMA "

@@ -17,17 +17,16 @@ from advrec.data import load_dataset
 from advrec.devices import train_device
 from advrec.errors import AdvrecError, shown
 from advrec.metrics import robustness_curve
-from advrec.metrics.field_attack import fields_curve
 from advrec.metrics.history_attack import budget_curve, longest_history
 from advrec.metrics.plots import BUDGET, curve_points, plot_robustness
-from advrec.metrics.profile_attack import profile_curve
+from advrec.metrics.profile_attack import jsma_fields_curve
 from advrec.metrics.robustness import attack_batches
 from advrec.metrics.target import TargetItems, TargetMetrics, listed_targets, resolve_targets
 from advrec.models import build_model
 from advrec.models.fields import FieldModel
 from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
-from advrec.train.tasks import LABELS, LabelledTask, make_loss, make_task
+from advrec.train.tasks import LABELS, make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
 ROBUSTNESS_PLOT = "robustness.png"
@@ -243,13 +242,9 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
         _merge_budgets(merged, "jsma-items", points, promote)
     if "jsma-fields" in config["attacks"]:
         promote = items if config["targeted"] else None
-        labelled = bool(LABELS[cfg.kind])
-        if labelled and promote is None:  # each example's fields, against its own labels
-            points = fields_curve(cast(FieldModel, model), cast(LabelledTask, task),
-                                  make_loss(cfg), eval_cfg, config["budgets"], config["split"])
-        else:  # each user's profile, against the ranking
-            points = profile_curve(cast(FieldModel, model), task, eval_cfg, config["budgets"],
-                                   labelled, config["split"], targets,
+        points = jsma_fields_curve(cast(FieldModel, model), task, make_loss(cfg), eval_cfg,
+                                   config["budgets"], bool(LABELS[cfg.kind]), config["split"],
+                                   targets,
                                    None if promote is None else torch.tensor(promote.indices))
         _merge_budgets(merged, "jsma-fields", points, promote)
     if rank == 0:

@@ -18,7 +18,7 @@ attacks the users it needs (the attack draws nothing at random, so the curve is 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +29,15 @@ from advrec.adversarial.perturb import Tensors
 from advrec.config import EvalConfig
 from advrec.devices import model_device
 from advrec.metrics.attack_goal import RankingGoal
+from advrec.metrics.field_attack import fields_curve
 from advrec.metrics.robustness import point_metrics
 from advrec.models.base import Batch
 from advrec.models.fields import FieldModel
 
 if TYPE_CHECKING:  # tasks evaluate with this package's metrics: a runtime import would cycle
     from advrec.metrics.target import TargetMetrics
-    from advrec.train.tasks import Task
+    from advrec.models.losses import LossFn
+    from advrec.train.tasks import LabelledTask, Task
 
 
 class AttackedProfiles:
@@ -119,3 +121,15 @@ def profile_curve(model: FieldModel, task: Task, cfg: EvalConfig, budgets: list[
                                          profiles.score if labelled else None)
     model.train(was_training)
     return out
+
+
+def jsma_fields_curve(model: FieldModel, task: Task, loss_fn: LossFn, cfg: EvalConfig,
+                      budgets: list[int], labelled: bool, split: str = "test",
+                      targets: TargetMetrics | None = None,
+                      promote: Tensor | None = None) -> dict[str, dict[str, float]]:
+    """``jsma-fields``' curve: a labelled model attacked untargeted has each example's fields
+    changed against its own labels (`fields_curve`, by ``loss_fn``); otherwise (two-tower's
+    ranking, or ``promote`` given) each user's profile (`profile_curve`)."""
+    if labelled and promote is None:
+        return fields_curve(model, cast("LabelledTask", task), loss_fn, cfg, budgets, split)
+    return profile_curve(model, task, cfg, budgets, labelled, split, targets, promote)
