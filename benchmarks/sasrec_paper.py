@@ -11,6 +11,9 @@ same rows:
   that revision into ``--out``); fixes 2 and 4 are settings (``train.betas``, the evaluation
   schedule). Fix 3 (``loo:keep-short``) changes no row of ml-100k, whose users all have 20 or
   more ratings; the table says so from the data;
+- ``--deviations``: point 5's five deviations of the replaced block, each put back alone into
+  the official block (``sasrec_deviations.py``), one seed, ``sasrec-paper.yaml`` itself, against
+  its own run of that seed;
 - ``--recbole``: RecBole 1.2.1's SASRec (``benchmarks/recbole/setup.sh``) on the same rows
   (``run_recbole.py --split-from --paper``: the same settings where RecBole has them), once per
   protocol and seed, for ``--recbole-epochs`` epochs (the paper's 200 by default), and the
@@ -21,13 +24,14 @@ same rows:
 A finished run keeps its figures in ``RUN/bench.json`` and is not trained again. Results:
 ``OUT/results.json`` and Markdown tables on stdout (copied into benchmarks/README.md).
 
-    .venv/bin/python benchmarks/sasrec_paper.py [--seeds 0,1,2] [--ablation] [--recbole]
-        [--recbole-epochs 200] [--data ../shared/data/ml-100k] [--out benchmarks/out/sasrec-paper]
-        [--set KEY=VALUE]
+    .venv/bin/python benchmarks/sasrec_paper.py [--seeds 0,1,2] [--ablation] [--deviations]
+        [--recbole] [--recbole-epochs 200] [--data ../shared/data/ml-100k]
+        [--out benchmarks/out/sasrec-paper] [--jobs 1] [--set KEY=VALUE]
     .venv/bin/python benchmarks/sasrec_paper.py --seeds 0 --set train.epochs=2   # smoke run
 
-Every training and test runs in a child process whose ``PYTHONPATH`` is the code under test, so
-this script imports no advrec module itself.
+Every training and test runs in a child process (this script again, with ``--advrec`` or
+``--test-run``) whose ``PYTHONPATH`` is the code under test, so this script imports no advrec
+module itself.
 """
 
 from __future__ import annotations
@@ -38,10 +42,13 @@ import os
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import yaml
+from sasrec_deviations import DEVIATIONS
+from sasrec_deviations import apply as apply_deviation
 
 ROOT = Path(__file__).resolve().parents[1]
 RECBOLE_PY = ROOT / "benchmarks" / ".recbole-venv" / "bin" / "python"
@@ -92,16 +99,19 @@ def prepared(data: Path, out: Path) -> Path:
     return dataset
 
 
-def train(code: Path, config: Path, run: Path, overrides: list[str]) -> dict[str, Any]:
+def train(code: Path, config: Path, run: Path, overrides: list[str],
+          deviation: str | None = None) -> dict[str, Any]:
     """Train ``config`` with ``code`` (unless ``run`` holds a finished training), test its best
-    checkpoint under both protocols."""
+    checkpoint under both protocols; with ``deviation`` (``sasrec_deviations.DEVIATIONS``) put
+    into the model in both children."""
     done = run / "bench.json"
     if done.exists():
         return json.loads(done.read_text())
+    patch = ["--deviation", deviation] if deviation else []
     if not (run / "metrics.json").exists():
-        child(code, ["-c", "from advrec.cli import run; run()", "train", "--config", str(config),
+        child(code, [__file__, *patch, "--advrec", "train", "--config", str(config),
                      "--output", str(run), "--quiet", *overrides])
-    tested = json.loads(child(code, [__file__, "--test-run", str(run)]))
+    tested = json.loads(child(code, [__file__, *patch, "--test-run", str(run)]))
     history = json.loads((run / "history.json").read_text())
     row = {**tested, "epochs": len(history),
            "best_epoch": json.loads((run / "metrics.json").read_text())["best_epoch"],
@@ -176,13 +186,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "ml-100k")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sasrec-paper")
     parser.add_argument("--ablation", action="store_true", help="each fix's effect, first seed")
+    parser.add_argument("--deviations", action="store_true",
+                        help="point 5's deviations, each alone, first seed")
     parser.add_argument("--recbole", action="store_true", help="RecBole's SASRec, same rows")
     parser.add_argument("--recbole-epochs", type=int, default=200,
                         help="RecBole's epochs (default: the paper's 200)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="advrec trainings run this many at a time (give each "
+                             "OMP_NUM_THREADS=1 on a small machine)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra override for every advrec run (e.g. train.epochs=2)")
-    parser.add_argument("--test-run", help=argparse.SUPPRESS)  # the child's entry
+    # the children's entries: a deviation to put in, then advrec's CLI or the test of a run
+    parser.add_argument("--deviation", choices=DEVIATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--advrec", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    parser.add_argument("--test-run", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.deviation:
+        apply_deviation(args.deviation)
+    if args.advrec:
+        from advrec.cli import run
+
+        sys.argv = ["advrec", *args.advrec]
+        run()
     if args.test_run:
         print(json.dumps(test_run(args.test_run)))
         return
@@ -191,8 +216,23 @@ def main() -> None:
     dataset = prepared(args.data, args.out)
     source = [f"data.source={dataset}", "data.format=prepared"]
 
-    paper = {seed: train(HERE, PAPER, args.out / f"paper-seed{seed}",
-                         [*source, f"train.seed={seed}", *args.set]) for seed in seeds}
+    # every advrec training first, --jobs at a time, then the tables
+    specs = [(HERE, PAPER, args.out / f"paper-seed{seed}", [*source, f"train.seed={seed}",
+                                                             *args.set]) for seed in seeds]
+    if args.ablation:
+        base = ablation_config(args.out)
+        specs += [(code_of(revision, args.out), base,
+                   args.out / "ablation" / f"{revision or 'head'}-{'-'.join(overrides) or 'base'}",
+                   [*source, f"train.seed={seeds[0]}", *ABLATION_BASE, *overrides, *args.set])
+                  for _, _, revision, overrides in ABLATION]
+    if args.deviations:
+        specs += [(HERE, PAPER, args.out / "deviations" / deviation,
+                   [*source, f"train.seed={seeds[0]}", *args.set], deviation)
+                  for deviation in DEVIATIONS]
+    with ThreadPoolExecutor(args.jobs) as pool:  # each training is a child process
+        trained = list(pool.map(lambda spec: train(*spec), specs))
+    paper = dict(zip(seeds, trained))
+    trained = trained[len(seeds):]
     results: dict[str, Any] = {"seeds": seeds, "paper": paper}
     print("| seed | HR@10 (100 neg.) | NDCG@10 (100 neg.) | HR@10 (full) | NDCG@10 (full) | "
           "best epoch | epoch s |")
@@ -207,7 +247,6 @@ def main() -> None:
           f"{mean(rows, 'full', f'ndcg@{K}'):.4f} | | |\n")
 
     if args.ablation:
-        base = ablation_config(args.out)
         seed = seeds[0]
         results["short_users"] = short_users(dataset)
         results["ablation"] = []
@@ -215,18 +254,29 @@ def main() -> None:
               "fewer than 3 interactions, so loo:keep-short changes no row)\n")
         print("| variant | fix | NDCG@10 (100 neg.) | NDCG@10 (full) | best epoch / epochs |")
         print("|---|---|---|---|---|")
-        for name, fix, revision, overrides in ABLATION:
-            run = args.out / "ablation" / f"{revision or 'head'}-{'-'.join(overrides) or 'base'}"
-            r = train(code_of(revision, args.out), base, run,
-                      [*source, f"train.seed={seed}", *ABLATION_BASE, *overrides, *args.set])
+        for (name, fix, revision, overrides), r in zip(ABLATION, trained):
             results["ablation"].append({"variant": name, "fix": fix, "revision": revision,
                                         "overrides": overrides, **r})
             print(f"| {name} | {fix} | {r['sampled'][f'ndcg@{K}']:.4f} | "
                   f"{r['full'][f'ndcg@{K}']:.4f} | {r['best_epoch'] + 1} / {r['epochs']} |")
+        trained = trained[len(ABLATION):]
         r = paper[seed]
         print(f"| + evaluated every 20 epochs for 200 (sasrec-paper.yaml) | 4 | "
               f"{r['sampled'][f'ndcg@{K}']:.4f} | {r['full'][f'ndcg@{K}']:.4f} | "
               f"{r['best_epoch'] + 1} / {r['epochs']} |\n")
+    if args.deviations:
+        seed, r = seeds[0], paper[seeds[0]]
+        results["deviations"] = {}
+        print(f"Point 5's deviations, each alone in the official block, seed {seed}\n")
+        print("| block | NDCG@10 (100 neg.) | NDCG@10 (full) | best epoch / epochs |")
+        print("|---|---|---|---|")
+        print(f"| official (sasrec-paper.yaml) | {r['sampled'][f'ndcg@{K}']:.4f} | "
+              f"{r['full'][f'ndcg@{K}']:.4f} | {r['best_epoch'] + 1} / {r['epochs']} |")
+        for deviation, d in zip(DEVIATIONS, trained):
+            results["deviations"][deviation] = d
+            print(f"| + {deviation} | {d['sampled'][f'ndcg@{K}']:.4f} | "
+                  f"{d['full'][f'ndcg@{K}']:.4f} | {d['best_epoch'] + 1} / {d['epochs']} |")
+        print()
     if args.recbole:
         results["recbole"] = {mode: {seed: recbole(dataset, seed, mode, args.recbole_epochs,
                                                    args.out) for seed in seeds}

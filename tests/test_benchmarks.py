@@ -71,14 +71,91 @@ def test_poisoning_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
 def test_sasrec_paper_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     """One seed, one epoch, with the ablation: the older revisions' code runs in its children."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "sasrec_paper.py"), "--seeds",
-                          "0", "--ablation", "--set", "train.epochs=1", "--data", str(ml100k),
-                          "--out", str(tmp_path)],
+                          "0", "--ablation", "--deviations", "--set", "train.epochs=1", "--data",
+                          str(ml100k), "--out", str(tmp_path)],
                          check=False, capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results["paper"]["0"]) >= {"sampled", "full", "epoch_s"}
     assert [r["revision"] for r in results["ablation"]] == ["78a941a", "a9768e7", "a7eb91f", None]
     assert results["short_users"] == 0
+    assert list(results["deviations"]) == ["attention-dropout", "output-projection",
+                                           "identical-blocks", "default-ffn-init",
+                                           "layer-norm-eps"]
+    assert "| + output-projection |" in out.stdout
+
+
+# each deviation checked on a model built by a freshly loaded advrec.models.sasrec (a patch
+# stays in the module it patched, so this runs in its own interpreter)
+DEVIATION_CHECK = """
+import importlib, json, sys
+import torch
+from torch import nn
+sys.path.insert(0, sys.argv[1])
+import sasrec_deviations
+from advrec.models import sasrec
+
+def build(patch):
+    module = importlib.reload(sasrec)
+    if patch:
+        sasrec_deviations.apply(patch)
+    torch.manual_seed(0)
+    return module.SASRec(1, 20, 8, 6, layers=2, dropout=0.5)
+
+def output(model, train):
+    model.train(train)
+    torch.manual_seed(1)
+    seq = torch.tensor([[20, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6]])
+    return model.hidden(model.item(seq), seq)
+
+def same_blocks(model):
+    a, b = (block.state_dict() for block in model.blocks)
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+official = build(None)
+found = {"official": {"same_blocks": same_blocks(official),
+                      "eps": sorted({m.eps for m in official.modules()
+                                     if isinstance(m, nn.LayerNorm)}),
+                      "ffn_bias_zero": all(not b.feed_forward[0].bias.any()
+                                           for b in official.blocks)}}
+for name in sasrec_deviations.DEVIATIONS:
+    model = build(name)
+    found[name] = {
+        "eval_equal": torch.equal(output(model, False), output(official, False)),
+        "train_equal": torch.equal(output(model, True), output(official, True)),
+        "extra": sorted(set(model.state_dict()) - set(official.state_dict())),
+        "same_blocks": same_blocks(model),
+        "eps": sorted({m.eps for m in model.modules() if isinstance(m, nn.LayerNorm)}),
+        "ffn_bias_zero": all(not b.feed_forward[0].bias.any() for b in model.blocks),
+        "projection_bias_zero": all(isinstance(b.deviation, nn.Linear)
+                                    and not b.deviation.bias.any() for b in model.blocks)
+                                if name == "output-projection" else None,
+    }
+print(json.dumps(found))
+"""
+
+
+def test_sasrec_deviations_each_change_the_official_block_as_pytorchs_layer_does() -> None:
+    """Point 5's deviations (benchmarks/sasrec_deviations.py), each alone: the extra dropout
+    acts only in training, the projection adds a zero-bias map to each block, the copies start
+    equal, the feed-forward keeps PyTorch's draw, every LayerNorm gets eps 1e-5."""
+    out = subprocess.run([sys.executable, "-c", DEVIATION_CHECK, str(ROOT / "benchmarks")],
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    found = json.loads(out.stdout)
+    official = found.pop("official")
+    assert official == {"same_blocks": False, "eps": [1e-8], "ffn_bias_zero": True}
+    dropout = found["attention-dropout"]
+    assert dropout["eval_equal"] and not dropout["train_equal"] and not dropout["extra"]
+    projection = found["output-projection"]
+    assert projection["extra"] == [f"blocks.{i}.deviation.{p}" for i in (0, 1)
+                                   for p in ("bias", "weight")]
+    assert projection["projection_bias_zero"] and not projection["eval_equal"]
+    assert found["identical-blocks"]["same_blocks"]
+    assert not found["default-ffn-init"]["ffn_bias_zero"]
+    assert found["layer-norm-eps"]["eps"] == [1e-5]
+    for name in ("identical-blocks", "default-ffn-init", "layer-norm-eps"):
+        assert not found[name]["eval_equal"] and not found[name]["extra"], name
 
 
 

@@ -145,16 +145,21 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
         """``x`` (B, L, d); ``allowed`` (B, L, L), True where a query may attend to a key."""
+        query = self.attention_norm(x)
+        x = query + self.attend(query, x, allowed)
+        x = self.feed_forward_norm(x)
+        return x + self.feed_forward(x)
+
+    def attend(self, query: Tensor, x: Tensor, allowed: Tensor) -> Tensor:
+        """Attention of ``query`` (B, L, d) over ``x`` (B, L, d) as keys and values, heads
+        merged: (B, L, d)."""
         B, L, d = x.shape
 
         def split(t: Tensor) -> Tensor:  # (B, L, d) -> (B, heads, L, d / heads)
             return t.view(B, L, self.heads, d // self.heads).transpose(1, 2)
 
-        query = self.attention_norm(x)
         attended = F.scaled_dot_product_attention(
             split(self.query(query)), split(self.key(x)), split(self.value(x)),
             attn_mask=allowed.unsqueeze(1),
             dropout_p=self.attention_dropout if self.training else 0.0)
-        x = query + attended.transpose(1, 2).reshape(B, L, d)
-        x = self.feed_forward_norm(x)
-        return x + self.feed_forward(x)
+        return attended.transpose(1, 2).reshape(B, L, d)
