@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from advrec.adversarial.adaptive import pamacf_weights, row_scales, vat_weights
 from advrec.adversarial.jsma_fields import flip_fields
 from advrec.adversarial.jsma_items import swap_items
-from advrec.adversarial.perturb import Attack, Tensors, perturb
+from advrec.adversarial.perturb import Attack, Tensors, ascend, perturb
 from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
 from advrec.models.fields import FieldModel
@@ -54,12 +54,16 @@ class AdversarialObjective(nn.Module):
     With ``adaptive`` (``vat`` or ``pamacf``) each example's rows get their user's own budget
     ``ε · w_u`` (`advrec.adversarial.adaptive`, ``adaptive_lambda`` its λ), from the same clean
     forward; the model's batches must then carry ``user`` ids (B,), one per scored row.
+
+    With ``keep_delta`` (``adv.schedule=free``) a forward also returns the attack's δ as leaves
+    whose ``.grad`` the backward fills, and a later forward on the same batch given them as
+    ``previous`` moves each one ascent step from there (`ascend`) instead of attacking anew.
     """
 
     def __init__(self, model: Recommender, loss_fn: LossFn, attack: Attack, lam: float,
                  target: str = "all", reg: float = 0.0, adaptive: ADAPTIVE = "none",
                  adaptive_lambda: float = 2.0,
-                 mix: Sequence[tuple[Attack, float, str]] = ()) -> None:
+                 mix: Sequence[tuple[Attack, float, str]] = (), keep_delta: bool = False) -> None:
         """``attack`` at weight ``lam`` on the ``target`` rows, and each of ``mix``'s (attack,
         λ, target) besides it (``adv.mix``): ``L + lam·L(x') + Σ λ_i·L(x'_i)``."""
         super().__init__()
@@ -67,14 +71,17 @@ class AdversarialObjective(nn.Module):
         self.adversaries = [(attack, lam, target), *mix]
         self.reg = reg
         self.adaptive, self.adaptive_lambda = adaptive, adaptive_lambda
+        self.keep_delta = keep_delta
         # every parameter of a table module (a torchrec table's live in its collection)
         tables = {id(p) for t in model.tables().values() for p in t.parameters()}
         self._dense = [p for p in model.parameters() if id(p) not in tables]
 
-    def forward(self, batch: Batch, adversarial: bool,
-                generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def forward(self, batch: Batch, adversarial: bool, generator: torch.Generator | None = None,
+                previous: Tensors | None = None) -> dict[str, Tensor | Tensors]:
         """Returns ``loss`` (to backpropagate), ``clean`` and, when adversarial, ``adv`` (the
-        adversarial loss; with several adversaries their λ-weighted mean)."""
+        adversarial loss; with several adversaries their λ-weighted mean), and with
+        ``keep_delta`` the embedding attack's ``delta`` (key -> rows), which a later forward
+        on the same batch takes as ``previous`` once the backward has filled their ``.grad``."""
         emb = self.model.embed(batch)
         active = [(a, lam, t) for a, lam, t in self.adversaries
                   if adversarial and lam > 0 and a.active]
@@ -88,14 +95,17 @@ class AdversarialObjective(nn.Module):
         loss = clean
         # the clean loss's gradient where any attack starts (its first round's saliency, or
         # FGM's step), from one backward shared by every adversary
-        start = {k for a, _, t in active for k in self._start_keys(a, t, emb)}
+        start = ({k for a, _, t in active for k in self._start_keys(a, t, emb)}
+                 if previous is None else set())  # a step from ``previous`` needs no gradient
         init_grad: Tensors = {}
         if start:
             loss, init_grad = self._differentiate_clean(clean, emb, [k for k in emb if k in start])
         weighted, weights = 0.0, 0.0
         for attack, lam, target in active:
-            adv = self._adversarial_loss(attack, target, emb, batch, init_grad, generator,
-                                         row_losses)
+            adv, delta = self._adversarial_loss(attack, target, emb, batch, init_grad, generator,
+                                                row_losses, previous)
+            if self.keep_delta and delta is not None:
+                out["delta"] = delta
             loss = loss + lam * adv
             weighted, weights = weighted + lam * adv.detach(), weights + lam
         if active:
@@ -121,26 +131,35 @@ class AdversarialObjective(nn.Module):
 
     def _adversarial_loss(self, attack: Attack, target: str, emb: Tensors, batch: Batch,
                           init_grad: Tensors, generator: torch.Generator | None,
-                          row_losses: Tensor | None) -> Tensor:
+                          row_losses: Tensor | None,
+                          previous: Tensors | None = None) -> tuple[Tensor, Tensors | None]:
         """The training loss of the batch's adversarial example under ``attack`` (on the
-        ``target`` rows, for an attack on embeddings); ``init_grad`` holds the clean loss's
-        gradient at the keys where it starts (`_start_keys`)."""
+        ``target`` rows, for an attack on embeddings), and its δ (None for the discrete
+        attacks); ``init_grad`` holds the clean loss's gradient at the keys where it starts
+        (`_start_keys`); ``previous``, a δ whose ``.grad`` a backward filled, is moved one
+        ascent step instead (`ascend`)."""
         if attack.method == "jsma-items":
             swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"], attack)}
             # the same targets after the swapped history, embedded anew (its rows are items')
-            return batch_loss(self.loss_fn, self.model(swapped), swapped)
+            return batch_loss(self.loss_fn, self.model(swapped), swapped), None
         if attack.method == "jsma-fields":
             values = self.flipped_fields(batch, emb, {k: init_grad[k] for k in self._field_keys()},
                                          attack)
             # the changed values' rows looked up from the tables: L(x') trains them too
             flipped = {**emb, **self._field_model().embed_fields(values)}
-            return batch_loss(self.loss_fn, self.model.score(flipped, batch), batch)
+            return batch_loss(self.loss_fn, self.model.score(flipped, batch), batch), None
         keys = select_targets(list(emb), target)
-        start = {k: init_grad[k] for k in keys} if attack.from_clean_gradient else None
-        delta = self._delta(emb, keys, start, batch, generator, attack,
-                            self._scales(emb, keys, batch, row_losses))
+        scale = self._scales(emb, keys, batch, row_losses)
+        if previous is not None:
+            delta = ascend({k: emb[k].detach() for k in keys}, previous,
+                           {k: previous[k].grad for k in keys}, attack, scale)
+        else:
+            start = {k: init_grad[k] for k in keys} if attack.from_clean_gradient else None
+            delta = self._delta(emb, keys, start, batch, generator, attack, scale)
+        if self.keep_delta:  # the backward leaves ∂loss/∂δ on it: the next replay's step
+            delta = {k: d.requires_grad_(True) for k, d in delta.items()}
         adv_emb = {**emb, **{k: emb[k] + delta[k] for k in keys}}
-        return batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch)
+        return batch_loss(self.loss_fn, self.model.score(adv_emb, batch), batch), delta
 
     def _differentiate_clean(self, clean: Tensor, emb: Tensors,
                              keys: list[str]) -> tuple[Tensor, Tensors]:

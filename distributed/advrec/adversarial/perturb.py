@@ -72,6 +72,12 @@ class Attack:
         return self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps
 
     @property
+    def ascent_norm(self) -> Norm:
+        """The norm of the attack's ascent step: L∞ (sign) for FGSM, L2 for FGM, ``norm``
+        otherwise."""
+        return "linf" if self.method == "fgsm" else "l2" if self.method == "fgm" else self.norm
+
+    @property
     def from_clean_gradient(self) -> bool:
         """Whether the attack's first gradient is the one at δ = 0, the clean loss's, which a
         caller that has it passes to `perturb` as ``init_grad``."""
@@ -236,8 +242,7 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
                 for k, v in x.items()}
     if attack.method in ("fgsm", "fgm"):
         g = init_grad if init_grad is not None else grad_fn({k: torch.zeros_like(v) for k, v in x.items()})
-        norm: Norm = "linf" if attack.method == "fgsm" else "l2"
-        return {k: _step(g[k], radius[k], norm) for k in x}
+        return {k: _step(g[k], radius[k], attack.ascent_norm) for k in x}
     if attack.method == "jsma":
         return _jsma(x, grad_fn, attack, radius, init_grad)
 
@@ -260,3 +265,17 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
         else:
             delta = {k: _ascend(delta[k], g[k], step_size[k], radius[k], attack.norm) for k in x}
     return delta
+
+
+def ascend(x: Tensors, delta: Tensors, grad: Tensors, attack: Attack,
+           scale: Tensors | None = None) -> Tensors:
+    """One projected ascent step of each ``delta`` from where it was left, along ``grad`` (the
+    loss's gradient at ``x + delta``, however the caller got it): PGD's step of size
+    ``attack.alpha`` in ``attack.ascent_norm``, projected onto each row's ball around ``x``
+    (detached rows, as in `perturb`; ``scale`` as there). Returns new tensors."""
+    out = {}
+    for k, v in x.items():
+        radius = _radius(v, attack, None if scale is None else scale[k])
+        size = attack.alpha * (radius / attack.eps)
+        out[k] = _ascend(delta[k].detach().clone(), grad[k], size, radius, attack.ascent_norm)
+    return out

@@ -262,6 +262,21 @@ class AdvConfig(Adversary):
         2.0, gt=0.0, description="lambda_a of adv.adaptive: a user's eps lies in (0, lambda_a * "
         "eps), and is eps at the batch's mean; 2 in both papers' code.")
 
+    schedule: Literal["standard", "free", "fast"] = Field(
+        "standard", description="How the attack is paid for. standard: the attack from scratch "
+        "on every batch. free (Shafahi et al. 2019): each adversarial batch is trained "
+        "adv.replays times, the first replay on the attack's delta, each later one on delta "
+        "moved one ascent step (adv.step_size, default eps) by the gradient the previous "
+        "replay's backward left on it, and the adversarial epochs are divided by the replays: "
+        "PGD-like steps at the standard schedule's price. fast (Wong et al. 2020): FGSM/FGM "
+        "from a random start in the ball with a step of 1.25 eps, guarded by adv.guard.")
+    replays: int = Field(1, gt=0, description="schedule=free: trainings of each batch.")
+    guard: float = Field(
+        0.5, ge=0.0, le=1.0, description="schedule=fast: catastrophic overfitting guard; the "
+        "run stops, keeping the best epoch before, when robust/ of train.monitor (eval."
+        "robust_every, on eval.robust_rows training examples) falls below guard times its best "
+        "adversarial value; 0 off.")
+
     mix: list[Adversary] = Field(
         default_factory=list, description="More adversaries, each with its own lambda: the "
         "objective becomes L(x) + lambda * L(x') + sum_i lambda_i * L(x'_i), e.g. embedding FGM "
@@ -274,6 +289,32 @@ class AdvConfig(Adversary):
         then ``adv.mix[i]``."""
         named = [("adv", self), *((f"adv.mix[{i}]", a) for i, a in enumerate(self.mix))]
         return [(key, a) for key, a in named if a.method != "none"]
+
+    @model_validator(mode="after")
+    def _schedule_fits_the_attack(self) -> AdvConfig:
+        if self.schedule == "standard":
+            if self.replays != 1:  # against the default: a dumped config has every key set
+                raise ValueError(f"replays={self.replays} applies to schedule=free only")
+            return self
+        ascends = ("fgsm", "fgm") if self.schedule == "fast" else ("fgsm", "fgm", "pgd")
+        if self.method not in ascends:
+            what = ("is FGSM/FGM from a random start (Wong et al. 2020)"
+                    if self.schedule == "fast" else "moves delta by ascent steps")
+            raise ValueError(f"schedule={self.schedule} {what}; method={self.method} has no "
+                             f"such step: set method to {' or '.join(ascends)}")
+        if self.mix:
+            raise ValueError(f"schedule={self.schedule} trains one adversary; adv.mix has "
+                             f"{len(self.mix)} more (use schedule=standard to mix)")
+        if self.replays != 1 and self.schedule != "free":
+            raise ValueError(f"replays={self.replays} applies to schedule=free only")
+        return self
+
+    def epochs_run(self, epochs: int) -> int:
+        """The epochs a run of ``epochs`` (train.epochs) trains: schedule=free divides the
+        adversarial ones (from start_epoch) by the replays, rounded up."""
+        if self.schedule != "free" or epochs <= self.start_epoch:
+            return epochs
+        return self.start_epoch + -(-(epochs - self.start_epoch) // self.replays)
 
     @model_validator(mode="after")
     def _adaptive_scales_an_attack(self) -> AdvConfig:
@@ -615,6 +656,14 @@ class RunConfig(Section):
             if l0 is not None and l0 > self.model.dim:
                 raise ValueError(f"{key}={l0} is above model.dim={self.model.dim}: JSMA "
                                  "changes at most l0 coordinates of each embedding row")
+        return self
+
+    @model_validator(mode="after")
+    def _fast_is_guarded(self) -> RunConfig:
+        if self.adv.schedule == "fast" and self.adv.guard > 0 and not self.eval.robust_every:
+            raise ValueError(f"adv.schedule=fast: its guard (adv.guard={self.adv.guard}) reads "
+                             "robust/ metrics; set eval.robust_every=1 (eval.robust_rows bounds "
+                             "its cost) or adv.guard=0 to train unguarded")
         return self
 
     @model_validator(mode="after")

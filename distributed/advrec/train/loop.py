@@ -35,9 +35,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advrec import io
-from advrec.adversarial import AdversarialObjective, Attack
+from advrec.adversarial import AdversarialObjective
 from advrec.adversarial.jsma_fields import check_fields
-from advrec.config import Adversary, RunConfig
+from advrec.config import RunConfig
 from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
 from advrec.devices import CPU, to_device, train_device
@@ -53,15 +53,9 @@ from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
 from advrec.train.checkpoint import load_train_state, load_weights, prune_best, save_checkpoint
 from advrec.train.optim import Optimizer, make_optimizer
+from advrec.train.schedules import attack_from_config, collapsed, training_attack
 from advrec.train.state import EarlyStopping, load_sharded_state, save_state
 from advrec.train.tasks import Task, make_loss, make_task
-
-
-def attack_from_config(adv: Adversary) -> Attack:
-    """The attack of one adversary of the config (``adv`` itself or an ``adv.mix`` entry)."""
-    return Attack(method=adv.method, eps=adv.eps, steps=adv.steps, step_size=adv.step_size,
-                  norm=adv.norm, random_start=adv.random_start, relative=adv.relative,
-                  l0=adv.l0, budget=adv.budget, similarity=adv.similarity)
 
 
 def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
@@ -87,9 +81,13 @@ def epoch_generator(seed: int, rank: int, epoch: int) -> torch.Generator:
 def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
                 batch_size: int, adversarial: bool, generator: torch.Generator,
                 device: torch.device = CPU,
-                fault: Callable[[], None] | None = None, epoch: int = 0) -> dict[str, float]:
+                fault: Callable[[], None] | None = None, epoch: int = 0,
+                replays: int = 1) -> dict[str, float]:
     """One pass over the task's training batches (of this worker's shard, made on the CPU and
-    trained on ``device``); returns mean losses.
+    trained on ``device``); returns mean losses, over every optimizer step.
+
+    ``replays`` > 1 (``adv.schedule=free``): each batch takes that many optimizer steps, each
+    replay's forward given the δ of the one before (whose ``.grad`` its backward filled).
 
     ``fault``: called after the first step, mid-epoch (fault injection, `inject_fault`).
     ``epoch`` (0-based) names the epoch in errors.
@@ -103,19 +101,24 @@ def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
     for batch in task.batches(batch_size, generator):
         if fault and n_batches == 1:
             fault()
-        out = objective(to_device(batch, device), adversarial=adversarial, generator=generator)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        for key in totals:
-            if key in out:
-                totals[key] += out[key].item()
-        n_batches += 1
-        # the sum was finite until this step: a check of what .item() already synchronised
-        if not math.isfinite(totals["loss"]):
-            raise AdvrecError(
-                f"the training loss is {out['loss'].item()} at epoch {epoch + 1}, step "
-                f"{n_batches}: training diverged (a lower train.lr or adv.eps may help)")
+        batch = to_device(batch, device)
+        previous = None
+        for _ in range(replays):
+            out = objective(batch, adversarial=adversarial, generator=generator,
+                            previous=previous)
+            optimizer.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            optimizer.step()
+            previous = out.get("delta")
+            for key in totals:
+                if key in out:
+                    totals[key] += out[key].item()
+            n_batches += 1
+            # the sum was finite until this step: a check of what .item() already synchronised
+            if not math.isfinite(totals["loss"]):
+                raise AdvrecError(
+                    f"the training loss is {out['loss'].item()} at epoch {epoch + 1}, step "
+                    f"{n_batches}: training diverged (a lower train.lr or adv.eps may help)")
     if n_batches == 0:
         rank, world = task.shard
         raise AdvrecError(f"epoch {epoch + 1}: worker {rank} of {world} got no training rows "
@@ -229,8 +232,9 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
     first = len(history)
     latest: dict[str, float] = {}  # the last valid and robust metrics, carried into each report
 
-    bar = tqdm(range(first, cfg.train.epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
-               unit="epoch", initial=first, total=cfg.train.epochs,
+    epochs = cfg.adv.epochs_run(cfg.train.epochs)  # fewer with adv.schedule=free
+    bar = tqdm(range(first, epochs), desc=f"train {cfg.model.name}/{cfg.adv.method}",
+               unit="epoch", initial=first, total=epochs,
                disable=None if progress else True)  # None: only on a terminal
     stopped = bool(history) and history[-1].get("stopped", False)
     for epoch in bar if not stopped else ():
@@ -279,9 +283,10 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
     optimizer = make_optimizer(model, cfg.train, fused_tables=sharded)
     loss_fn = make_loss(cfg)
     objective: nn.Module = AdversarialObjective(
-        model, loss_fn, attack_from_config(cfg.adv), lam=cfg.adv.lam, target=cfg.adv.target,
+        model, loss_fn, training_attack(cfg.adv), lam=cfg.adv.lam, target=cfg.adv.target,
         reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda,
-        mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix])
+        mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix],
+        keep_delta=cfg.adv.replays > 1)
     tables = None
     if sharded:
         from advrec.train.sharding import shard as shard_tables
@@ -345,11 +350,11 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
     batch_size = -(-tc.batch_size // world)  # per worker; the global batch stays tc.batch_size
     losses = train_epoch(run.objective, run.optimizer, run.task, batch_size, adversarial,
                          generator, run.device, fault=(lambda: inject_fault(cfg)) if fires else None,
-                         epoch=epoch)
+                         epoch=epoch, replays=cfg.adv.replays if adversarial else 1)
     record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                               "train_s": time.perf_counter() - start, **losses}
-    if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == tc.epochs:
-        monitor = cfg.monitor()[0]
+    if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == cfg.adv.epochs_run(tc.epochs):
+        monitor, higher = cfg.monitor()
         started = time.perf_counter()
         valid = run.task.evaluate(run.model, "valid", cfg.eval)
         record["eval_s"] = time.perf_counter() - started
@@ -363,10 +368,15 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
             started = time.perf_counter()
             record.update({f"robust/{k}": v for k, v in run.robust_valid().items()})
             record["robust_s"] = time.perf_counter() - started
-        best.update(epoch, valid, valid[monitor], run.model)
+        if cfg.adv.schedule == "fast" and collapsed(record, history, monitor, higher,
+                                                    cfg.adv.guard):
+            record["collapsed"] = True  # not kept: the best epoch is one before the collapse
+        else:
+            best.update(epoch, valid, valid[monitor], run.model)
     # a clean warm-up always runs to its end: APR's adversarial phase starts from it
     warming_up = bool(cfg.adv.adversaries()) and not adversarial
-    record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up)
+    record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up
+                             or record.get("collapsed"))
     return record
 
 
@@ -375,7 +385,7 @@ def _epoch_line(record: dict[str, Any], cfg: RunConfig) -> None:
     key = f"valid/{cfg.monitor()[0]}"
     shown = f" {cfg.monitor()[0]} {record[key]:.4f}" if key in record else ""
     # not print(), which Ray Train workers also copy to their log: the line came twice
-    sys.stdout.write(f"epoch {record['epoch'] + 1}/{cfg.train.epochs} loss "
+    sys.stdout.write(f"epoch {record['epoch'] + 1}/{cfg.adv.epochs_run(cfg.train.epochs)} loss "
                      f"{record['loss']:.4f}{shown} ({record['train_s']:.1f} s)\n")
     sys.stdout.flush()
 

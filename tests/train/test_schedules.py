@@ -1,0 +1,185 @@
+"""``adv.schedule`` (`advrec.train.schedules`): free replays equal FGM at one replay and step δ
+from where it was left at more; fast starts inside the ball and steps 1.25·ε; its guard stops a
+designed collapse; bad schedules are refused in one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from advrec.adversarial import AdversarialObjective, perturb
+from advrec.adversarial.perturb import project
+from advrec.cli import main
+from advrec.config import build_config
+from advrec.data import load_dataset
+from advrec.errors import AdvrecError
+from advrec.models import build_model
+from advrec.models.losses import batch_loss
+from advrec.train import run_training
+from advrec.train.loop import Training, train_epoch
+from advrec.train.optim import make_optimizer
+from advrec.train.schedules import collapsed, training_attack
+from advrec.train.tasks import make_loss, make_task
+from synthetic import prepared_synth
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return prepared_synth(tmp_path_factory.mktemp("schedules"), 30, 30, 400)
+
+
+def _config(dataset: str, **adv) -> object:
+    return build_config({"data": {"source": dataset}, "model": {"dim": 8},
+                         "adv": {"method": "fgm", "eps": 0.5, **adv}})
+
+
+def _objective(cfg, data):
+    torch.manual_seed(0)
+    model = build_model(cfg, data)
+    objective = AdversarialObjective(model, make_loss(cfg), training_attack(cfg.adv),
+                                     lam=cfg.adv.lam, keep_delta=cfg.adv.replays > 1)
+    return objective, make_optimizer(model, cfg.train)
+
+
+def test_free_with_one_replay_is_standard_fgm_step_for_step(dataset: str) -> None:
+    data = load_dataset(dataset)
+    trained = []
+    for cfg in (_config(dataset), _config(dataset, schedule="free", replays=1)):
+        objective, optimizer = _objective(cfg, data)
+        losses = train_epoch(objective, optimizer, make_task(cfg, data), 64, True,
+                             torch.Generator().manual_seed(0), replays=cfg.adv.replays)
+        trained.append((losses, objective.model.state_dict()))
+    (standard, weights), (free, free_weights) = trained
+    assert free == standard
+    assert all(torch.equal(weights[k], free_weights[k]) for k in weights)
+
+
+def test_a_free_replay_steps_delta_from_where_the_last_one_left_it(dataset: str) -> None:
+    """Replay 1 trains on FGM's δ; its backward leaves ∂loss/∂δ on δ; replay 2 trains on
+    project(δ + ε·g/‖g‖) around the (updated) rows, inside the ball."""
+    cfg = _config(dataset, schedule="free", replays=2)
+    data = load_dataset(dataset)
+    objective, optimizer = _objective(cfg, data)
+    batch = next(iter(make_task(cfg, data).batches(64, torch.Generator().manual_seed(0))))
+    first = objective(batch, adversarial=True)
+    # FGM's δ: ε along the clean loss's gradient at the user rows
+    emb = {k: v.detach().requires_grad_(True) for k, v in objective.model.embed(batch).items()}
+    clean = batch_loss(objective.loss_fn, objective.model.score(emb, batch), batch)
+    g = torch.autograd.grad(clean, emb["user"])[0]
+    fgm = 0.5 * g / g.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(first["delta"]["user"], fgm)
+    optimizer.zero_grad()
+    first["loss"].backward()
+    optimizer.step()
+    grad = first["delta"]["user"].grad
+    assert grad is not None and grad.abs().sum() > 0
+    second = objective(batch, adversarial=True, previous=first["delta"])
+    moved = first["delta"]["user"].detach() + 0.5 * grad / grad.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(second["delta"]["user"], project(moved, 0.5, "l2"))
+    assert not torch.allclose(second["delta"]["user"], first["delta"]["user"])
+    assert (second["delta"]["item"].norm(dim=-1) <= 0.5 + 1e-5).all()
+
+
+def test_free_divides_the_adversarial_epochs_by_the_replays(dataset: str,
+                                                            tmp_path: Path) -> None:
+    cfg = build_config({"data": {"source": dataset}, "model": {"dim": 8},
+                        "adv": {"method": "fgm", "schedule": "free", "replays": 3,
+                                "start_epoch": 2},
+                        "train": {"epochs": 9, "patience": 0}})
+    assert cfg.adv.epochs_run(9) == 2 + 3 and cfg.adv.epochs_run(2) == 2
+    run_training(cfg, str(tmp_path / "run"), progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["adversarial"] for h in history] == [False, False, True, True, True]
+    assert "eval_s" in history[-1]
+
+
+@pytest.mark.parametrize("method", ["fgm", "fgsm"])
+def test_fast_starts_inside_the_ball_and_steps_one_and_a_quarter_eps(dataset: str,
+                                                                     method: str) -> None:
+    cfg = _config(dataset, method=method, schedule="fast", guard=0)
+    attack = training_attack(cfg.adv)
+    norm = "l2" if method == "fgm" else "linf"
+    assert (attack.method, attack.steps, attack.random_start, attack.norm) == ("pgd", 1, True,
+                                                                               norm)
+    assert attack.alpha == pytest.approx(1.25 * 0.5)
+    data = load_dataset(dataset)
+    objective, _ = _objective(cfg, data)
+    batch = next(iter(make_task(cfg, data).batches(64, torch.Generator().manual_seed(0))))
+    emb = {k: v.detach() for k, v in objective.model.embed(batch).items()}
+    starts = []
+
+    def grad_fn(delta):  # records the start the attack differentiates at
+        starts.append({k: d.clone() for k, d in delta.items()})
+        return objective._gradient(emb, {k: emb[k] + delta[k] for k in delta}, batch)
+
+    delta = perturb(emb, grad_fn, attack, generator=torch.Generator().manual_seed(1))
+    (start,) = starts  # one gradient: at the random start
+    for k in emb:
+        size = start[k].norm(dim=-1) if norm == "l2" else start[k].abs().amax(-1)
+        assert (size <= 0.5 + 1e-6).all() and (size > 0).all(), k
+        g = grad_fn(start)[k]
+        step = (1.25 * 0.5 * g / g.norm(dim=-1, keepdim=True) if norm == "l2"
+                else 1.25 * 0.5 * g.sign())
+        torch.testing.assert_close(delta[k], project(start[k] + step, 0.5, norm))
+
+
+def test_the_collapse_guard_compares_with_the_best_adversarial_epoch() -> None:
+    history = [{"adversarial": False, "robust/ndcg@10": 0.9},  # warm-up: not counted
+               {"adversarial": True, "robust/ndcg@10": 0.4}, {"adversarial": True}]
+    assert collapsed({"robust/ndcg@10": 0.19}, history, "ndcg@10", True, 0.5)
+    assert not collapsed({"robust/ndcg@10": 0.21}, history, "ndcg@10", True, 0.5)
+    assert not collapsed({"robust/ndcg@10": 0.01}, history, "ndcg@10", True, 0.0)  # off
+    assert not collapsed({"robust/ndcg@10": 0.01}, history[:1], "ndcg@10", True, 0.5)
+    lower = [{"adversarial": True, "robust/logloss": 0.3}]
+    assert collapsed({"robust/logloss": 0.7}, lower, "logloss", False, 0.5)
+
+
+def test_fast_stops_at_a_designed_collapse_keeping_an_epoch_before(
+        dataset: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """robust/ndcg@10 made to read 0.3, 0.4, 0.35, then 0.1 (a quarter of the best): the run
+    stops at the fourth epoch, marked collapsed, and keeps an epoch before it."""
+    readings = iter([0.3, 0.4, 0.35, 0.1, 0.4, 0.4])
+    # the designed collapse: what each evaluation reads, and the best epoch's final reading
+    monkeypatch.setattr(Training, "robust_valid", lambda self: {"ndcg@10": next(readings)})
+    cfg = build_config({"data": {"source": dataset}, "model": {"dim": 8},
+                        "adv": {"method": "fgm", "eps": 0.5, "schedule": "fast"},
+                        "train": {"epochs": 6, "patience": 0},
+                        "eval": {"ks": [10], "robust_every": 1}})
+    metrics = run_training(cfg, str(tmp_path / "run"), progress=False)
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h.get("collapsed", False) for h in history] == [False, False, False, True]
+    assert history[-1]["stopped"] and metrics["best_epoch"] < 3
+
+
+@pytest.mark.parametrize(("adv", "eval_", "message"), [
+    ({"schedule": "slow"}, {}, r"adv\.schedule"),
+    ({"schedule": "free", "replays": 0}, {}, r"adv\.replays"),
+    ({"replays": 2}, {}, r"replays=2 applies to schedule=free only"),
+    ({"schedule": "fast", "replays": 2}, {"robust_every": 1},
+     r"replays=2 applies to schedule=free only"),
+    ({"schedule": "free", "method": "random"}, {}, r"method=random has no such step"),
+    ({"schedule": "fast", "method": "pgd"}, {"robust_every": 1},
+     r"schedule=fast is FGSM/FGM from a random start .*method=pgd"),
+    ({"schedule": "free", "mix": [{"method": "jsma"}]}, {}, r"adv\.mix has 1 more"),
+    ({"schedule": "fast"}, {}, r"set eval\.robust_every=1 .* or adv\.guard=0"),
+])
+def test_bad_schedules_are_refused_in_one_line(dataset: str, adv: dict, eval_: dict,
+                                               message: str) -> None:
+    with pytest.raises(AdvrecError, match=message) as error:
+        build_config({"data": {"source": dataset}, "adv": {"method": "fgm", **adv},
+                      "eval": eval_})
+    assert "\n" not in str(error.value)
+
+
+def test_free_trains_on_two_ray_train_workers(dataset: str, ray_local: None,
+                                              tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={dataset}",
+                 "model.dim=8", "adv.method=fgm", "adv.schedule=free", "adv.replays=2",
+                 "train.epochs=4", "train.batch_size=128", "eval.ks=[10]",
+                 "scaling.num_workers=2"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and all(r["adv"] > r["clean"] for r in history)
