@@ -176,6 +176,14 @@ def ablation_config(out: Path) -> Path:
     return path
 
 
+def positive(text: str) -> int:
+    """``--jobs``: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
 def mean(rows: list[dict], protocol: str, metric: str) -> float:
     return statistics.fmean(r[protocol][metric] for r in rows)
 
@@ -191,7 +199,7 @@ def main() -> None:
     parser.add_argument("--recbole", action="store_true", help="RecBole's SASRec, same rows")
     parser.add_argument("--recbole-epochs", type=int, default=200,
                         help="RecBole's epochs (default: the paper's 200)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=positive, default=1,
                         help="advrec trainings run this many at a time (give each "
                              "OMP_NUM_THREADS=1 on a small machine)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

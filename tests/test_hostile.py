@@ -580,6 +580,17 @@ CONFIG: list[Case] = [
          "train.betas: each beta must be in [0, 1)"),
     Case("train-betas-with-sgd", (*TRAIN, "train.optimizer=sgd", "train.betas=[0.9,0.98]"),
          "betas: only adam and adamw use them (optimizer=sgd)"),
+    # adv.schedule (issue 20): free replays and fast's guard
+    Case("train-schedule-unknown", (*TRAIN, "adv.method=fgm", "adv.schedule=slow"),
+         "adv.schedule: Input should be 'standard', 'free' or 'fast'"),
+    Case("train-replays-zero", (*TRAIN, "adv.method=fgm", "adv.schedule=free", "adv.replays=0"),
+         "adv.replays: Input should be greater than 0"),
+    Case("train-replays-without-free", (*TRAIN, "adv.method=fgm", "adv.replays=2"),
+         "replays=2 applies to schedule=free only"),
+    Case("train-free-random", (*TRAIN, "adv.method=random", "adv.schedule=free"),
+         "schedule=free moves delta by ascent steps; method=random has no such step"),
+    Case("train-fast-unguarded", (*TRAIN, "adv.method=fgm", "adv.schedule=fast"),
+         "set eval.robust_every=1 (eval.robust_rows bounds its cost) or adv.guard=0"),
     Case("prepare-split-loo-keep-short-misspelt", (*PREPARE, "{d}/out", "--split", "loo:keep_short"),
          "bad split 'loo:keep_short': 'loo' takes no arguments but 'keep-short'"),
     # JSMA in embedding space (issue 19): an L0 budget of 1 to model.dim coordinates per row

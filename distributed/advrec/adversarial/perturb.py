@@ -121,6 +121,12 @@ def _radius(x: Tensor, attack: Attack, scale: Tensor | None = None) -> Tensor | 
     return radius if scale is None else radius * scale
 
 
+def _step_size(attack: Attack, radius: Tensor | float) -> Tensor | float:
+    """PGD's step ``attack.alpha``, scaled as the row's radius is (relative ε, adaptive
+    scales): a step keeps its size relative to its ball."""
+    return attack.alpha * (radius / attack.eps)
+
+
 def _inv_norm(g: Tensor) -> Tensor:
     """(..., 1): 1 / ‖g_row‖₂, with zero rows kept at zero length (their direction is zero)."""
     return g.norm(dim=-1, keepdim=True).clamp_min(_TINY).reciprocal()
@@ -247,7 +253,7 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
         return _jsma(x, grad_fn, attack, radius, init_grad)
 
     # PGD: K steps of size alpha (scaled like the radius when relative), each projected back
-    step_size = {k: attack.alpha * (radius[k] / attack.eps) for k in x}
+    step_size = {k: _step_size(attack, radius[k]) for k in x}
     if attack.random_start:
         delta = {k: _random_in_ball(v, radius[k], attack.norm, generator) for k, v in x.items()}
         g = grad_fn(delta)
@@ -276,6 +282,6 @@ def ascend(x: Tensors, delta: Tensors, grad: Tensors, attack: Attack,
     out = {}
     for k, v in x.items():
         radius = _radius(v, attack, None if scale is None else scale[k])
-        size = attack.alpha * (radius / attack.eps)
-        out[k] = _ascend(delta[k].detach().clone(), grad[k], size, radius, attack.ascent_norm)
+        out[k] = _ascend(delta[k].detach().clone(), grad[k], _step_size(attack, radius), radius,
+                         attack.ascent_norm)
     return out

@@ -268,7 +268,8 @@ class AdvConfig(Adversary):
         "adv.replays times, the first replay on the attack's delta, each later one on delta "
         "moved one ascent step (adv.step_size, default eps) by the gradient the previous "
         "replay's backward left on it, and the adversarial epochs are divided by the replays: "
-        "PGD-like steps at the standard schedule's price. fast (Wong et al. 2020): FGSM/FGM "
+        "a replay costs one FGM step, so the run costs FGM training's, with delta moved "
+        "PGD-like. fast (Wong et al. 2020): FGSM/FGM "
         "from a random start in the ball with a step of 1.25 eps, guarded by adv.guard.")
     replays: int = Field(1, gt=0, description="schedule=free: trainings of each batch.")
     guard: float = Field(
@@ -292,9 +293,10 @@ class AdvConfig(Adversary):
 
     @model_validator(mode="after")
     def _schedule_fits_the_attack(self) -> AdvConfig:
+        # against the default: a dumped config has every key set
+        if self.replays != 1 and self.schedule != "free":
+            raise ValueError(f"replays={self.replays} applies to schedule=free only")
         if self.schedule == "standard":
-            if self.replays != 1:  # against the default: a dumped config has every key set
-                raise ValueError(f"replays={self.replays} applies to schedule=free only")
             return self
         ascends = ("fgsm", "fgm") if self.schedule == "fast" else ("fgsm", "fgm", "pgd")
         if self.method not in ascends:
@@ -305,8 +307,6 @@ class AdvConfig(Adversary):
         if self.mix:
             raise ValueError(f"schedule={self.schedule} trains one adversary; adv.mix has "
                              f"{len(self.mix)} more (use schedule=standard to mix)")
-        if self.replays != 1 and self.schedule != "free":
-            raise ValueError(f"replays={self.replays} applies to schedule=free only")
         return self
 
     def epochs_run(self, epochs: int) -> int:
