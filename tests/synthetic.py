@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -156,11 +157,13 @@ def _write_lines(path: Path, header: str | None, rows: Iterable[tuple]) -> None:
         f.writelines("\t".join(map(str, row)) + "\n" for row in rows)
 
 
-def prepared_synth(root: Path, users: int, items: int, interactions: int) -> str:
+def prepared_synth(root: Path, users: int, items: int, interactions: int,
+                   **options: Any) -> str:
     """`advrec synth`'s plain log (no side features) of this size under ``root/log``, prepared
-    with the defaults into ``root/data``; returns the dataset's path."""
+    with the defaults (or `prepare`'s ``options``) into ``root/data``; returns the dataset's
+    path."""
     from advrec.data import prepare
 
     synth(users, items, interactions, str(root / "log"))
-    prepare(str(root / "log"), "parquet", str(root / "data"))
+    prepare(str(root / "log"), "parquet", str(root / "data"), **options)
     return str(root / "data")

@@ -222,17 +222,27 @@ def test_tune_takes_output_or_resume(tmp_path: Path, capsys: pytest.CaptureFixtu
         "not an advrec tune experiment (no search.json)")
 
 
-def test_a_failed_trial_is_a_row_of_its_own(prepared: str, tmp_path: Path, ray_local: None) -> None:
-    # DeepFM needs click labels, which this log lacks: its trial fails on its worker, the MF
-    # trial beside it finishes and is the best
+def test_schedules_are_searched_and_a_failed_trial_is_a_row_of_its_own(
+        prepared: str, tmp_path: Path, ray_local: None) -> None:
+    # adv.schedule and adv.replays searched together: replays > 1 is free's alone, so the
+    # accumulate trial with 2 replays fails (its config is refused on its worker) and is a row
+    # of its own beside the three that finish
     out = tmp_path / "search"
+    space = "{adv.schedule: {grid: [free, accumulate]}, adv.replays: {grid: [1, 2]}}"
     assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
                  "train.epochs=1", "tune.scheduler=none", "tune.num_samples=1",
-                 "tune.space={model.name: {grid: [mf, deepfm]}}"]) == 0
-    rows = {r["model.name"]: r for r in _rows(out / "results.csv")}
-    assert rows["mf"]["status"] == "finished" and rows["deepfm"]["status"] == "error"
-    assert re.fullmatch(r"[0-9a-f]+_\d{5}", rows["deepfm"]["trial"])  # Tune's trial id
-    assert yaml.safe_load((out / "best.yaml").read_text())["model"]["name"] == "mf"
+                 "adv.schedule=free", f"tune.space={space}"]) == 0
+    rows = {(r["adv.schedule"], r["adv.replays"]): r for r in _rows(out / "results.csv")}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        ("free", "1"): "finished", ("free", "2"): "finished", ("accumulate", "1"): "finished",
+        ("accumulate", "2"): "error"}
+    assert re.fullmatch(r"[0-9a-f]+_\d{5}", rows["accumulate", "2"]["trial"])  # Tune's trial id
+    for key, row in rows.items():  # each finished trial trained what its row says
+        if row["status"] == "finished":
+            run = yaml.safe_load((out / "trials" / row["trial"] / "config.yaml").read_text())
+            assert (run["adv"]["schedule"], str(run["adv"]["replays"])) == key
+    best = yaml.safe_load((out / "best.yaml").read_text())["adv"]
+    assert rows[best["schedule"], str(best["replays"])]["status"] == "finished"
 
 
 def test_a_searched_list_is_a_cell_of_the_table_and_best_yaml_takes_it_back(

@@ -29,6 +29,10 @@ SETUPS = {
                       "adv.eps=0.5", "adv.relative=true", "adv.random_start=true",
                       "train.epochs=4", "train.lr=0.01", "train.batch_size=256",
                       "data.stream=true", "data.shuffle_buffer=1000"],
+    # accumulate's δ memory, which the next epochs train on (and decay), is in the state
+    "mf-accumulate": ["model.name=mf", "model.dim=16", "adv.method=fgm", "adv.eps=0.5",
+                      "adv.schedule=accumulate", "adv.decay=0.5", "train.epochs=5",
+                      "train.lr=0.01", "train.batch_size=256"],
     "sasrec-fgm-dropout": ["model.name=sasrec", "model.dim=16", "model.max_len=20",
                            "model.dropout=0.3", "adv.method=fgm", "adv.eps=0.1",
                            "adv.relative=true", "train.epochs=5", "train.lr=0.01",

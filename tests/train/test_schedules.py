@@ -1,6 +1,7 @@
 """``adv.schedule`` (`advrec.train.schedules`): free replays equal FGM at one replay and step δ
 from where it was left at more; fast starts inside the ball and steps 1.25·ε; its guard stops a
-designed collapse; bad schedules are refused in one line."""
+designed collapse; accumulate's δ of a row is k projected ascent steps after k lookups; bad
+schedules are refused in one line."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import torch
 
 from advrec.adversarial import AdversarialObjective, perturb
+from advrec.adversarial.memory import DeltaMemory
 from advrec.adversarial.perturb import project
 from advrec.cli import main
 from advrec.config import build_config
@@ -39,8 +41,10 @@ def _config(dataset: str, **adv) -> object:
 def _objective(cfg, data):
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    objective = AdversarialObjective(model, make_loss(cfg), training_attack(cfg.adv),
-                                     lam=cfg.adv.lam, keep_delta=cfg.adv.replays > 1)
+    attack = training_attack(cfg.adv)
+    memory = DeltaMemory(attack) if cfg.adv.schedule == "accumulate" else None
+    objective = AdversarialObjective(model, make_loss(cfg), attack, lam=cfg.adv.lam,
+                                     keep_delta=cfg.adv.replays > 1, memory=memory)
     return objective, make_optimizer(model, cfg.train)
 
 
@@ -155,6 +159,60 @@ def test_fast_stops_at_a_designed_collapse_keeping_an_epoch_before(
     assert history[-1]["stopped"] and metrics["best_epoch"] < 3
 
 
+@pytest.mark.parametrize("model", ["mf", "sasrec"])
+def test_accumulate_moves_each_rows_delta_one_projected_step_per_lookup(
+        dataset: str, tmp_path_factory: pytest.TempPathFactory, model: str) -> None:
+    """After k lookups (k training steps, the model updated in between), each row's δ in the
+    memory equals k steps ``project(δ + ε·g/‖g‖)`` of whole-table δ (every table row its own,
+    shared by all its lookups; SASRec's history and candidates are the same item rows), with g
+    the training loss's gradient at that δ, computed here without the memory; rows never looked
+    up stay zero, and every row stays inside its ball."""
+    source = dataset if model == "mf" else prepared_synth(
+        tmp_path_factory.mktemp("accumulate"), 30, 30, 400, split="loo")
+    cfg = build_config({"data": {"source": source},
+                        "model": {"name": model, "dim": 8, "max_len": 10},
+                        "adv": {"method": "fgm", "eps": 0.5, "schedule": "accumulate"}})
+    data = load_dataset(source)
+    objective, optimizer = _objective(cfg, data)
+    batch = next(iter(make_task(cfg, data).batches(64, torch.Generator().manual_seed(0))))
+    rows = objective.model.rows(batch)
+    expected = {name: torch.zeros(count, 8) for name, _, count in rows.values()}
+    for _ in range(3):
+        tables = {n: t.clone().requires_grad_(True) for n, t in expected.items()}
+        emb = objective.model.embed(batch)
+        adv = {k: emb[k] + tables[name][ids] for k, (name, ids, _) in rows.items()}
+        loss = (batch_loss(objective.loss_fn, objective.model.score(emb, batch), batch)
+                + batch_loss(objective.loss_fn, objective.model.score(adv, batch), batch))
+        grads = dict(zip(tables, torch.autograd.grad(loss, list(tables.values()))))
+        expected = {n: project(t + 0.5 * grads[n] / grads[n].norm(dim=-1, keepdim=True)
+                               .clamp_min(1e-12), 0.5, "l2") for n, t in expected.items()}
+        out = objective(batch, adversarial=True)
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+        objective.memory.step()
+    for name, table in objective.memory.tables.items():
+        torch.testing.assert_close(table, expected[name], atol=1e-5, rtol=1e-4)
+        norms = table.norm(dim=-1)
+        assert (norms <= 0.5 + 1e-5).all() and (norms > 0.4).any()
+    seen = torch.unique(torch.cat([ids.reshape(-1) for n, ids, _ in rows.values()
+                                   if n == "item"]))
+    unseen = torch.ones(len(objective.memory.tables["item"]), dtype=torch.bool)
+    unseen[seen] = False
+    assert (objective.memory.tables["item"][unseen] == 0).all()
+
+
+def test_decay_scales_the_memory_at_each_adversarial_epoch(dataset: str) -> None:
+    cfg = _config(dataset, schedule="accumulate", decay=0.5)
+    data = load_dataset(dataset)
+    objective, optimizer = _objective(cfg, data)
+    train_epoch(objective, optimizer, make_task(cfg, data), 64, True,
+                torch.Generator().manual_seed(0), memory=objective.memory)
+    before = {n: t.clone() for n, t in objective.memory.tables.items()}
+    objective.memory.decay(cfg.adv.decay)
+    assert all(torch.equal(objective.memory.tables[n], 0.5 * t) for n, t in before.items())
+
+
 @pytest.mark.parametrize(("adv", "eval_", "message"), [
     ({"schedule": "slow"}, {}, r"adv\.schedule"),
     ({"schedule": "free", "replays": 0}, {}, r"adv\.replays"),
@@ -166,6 +224,9 @@ def test_fast_stops_at_a_designed_collapse_keeping_an_epoch_before(
      r"schedule=fast is FGSM/FGM from a random start .*method=pgd"),
     ({"schedule": "free", "mix": [{"method": "jsma"}]}, {}, r"adv\.mix has 1 more"),
     ({"schedule": "fast"}, {}, r"set eval\.robust_every=1 .* or adv\.guard=0"),
+    ({"schedule": "accumulate", "method": "random"}, {},
+     r"schedule=accumulate moves delta by ascent steps; method=random has no such step"),
+    ({"schedule": "free", "decay": 0.5}, {}, r"decay=0\.5 applies to schedule=accumulate only"),
 ])
 def test_bad_schedules_are_refused_in_one_line(dataset: str, adv: dict, eval_: dict,
                                                message: str) -> None:
@@ -175,12 +236,14 @@ def test_bad_schedules_are_refused_in_one_line(dataset: str, adv: dict, eval_: d
     assert "\n" not in str(error.value)
 
 
-def test_free_trains_on_two_ray_train_workers(dataset: str, ray_local: None,
-                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("schedule, epochs", [(["adv.schedule=free", "adv.replays=2"], 2),
+                                              (["adv.schedule=accumulate"], 4)])
+def test_free_and_accumulate_train_on_two_ray_train_workers(
+        dataset: str, ray_local: None, tmp_path: Path, schedule: list[str], epochs: int) -> None:
     run = tmp_path / "run"
     assert main(["train", "--output", str(run), "--quiet", f"data.source={dataset}",
-                 "model.dim=8", "adv.method=fgm", "adv.schedule=free", "adv.replays=2",
-                 "train.epochs=4", "train.batch_size=128", "eval.ks=[10]",
-                 "scaling.num_workers=2"]) == 0
+                 "model.dim=8", "adv.method=fgm", *schedule, "train.epochs=4",
+                 "train.batch_size=128", "eval.ks=[10]", "scaling.num_workers=2"]) == 0
     history = json.loads((run / "history.json").read_text())
-    assert len(history) == 2 and all(r["adv"] > r["clean"] for r in history)
+    # accumulate's first lookups train on δ = 0; its δ grows over the epochs
+    assert len(history) == epochs and all(r["adv"] > r["clean"] for r in history[1:])

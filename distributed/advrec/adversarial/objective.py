@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from advrec.adversarial.adaptive import pamacf_weights, row_scales, vat_weights
 from advrec.adversarial.jsma_fields import flip_fields
 from advrec.adversarial.jsma_items import swap_items
+from advrec.adversarial.memory import DeltaMemory
 from advrec.adversarial.perturb import Attack, Tensors, ascend, perturb
 from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
@@ -58,12 +59,17 @@ class AdversarialObjective(nn.Module):
     With ``keep_delta`` (``adv.schedule=free``) a forward also returns the attack's δ as leaves
     whose ``.grad`` the backward fills, and a later forward on the same batch given them as
     ``previous`` moves each one ascent step from there (`ascend`) instead of attacking anew.
+
+    With ``memory`` (``adv.schedule=accumulate``) the attack takes no gradient of its own: each
+    target row trains on its δ in the memory (`DeltaMemory.recall`), and the caller moves those
+    δ one ascent step after the backward (`DeltaMemory.step`).
     """
 
     def __init__(self, model: Recommender, loss_fn: LossFn, attack: Attack, lam: float,
                  target: str = "all", reg: float = 0.0, adaptive: ADAPTIVE = "none",
                  adaptive_lambda: float = 2.0,
-                 mix: Sequence[tuple[Attack, float, str]] = (), keep_delta: bool = False) -> None:
+                 mix: Sequence[tuple[Attack, float, str]] = (), keep_delta: bool = False,
+                 memory: DeltaMemory | None = None) -> None:
         """``attack`` at weight ``lam`` on the ``target`` rows, and each of ``mix``'s (attack,
         λ, target) besides it (``adv.mix``): ``L + lam·L(x') + Σ λ_i·L(x'_i)``."""
         super().__init__()
@@ -71,7 +77,7 @@ class AdversarialObjective(nn.Module):
         self.adversaries = [(attack, lam, target), *mix]
         self.reg = reg
         self.adaptive, self.adaptive_lambda = adaptive, adaptive_lambda
-        self.keep_delta = keep_delta
+        self.keep_delta, self.memory = keep_delta, memory
         # every parameter of a table module (a torchrec table's live in its collection)
         tables = {id(p) for t in model.tables().values() for p in t.parameters()}
         self._dense = [p for p in model.parameters() if id(p) not in tables]
@@ -123,6 +129,8 @@ class AdversarialObjective(nn.Module):
             return ["item_seq"]
         if attack.method == "jsma-fields":
             return self._field_keys()
+        if self.memory is not None:  # δ comes from the memory
+            return []
         return select_targets(list(emb), target) if attack.from_clean_gradient else []
 
     def _field_keys(self) -> list[str]:
@@ -150,7 +158,11 @@ class AdversarialObjective(nn.Module):
             return batch_loss(self.loss_fn, self.model.score(flipped, batch), batch), None
         keys = select_targets(list(emb), target)
         scale = self._scales(emb, keys, batch, row_losses)
-        if previous is not None:
+        if self.memory is not None:
+            rows = self.model.rows(batch)
+            delta = self.memory.recall({k: emb[k].detach() for k in keys},
+                                       {k: rows[k] for k in keys}, scale)
+        elif previous is not None:
             delta = ascend({k: emb[k].detach() for k in keys}, previous,
                            {k: previous[k].grad for k in keys}, attack, scale)
         else:

@@ -114,7 +114,7 @@ def greedy_rounds(state: State, rounds: int, grad_fn: Callable[[State], Grad],
     return state
 
 
-def _radius(x: Tensor, attack: Attack, scale: Tensor | None = None) -> Tensor | float:
+def ball_radius(x: Tensor, attack: Attack, scale: Tensor | None = None) -> Tensor | float:
     """The per-row budget: a scalar, or (..., 1) when relative to each row's norm or scaled per
     row (``scale``, broadcast against (..., 1): adaptive ε, `advrec.adversarial.adaptive`)."""
     radius = attack.eps * x.detach().norm(dim=-1, keepdim=True) if attack.relative else attack.eps
@@ -241,7 +241,7 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
                          f"{attack.method.replace('-', '_')}): it has no embedding perturbation")
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
-    radius = {k: _radius(v, attack, None if scale is None else scale[k]) for k, v in x.items()}
+    radius = {k: ball_radius(v, attack, None if scale is None else scale[k]) for k, v in x.items()}
     if attack.method == "random":
         # noise on the sphere (L2) or a corner of the box (L∞): the full budget, no gradient
         return {k: _step(_draw(torch.randn, v.shape, v, generator), radius[k], attack.norm)
@@ -281,7 +281,7 @@ def ascend(x: Tensors, delta: Tensors, grad: Tensors, attack: Attack,
     (detached rows, as in `perturb`; ``scale`` as there). Returns new tensors."""
     out = {}
     for k, v in x.items():
-        radius = _radius(v, attack, None if scale is None else scale[k])
+        radius = ball_radius(v, attack, None if scale is None else scale[k])
         out[k] = _ascend(delta[k].detach().clone(), grad[k], _step_size(attack, radius), radius,
                          attack.ascent_norm)
     return out

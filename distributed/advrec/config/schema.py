@@ -262,7 +262,7 @@ class AdvConfig(Adversary):
         2.0, gt=0.0, description="lambda_a of adv.adaptive: a user's eps lies in (0, lambda_a * "
         "eps), and is eps at the batch's mean; 2 in both papers' code.")
 
-    schedule: Literal["standard", "free", "fast"] = Field(
+    schedule: Literal["standard", "free", "fast", "accumulate"] = Field(
         "standard", description="How the attack is paid for. standard: the attack from scratch "
         "on every batch. free (Shafahi et al. 2019): each adversarial batch is trained "
         "adv.replays times, the first replay on the attack's delta, each later one on delta "
@@ -270,8 +270,15 @@ class AdvConfig(Adversary):
         "replay's backward left on it, and the adversarial epochs are divided by the replays: "
         "a replay costs one FGM step, so the run costs FGM training's, with delta moved "
         "PGD-like. fast (Wong et al. 2020): FGSM/FGM "
-        "from a random start in the ball with a step of 1.25 eps, guarded by adv.guard.")
+        "from a random start in the ball with a step of 1.25 eps, guarded by adv.guard. "
+        "accumulate (ATTA, Zheng et al. 2020): one delta per attacked embedding row, kept "
+        "across batches and epochs; every lookup of a row trains on its delta, then moves it "
+        "one ascent step (adv.step_size, default eps) along the gradient the training "
+        "backward left on it: PGD-like over the visits, at less than FGM's cost.")
     replays: int = Field(1, gt=0, description="schedule=free: trainings of each batch.")
+    decay: float = Field(
+        1.0, ge=0.0, le=1.0, description="schedule=accumulate: every adversarial epoch starts "
+        "with each remembered delta times this; 1 keeps them, 0 starts each epoch from zero.")
     guard: float = Field(
         0.5, ge=0.0, le=1.0, description="schedule=fast: catastrophic overfitting guard; the "
         "run stops, keeping the best epoch before, when robust/ of train.monitor (eval."
@@ -296,6 +303,8 @@ class AdvConfig(Adversary):
         # against the default: a dumped config has every key set
         if self.replays != 1 and self.schedule != "free":
             raise ValueError(f"replays={self.replays} applies to schedule=free only")
+        if self.decay != 1.0 and self.schedule != "accumulate":
+            raise ValueError(f"decay={self.decay} applies to schedule=accumulate only")
         if self.schedule == "standard":
             return self
         ascends = ("fgsm", "fgm") if self.schedule == "fast" else ("fgsm", "fgm", "pgd")

@@ -26,6 +26,10 @@ Batch = dict[str, Tensor]
 - ``mask``: BoolTensor (B, L), which sequence positions carry a training target.
 """
 
+RowIds = tuple[str, Tensor, int]
+"""Which rows an `embed` key's vectors are: (the name of what they are rows of, their ids
+(the key's shape without the last dimension), how many rows it has)."""
+
 
 class Recommender(nn.Module):
     """Base class: subclasses implement `embed`, `score` and `tables`."""
@@ -51,6 +55,14 @@ class Recommender(nn.Module):
         Every key of `embed`'s output starts with the side (``user``/``item``) of the table it
         was looked up from; several keys may share one table (SASRec's ``item_seq`` and ``item``).
         """
+        raise NotImplementedError
+
+    def rows(self, batch: Batch) -> dict[str, RowIds]:
+        """Which row each vector of ``embed(batch)`` is, per key: ``embed(batch)[key]`` (*S, d)
+        holds the rows ``ids`` (*S) of ``name``: a table, or for a pooled field (the mean of a
+        multi-valued feature's tokens) the users or items it pools for. Keys of one name share
+        rows (SASRec's history and candidates are both item rows). ``adv.schedule=accumulate``
+        keeps one δ per row (`advrec.adversarial.memory`)."""
         raise NotImplementedError
 
     def forward(self, batch: Batch) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from advrec.data.features import FeatureSet
-from advrec.models.base import Batch, Recommender, new_table
+from advrec.models.base import Batch, Recommender, RowIds, new_table
 
 
 class FieldEmbeddings(nn.Module):
@@ -59,6 +59,18 @@ class FieldEmbeddings(nn.Module):
         """Row indices (*S) -> one (*S, d) embedding per field key."""
         out = {self.side: self.tables[self.side](ids)}
         out.update({key: self.lookup(key, v) for key, v in self.values(ids).items()})
+        return out
+
+    def rows(self, ids: Tensor) -> dict[str, RowIds]:
+        """Row indices (*S) -> which row each field key's (*S, d) vectors are
+        (`Recommender.rows`): the id's and each single-valued field's table rows; a
+        multi-valued field's vector is a mean of tokens, one per user or item (named
+        ``<key>/<side>``)."""
+        count = self.tables[self.side].num_embeddings
+        out: dict[str, RowIds] = {self.side: (self.side, ids, count)}
+        out.update({key: (key, v, self.tables[key].num_embeddings)
+                    for key, v in self.values(ids).items() if key in self.single})
+        out.update({key: (f"{key}/{self.kind}", ids, count) for key in self.multi})
         return out
 
     def values(self, ids: Tensor) -> dict[str, Tensor]:
@@ -128,6 +140,11 @@ class FieldModel(Recommender):
 
     def tables(self) -> dict[str, nn.Module]:
         return {**self.users.as_dict(), **self.items.as_dict()}
+
+    def rows(self, batch: Batch) -> dict[str, RowIds]:
+        """Each field's rows (`FieldEmbeddings.rows`) of a batch of the users' own profiles
+        (training's: no changed profile in it)."""
+        return {k: r for s in self.field_sets() for k, r in s.rows(batch[s.kind]).items()}
 
     def fields(self, emb: dict[str, Tensor]) -> Tensor:
         """(B, C, F, d): every field of each (user, candidate) pair."""

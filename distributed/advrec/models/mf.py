@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advrec.models.base import Batch, Recommender, new_table
+from advrec.models.base import Batch, Recommender, RowIds, new_table
 
 
 class MF(Recommender):
@@ -21,6 +21,10 @@ class MF(Recommender):
     def embed(self, batch: Batch) -> dict[str, Tensor]:
         """``user`` (B, d) and ``item`` (B, C, d)."""
         return {"user": self.user(batch["user"]), "item": self.item(batch["item"])}
+
+    def rows(self, batch: Batch) -> dict[str, RowIds]:
+        return {"user": ("user", batch["user"], self.num_users),
+                "item": ("item", batch["item"], self.num_items)}
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
         """(B, 1, d) x (B, C, d) -> (B, C) dot products."""

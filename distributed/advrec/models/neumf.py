@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advrec.models.base import Batch, Recommender, mlp, new_table
+from advrec.models.base import Batch, Recommender, RowIds, mlp, new_table
 
 
 class NeuMF(Recommender):
@@ -29,6 +29,11 @@ class NeuMF(Recommender):
             "user_gmf": self.user_gmf(u), "user_mlp": self.user_mlp(u),
             "item_gmf": self.item_gmf(i), "item_mlp": self.item_mlp(i),
         }
+
+    def rows(self, batch: Batch) -> dict[str, RowIds]:
+        u, i = batch["user"], batch["item"]
+        return {"user_gmf": ("user_gmf", u, self.num_users), "user_mlp": ("user_mlp", u, self.num_users),
+                "item_gmf": ("item_gmf", i, self.num_items), "item_mlp": ("item_mlp", i, self.num_items)}
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
         """(B, C) logits: GMF product (B, C, d) and MLP output (B, C, h) into a linear head."""

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from advrec.errors import AdvrecError
-from advrec.models.base import Batch, Recommender, new_table
+from advrec.models.base import Batch, Recommender, RowIds, new_table
 from advrec.models.base import init_std as init_scale
 
 LAYER_NORM_EPS = 1e-8  # both references'; PyTorch's default is 1e-5
@@ -68,6 +68,13 @@ class SASRec(Recommender):
         candidates = (self.item(batch["item"]) if "item" in batch
                       else self.all_items(batch["seq"].device))
         return {"item_seq": self.item(batch["seq"]), "item": candidates}
+
+    def rows(self, batch: Batch) -> dict[str, RowIds]:
+        seq = batch["seq"]
+        candidates = (batch["item"] if "item" in batch
+                      else torch.arange(self.num_items, device=seq.device))
+        rows = self.num_items + 1  # the padding row too
+        return {"item_seq": ("item", seq, rows), "item": ("item", candidates, rows)}
 
     def hidden(self, item_seq: Tensor, seq: Tensor) -> Tensor:
         """The transformer's output (B, L, d) at every position; zero at padded positions."""

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from advrec import io
 from advrec.adversarial import AdversarialObjective
 from advrec.adversarial.jsma_fields import check_fields
+from advrec.adversarial.memory import DeltaMemory
 from advrec.config import RunConfig
 from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
@@ -82,12 +83,14 @@ def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
                 batch_size: int, adversarial: bool, generator: torch.Generator,
                 device: torch.device = CPU,
                 fault: Callable[[], None] | None = None, epoch: int = 0,
-                replays: int = 1) -> dict[str, float]:
+                replays: int = 1, memory: DeltaMemory | None = None) -> dict[str, float]:
     """One pass over the task's training batches (of this worker's shard, made on the CPU and
     trained on ``device``); returns mean losses, over every optimizer step.
 
     ``replays`` > 1 (``adv.schedule=free``): each batch takes that many optimizer steps, each
     replay's forward given the δ of the one before (whose ``.grad`` its backward filled).
+    ``memory`` (``adv.schedule=accumulate``, the objective's): each backward's gradient moves
+    the δ rows the batch trained on (`DeltaMemory.step`).
 
     ``fault``: called after the first step, mid-epoch (fault injection, `inject_fault`).
     ``epoch`` (0-based) names the epoch in errors.
@@ -109,6 +112,8 @@ def train_epoch(objective: nn.Module, optimizer: Optimizer, task: Task,
             optimizer.zero_grad(set_to_none=True)
             out["loss"].backward()
             optimizer.step()
+            if memory is not None and adversarial:
+                memory.step()
             previous = out.get("delta")
             for key in totals:
                 if key in out:
@@ -209,6 +214,7 @@ class Training:
     task: Task
     attacked: list[dict[str, torch.Tensor]] | None  # the robust/... attack's examples
     targets: TargetMetrics | None  # the target items' T-HR and T-NDCG, if it has any
+    memory: DeltaMemory | None  # adv.schedule=accumulate's δ per row, this worker's
 
     def robust_valid(self) -> dict[str, float]:
         """Valid metrics under ``eval.robust_attack`` at ``eval.robust_eps``."""
@@ -254,7 +260,7 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
         every = cfg.train.checkpoint_every
         if every and ((epoch + 1) % every == 0 or record["stopped"]):
             save_state(run.output, run.model, run.optimizer, best, history, run.shard,
-                       run.tables)
+                       run.tables, run.memory)
         if record["stopped"]:
             break
     bar.close()
@@ -282,11 +288,13 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
         model = model.to(device)  # before its optimizer's state
     optimizer = make_optimizer(model, cfg.train, fused_tables=sharded)
     loss_fn = make_loss(cfg)
+    attack = training_attack(cfg.adv)
+    memory = DeltaMemory(attack) if cfg.adv.schedule == "accumulate" else None
     objective: nn.Module = AdversarialObjective(
-        model, loss_fn, training_attack(cfg.adv), lam=cfg.adv.lam, target=cfg.adv.target,
+        model, loss_fn, attack, lam=cfg.adv.lam, target=cfg.adv.target,
         reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda,
         mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix],
-        keep_delta=cfg.adv.replays > 1)
+        keep_delta=cfg.adv.replays > 1, memory=memory)
     tables = None
     if sharded:
         from advrec.train.sharding import shard as shard_tables
@@ -304,7 +312,7 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
     return Training(cfg, config["output"], shard, device, model, optimizer, objective, tables,
                     loss_fn, task, attacked,
                     TargetMetrics(data, TargetItems(**targets), cfg.eval.target_k)
-                    if targets else None)
+                    if targets else None, memory)
 
 
 def _resume(run: Training) -> tuple[EarlyStopping, list[dict[str, Any]], bool]:
@@ -326,6 +334,8 @@ def _resume(run: Training) -> tuple[EarlyStopping, list[dict[str, Any]], bool]:
     load_weights(run.output, run.model, state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["rng"][rank]["torch"])  # dropout's
+    if run.memory is not None:
+        run.memory.load_state_dict(state["memory"][rank], run.device)
     best.load_state_dict(state["early_stopping"])
     return best, state["history"], True
 
@@ -343,6 +353,8 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
         # the adversarial phase starts: select the best model, and count patience, among
         # adversarial epochs only, so a clean warm-up epoch is never returned as "the" model
         best.restart()
+    if adversarial and run.memory is not None:
+        run.memory.decay(cfg.adv.decay)
     run.model.train()
     start = time.perf_counter()
     generator = epoch_generator(tc.seed, rank, epoch)  # shuffling, negatives, random attacks
@@ -350,7 +362,8 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
     batch_size = -(-tc.batch_size // world)  # per worker; the global batch stays tc.batch_size
     losses = train_epoch(run.objective, run.optimizer, run.task, batch_size, adversarial,
                          generator, run.device, fault=(lambda: inject_fault(cfg)) if fires else None,
-                         epoch=epoch, replays=cfg.adv.replays if adversarial else 1)
+                         epoch=epoch, replays=cfg.adv.replays if adversarial else 1,
+                         memory=run.memory)
     record: dict[str, Any] = {"epoch": epoch, "adversarial": adversarial,
                               "train_s": time.perf_counter() - start, **losses}
     if (epoch + 1) % tc.eval_every == 0 or epoch + 1 == cfg.adv.epochs_run(tc.epochs):

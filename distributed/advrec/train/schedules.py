@@ -10,6 +10,8 @@
   ``replays`` steps of PGD.
 - ``fast`` (Wong et al., ICLR 2020): FGSM/FGM from a random point of the ball with a step of
   1.25·ε (`training_attack`), guarded against catastrophic overfitting (`collapsed`).
+- ``accumulate`` (ATTA, Zheng et al., CVPR 2020): one δ per attacked embedding row, kept across
+  batches and epochs (`advrec.adversarial.memory`), moved one ascent step per lookup.
 """
 
 from __future__ import annotations
@@ -35,14 +37,16 @@ def training_attack(adv: AdvConfig) -> Attack:
     """The attack ``adv`` trains against under its schedule.
 
     ``fast``: one PGD step from a random start, of 1.25·ε in the method's norm (L∞ for FGSM,
-    L2 for FGM). ``free``: FGSM's and FGM's later replays step ``adv.step_size``, by default ε
-    (their own step: a first step from zero is the method's δ); PGD's step as configured.
+    L2 for FGM). ``free`` and ``accumulate``: FGSM's and FGM's ascent steps are
+    ``adv.step_size``, by default ε (their own step: a first step from zero is the method's δ);
+    PGD's step as configured.
     """
     attack = attack_from_config(adv)
     if adv.schedule == "fast":
         return dataclasses.replace(attack, method="pgd", steps=1, random_start=True,
                                    step_size=FAST_STEP * adv.eps, norm=attack.ascent_norm)
-    if adv.schedule == "free" and adv.method in ("fgsm", "fgm") and adv.step_size is None:
+    if (adv.schedule in ("free", "accumulate") and adv.method in ("fgsm", "fgm")
+            and adv.step_size is None):
         return dataclasses.replace(attack, step_size=adv.eps)
     return attack
 

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from advrec.adversarial.memory import DeltaMemory
 from advrec.shards import gather_objects
 from advrec.train.checkpoint import (
     best_url,
@@ -87,10 +88,12 @@ class EarlyStopping:
 
 def save_state(output: str, model: nn.Module, optimizer: Optimizer,
                best: EarlyStopping, history: list[dict[str, Any]], shard: tuple[int, int],
-               tables: torch.optim.Optimizer | None = None) -> None:
+               tables: torch.optim.Optimizer | None = None,
+               memory: DeltaMemory | None = None) -> None:
     """Rank 0 saves the training state after the last epoch of ``history``, with every
-    worker's torch random state (dropout's; each continues its own), keeping the best epoch's
-    state too. Sampling needs none: each epoch seeds its own (`epoch_generator`).
+    worker's torch random state (dropout's; each continues its own) and δ memory
+    (``adv.schedule=accumulate``), keeping the best epoch's state too. Sampling needs none:
+    each epoch seeds its own (`epoch_generator`).
 
     With sharded tables (their fused optimizer ``tables``), every worker saves its shards of
     the model and of the tables' optimizer state (the best epoch's weights are spilled
@@ -105,6 +108,8 @@ def save_state(output: str, model: nn.Module, optimizer: Optimizer,
         "early_stopping": best.state_dict(),
         "history": history,
     }
+    if memory is not None:
+        state["memory"] = gather_objects(memory.state_dict(), shard)
     sharded = None
     if tables is not None:  # tensors only: the file keeps everything else
         sharded = {"model": state.pop("model"), "tables": tables.state_dict()["state"]}

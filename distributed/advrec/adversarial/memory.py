@@ -1,0 +1,117 @@
+"""``adv.schedule=accumulate``: a perturbation memory, one δ per attacked embedding row.
+
+ATTA (Zheng et al., CVPR 2020) carries each example's perturbation across epochs, because the
+adversarial examples of consecutive epochs are alike. In a recommender the perturbed tensors
+are embedding rows (a user, an item, a field's value), which recur in many batches of every
+epoch, so the memory is kept per row: `DeltaMemory` holds one δ per row of each attacked table
+(`Recommender.rows` says which rows a batch looked up), and every lookup of a row trains on
+its δ where the last lookup left it. The backward of that training step leaves ∂loss/∂δ on
+the batch's rows of δ at no extra cost (the adversarial loss is already differentiated), and
+`DeltaMemory.step` moves each of them one projected ascent step: after k lookups a row's δ is
+k steps of PGD, at less than FGM's cost (no clean gradient is taken for the attack).
+
+A row looked up several times in a batch (an item in many histories) has one δ there, whose
+gradient sums its lookups'. Memory: one δ table the size of each attacked table, per worker,
+on the worker's device (like one more optimizer moment); each worker keeps the δ of the rows
+it looks up. With torchrec-sharded tables the memory is still whole on every worker (sharding
+it with the tables is not built).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from advrec.adversarial.perturb import Attack, Tensors, ascend, ball_radius, project
+from advrec.models.base import RowIds
+
+
+@dataclass
+class _Lookup:
+    """One batch's rows of one δ table: their ids (U,), their δ as a leaf (U, d) whose
+    ``.grad`` the backward fills, the rows themselves (U, d), detached, and their multipliers
+    of ε (U, 1), if any."""
+
+    name: str
+    ids: Tensor
+    delta: Tensor
+    x: Tensor
+    scale: Tensor | None
+
+
+class DeltaMemory:
+    """One δ row per embedding row that ``attack`` perturbs, each inside its ball."""
+
+    def __init__(self, attack: Attack) -> None:
+        self.attack = attack
+        self.tables: dict[str, Tensor] = {}  # name -> (rows, d)
+        self._pending: list[_Lookup] = []
+
+    def recall(self, emb: Tensors, rows: dict[str, RowIds],
+               scale: Tensors | None = None) -> Tensors:
+        """The δ of each key of ``emb`` (detached rows (*S, d)), gathered from the memory at
+        ``rows``' ids, differentiable with respect to the batch's δ rows (one leaf per table,
+        which `step` then moves). ``scale``: each key's multiplier of ε (adaptive ε, as in
+        `advrec.adversarial.perturb.perturb`); a row looked up with several takes their mean."""
+        self._pending = []
+        by_name: dict[str, list[str]] = {}
+        for key in emb:
+            by_name.setdefault(rows[key][0], []).append(key)
+        out: Tensors = {}
+        for name, keys in by_name.items():
+            d = emb[keys[0]].shape[-1]
+            ids = torch.cat([rows[k][1].reshape(-1) for k in keys])
+            flat = torch.cat([emb[k].reshape(-1, d) for k in keys])
+            table = self.tables.get(name)
+            if table is None:
+                table = self.tables[name] = flat.new_zeros(rows[keys[0]][2], d)
+            unique, inverse = torch.unique(ids, return_inverse=True)
+            # every lookup of a row holds the same vector: any one gives the row's norm
+            x = flat.new_empty(len(unique), d).index_copy_(0, inverse, flat)
+            factor = None
+            if scale is not None:
+                scales = torch.cat([scale[k].expand(*emb[k].shape[:-1], 1).reshape(-1, 1)
+                                    for k in keys])
+                factor = scales.new_zeros(len(unique), 1).index_reduce_(
+                    0, inverse, scales, "mean", include_self=False)
+            # a row's ball moves with the row (relative ε): its δ is projected onto today's
+            delta = project(table[unique], ball_radius(x, self.attack, factor),
+                            self.attack.ascent_norm).requires_grad_(True)
+            self._pending.append(_Lookup(name, unique, delta, x, factor))
+            offset = 0
+            for k in keys:
+                n = rows[k][1].numel()
+                out[k] = delta[inverse[offset:offset + n]].view_as(emb[k])
+                offset += n
+        return out
+
+    @torch.no_grad()
+    def step(self) -> None:
+        """Move the δ rows of the last `recall` one projected ascent step along the gradient
+        the backward left on them (``attack.alpha`` in ``attack.ascent_norm``, scaled like the
+        radius), and store them. Rows without a gradient (no backward) stay."""
+        for lookup in self._pending:
+            if lookup.delta.grad is None:
+                continue
+            scale = None if lookup.scale is None else {"rows": lookup.scale}
+            moved = ascend({"rows": lookup.x}, {"rows": lookup.delta},
+                           {"rows": lookup.delta.grad}, self.attack, scale)["rows"]
+            self.tables[lookup.name][lookup.ids] = moved
+        self._pending = []
+
+    @torch.no_grad()
+    def decay(self, factor: float) -> None:
+        """Scale every δ by ``factor`` (``adv.decay``, at each adversarial epoch's start):
+        1 keeps them, 0 starts every row from zero again. Inside its ball still."""
+        if factor != 1.0:
+            for table in self.tables.values():
+                table.mul_(factor)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The δ tables (on the CPU), for a checkpoint."""
+        return {name: t.detach().cpu() for name, t in self.tables.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor], device: torch.device) -> None:
+        self.tables = {name: t.to(device) for name, t in state.items()}
