@@ -27,6 +27,7 @@ import torch
 from torch.optim import Optimizer
 
 from advrec.adversarial import AdversarialObjective, Attack
+from advrec.adversarial.memory import DeltaMemory
 from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.models import LOSSES, build_model
@@ -38,23 +39,27 @@ from advrec.train.tasks import PairTask, Task
 ROOT = Path(__file__).resolve().parents[1]
 
 
-Run = tuple[AdversarialObjective, Optimizer, torch.Generator]
-"""One method's training state: its objective (model inside), optimizer and generator."""
+Run = tuple[torch.nn.Module, Optimizer, torch.Generator]
+"""One method's training state: its objective (model inside; DDP-wrapped on several workers),
+optimizer and generator."""
 
 
 def interleaved_epochs(runs: dict[str, Run], task: Task, batch_size: int, rounds: int,
-                       clean: str, clock: Callable[[], float] = time.perf_counter
+                       clean: str, clock: Callable[[], float] = time.perf_counter,
+                       schedules: dict[str, tuple[int, DeltaMemory | None]] | None = None
                        ) -> dict[str, list[float]]:
     """Each method's epoch time in each of ``rounds`` rounds; a round trains one epoch of every
     method back to back (in reverse order every other round, so none always runs first or
-    last); ``clean`` names the method that trains without its adversary."""
+    last); ``clean`` names the method that trains without its adversary. ``schedules``: a
+    method's ``adv.schedule`` state, (replays, δ memory), as `train_epoch` takes them."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for round_ in range(rounds):
         order = list(runs.items())
         for name, (objective, optimizer, generator) in order[::-1] if round_ % 2 else order:
+            replays, memory = (schedules or {}).get(name, (1, None))
             start = clock()
             train_epoch(objective, optimizer, task, batch_size, adversarial=name != clean,
-                        generator=generator)
+                        generator=generator, replays=replays, memory=memory)
             times[name].append(clock() - start)
     return times
 

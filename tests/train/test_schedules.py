@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from advrec.adversarial import AdversarialObjective, perturb
-from advrec.adversarial.memory import DeltaMemory
+from advrec.adversarial import perturb
 from advrec.adversarial.perturb import project
 from advrec.cli import main
 from advrec.config import build_config
@@ -21,7 +20,7 @@ from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.losses import batch_loss
 from advrec.train import run_training
-from advrec.train.loop import Training, train_epoch
+from advrec.train.loop import Training, make_objective, train_epoch
 from advrec.train.optim import make_optimizer
 from advrec.train.schedules import collapsed, training_attack
 from advrec.train.tasks import make_loss, make_task
@@ -41,11 +40,7 @@ def _config(dataset: str, **adv) -> object:
 def _objective(cfg, data):
     torch.manual_seed(0)
     model = build_model(cfg, data)
-    attack = training_attack(cfg.adv)
-    memory = DeltaMemory(attack) if cfg.adv.schedule == "accumulate" else None
-    objective = AdversarialObjective(model, make_loss(cfg), attack, lam=cfg.adv.lam,
-                                     keep_delta=cfg.adv.replays > 1, memory=memory)
-    return objective, make_optimizer(model, cfg.train)
+    return make_objective(cfg, model, make_loss(cfg)), make_optimizer(model, cfg.train)
 
 
 def test_free_with_one_replay_is_standard_fgm_step_for_step(dataset: str) -> None:
@@ -160,21 +155,25 @@ def test_fast_stops_at_a_designed_collapse_keeping_an_epoch_before(
 
 
 @pytest.mark.parametrize("model", ["mf", "sasrec"])
+@pytest.mark.parametrize("batch_size", [64, 4])
 def test_accumulate_moves_each_rows_delta_one_projected_step_per_lookup(
-        dataset: str, tmp_path_factory: pytest.TempPathFactory, model: str) -> None:
+        dataset: str, tmp_path_factory: pytest.TempPathFactory, model: str,
+        batch_size: int) -> None:
     """After k lookups (k training steps, the model updated in between), each row's δ in the
     memory equals k steps ``project(δ + ε·g/‖g‖)`` of whole-table δ (every table row its own,
     shared by all its lookups; SASRec's history and candidates are the same item rows), with g
     the training loss's gradient at that δ, computed here without the memory; rows never looked
-    up stay zero, and every row stays inside its ball."""
+    up stay zero, and every row stays inside its ball. A batch of 64 looks up more rows than
+    the tables have (the memory steps whole tables), one of 4 fewer (the rows it finds)."""
     source = dataset if model == "mf" else prepared_synth(
-        tmp_path_factory.mktemp("accumulate"), 30, 30, 400, split="loo")
+        tmp_path_factory.mktemp("accumulate"), 30, 300, 400, split="loo")
     cfg = build_config({"data": {"source": source},
                         "model": {"name": model, "dim": 8, "max_len": 10},
                         "adv": {"method": "fgm", "eps": 0.5, "schedule": "accumulate"}})
     data = load_dataset(source)
     objective, optimizer = _objective(cfg, data)
-    batch = next(iter(make_task(cfg, data).batches(64, torch.Generator().manual_seed(0))))
+    batch = next(iter(make_task(cfg, data).batches(batch_size,
+                                                    torch.Generator().manual_seed(0))))
     rows = objective.model.rows(batch)
     expected = {name: torch.zeros(count, 8) for name, _, count in rows.values()}
     for _ in range(3):

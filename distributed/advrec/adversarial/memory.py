@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from advrec.adversarial.perturb import Attack, Tensors, ascend, ball_radius, project
@@ -31,13 +32,13 @@ from advrec.models.base import RowIds
 @dataclass
 class _Lookup:
     """One batch's rows of one δ table: their ids (U,), their δ as a leaf (U, d) whose
-    ``.grad`` the backward fills, the rows themselves (U, d), detached, and their multipliers
-    of ε (U, 1), if any."""
+    ``.grad`` the backward fills, the rows themselves (U, d), detached, when their ball is
+    their own (relative ε), and their multipliers of ε (U, 1), if any."""
 
     name: str
-    ids: Tensor
+    ids: Tensor | None  # None: every row, ``delta`` is the memory's table itself
     delta: Tensor
-    x: Tensor
+    x: Tensor | None
     scale: Tensor | None
 
 
@@ -59,31 +60,48 @@ class DeltaMemory:
         by_name: dict[str, list[str]] = {}
         for key in emb:
             by_name.setdefault(rows[key][0], []).append(key)
+        # a row's own ball (relative or scaled ε) needs its values; a fixed ε needs none
+        per_row = self.attack.relative or scale is not None
         out: Tensors = {}
         for name, keys in by_name.items():
             d = emb[keys[0]].shape[-1]
             ids = torch.cat([rows[k][1].reshape(-1) for k in keys])
-            flat = torch.cat([emb[k].reshape(-1, d) for k in keys])
             table = self.tables.get(name)
             if table is None:
-                table = self.tables[name] = flat.new_zeros(rows[keys[0]][2], d)
+                table = self.tables[name] = emb[keys[0]].new_zeros(rows[keys[0]][2], d)
+            if not per_row and len(table) <= len(ids):
+                # the batch looks up about every row: δ is the whole table, which saves
+                # finding its rows (a sort); rows it does not look up get no gradient, no step
+                leaf = table.requires_grad_(True)
+                self._pending.append(_Lookup(name, None, leaf, None, None))
+                offset = 0
+                for k in keys:
+                    n = rows[k][1].numel()
+                    out[k] = F.embedding(ids[offset:offset + n].view(rows[k][1].shape), leaf)
+                    offset += n
+                continue
             unique, inverse = torch.unique(ids, return_inverse=True)
-            # every lookup of a row holds the same vector: any one gives the row's norm
-            x = flat.new_empty(len(unique), d).index_copy_(0, inverse, flat)
-            factor = None
-            if scale is not None:
-                scales = torch.cat([scale[k].expand(*emb[k].shape[:-1], 1).reshape(-1, 1)
-                                    for k in keys])
-                factor = scales.new_zeros(len(unique), 1).index_reduce_(
-                    0, inverse, scales, "mean", include_self=False)
-            # a row's ball moves with the row (relative ε): its δ is projected onto today's
-            delta = project(table[unique], ball_radius(x, self.attack, factor),
-                            self.attack.ascent_norm).requires_grad_(True)
+            delta = table.index_select(0, unique)
+            x = factor = None
+            if per_row:
+                flat = torch.cat([emb[k].reshape(-1, d) for k in keys])
+                # every lookup of a row holds the same vector: any one gives the row's norm
+                x = flat.new_empty(len(unique), d).index_copy_(0, inverse, flat)
+                if scale is not None:
+                    scales = torch.cat([scale[k].expand(*emb[k].shape[:-1], 1).reshape(-1, 1)
+                                        for k in keys])
+                    factor = scales.new_zeros(len(unique), 1).index_reduce_(
+                        0, inverse, scales, "mean", include_self=False)
+                # the ball moves with the row: its δ is projected onto today's
+                delta = project(delta, ball_radius(x, self.attack, factor),
+                                self.attack.ascent_norm)
+            delta.requires_grad_(True)
             self._pending.append(_Lookup(name, unique, delta, x, factor))
             offset = 0
             for k in keys:
                 n = rows[k][1].numel()
-                out[k] = delta[inverse[offset:offset + n]].view_as(emb[k])
+                # an embedding lookup: its backward sums the lookups of a row
+                out[k] = F.embedding(inverse[offset:offset + n].view(rows[k][1].shape), delta)
                 offset += n
         return out
 
@@ -96,9 +114,14 @@ class DeltaMemory:
             if lookup.delta.grad is None:
                 continue
             scale = None if lookup.scale is None else {"rows": lookup.scale}
-            moved = ascend({"rows": lookup.x}, {"rows": lookup.delta},
-                           {"rows": lookup.delta.grad}, self.attack, scale)["rows"]
-            self.tables[lookup.name][lookup.ids] = moved
+            # a fixed ε's radius reads no row values: δ stands in for them
+            x = lookup.delta.detach() if lookup.x is None else lookup.x
+            moved = ascend({"rows": x}, {"rows": lookup.delta}, {"rows": lookup.delta.grad},
+                           self.attack, scale)["rows"]
+            if lookup.ids is None:  # the whole table
+                self.tables[lookup.name] = moved
+            else:
+                self.tables[lookup.name].index_copy_(0, lookup.ids, moved)
         self._pending = []
 
     @torch.no_grad()

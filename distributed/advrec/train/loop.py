@@ -288,13 +288,8 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
         model = model.to(device)  # before its optimizer's state
     optimizer = make_optimizer(model, cfg.train, fused_tables=sharded)
     loss_fn = make_loss(cfg)
-    attack = training_attack(cfg.adv)
-    memory = DeltaMemory(attack) if cfg.adv.schedule == "accumulate" else None
-    objective: nn.Module = AdversarialObjective(
-        model, loss_fn, attack, lam=cfg.adv.lam, target=cfg.adv.target,
-        reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda,
-        mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix],
-        keep_delta=cfg.adv.replays > 1, memory=memory)
+    adversarial = make_objective(cfg, model, loss_fn)
+    objective: nn.Module = adversarial
     tables = None
     if sharded:
         from advrec.train.sharding import shard as shard_tables
@@ -312,7 +307,20 @@ def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Tr
     return Training(cfg, config["output"], shard, device, model, optimizer, objective, tables,
                     loss_fn, task, attacked,
                     TargetMetrics(data, TargetItems(**targets), cfg.eval.target_k)
-                    if targets else None, memory)
+                    if targets else None, adversarial.memory)
+
+
+def make_objective(cfg: RunConfig, model: Recommender, loss_fn: LossFn) -> AdversarialObjective:
+    """The adversarial objective ``cfg`` trains ``model`` with: its adversaries
+    (`training_attack` under ``adv.schedule``, and ``adv.mix``), λ, target rows, regulariser,
+    adaptive ε, and the schedule's state (free's kept δ, accumulate's `DeltaMemory`)."""
+    attack = training_attack(cfg.adv)
+    return AdversarialObjective(
+        model, loss_fn, attack, lam=cfg.adv.lam, target=cfg.adv.target,
+        reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda,
+        mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix],
+        keep_delta=cfg.adv.replays > 1,
+        memory=DeltaMemory(attack) if cfg.adv.schedule == "accumulate" else None)
 
 
 def _resume(run: Training) -> tuple[EarlyStopping, list[dict[str, Any]], bool]:
