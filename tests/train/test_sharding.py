@@ -24,7 +24,7 @@ from advrec.data import load_dataset, prepare
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.train import load_model, read_run, run_training
-from advrec.train.loop import attack_from_config
+from advrec.train.loop import attack_from_config, make_objective
 from advrec.train.sharding import process_group, shard
 from advrec.train.tasks import make_loss, make_task
 from conftest import SMALL
@@ -232,3 +232,54 @@ def test_a_table_too_narrow_to_shard_is_named(ctr_small: str, feature_options: d
         with pytest.raises(AdvrecError, match="model.sharding: 'user_linear' is 1 wide, which "
                                               "FBGEMM cannot shard, so it stays dense"):
             shard(objective, model, cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("schedule", [{"schedule": "free", "replays": 2},
+                                      {"schedule": "accumulate"}])
+def test_schedules_step_sharded_tables_as_dense_ones(prepared: str, schedule: dict) -> None:
+    # free's replays (one fused table step per replay's backward) and accumulate's δ memory
+    # (its gradient from the backward that steps the tables) on the same batch twice, from the
+    # same weights: the same losses, tables and δ as with dense tables and plain SGD
+    data = load_dataset(prepared)
+    adv = {"method": "fgm", **schedule}
+    dense_cfg = _config(prepared, "dense", adv=adv)
+    sharded_cfg = _config(prepared, "torchrec", adv=adv)
+    torch.manual_seed(0)
+    dense = build_model(dense_cfg, data)
+    start = {k: v.clone() for k, v in dense.state_dict().items()}
+    batch = next(iter(make_task(dense_cfg, data).batches(256, torch.Generator().manual_seed(0))))
+
+    def train(objective: torch.nn.Module, memory, step) -> list[float]:
+        losses, previous = [], None
+        for _ in range(2):
+            out = objective(batch, adversarial=True, previous=previous)
+            out["loss"].backward()
+            step()
+            if memory is not None:
+                memory.step()
+            previous = out.get("delta")
+            losses += [out["clean"].item(), out["adv"].item()]
+        return losses
+
+    objective = make_objective(dense_cfg, dense, make_loss(dense_cfg))
+    optimizer = torch.optim.SGD(dense.parameters(), lr=0.5)
+
+    def sgd() -> None:
+        optimizer.step()
+        optimizer.zero_grad()
+
+    expected = train(objective, objective.memory, sgd)
+    with process_group():
+        model = build_model(sharded_cfg, data, sharded=True)
+        twin = make_objective(sharded_cfg, model, make_loss(sharded_cfg))
+        wrapped = shard(twin, model, sharded_cfg, torch.device("cpu"))
+        model.load_state_dict(start)
+        losses = train(wrapped, twin.memory, lambda: None)  # the tables step in the backward
+        after = {k: _whole(v) for k, v in model.state_dict().items()}
+    assert losses == pytest.approx(expected, rel=1e-6)
+    assert expected[3] != pytest.approx(expected[1])  # δ moved between the two
+    for key, weight in dense.state_dict().items():
+        torch.testing.assert_close(after[key], weight, rtol=1e-5, atol=1e-6)
+    if objective.memory is not None:
+        for name, table in objective.memory.tables.items():
+            torch.testing.assert_close(twin.memory.tables[name], table, rtol=1e-5, atol=1e-6)

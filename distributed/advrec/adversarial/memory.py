@@ -90,8 +90,9 @@ class DeltaMemory:
                 if scale is not None:
                     scales = torch.cat([scale[k].expand(*emb[k].shape[:-1], 1).reshape(-1, 1)
                                         for k in keys])
-                    factor = scales.new_zeros(len(unique), 1).index_reduce_(
-                        0, inverse, scales, "mean", include_self=False)
+                    counts = torch.bincount(inverse, minlength=len(unique)).unsqueeze(1)
+                    factor = scales.new_zeros(len(unique), 1).index_add_(0, inverse, scales)
+                    factor = factor / counts
                 # the ball moves with the row: its δ is projected onto today's
                 delta = project(delta, ball_radius(x, self.attack, factor),
                                 self.attack.ascent_norm)
