@@ -313,6 +313,9 @@ class AdvConfig(Adversary):
                     if self.schedule == "fast" else "moves delta by ascent steps")
             raise ValueError(f"schedule={self.schedule} {what}; method={self.method} has no "
                              f"such step: set method to {' or '.join(ascends)}")
+        if self.schedule == "accumulate" and self.random_start:
+            raise ValueError("random_start=true: schedule=accumulate starts every row's delta "
+                             "at zero and steps it from where it was left")
         if self.mix:
             raise ValueError(f"schedule={self.schedule} trains one adversary; adv.mix has "
                              f"{len(self.mix)} more (use schedule=standard to mix)")
