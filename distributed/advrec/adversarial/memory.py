@@ -64,47 +64,48 @@ class DeltaMemory:
         per_row = self.attack.relative or scale is not None
         out: Tensors = {}
         for name, keys in by_name.items():
-            d = emb[keys[0]].shape[-1]
             ids = torch.cat([rows[k][1].reshape(-1) for k in keys])
             table = self.tables.get(name)
             if table is None:
-                table = self.tables[name] = emb[keys[0]].new_zeros(rows[keys[0]][2], d)
+                table = self.tables[name] = emb[keys[0]].new_zeros(rows[keys[0]][2],
+                                                                   emb[keys[0]].shape[-1])
             if not per_row and len(table) <= len(ids):
                 # the batch looks up about every row: δ is the whole table, which saves
                 # finding its rows (a sort); rows it does not look up get no gradient, no step
-                leaf = table.requires_grad_(True)
-                self._pending.append(_Lookup(name, None, leaf, None, None))
-                offset = 0
-                for k in keys:
-                    n = rows[k][1].numel()
-                    out[k] = F.embedding(ids[offset:offset + n].view(rows[k][1].shape), leaf)
-                    offset += n
-                continue
-            unique, inverse = torch.unique(ids, return_inverse=True)
-            delta = table.index_select(0, unique)
-            x = factor = None
-            if per_row:
-                flat = torch.cat([emb[k].reshape(-1, d) for k in keys])
-                # every lookup of a row holds the same vector: any one gives the row's norm
-                x = flat.new_empty(len(unique), d).index_copy_(0, inverse, flat)
-                if scale is not None:
-                    scales = torch.cat([scale[k].expand(*emb[k].shape[:-1], 1).reshape(-1, 1)
-                                        for k in keys])
-                    counts = torch.bincount(inverse, minlength=len(unique)).unsqueeze(1)
-                    factor = scales.new_zeros(len(unique), 1).index_add_(0, inverse, scales)
-                    factor = factor / counts
-                # the ball moves with the row: its δ is projected onto today's
-                delta = project(delta, ball_radius(x, self.attack, factor),
-                                self.attack.ascent_norm)
-            delta.requires_grad_(True)
-            self._pending.append(_Lookup(name, unique, delta, x, factor))
+                lookup, index = _Lookup(name, None, table.requires_grad_(True), None, None), ids
+            else:
+                lookup, index = self._rows(name, ids, {k: emb[k] for k in keys},
+                                           None if scale is None else {k: scale[k] for k in keys})
+            self._pending.append(lookup)
             offset = 0
             for k in keys:
-                n = rows[k][1].numel()
+                shape = rows[k][1].shape
                 # an embedding lookup: its backward sums the lookups of a row
-                out[k] = F.embedding(inverse[offset:offset + n].view(rows[k][1].shape), delta)
-                offset += n
+                out[k] = F.embedding(index[offset:offset + shape.numel()].view(shape),
+                                     lookup.delta)
+                offset += shape.numel()
         return out
+
+    def _rows(self, name: str, ids: Tensor, emb: Tensors,
+              scale: Tensors | None) -> tuple[_Lookup, Tensor]:
+        """The rows of table ``name`` that ``ids`` (N,) looks up (``emb``'s keys' ids, in
+        order): their lookup, and each id's position among them (N,)."""
+        unique, inverse = torch.unique(ids, return_inverse=True)
+        delta = self.tables[name].index_select(0, unique)
+        x = factor = None
+        if self.attack.relative or scale is not None:
+            d = delta.shape[-1]
+            flat = torch.cat([v.reshape(-1, d) for v in emb.values()])
+            # every lookup of a row holds the same vector: any one gives the row's norm
+            x = flat.new_empty(len(unique), d).index_copy_(0, inverse, flat)
+            if scale is not None:
+                scales = torch.cat([scale[k].expand(*v.shape[:-1], 1).reshape(-1, 1)
+                                    for k, v in emb.items()])
+                counts = torch.bincount(inverse, minlength=len(unique)).unsqueeze(1)
+                factor = scales.new_zeros(len(unique), 1).index_add_(0, inverse, scales) / counts
+            # the ball moves with the row: its δ is projected onto today's
+            delta = project(delta, ball_radius(x, self.attack, factor), self.attack.ascent_norm)
+        return _Lookup(name, unique, delta.requires_grad_(True), x, factor), inverse
 
     @torch.no_grad()
     def step(self) -> None:
