@@ -205,7 +205,9 @@ class AdversarialObjective(nn.Module):
         def grad_fn(seq: Tensor) -> Tensor:
             swapped = {**batch, "seq": seq}
             with torch.no_grad():
-                rows = self.model.embed(swapped)["item_seq"]
+                # the history's rows alone: without the batch's candidates (B, L, C), embed
+                # looks up the (N, d) catalogue, not a (B, L, C, d) gather of every round
+                rows = self.model.embed({"seq": seq})["item_seq"]
             return self._gradient(frozen, {"item_seq": rows}, swapped)["item_seq"]
 
         seq = batch["seq"]
