@@ -4,7 +4,8 @@ Quality (``--part quality``): trains a shipped config (``--config``, default
 `jobs/configs/ml100k-apr.yaml`) for each seed under each schedule of ``--schedules``
 (`SCHEDULES`: the keys each overrides besides ``data.source``, ``data.format`` and
 ``train.seed``), attacks the best epoch with PGD-10 at ε = 0.5 (APR's protocol,
-`advrec.report.evaluate_run`; the config's own ``eval.relative``), and reports clean test NDCG@10
+`advrec.report.evaluate_run`; the config's own ``eval.relative``; ``--attack-eps`` for another ε),
+and reports clean test NDCG@10
 (AUC for CTR models), its relative drop, epochs run and the training time (``train_s``, without
 evaluation) of the adversarial phase up to its best epoch.
 
@@ -70,17 +71,18 @@ def config(path: Path, schedule: str, seed: int, data: Path | str, fmt: str,
     return load_config(path, [*overrides, *SCHEDULES[schedule], *extra])
 
 
-def quality(cfg: RunConfig, name: str, seed: int, out: Path) -> dict[str, Any]:
-    """Train one schedule, attack its best epoch, and collect the figures."""
+def quality(cfg: RunConfig, name: str, seed: int, out: Path, eps: float) -> dict[str, Any]:
+    """Train one schedule, attack its best epoch with PGD-10 at ``eps``, and collect the
+    figures."""
     run = out / f"{name}-seed{seed}"
     metrics = run_training(cfg, str(run), progress=False)
-    curve = evaluate_run(str(run), ["pgd"], [0.0, EPS], steps=10, progress=False)["pgd"]
+    curve = evaluate_run(str(run), ["pgd"], [0.0, eps], steps=10, progress=False)["pgd"]
     metric = "auc" if cfg.kind != "ranking" else "ndcg@10"
     history = json.loads((run / "history.json").read_text())
     best = metrics["best_epoch"]
     adversarial = [h for h in history if h["adversarial"] and h["epoch"] <= best]
-    clean, attacked = curve["0.0"][metric], curve[str(EPS)][metric]
-    return {"schedule": name, "seed": seed, "metric": metric,
+    clean, attacked = curve["0.0"][metric], curve[str(eps)][metric]
+    return {"schedule": name, "seed": seed, "metric": metric, "attack_eps": eps,
             "test": metrics["test"][metric], "clean_eval": clean, "attacked": attacked,
             "drop": (clean - attacked) / clean, "best_epoch": best, "epochs": len(history),
             "collapsed": any(h.get("collapsed") for h in history),
@@ -149,6 +151,8 @@ def main() -> None:
                         "accumulate,accumulate-decay0.5,accumulate-decay0")
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--attack-eps", type=float, default=EPS,
+                        help="the PGD-10 attack's ε (the config's eval.relative applies)")
     parser.add_argument("--rounds", type=int, default=ROUNDS)
     parser.add_argument("--set", nargs="*", default=[], help="more config overrides for all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/cheap_at")
@@ -173,7 +177,8 @@ def main() -> None:
                     continue
                 started = time.perf_counter()
                 cfg = config(args.config, name, seed, args.data, args.format, args.set)
-                rows.append(quality(cfg, name, seed, args.out / args.config.stem))
+                rows.append(quality(cfg, name, seed, args.out / args.config.stem,
+                                    args.attack_eps))
                 rows[-1]["wall_s"] = time.perf_counter() - started
                 path.write_text(json.dumps(done + [r for r in rows if r not in done], indent=2))
                 print(json.dumps(rows[-1]), flush=True)
@@ -198,7 +203,8 @@ def main() -> None:
 def print_quality(rows: list[dict[str, Any]], names: list[str]) -> None:
     """Per schedule, the means over seeds."""
     metric = rows[0]["metric"]
-    print(f"\n| schedule | test {metric} | drop under PGD-10 ε={EPS} | epochs | best epoch | "
+    print(f"\n| schedule | test {metric} | drop under PGD-10 ε={rows[0]['attack_eps']} | epochs | "
+          "best epoch | "
           "adversarial train s to best | seeds |\n|---|---|---|---|---|---|---|")
     for name in names:
         rs = [r for r in rows if r["schedule"] == name]
