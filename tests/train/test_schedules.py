@@ -169,7 +169,8 @@ def test_accumulate_moves_each_rows_delta_one_projected_step_per_lookup(
         tmp_path_factory.mktemp("accumulate"), 30, 300, 400, split="loo")
     cfg = build_config({"data": {"source": source},
                         "model": {"name": model, "dim": 8, "max_len": 10},
-                        "adv": {"method": "fgm", "eps": 0.5, "schedule": "accumulate"}})
+                        "adv": {"method": "fgm", "eps": 0.5, "schedule": "accumulate",
+                                "step_size": 0.3}})  # three steps leave the ball
     data = load_dataset(source)
     objective, optimizer = _objective(cfg, data)
     batch = next(iter(make_task(cfg, data).batches(batch_size,
@@ -183,7 +184,7 @@ def test_accumulate_moves_each_rows_delta_one_projected_step_per_lookup(
         loss = (batch_loss(objective.loss_fn, objective.model.score(emb, batch), batch)
                 + batch_loss(objective.loss_fn, objective.model.score(adv, batch), batch))
         grads = dict(zip(tables, torch.autograd.grad(loss, list(tables.values()))))
-        expected = {n: project(t + 0.5 * grads[n] / grads[n].norm(dim=-1, keepdim=True)
+        expected = {n: project(t + 0.3 * grads[n] / grads[n].norm(dim=-1, keepdim=True)
                                .clamp_min(1e-12), 0.5, "l2") for n, t in expected.items()}
         out = objective(batch, adversarial=True)
         optimizer.zero_grad()
@@ -199,6 +200,12 @@ def test_accumulate_moves_each_rows_delta_one_projected_step_per_lookup(
     unseen = torch.ones(len(objective.memory.tables["item"]), dtype=torch.bool)
     unseen[seen] = False
     assert (objective.memory.tables["item"][unseen] == 0).all()
+
+
+def test_accumulate_steps_a_tenth_of_eps_by_default(dataset: str) -> None:
+    assert training_attack(_config(dataset, schedule="accumulate").adv).alpha == 0.05
+    assert training_attack(_config(dataset, schedule="accumulate", method="pgd", steps=2,
+                                    step_size=0.2).adv).alpha == 0.2
 
 
 def test_decay_scales_the_memory_at_each_adversarial_epoch(dataset: str) -> None:

@@ -273,8 +273,8 @@ class AdvConfig(Adversary):
         "from a random start in the ball with a step of 1.25 eps, guarded by adv.guard. "
         "accumulate (ATTA, Zheng et al. 2020): one delta per attacked embedding row, kept "
         "across batches and epochs; every lookup of a row trains on its delta, then moves it "
-        "one ascent step (adv.step_size, default eps) along the gradient the training "
-        "backward left on it: PGD-like over the visits, at less than FGM's cost.")
+        "one ascent step (adv.step_size, default 0.1 eps for FGSM/FGM) along the gradient "
+        "the training backward left on it, with no attack gradient of its own.")
     replays: int = Field(1, gt=0, description="schedule=free: trainings of each batch.")
     decay: float = Field(
         1.0, ge=0.0, le=1.0, description="schedule=accumulate: every adversarial epoch starts "
