@@ -53,6 +53,7 @@ SCHEDULES: dict[str, list[str]] = {
     "pgd10": ["adv.method=pgd", "adv.steps=10"],
     "free2": ["adv.method=fgm", "adv.steps=1", "adv.schedule=free", "adv.replays=2"],
     "free4": ["adv.method=fgm", "adv.steps=1", "adv.schedule=free", "adv.replays=4"],
+    "free8": ["adv.method=fgm", "adv.steps=1", "adv.schedule=free", "adv.replays=8"],
     "fast": ["adv.method=fgm", "adv.steps=1", "adv.schedule=fast", "eval.robust_every=1"],
     "accumulate": ["adv.method=fgm", "adv.steps=1", "adv.schedule=accumulate"],
     "accumulate-decay0.5": ["adv.method=fgm", "adv.steps=1", "adv.schedule=accumulate",
