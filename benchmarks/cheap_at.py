@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from epoch_time import interleaved_epochs, median_ratio  # a sibling: run as a script
 
+from advrec.adversarial import AdversarialObjective, Attack
+from advrec.adversarial.perturb import Tensors
 from advrec.config import RunConfig, load_config
 from advrec.data import load_dataset
 from advrec.data.source import resolve_dataset
@@ -60,7 +62,17 @@ SCHEDULES: dict[str, list[str]] = {
                             "adv.decay=0.5"],
     "accumulate-decay0": ["adv.method=fgm", "adv.steps=1", "adv.schedule=accumulate",
                           "adv.decay=0"],
+    # cost only: the adversarial forward and backward with δ = 0 and no attack computed, the
+    # floor of every schedule of L + λ·L(x + δ)
+    "floor": ["adv.method=fgm", "adv.steps=1"],
 }
+
+
+class _Floor(AdversarialObjective):
+    """The objective with a δ of zero, computed from nothing (the ``floor`` schedule)."""
+
+    def _delta(self, emb: Tensors, keys: list[str], *args: Any, **kwargs: Any) -> Tensors:
+        return {k: torch.zeros_like(emb[k]) for k in keys}
 
 
 def config(path: Path, schedule: str, seed: int, data: Path | str, fmt: str,
@@ -101,6 +113,9 @@ def cost_runs(cfgs: dict[str, RunConfig], shard: tuple[int, int]) -> dict[str, l
         torch.manual_seed(0)
         model = build_model(cfg, data)
         objective = make_objective(cfg, model, make_loss(cfg))
+        if name == "floor":  # no clean gradient either: the attack is not from it
+            objective = _Floor(model, make_loss(cfg), Attack("random", cfg.adv.eps),
+                               lam=cfg.adv.lam)
         runs[name] = (distribute(objective, shard[1]), make_optimizer(model, cfg.train),
                       torch.Generator().manual_seed(shard[0]))
         schedules[name] = (cfg.adv.replays, objective.memory)
@@ -167,6 +182,8 @@ def main() -> None:
     tune_malloc()  # as the training loop does
 
     if args.part == "quality":
+        if "floor" in names:
+            parser.error("the floor schedule is a cost measurement (--part cost) alone")
         rows = []
         path = args.out / "quality.json"
         done = json.loads(path.read_text()) if path.exists() else []

@@ -241,3 +241,31 @@ def test_recbole_sequential_split_wants_one_held_out_item_per_user(tmp_path: Pat
     with pytest.raises(SystemExit, match="user u1 has more than one valid item: a sequential "
                                          "model wants a leave-one-out split"):
         load_run_recbole().write_split(tmp_path / "prepared", tmp_path / "recbole", max_len=2)
+
+
+def test_cheap_at_benchmark_runs(tmp_path: Path) -> None:
+    """Both parts on a synthetic log (no real data needed): each schedule trains and is attacked,
+    a second call reuses the finished rows; the cost part times every schedule and the floor."""
+    from synthetic import synth
+
+    synth(200, 100, 3000, str(tmp_path / "log"))
+    base = [sys.executable, str(ROOT / "benchmarks" / "cheap_at.py"), "--data",
+            str(tmp_path / "log"), "--format", "parquet", "--out", str(tmp_path / "out"),
+            "--set", "train.epochs=3", "adv.start_epoch=1", "model.dim=8"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        out = subprocess.run([*base, *args], check=False, capture_output=True, text=True,
+                             timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        return out
+
+    run("--part", "quality", "--schedules", "clean,free2,accumulate")
+    rows = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert [r["schedule"] for r in rows] == ["clean", "free2", "accumulate"]
+    assert all(0 <= r["attacked"] <= r["clean_eval"] for r in rows)
+    # free divides the 2 adversarial epochs by its 2 replays
+    assert [r["epochs"] for r in rows] == [3, 2, 3]
+    assert "accumulate" in run("--part", "quality", "--schedules", "accumulate").stdout
+    cost = run("--part", "cost", "--rounds", "1", "--schedules", "clean,floor,free2").stdout
+    table = [line.split("|")[1].strip() for line in cost.splitlines() if line.startswith("| ")]
+    assert table[1:] == ["clean", "floor", "free2"]
