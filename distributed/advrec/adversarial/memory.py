@@ -8,7 +8,11 @@ epoch, so the memory is kept per row: `DeltaMemory` holds one δ per row of each
 its δ where the last lookup left it. The backward of that training step leaves ∂loss/∂δ on
 the batch's rows of δ at no extra cost (the adversarial loss is already differentiated), and
 `DeltaMemory.step` moves each of them one projected ascent step: after k lookups a row's δ is
-k steps of PGD, at less than FGM's cost (no clean gradient is taken for the attack).
+k steps of PGD, and the attack takes no gradient of its own. Measured (benchmarks/README.md,
+issue 20), a row's δ is a weak adversary all the same: a row meets other rows at every lookup
+(a user new items), so the one δ it keeps is an average of their worst directions, where FGM's
+δ is the worst for each lookup; and gathering and storing it costs what FGM's reuse of the
+clean gradient saves.
 
 A row looked up several times in a batch (an item in many histories) has one δ there, whose
 gradient sums its lookups'. Memory: one δ table the size of each attacked table, per worker,
