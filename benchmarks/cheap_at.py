@@ -104,27 +104,26 @@ def quality(cfg: RunConfig, name: str, seed: int, out: Path, eps: float) -> dict
                                          if h["adversarial"] == (cfg.adv.method != "none"))}
 
 
-def cost_runs(cfgs: dict[str, RunConfig], shard: tuple[int, int]) -> dict[str, list[float]]:
-    """Each schedule's epoch times over interleaved rounds, on this worker's ``shard``."""
+def cost_runs(cfgs: dict[str, RunConfig], shard: tuple[int, int],
+              rounds: int) -> dict[str, list[float]]:
+    """Each schedule's epoch times over ``rounds`` interleaved rounds, on this worker's
+    ``shard``."""
     first = next(iter(cfgs.values()))
     data = load_dataset(first.data.source)
     runs, schedules = {}, {}
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = build_model(cfg, data)
-        objective = make_objective(cfg, model, make_loss(cfg))
-        if name == "floor":  # no clean gradient either: the attack is not from it
-            objective = _Floor(model, make_loss(cfg), Attack("random", cfg.adv.eps),
-                               lam=cfg.adv.lam)
+        # the floor takes no clean gradient either: a random attack does not start from it
+        objective = (_Floor(model, make_loss(cfg), Attack("random", cfg.adv.eps),
+                            lam=cfg.adv.lam) if name == "floor"
+                     else make_objective(cfg, model, make_loss(cfg)))
         runs[name] = (distribute(objective, shard[1]), make_optimizer(model, cfg.train),
                       torch.Generator().manual_seed(shard[0]))
         schedules[name] = (cfg.adv.replays, objective.memory)
     task = make_task(first, data, shard=shard)
     batch = -(-first.train.batch_size // shard[1])
-    return interleaved_epochs(runs, task, batch, ROUNDS, "clean", schedules=schedules)
-
-
-ROUNDS = 20
+    return interleaved_epochs(runs, task, batch, rounds, "clean", schedules=schedules)
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -134,15 +133,17 @@ def _worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     shard = (context.get_world_rank(), context.get_world_size())
     cfgs = {k: RunConfig.model_validate(v) for k, v in config["cfgs"].items()}
-    times = cost_runs(cfgs, shard)
+    times = cost_runs(cfgs, shard, config["rounds"])
     if shard[0] == 0:
         Path(config["out"]).write_text(json.dumps(times))
 
 
-def cost(cfgs: dict[str, RunConfig], workers: int, out: Path) -> dict[str, list[float]]:
-    """Interleaved epoch times, in this process or on ``workers`` Ray Train workers."""
+def cost(cfgs: dict[str, RunConfig], workers: int, rounds: int,
+         out: Path) -> dict[str, list[float]]:
+    """``rounds`` of interleaved epoch times, in this process or on ``workers`` Ray Train
+    workers."""
     if workers == 0:
-        return cost_runs(cfgs, (0, 1))
+        return cost_runs(cfgs, (0, 1), rounds)
     import ray
     from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -152,12 +153,11 @@ def cost(cfgs: dict[str, RunConfig], workers: int, out: Path) -> dict[str, list[
     TorchTrainer(_worker, scaling_config=ScalingConfig(num_workers=workers),
                  train_loop_config={"cfgs": {k: c.model_dump(by_alias=True)
                                              for k, c in cfgs.items()},
-                                    "out": str(times)}).fit()
+                                    "rounds": rounds, "out": str(times)}).fit()
     return json.loads(times.read_text())
 
 
 def main() -> None:
-    global ROUNDS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["quality", "cost"], required=True)
     parser.add_argument("--config", type=Path, default=ROOT / "jobs/configs/ml100k-apr.yaml")
@@ -169,11 +169,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--attack-eps", type=float, default=EPS,
                         help="the PGD-10 attack's ε (the config's eval.relative applies)")
-    parser.add_argument("--rounds", type=int, default=ROUNDS)
+    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--set", nargs="*", default=[], help="more config overrides for all")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/cheap_at")
     args = parser.parse_args()
-    ROUNDS = args.rounds
     names = args.schedules.split(",")
     unknown = [n for n in names if n not in SCHEDULES]
     if unknown:
@@ -207,7 +206,7 @@ def main() -> None:
     prepared = resolve_dataset(config(args.config, "clean", 0, args.data, args.format,
                                       args.set).data)
     cfgs = {n: config(args.config, n, 0, prepared, "prepared", args.set) for n in names}
-    times = cost(cfgs, args.workers, args.out)
+    times = cost(cfgs, args.workers, args.rounds, args.out)
     (args.out / f"cost-{args.config.stem}-w{args.workers}.json").write_text(json.dumps(times))
     print(f"{args.config.stem}: {args.rounds} interleaved rounds, {max(args.workers, 1)} "
           "worker(s)\n\n| schedule | epoch s (median) | pass / clean | per scheduled epoch / "
