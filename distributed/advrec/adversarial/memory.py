@@ -78,7 +78,8 @@ class DeltaMemory:
                 # finding its rows (a sort); rows it does not look up get no gradient, no step
                 lookup, index = _Lookup(name, None, table.requires_grad_(True), None, None), ids
             else:
-                lookup, index = self._rows(name, ids, {k: emb[k] for k in keys},
+                values = {k: emb[k] for k in keys} if per_row else None
+                lookup, index = self._rows(name, ids, values,
                                            None if scale is None else {k: scale[k] for k in keys})
             self._pending.append(lookup)
             offset = 0
@@ -90,14 +91,15 @@ class DeltaMemory:
                 offset += shape.numel()
         return out
 
-    def _rows(self, name: str, ids: Tensor, emb: Tensors,
+    def _rows(self, name: str, ids: Tensor, emb: Tensors | None,
               scale: Tensors | None) -> tuple[_Lookup, Tensor]:
-        """The rows of table ``name`` that ``ids`` (N,) looks up (``emb``'s keys' ids, in
-        order): their lookup, and each id's position among them (N,)."""
+        """The rows of table ``name`` that ``ids`` (N,) looks up (its keys' ids, in order):
+        their lookup, and each id's position among them (N,). ``emb``: the keys' rows, when
+        each row's ball is its own (relative or scaled ε)."""
         unique, inverse = torch.unique(ids, return_inverse=True)
         delta = self.tables[name].index_select(0, unique)
         x = factor = None
-        if self.attack.relative or scale is not None:
+        if emb is not None:
             d = delta.shape[-1]
             flat = torch.cat([v.reshape(-1, d) for v in emb.values()])
             # every lookup of a row holds the same vector: any one gives the row's norm
