@@ -241,7 +241,8 @@ def perturb(x: Tensors, grad_fn: GradFn, attack: Attack, *, init_grad: Tensors |
                          f"{attack.method.replace('-', '_')}): it has no embedding perturbation")
     if attack.method == "none" or attack.eps == 0.0:
         return {k: torch.zeros_like(v) for k, v in x.items()}
-    radius = {k: ball_radius(v, attack, None if scale is None else scale[k]) for k, v in x.items()}
+    radius = {k: ball_radius(v, attack, None if scale is None else scale[k])
+              for k, v in x.items()}
     if attack.method == "random":
         # noise on the sphere (L2) or a corner of the box (L∞): the full budget, no gradient
         return {k: _step(_draw(torch.randn, v.shape, v, generator), radius[k], attack.norm)

@@ -32,8 +32,10 @@ class NeuMF(Recommender):
 
     def rows(self, batch: Batch) -> dict[str, RowIds]:
         u, i = batch["user"], batch["item"]
-        return {"user_gmf": ("user_gmf", u, self.num_users), "user_mlp": ("user_mlp", u, self.num_users),
-                "item_gmf": ("item_gmf", i, self.num_items), "item_mlp": ("item_mlp", i, self.num_items)}
+        return {"user_gmf": ("user_gmf", u, self.num_users),
+                "user_mlp": ("user_mlp", u, self.num_users),
+                "item_gmf": ("item_gmf", i, self.num_items),
+                "item_mlp": ("item_mlp", i, self.num_items)}
 
     def score(self, emb: dict[str, Tensor], batch: Batch) -> Tensor:
         """(B, C) logits: GMF product (B, C, d) and MLP output (B, C, h) into a linear head."""
