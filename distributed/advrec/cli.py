@@ -165,19 +165,27 @@ def _resuming(args: argparse.Namespace, what: str) -> bool:
 def cmd_train(args: argparse.Namespace) -> None:
     from advrec.config import load_config
     from advrec.config.policy import TARGET, target_metrics
-    from advrec.report import format_table, headline
-    from advrec.train import read_run, resume_training, run_training
 
-    if _resuming(args, "run"):
-        if args.targets:
-            raise AdvrecError("--targets: a resumed run measures the target items it started "
-                              "with; give no --targets with --resume")
-        cfg = read_run(args.resume)[0]
-        metrics = resume_training(args.resume, progress=not args.quiet, address=args.address)
-    else:
+    resuming = _resuming(args, "run")
+    if resuming and args.targets:
+        raise AdvrecError("--targets: a resumed run measures the target items it started "
+                          "with; give no --targets with --resume")
+    if resuming and args.init_from:
+        raise AdvrecError("--init-from: a resumed run continues from its own checkpoint; give "
+                          "no --init-from with --resume")
+    if not resuming:  # a bad config fails before torch and Ray are imported (seconds)
         cfg = load_config(args.config, args.overrides)
         if args.targets:
             cfg.eval.targets = args.targets
+        if args.init_from:
+            cfg.train.init_from = args.init_from
+    from advrec.report import format_table, headline
+    from advrec.train import read_run, resume_training, run_training
+
+    if resuming:
+        cfg = read_run(args.resume)[0]
+        metrics = resume_training(args.resume, progress=not args.quiet, address=args.address)
+    else:
         metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
     rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg)}} for s in ("valid", "test")]
     columns = ["split", *headline(cfg)]
@@ -186,6 +194,11 @@ def cmd_train(args: argparse.Namespace) -> None:
             row.update({f"{TARGET}{m}": v for m, v in metrics["target"][row["split"]].items()})
         columns += target_metrics(cfg.eval.target_k)
     print(format_table(rows, columns))
+    warm = io.read_json(io.join(args.output, "run.json")).get("init_from")
+    if warm:
+        print(f"warm-started from {warm['run']}: it knew {warm['user']['known']} of "
+              f"{sum(warm['user'].values())} users and {warm['item']['known']} of "
+              f"{sum(warm['item'].values())} items; the others started fresh")
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
@@ -209,16 +222,6 @@ def cmd_tune(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from advrec.config import BUDGET_ATTACKS
     from advrec.config.policy import target_metrics
-    from advrec.metrics.plots import curve_points
-    from advrec.report import (
-        ROBUSTNESS_FILE,
-        ROBUSTNESS_PLOT,
-        TARGETED,
-        evaluate_run,
-        format_table,
-        headline,
-    )
-    from advrec.train import read_run
 
     flag_attacks = None if args.attack is None else _attacks(args.attack)
     flag_eps = None if args.eps is None else _eps(args.eps)
@@ -240,6 +243,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.targets is not None and args.target_items is not None:
         raise AdvrecError("--targets and --target-items exclude each other: measure a "
                           "targets.json, or attack toward the items named")
+    # bad flags fail above, before torch and Ray are imported (seconds)
+    from advrec.metrics.plots import curve_points
+    from advrec.report import (
+        ROBUSTNESS_FILE,
+        ROBUSTNESS_PLOT,
+        TARGETED,
+        evaluate_run,
+        format_table,
+        headline,
+    )
+    from advrec.train import read_run
+
     cfg = read_run(args.run)[0]
     if args.l0 is not None and args.l0 > cfg.model.dim:
         raise AdvrecError(f"--l0 {args.l0}: above the run's model.dim={cfg.model.dim} (JSMA "
@@ -492,6 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", metavar="FILE", help="a targets.json (path or URL) whose items' "
                    "T-HR and T-NDCG every evaluation reports (sets eval.targets; default: the "
                    "dataset's own targets.json, if any)")
+    p.add_argument("--init-from", metavar="RUN", help="warm start: begin from the finished run "
+                   "RUN's best weights (path or URL; sets train.init_from), matching rows by raw "
+                   "user and item id and feature value; new ones start fresh")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("tune", help="search config keys (eps, lambda, lr, ...) with Ray Tune")

@@ -53,9 +53,9 @@ def test_categorical_and_bucketised_user_features(toy):
     users = load_features(toy, "user", 4, buckets=2)
     assert isinstance(users, FeatureSet)
     assert users.fields == [
-        Field("gender", "single", 3),  # F=1, M=2
-        Field("age", "single", 3),  # 2 buckets split at the median of 20 and 40
-        Field("city", "single", 3),  # paris=1, tokyo=2
+        Field("gender", "single", 3, ("F", "M")),
+        Field("age", "single", 3),  # 2 buckets split at the median of 20 and 40: no values
+        Field("city", "single", 3, ("paris", "tokyo")),  # 'rome' is no user's of the log
     ]
     assert users.single.dtype == torch.int64
     assert users.single.tolist() == [
@@ -70,7 +70,8 @@ def test_categorical_and_bucketised_user_features(toy):
 
 def test_multi_valued_item_features_are_padded(toy):
     items = load_features(toy, "item", 4, exclude=("title",))
-    assert items.fields == [Field("genres", "multi", 4), Field("year", "single", 4)]
+    assert items.fields == [Field("genres", "multi", 4, ("x", "y", "z")),
+                            Field("year", "single", 4, ("1990", "2000", "unknown"))]
     assert items.multi["genres"].dtype == torch.int64
     assert items.multi["genres"].tolist() == [
         [1, 2, 0],  # a: x y
@@ -126,7 +127,7 @@ def test_equal_frequency_buckets_and_missing_values(tmp_path):
     assert features.fields == [
         Field("score", "single", 5),
         Field("count", "single", 5),
-        Field("tags", "multi", 4),
+        Field("tags", "multi", 4, ("p", "q", "r")),
     ]
     # 1..8 in quartiles: edges 2.75, 4.5, 6.25; None, NaN and inf are missing.
     expected_score = {0: 1, 1: 1, 2: 2, 3: 2, 4: 3, 5: 3, 6: 4, 7: 4}

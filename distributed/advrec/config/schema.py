@@ -376,6 +376,12 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(
         1, ge=0, description="Save the whole training state every N epochs (0 = never), so a "
         "stopped run continues with `advrec train --resume` and failed workers restart from it.")
+    init_from: str | None = Field(
+        None, description="Warm start (`advrec train --init-from RUN`): begin from this "
+        "finished run's best weights instead of a fresh initialisation. Rows are matched by raw "
+        "user and item id and by feature value; new ones start fresh. The run must be of the "
+        "same model and shape (every model key but embeddings, sharding, dropout, init, "
+        "init_std, temperature and logq).")
     fault_epoch: int | None = Field(
         None, ge=0, description="Fault injection, for tests: a worker dies half-way through "
         "this epoch (raises in-process), once; a resumed run never fails again.")

@@ -40,11 +40,16 @@ class Field:
         kind: ``single`` (one id per row, a column of :attr:`FeatureSet.single`) or ``multi``
             (a padded id list per row, :attr:`FeatureSet.multi` ``[name]``).
         vocab_size: the number of ids, including the reserved id 0: the embedding table's size.
+        vocab: the value of each id 1..vocab_size-1 of a categorical or multi-valued field
+            (sorted); ``None`` for a numeric one, whose id is its equal-frequency bin. A model
+            warm-started on other data matches a field's rows by these values
+            (`advrec.train.warm`).
     """
 
     name: str
     kind: Literal["single", "multi"]
     vocab_size: int
+    vocab: tuple[str, ...] | None = None
 
 
 # eq=False: tensors have no single truth value, so compare feature sets by identity.
@@ -145,8 +150,8 @@ def load_features(
         field = table.schema.field(name)
         recbole_type = (field.metadata or {}).get(RECBOLE_TYPE, b"").decode()
         if pa.types.is_list(column.type) or recbole_type == "token_seq":
-            ids, size = _encode_multi(column, name, where)
-            fields.append(Field(name, "multi", size))
+            ids, vocab = _encode_multi(column, name, where)
+            fields.append(Field(name, "multi", len(vocab) + 1, vocab))
             multi[name] = _scatter(ids, index, num_rows)
             continue
         if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
@@ -154,8 +159,8 @@ def load_features(
         elif pa.types.is_string(column.type) and name in numeric:
             values = _parse_numbers(column)
         elif pa.types.is_string(column.type):
-            ids, size = _encode_categorical(column)
-            fields.append(Field(name, "single", size))
+            ids, vocab = _encode_categorical(column)
+            fields.append(Field(name, "single", len(vocab) + 1, vocab))
             single.append(ids)
             continue
         else:
@@ -231,15 +236,16 @@ def _ids(values: pa.Array, vocab: pa.Array) -> np.ndarray:
     return pc.index_in(values, value_set=vocab).fill_null(-1).to_numpy().astype(np.int64) + 1
 
 
-def _encode_categorical(column: pa.Array) -> tuple[np.ndarray, int]:
-    """(R,) ids of a string column, and the vocabulary size including id 0."""
+def _encode_categorical(column: pa.Array) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(R,) ids of a string column, and its vocabulary (the value of ids 1, 2, ...)."""
     vocab = _sorted_vocab(column.filter(_present(column)))
-    return _ids(column, vocab), len(vocab) + 1
+    return _ids(column, vocab), tuple(vocab.to_pylist())
 
 
-def _encode_multi(column: pa.Array, name: str, where: str) -> tuple[np.ndarray, int]:
-    """(R, max_len) left-aligned, 0-padded ids of a multi-valued column, and the vocabulary
-    size including id 0."""
+def _encode_multi(column: pa.Array, name: str,
+                  where: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """(R, max_len) left-aligned, 0-padded ids of a multi-valued column, and its vocabulary
+    (the token of ids 1, 2, ...)."""
     if pa.types.is_string(column.type):
         # RecBole's token_seq separator is one space; runs of spaces leave '' tokens, dropped below.
         lists = pc.split_pattern(column, " ")
@@ -263,7 +269,7 @@ def _encode_multi(column: pa.Array, name: str, where: str) -> tuple[np.ndarray, 
     # At least one column, so that a field without tokens still has a well-formed matrix.
     ids = np.zeros((rows, max(int(counts.max(initial=0)), 1)), dtype=np.int64)
     ids[parent, slot] = _ids(tokens, vocab)
-    return ids, len(vocab) + 1
+    return ids, tuple(vocab.to_pylist())
 
 
 def _parse_numbers(column: pa.Array) -> pa.Array:

@@ -10,11 +10,14 @@ import contextlib
 import math
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
+
+if TYPE_CHECKING:
+    from advrec.data.features import Field
 
 Batch = dict[str, Tensor]
 """A training or evaluation batch. Keys used by the core models:
@@ -25,6 +28,11 @@ Batch = dict[str, Tensor]
   sequence (column 0 is the positive in training);
 - ``mask``: BoolTensor (B, L), which sequence positions carry a training target.
 """
+
+TableRows = tuple[str, "Field | None"]
+"""What a table's rows stand for: ``(side, None)`` the ids of ``side`` (``user`` or ``item``),
+row i for id i (a row beyond them, SASRec's padding, is no id's); ``(side, field)`` the values
+of that side's feature field, row v for value id v (`Field.vocab`)."""
 
 RowIds = tuple[str, Tensor, int]
 """Which rows an `embed` key's vectors are: (the name of what they are rows of, their ids
@@ -56,6 +64,12 @@ class Recommender(nn.Module):
         was looked up from; several keys may share one table (SASRec's ``item_seq`` and ``item``).
         """
         raise NotImplementedError
+
+    def table_rows(self) -> dict[str, TableRows]:
+        """What each table of `tables` (same keys) holds a row for (`TableRows`). Here: every
+        table is one of ids, of the side its key starts with; models with feature fields say
+        which tables are theirs."""
+        return {key: (key.split("_")[0], None) for key in self.tables()}
 
     def rows(self, batch: Batch) -> dict[str, RowIds]:
         """Which row each vector of ``embed(batch)`` is, per key: ``embed(batch)[key]`` (*S, d)

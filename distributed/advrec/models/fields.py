@@ -21,8 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from advrec.data.features import FeatureSet
-from advrec.models.base import Batch, Recommender, RowIds, new_table
+from advrec.data.features import FeatureSet, Field
+from advrec.models.base import Batch, Recommender, RowIds, TableRows, new_table
 
 
 class FieldEmbeddings(nn.Module):
@@ -38,12 +38,14 @@ class FieldEmbeddings(nn.Module):
                                                           init_std)})
         self.single: list[str] = []
         self.multi: list[str] = []
+        self.fields: dict[str, Field] = {}  # by table key
         if features is not None:
             if features.num_rows != num_rows:
                 raise ValueError(f"{side} features have {features.num_rows} rows, not {num_rows}")
             for field in features.fields:
                 key = f"{side}_{field.name}{suffix}".replace(".", "_")  # ModuleDict: no dots
                 self.tables[key] = new_table(key, field.vocab_size, dim, init, init_std)
+                self.fields[key] = field
                 (self.single if field.kind == "single" else self.multi).append(key)
             # the encoded ids travel with the model (not its checkpoint: they come from the data)
             self.register_buffer("single_ids", features.single, persistent=False)
@@ -91,6 +93,12 @@ class FieldEmbeddings(nn.Module):
             return rows
         present = (values > 0).unsqueeze(-1).to(rows.dtype)
         return (rows * present).sum(-2) / present.sum(-2).clamp(min=1.0)
+
+    def table_rows(self) -> dict[str, TableRows]:
+        """What each table holds a row for (`Recommender.table_rows`): the side's ids, then
+        each field's values."""
+        return {self.side: (self.kind, None),
+                **{key: (self.kind, field) for key, field in self.fields.items()}}
 
     def as_dict(self) -> dict[str, nn.Module]:
         """The tables by key (each a distinct table)."""
@@ -140,6 +148,9 @@ class FieldModel(Recommender):
 
     def tables(self) -> dict[str, nn.Module]:
         return {**self.users.as_dict(), **self.items.as_dict()}
+
+    def table_rows(self) -> dict[str, TableRows]:
+        return {k: r for s in self.field_sets() for k, r in s.table_rows().items()}
 
     def rows(self, batch: Batch) -> dict[str, RowIds]:
         """Each field's rows (`FieldEmbeddings.rows`) of a batch of the users' own profiles

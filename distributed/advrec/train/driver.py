@@ -39,6 +39,7 @@ from advrec.ports import free_ports
 from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
 from advrec.train.tasks import LABELS, row_columns
+from advrec.train.warm import check_init
 
 # Ray Train's INFO lines in local mode; on workers `launch` sets its LoggingConfig to WARNING,
 # which quiets the controller's set-up lines (the per-report lines: `loop.quiet_ray_train`).
@@ -223,6 +224,9 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     fs, path = io.filesystem(output)
     dataset = resolve_dataset(cfg.data)
     targets = resolve_targets(cfg.eval, dataset)  # a bad or unknown target fails here
+    warm = None
+    if cfg.train.init_from:  # a run that cannot start this one fails here
+        cfg, warm = check_init(cfg, dataset)
     if cfg.eval.targets:  # Ray workers, and a resumed run, do not share this working directory
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
             update={"targets": io.absolute(cfg.eval.targets)})})
@@ -237,8 +241,10 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     try:
         with io.atomic_file(io.join(output, "config.yaml")) as f:
             f.write(dump_config(cfg))
-        io.dump_json(io.join(output, "run.json"), {"dataset": dataset, "advrec": __version__,
-                                                   **({"replaces": replaces} if replaces else {})})
+        io.dump_json(io.join(output, "run.json"), {
+            "dataset": dataset, "advrec": __version__,
+            **({"replaces": replaces} if replaces else {}),
+            **({"init_from": {"run": cfg.train.init_from, **warm}} if warm else {})})
         metrics = _train(cfg, dataset, output, progress, address, tune, targets)
     except BaseException:
         if has_train_state(output):
