@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import json
 import math
 import os
 import signal
@@ -73,17 +74,22 @@ def _int_from(least: int, kind: str) -> Callable[[str], int]:
     return parse
 
 
-def _cosine(text: str) -> float:
-    """An argparse type: a cosine similarity, a number in [-1, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got '{text}'") from None
-    if not -1.0 <= value <= 1.0:  # nan fails too
-        raise argparse.ArgumentTypeError(f"expected a number in [-1, 1], got '{text}'")
-    return value
+def _number_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high] (nan is none)."""
+    def parse(text: str) -> float:
+        expected = f"expected a number in [{low:g}, {high:g}], got '{text}'"
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(expected) from None
+        if not low <= value <= high:  # nan fails too
+            raise argparse.ArgumentTypeError(expected)
+        return value
+    return parse
 
 
+_cosine = _number_in(-1.0, 1.0)  # a cosine similarity
+_unit = _number_in(0.0, 1.0)
 _positive_int = _int_from(1, "positive")
 _non_negative_int = _int_from(0, "non-negative")
 ADDRESS_HELP = ("Ray cluster for scaling.num_workers >= 1 (default: RAY_ADDRESS, else a local "
@@ -125,9 +131,20 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from advrec.data import synth
+    from advrec.data.synth import synth_days
 
-    synth(args.users, args.items, args.interactions, args.output, seed=args.seed)
-    print(f"wrote a synthetic log of {args.interactions} interactions to {args.output}")
+    if args.days is None:
+        if args.drift is not None:
+            raise AdvrecError("--drift: preferences drift from day to day; give --days too")
+        synth(args.users, args.items, args.interactions, args.output, seed=args.seed)
+        print(f"wrote a synthetic log of {args.interactions} interactions to {args.output}")
+        return
+    summary = synth_days(args.users, args.items, args.interactions, args.output, args.days,
+                         drift=args.drift or 0.0, seed=args.seed)
+    last = summary["per_day"][-1]
+    print(f"wrote a synthetic log of {args.interactions} interactions over {args.days} days "
+          f"({summary['per_day'][0]['date']} to {last['date']}, one dt=DATE/ partition each) "
+          f"to {args.output}")
 
 
 def cmd_poison(args: argparse.Namespace) -> None:
@@ -174,11 +191,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise AdvrecError("--init-from: a resumed run continues from its own checkpoint; give "
                           "no --init-from with --resume")
     if not resuming:  # a bad config fails before torch and Ray are imported (seconds)
-        cfg = load_config(args.config, args.overrides)
+        # as an override (a JSON string is YAML), so the config's rules see it
+        warm = [f"train.init_from={json.dumps(args.init_from)}"] if args.init_from else []
+        cfg = load_config(args.config, [*args.overrides, *warm])
         if args.targets:
             cfg.eval.targets = args.targets
-        if args.init_from:
-            cfg.train.init_from = args.init_from
     from advrec.report import format_table, headline
     from advrec.train import read_run, resume_training, run_training
 
@@ -472,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interactions", type=_positive_int, required=True)
     p.add_argument("--output", required=True)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--days", type=_positive_int, metavar="D",
+                   help="a log that unfolds over D days, one dt=YYYY-MM-DD/ partition each: half "
+                   "the users and items there on day 0, the rest arriving day by day")
+    p.add_argument("--drift", type=_unit, metavar="R",
+                   help="with --days: how far each user's taste moves per day, 0 (fixed, the "
+                   "default) to 1 (new every day)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("poison", help="a copy of a prepared dataset with fake users who push "

@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from advrec.data import prepare, synth
+from advrec.data.synth import synth_days
 from advrec.errors import AdvrecError
 
 ARGS = {"users": 200, "items": 300, "interactions": 6000, "seed": 7, "rows_per_file": 2500}
@@ -111,4 +112,83 @@ def test_prepare_reads_it_with_default_columns(log, tmp_path):
 def test_bad_arguments(tmp_path, args, culprit):
     with pytest.raises(AdvrecError, match=culprit):
         synth(output=str(tmp_path / "log"), **args)
+    assert list(tmp_path.iterdir()) == []
+
+
+DAYS = {"users": 200, "items": 300, "interactions": 6000, "days": 6}
+
+
+def _days(tmp_path, drift: float, seed: int = 3) -> tuple[dict, dict[str, pa.Table]]:
+    """`synth_days`' summary and its partitions' tables by date."""
+    summary = synth_days(output=str(tmp_path / f"log-{drift}-{seed}"), drift=drift, seed=seed,
+                         **DAYS)
+    root = tmp_path / f"log-{drift}-{seed}"
+    return summary, {p.name.removeprefix("dt="): pq.read_table(p / "part-00000.parquet")
+                     for p in sorted(root.glob("dt=*"))}
+
+
+def test_days_partition_a_log_where_users_and_items_arrive(tmp_path):
+    summary, days = _days(tmp_path, drift=0.2)
+    assert list(days) == [d["date"] for d in summary["per_day"]] == [
+        f"2020-01-0{d}" for d in range(1, 7)]
+    assert sum(t.num_rows for t in days.values()) == 6000
+    first_seen_user, first_seen_item = {}, {}
+    for n, (date, table) in enumerate(days.items()):
+        day = summary["per_day"][n]
+        start = int(np.datetime64(date, "s").astype(np.int64))
+        timestamp = table["timestamp"].to_numpy()
+        assert np.all((timestamp >= start) & (timestamp < start + 86400))  # its own day
+        assert np.all(np.diff(timestamp) >= 0)  # in time order
+        user, item = table["user_id"].to_numpy(), table["item_id"].to_numpy()
+        # only those there by then: ids are numbered by arrival
+        assert user.max() < day["users"] and item.max() < day["items"]
+        assert day["interactions"] == table.num_rows
+        for ids, seen in ((user, first_seen_user), (item, first_seen_item)):
+            for i in np.unique(ids):
+                seen.setdefault(int(i), n)
+    # half of each there on day 0, the rest arriving later, each user onboarded on arrival
+    assert summary["per_day"][0]["users"] == 100 and summary["per_day"][0]["items"] == 150
+    assert summary["per_day"][-1]["users"] == 200 and summary["per_day"][-1]["items"] == 300
+    assert len(first_seen_user) == 200 and max(first_seen_user.values()) == 5
+    assert max(first_seen_item.values()) > 0
+    for user, n in first_seen_user.items():
+        there = next(i for i, d in enumerate(summary["per_day"]) if user < d["users"])
+        assert n == there  # its first day is its arrival day...
+        on_day = days[summary["per_day"][n]["date"]]["user_id"].to_numpy()
+        assert np.count_nonzero(on_day == user) >= 5  # ...with at least 5 items
+    _days(tmp_path / "again", drift=0.2)
+    assert [(tmp_path / f"log-0.2-3/dt={d}/part-00000.parquet").read_bytes()
+            for d in days] == [(tmp_path / f"again/log-0.2-3/dt={d}/part-00000.parquet")
+                               .read_bytes() for d in days]  # same arguments, same bytes
+
+
+def _taste_overlap(days: dict[str, pa.Table]) -> float:
+    """Mean Jaccard of each day-0 user's items on the first and on the last day (over the
+    users active on both)."""
+    tables = list(days.values())
+    first, last = ({int(u): set() for u in np.unique(t["user_id"].to_numpy())}
+                   for t in (tables[0], tables[-1]))
+    for table, sets in ((tables[0], first), (tables[-1], last)):
+        for u, i in zip(table["user_id"].to_numpy(), table["item_id"].to_numpy()):
+            sets[int(u)].add(int(i))
+    both = sorted(set(first) & set(last))
+    return float(np.mean([len(first[u] & last[u]) / len(first[u] | last[u]) for u in both]))
+
+
+def test_drift_moves_tastes_away_from_the_first_day(tmp_path):
+    # with a fixed taste a user keeps picking what they picked on day 0; with drift less so
+    fixed = np.mean([_taste_overlap(_days(tmp_path, 0.0, seed)[1]) for seed in range(3)])
+    moving = np.mean([_taste_overlap(_days(tmp_path, 1.0, seed)[1]) for seed in range(3)])
+    assert moving < 0.7 * fixed
+
+
+@pytest.mark.parametrize(("args", "culprit"), [
+    ({"days": 0}, "days must be >= 1"),
+    ({"days": 3, "drift": 1.5}, "drift must be in"),
+    ({"days": 3, "drift": float("nan")}, "drift must be in"),
+    ({"days": 2, "interactions": 999}, "interactions=999 is below 5 per user"),
+])
+def test_days_bad_arguments(tmp_path, args, culprit):
+    with pytest.raises(AdvrecError, match=culprit):
+        synth_days(output=str(tmp_path / "log"), **{**DAYS, **args})
     assert list(tmp_path.iterdir()) == []

@@ -19,8 +19,9 @@ from advrec.data import load_dataset, prepare
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.train import read_run
-from advrec.train.checkpoint import load_model, save_checkpoint
-from advrec.train.warm import check_init, table_keys, warm_state
+from advrec.train.checkpoint import load_model, save_checkpoint, train_state_url
+from advrec.train.optim import make_optimizer
+from advrec.train.warm import check_init, table_keys, warm_start, warm_state
 from synthetic import synthetic_log, write_atomic
 from zoo_models import MODELS
 
@@ -209,3 +210,54 @@ def test_hashed_rows_match_row_for_row(days: tuple[str, str], tmp_path: Path) ->
     state = warm_state(cfg, load_dataset(urls[1]))
     assert torch.equal(state["user.weight"], old["user.weight"])
     assert torch.equal(state["item.weight"], old["item.weight"])
+
+
+@pytest.mark.parametrize(("name", "sparse"), [("mf", False), ("neumf", True)])
+def test_init_optimizer_carries_the_best_epochs_state_as_resuming_would(
+        name: str, sparse: bool, days: tuple[str, str], tmp_path: Path) -> None:
+    """With train.init_optimizer, on the same data the warm start holds exactly what resuming
+    from the run's best epoch would load (weights and optimizer state); on new data the known
+    ids' optimizer rows carry over and the new ones start at zero."""
+    yesterday, today = days
+    ended = tmp_path / "a"
+    options = {"model": {"name": name, "dim": 8, **MODELS[name]},
+               "train": {"epochs": 3, "batch_size": 256, "sparse_embeddings": sparse,
+                         "patience": 5}}
+    overrides = [f"{section}.{k}={json.dumps(v)}" for section, keys in options.items()
+                 for k, v in keys.items()]
+    assert main(["train", "--output", str(ended), "--quiet", f"data.source={yesterday}",
+                 "eval.ks=[10]", *overrides]) == 0
+    best = json.loads((ended / "metrics.json").read_text())["best_epoch"]
+    saved = torch.load(train_state_url(str(ended), best), weights_only=True)
+    for day in (yesterday, today):
+        cfg = build_config({"data": {"source": day}, **options,
+                            "train": {**options["train"], "init_from": str(ended),
+                                      "init_optimizer": True}})
+        cfg = check_init(cfg, day)[0]
+        data = load_dataset(day)
+        model = build_model(cfg, data)
+        optimizer = make_optimizer(model, cfg.train)
+        warm_start(cfg, data, model, optimizer)
+        state = optimizer.state_dict()
+        parts = state["parts"] if sparse else [state]
+        saved_parts = saved["optimizer"]["parts"] if sparse else [saved["optimizer"]]
+        if day == yesterday:  # resuming's state, bit for bit
+            assert all(torch.equal(v, saved["model"][k]) for k, v in model.state_dict().items())
+            for part, then in zip(parts, saved_parts, strict=True):
+                assert part["state"].keys() == then["state"].keys()
+                for i, entry in part["state"].items():
+                    for key, value in entry.items():  # SparseAdam's step is an int
+                        assert torch.equal(torch.as_tensor(value),
+                                           torch.as_tensor(then["state"][i][key])), key
+            continue
+        # today: the user table's first moments, row for row by raw id
+        table = dict(model.named_parameters())["user.weight" if name == "mf" else
+                                               "user_gmf.weight"]
+        tables = optimizer.parts[0] if sparse else optimizer  # sparse: the tables' part first
+        index = [id(p) for g in tables.param_groups for p in g["params"]].index(id(table))
+        moment = parts[0]["state"][index]["exp_avg"]
+        old_moment = saved_parts[0]["state"][index]["exp_avg"]
+        new_raw, old_raw = _raw(today, "user"), _raw(yesterday, "user")
+        for row, raw in enumerate(new_raw):
+            expected = old_moment[old_raw.index(raw)] if raw in old_raw else torch.zeros(8)
+            assert torch.equal(moment[row], expected), raw

@@ -382,6 +382,10 @@ class TrainConfig(Section):
         "user and item id and by feature value; new ones start fresh. The run must be of the "
         "same model and shape (every model key but embeddings, sharding, dropout, init, "
         "init_std, temperature and logq).")
+    init_optimizer: bool = Field(
+        False, description="With init_from: also carry over the run's optimizer state of its "
+        "best epoch (Adam's moments, Adagrad's sums; rows of new ids start at zero). Dense "
+        "tables, the same train.optimizer.")
     fault_epoch: int | None = Field(
         None, ge=0, description="Fault injection, for tests: a worker dies half-way through "
         "this epoch (raises in-process), once; a resumed run never fails again.")
@@ -403,6 +407,13 @@ class TrainConfig(Section):
         if self.sparse_embeddings and self.num_negatives == "all":
             raise ValueError("num_negatives=all scores every item, so its gradient is dense: "
                              "it cannot train with sparse_embeddings")
+        return self
+
+    @model_validator(mode="after")
+    def _init_optimizer_needs_a_run(self) -> TrainConfig:
+        if self.init_optimizer and not self.init_from:
+            raise ValueError("init_optimizer carries over the optimizer state of "
+                             "train.init_from's run; name that run")
         return self
 
     @field_validator("betas")

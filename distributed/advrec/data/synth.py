@@ -61,20 +61,7 @@ def synth(
         A summary (also written to ``output/_synth.json``, without ``output``), which marks
         the directory as advrec's: a later `synth` may replace it, and nothing else.
     """
-    for name, value in (("users", users), ("items", items), ("rows_per_file", rows_per_file)):
-        if value < 1:
-            raise AdvrecError(f"synth: {name} must be >= 1, not {value}")
-    if interactions < MIN_PER_USER * users:
-        raise AdvrecError(
-            f"synth: interactions={interactions} is below {MIN_PER_USER} per user "
-            f"(users={users} needs >= {MIN_PER_USER * users})"
-        )
-    if interactions > users * items / 2:
-        raise AdvrecError(
-            f"synth: interactions={interactions} is more than half of users x items "
-            f"({users} x {items} / 2 = {users * items // 2})"
-        )
-
+    _check_sizes(users, items, interactions, rows_per_file)
     rng = np.random.default_rng(seed)
     # Factors scaled so that u·v has unit variance whatever the dimension.
     scale = np.float32(DIM**-0.25)
@@ -91,8 +78,9 @@ def synth(
         pending: list[pa.Table] = []
         pending_rows = 0
         for start, stop in _blocks(counts, items):
-            table = _block(rng, start, user_vec[start:stop], item_vec, log_pop, popularity_cdf,
-                           counts[start:stop])
+            user, item = _block(rng, np.arange(start, stop), user_vec[start:stop], item_vec,
+                                log_pop, popularity_cdf, counts[start:stop])
+            table = _rows(user, item, _clock(rng, counts[start:stop]))
             pending.append(table)
             pending_rows += table.num_rows
             # Cut exactly rows_per_file rows per part; only the remainder stays buffered.
@@ -119,19 +107,147 @@ def synth(
     return {**summary, "output": output}
 
 
+def synth_days(
+    users: int,
+    items: int,
+    interactions: int,
+    output: str,
+    days: int,
+    drift: float = 0.0,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Write a synthetic log that unfolds over ``days`` days, partitioned by day: Parquet part
+    files under ``output/dt=YYYY-MM-DD/`` (from 2020-01-01), each day's rows in time order.
+    The columns are `synth`'s.
+
+    - **Arrivals.** Ids are numbered by arrival: the first `FIRST_DAY_SHARE` of the users and
+      of the items are there on day 0, the others arrive evenly over the later days. An item is
+      drawn only from its arrival day on; a user takes `MIN_PER_USER` items on their arrival
+      day, then a share of each day's interactions by their (log-normal) activity.
+    - **Drift.** Each day every user's factors move: ``u ← sqrt(1 - drift²)·u + drift·noise``,
+      the variance kept, so ``drift`` 0 is a fixed taste and 1 a new one every day.
+    - Each day's interactions are proportional to the users there; the total is exactly
+      ``interactions``. Same arguments, same bytes.
+
+    Returns:
+        The summary (also in ``output/_synth.json``), with per day its ``date``, the number of
+        ``users`` and ``items`` there by then and its ``interactions``.
+    """
+    _check_sizes(users, items, interactions, 1)
+    if days < 1:
+        raise AdvrecError(f"synth: days must be >= 1, not {days}")
+    if not 0.0 <= drift <= 1.0:  # nan fails too
+        raise AdvrecError(f"synth: drift must be in [0, 1], not {drift}")
+    rng = np.random.default_rng(seed)
+    scale = np.float32(DIM**-0.25)
+    user_vec = rng.standard_normal((users, DIM), dtype=np.float32) * scale
+    item_vec = rng.standard_normal((items, DIM), dtype=np.float32) * scale
+    log_pop = (-ZIPF_EXPONENT * np.log1p(rng.permutation(items))).astype(np.float32)
+    user_day, item_day = _arrivals(users, days), _arrivals(items, days)
+    there = np.searchsorted(user_day, np.arange(days), side="right")  # (days,) users by then
+    stocked = np.searchsorted(item_day, np.arange(days), side="right")
+    # the interactions beyond onboarding, dealt to the days by the users there
+    extra = rng.multinomial(interactions - MIN_PER_USER * users, there / there.sum())
+    activity = rng.lognormal(0.0, 1.0, users)
+    summary_days = []
+    keep = np.float32(np.sqrt(1.0 - drift**2))
+    with atomic_dir(output, SYNTH_LOG) as (fs, tmp):
+        for day in range(days):
+            if day:
+                noise = rng.standard_normal((users, DIM), dtype=np.float32) * scale
+                user_vec = keep * user_vec + np.float32(drift) * noise
+            n, cap = int(there[day]), int(stocked[day])
+            counts = np.where(user_day[:n] == day, MIN_PER_USER, 0)
+            counts = counts + _deal(rng, int(extra[day]), activity[:n], cap - counts)
+            table = _day(rng, day, counts, user_vec[:n], item_vec[:cap], log_pop[:cap])
+            date = np.datetime64(_EPOCH + day * 86400, "s").astype("datetime64[D]")
+            fs.makedirs(join(tmp, f"dt={date}"), exist_ok=True)  # an object store has no dirs
+            write_parquet(fs, join(tmp, f"dt={date}", "part-00000.parquet"), table)
+            summary_days.append({"date": str(date), "users": n, "items": cap,
+                                 "interactions": table.num_rows})
+        summary = {"written_by": "advrec synth", "users": users, "items": items,
+                   "interactions": interactions, "seed": seed, "days": days, "drift": drift,
+                   "first_day_share": FIRST_DAY_SHARE, "dim": DIM, "temperature": TEMPERATURE,
+                   "zipf_exponent": ZIPF_EXPONENT, "per_day": summary_days}
+        write_json(fs, join(tmp, "_synth.json"), summary)
+    return {**summary, "output": output}
+
+
+FIRST_DAY_SHARE = 0.5
+"""`synth_days`: the share of the users (and of the items) there from day 0."""
+
+
+def _arrivals(count: int, days: int) -> np.ndarray:
+    """(count,) non-decreasing arrival days: `FIRST_DAY_SHARE` on day 0, the rest evenly over
+    days 1 .. days-1 (all on day 0 when there is one day)."""
+    first = count if days == 1 else max(1, round(FIRST_DAY_SHARE * count))
+    later = np.arange(count - first)
+    return np.concatenate([np.zeros(first, dtype=np.int64),
+                           1 + later * (days - 1) // max(len(later), 1)])
+
+
+def _day(rng: np.random.Generator, day: int, counts: np.ndarray, user_vec: np.ndarray,
+         item_vec: np.ndarray, log_pop: np.ndarray) -> pa.Table:
+    """One day's rows of the users with ``counts`` (U,) > 0, in time order: each user's draws
+    at times spread uniformly over the day, in draw order."""
+    popularity_cdf = np.cumsum(np.exp(log_pop, dtype=np.float64))
+    active = np.flatnonzero(counts)
+    users, items = [], []
+    for start, stop in _blocks(counts[active], len(item_vec)):
+        block = active[start:stop]
+        user, item = _block(rng, block, user_vec[block], item_vec, log_pop, popularity_cdf,
+                            counts[block])
+        users.append(user)
+        items.append(item)
+    user, item = np.concatenate(users), np.concatenate(items)
+    # times spread uniformly over the day, ascending within each user's run of draws
+    run = np.repeat(np.arange(len(active)), counts[active]) * 86400
+    offsets = np.sort(run + rng.integers(0, 86400, len(user))) - run
+    timestamp = _EPOCH + day * 86400 + offsets
+    order = np.argsort(timestamp, kind="stable")
+    return _rows(user[order], item[order], timestamp[order])
+
+
+def _check_sizes(users: int, items: int, interactions: int, rows_per_file: int) -> None:
+    """`synth`'s bounds on its sizes, one line naming the first that is out of them."""
+    for name, value in (("users", users), ("items", items), ("rows_per_file", rows_per_file)):
+        if value < 1:
+            raise AdvrecError(f"synth: {name} must be >= 1, not {value}")
+    if interactions < MIN_PER_USER * users:
+        raise AdvrecError(
+            f"synth: interactions={interactions} is below {MIN_PER_USER} per user "
+            f"(users={users} needs >= {MIN_PER_USER * users})"
+        )
+    if interactions > users * items / 2:
+        raise AdvrecError(
+            f"synth: interactions={interactions} is more than half of users x items "
+            f"({users} x {items} / 2 = {users * items // 2})"
+        )
+
+
 def _activity(rng: np.random.Generator, users: int, items: int, total: int) -> np.ndarray:
     """(users,) interaction counts: >= 5 each, <= items each, summing to exactly ``total``.
 
-    The counts above the minimum follow heavy-tailed (log-normal) user activity; whatever a
-    full user cannot take is dealt again among the others.
+    The counts above the minimum follow heavy-tailed (log-normal) user activity (`_deal`).
     """
     activity = rng.lognormal(0.0, 1.0, users)
-    counts = np.full(users, MIN_PER_USER, dtype=np.int64)
-    left = total - counts.sum()
+    return MIN_PER_USER + _deal(rng, total - MIN_PER_USER * users, activity,
+                                np.full(users, items - MIN_PER_USER))
+
+
+def _deal(rng: np.random.Generator, total: int, weights: np.ndarray,
+          caps: np.ndarray) -> np.ndarray:
+    """(U,) counts summing to exactly ``total``, drawn by ``weights`` (U,), each at most its
+    ``caps`` (U,): whatever a full user cannot take is dealt again among the others."""
+    counts = np.zeros(len(weights), dtype=np.int64)
+    left = total
     while left > 0:
-        weights = activity * (counts < items)
-        counts = np.minimum(counts + rng.multinomial(left, weights / weights.sum()), items)
-        left = total - counts.sum()
+        room = weights * (counts < caps)
+        if not room.any():
+            raise AdvrecError(f"synth: {total} interactions do not fit the items the users "
+                              "can still take; ask for fewer interactions or more items")
+        counts = np.minimum(counts + rng.multinomial(left, room / room.sum()), caps)
+        left = total - int(counts.sum())
     return counts
 
 
@@ -168,14 +284,16 @@ def _candidates(
 
 def _block(
     rng: np.random.Generator,
-    first_user: int,
+    user_ids: np.ndarray,
     user_vec: np.ndarray,
     item_vec: np.ndarray,
     log_pop: np.ndarray,
     popularity_cdf: np.ndarray,
     counts: np.ndarray,
-) -> pa.Table:
-    """The interactions of users ``first_user ..`` given their (B, DIM) factors and (B,) counts."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """The draws of users ``user_ids`` (B,) given their (B, DIM) factors and (B,) counts:
+    (user, item) id arrays, each user's ``counts[u]`` rows in draw order, from the items of
+    ``item_vec`` (I, DIM) with their popularity (``log_pop``, its cumulative ``popularity_cdf``)."""
     k = int(counts.max())
     items = len(item_vec)
     drawn = _candidates(rng, counts, CANDIDATES_PER_PICK * k, popularity_cdf)
@@ -195,23 +313,24 @@ def _block(
     top = np.take_along_axis(top, order, axis=1)  # best first: the sequential draw order
     top = np.take_along_axis(candidates, top, axis=1)  # candidate positions to item ids
     picked = np.arange(k) < counts[:, None]  # each user keeps their first counts[u] draws
+    return np.repeat(user_ids.astype(np.int64), counts), top[picked].astype(np.int64)
 
+
+def _clock(rng: np.random.Generator, counts: np.ndarray) -> np.ndarray:
+    """(sum(counts),) timestamps of users' consecutive interactions (``counts`` (B,) each):
+    a user starts within the year after `_EPOCH`, then exponential gaps."""
     n = int(counts.sum())
     first = np.concatenate(([0], np.cumsum(counts)[:-1]))
     gaps = 1 + np.floor(rng.exponential(_MEAN_GAP_S, n)).astype(np.int64)
     gaps[first] = _EPOCH + rng.integers(0, 365 * 86400, len(counts))
     clock = np.cumsum(gaps)
-    timestamp = clock - np.repeat(clock[first] - gaps[first], counts)
-    return pa.table(
-        {
-            "user_id": np.repeat(
-                np.arange(first_user, first_user + len(counts), dtype=np.int64), counts
-            ),
-            "item_id": top[picked].astype(np.int64),
-            "rating": np.ones(n, dtype=np.float32),
-            "timestamp": timestamp,
-        }
-    )
+    return clock - np.repeat(clock[first] - gaps[first], counts)
+
+
+def _rows(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray) -> pa.Table:
+    """The log's columns (`synth`)."""
+    return pa.table({"user_id": user, "item_id": item,
+                     "rating": np.ones(len(user), dtype=np.float32), "timestamp": timestamp})
 
 
 def _write_part(fs: fsspec.AbstractFileSystem, tmp: str, index: int, table: pa.Table) -> str:

@@ -57,7 +57,7 @@ from advrec.train.optim import Optimizer, make_optimizer
 from advrec.train.schedules import attack_from_config, collapsed, training_attack
 from advrec.train.state import EarlyStopping, load_sharded_state, save_state
 from advrec.train.tasks import Task, make_loss, make_task
-from advrec.train.warm import load_whole, warm_state
+from advrec.train.warm import warm_start
 
 
 def distribute(objective: AdversarialObjective, world: int) -> nn.Module:
@@ -237,7 +237,7 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
     run = _build(cfg, config, (rank, world))
     best, history, resumed = _resume(run)
     if cfg.train.init_from and not resumed:  # a resumed run's state holds its own weights
-        load_whole(run.model, warm_state(cfg, run.task.data))
+        warm_start(cfg, run.task.data, run.model, run.optimizer)
     first = len(history)
     latest: dict[str, float] = {}  # the last valid and robust metrics, carried into each report
 

@@ -20,6 +20,7 @@ worker builds the whole tables once at start-up.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -35,6 +36,7 @@ from advrec.data.features import Field
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.train.optim import Optimizer, SplitOptimizer, make_optimizer
 
 KEY = "train.init_from"
 FREE_MODEL_KEYS = frozenset({"embeddings", "sharding", "dropout", "init", "init_std",
@@ -77,6 +79,8 @@ def check_init(cfg: RunConfig, dataset: str) -> tuple[RunConfig, Matched]:
     if not is_prepared(old_dataset):
         raise AdvrecError(f"{where}: its dataset {old_dataset} is gone (its raw ids match the "
                           "rows); prepare it again there")
+    if cfg.train.init_optimizer:
+        _check_optimizer(run, old, cfg)
     metas = [io.read_json(io.join(url, "meta.json")) for url in (dataset, old_dataset)]
     for side in ("user", "item"):
         buckets = [m.get("hashing", {}).get(side, {}).get("buckets") for m in metas]
@@ -92,26 +96,70 @@ def check_init(cfg: RunConfig, dataset: str) -> tuple[RunConfig, Matched]:
         matched
 
 
+def _check_optimizer(run: str, old: RunConfig, cfg: RunConfig) -> None:
+    """Whether ``train.init_optimizer`` can carry the run's optimizer state over to ``cfg``."""
+    where = f"train.init_optimizer (from {run})"
+    for c, whose in ((old, "its"), (cfg, "this run's")):
+        if c.model.embeddings == "torchrec":
+            raise AdvrecError(f"{where}: {whose} tables are torchrec's, whose fused optimizer "
+                              "state does not carry over; warm-start the weights alone")
+    then, now = ((c.train.optimizer, c.train.sparse_embeddings) for c in (old, cfg))
+    if then != now:
+        raise AdvrecError(f"{where}: it trained with train.optimizer={then[0]} "
+                          f"(sparse_embeddings={then[1]}), this run with {now[0]} "
+                          f"(sparse_embeddings={now[1]}); their states do not carry over")
+    from advrec.train.checkpoint import train_state_url
+
+    best = io.read_json(io.join(run, "metrics.json"))["best_epoch"]
+    if not io.exists(train_state_url(run, best)):
+        raise AdvrecError(f"{where}: the run kept no training state of its best epoch {best} "
+                          "(train.checkpoint_every=0?), so it has no optimizer state to carry")
+
+
+@dataclass(frozen=True)
+class _Earlier:
+    """The run a warm start begins from: its config, dataset and best model (dense)."""
+
+    run: str
+    cfg: RunConfig
+    data: Dataset
+    model: Recommender
+
+    @classmethod
+    def load(cls, run: str) -> _Earlier:
+        from advrec.train.checkpoint import load_model  # loop -> warm -> checkpoint: no cycle
+        from advrec.train.driver import read_run
+
+        cfg, dataset = read_run(run)
+        data = load_dataset(dataset, train_pairs_only=True)
+        return cls(run, cfg, data, load_model(best_model(run), cfg, data)[0])
+
+
+RowMap = tuple[Tensor, Tensor] | None
+"""How a weight carries over: ``(new rows, old rows)`` of a table (M,) each, or ``None`` for a
+dense weight, copied whole."""
+
+
 def warm_state(cfg: RunConfig, data: Dataset) -> dict[str, Tensor]:
     """The whole state dict a model of ``cfg`` for ``data`` starts from: this run's
     initialisation (seeded by ``train.seed``, as `build_model` draws it), overwritten by the
     best weights of the run ``train.init_from`` wherever they stand for the same thing (see
     the module), tables dense and whole, (rows, d) each."""
-    from advrec.train.checkpoint import load_model  # loop -> warm -> checkpoint: no cycle
-    from advrec.train.driver import read_run
+    return _warm(cfg, data, _Earlier.load(cfg.train.init_from or ""))[0]
 
-    run = cfg.train.init_from or ""
-    old_cfg, old_dataset = read_run(run)
-    old_data = load_dataset(old_dataset, train_pairs_only=True)
-    old_model, _ = load_model(best_model(run), old_cfg, old_data)
+
+def _warm(cfg: RunConfig, data: Dataset,
+          earlier: _Earlier) -> tuple[dict[str, Tensor], dict[str, RowMap]]:
+    """`warm_state`, and how each weight it carried over maps (a weight absent from the map,
+    a feature field the earlier run had not, keeps its initialisation)."""
     dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
     torch.manual_seed(cfg.train.seed)  # the same draw as the model that trains (`_build`)
     fresh = build_model(cfg.model_copy(update={"model": dense}), data)
     state = {k: v.clone() for k, v in fresh.state_dict().items()}
-    old_state, old_rows = old_model.state_dict(), old_model.table_rows()
-    ids = {side: _match_ids(data.url, data.meta, old_dataset, old_data.meta, side)
+    old_state, old_rows = earlier.model.state_dict(), earlier.model.table_rows()
+    ids = {side: _match_ids(data.url, data.meta, earlier.data.url, earlier.data.meta, side)
            for side in ("user", "item")}
-    keys = table_keys(fresh)
+    keys, maps = table_keys(fresh), {}
     for key, target in state.items():
         if key not in old_state:  # a feature field this dataset has and the other had not
             continue
@@ -119,16 +167,75 @@ def warm_state(cfg: RunConfig, data: Dataset) -> dict[str, Tensor]:
         if key in keys:
             name = keys[key]
             side, field = fresh.table_rows()[name]
-            new, old = (ids[side] if field is None
-                        else _match_values(field, old_rows.get(name, (side, None))[1]))
-            target[new] = saved[old].to(target.dtype)
+            maps[key] = (ids[side] if field is None
+                         else _match_values(field, old_rows.get(name, (side, None))[1]))
         elif saved.shape == target.shape:
-            target.copy_(saved)
+            maps[key] = None
         else:
-            raise AdvrecError(f"{KEY}={run}: '{key}' is {list(saved.shape)} in its model, "
-                              f"{list(target.shape)} in this one (its data has other feature "
-                              "fields?); a warm start keeps the shape of every weight")
-    return state
+            raise AdvrecError(f"{KEY}={earlier.run}: '{key}' is {list(saved.shape)} in its "
+                              f"model, {list(target.shape)} in this one (its data has other "
+                              "feature fields?); a warm start keeps the shape of every weight")
+        _carry(target, saved, maps[key])
+    return state, maps
+
+
+def _carry(target: Tensor, saved: Tensor, rows: RowMap) -> None:
+    """Copy into ``target`` what ``saved`` holds of it: the mapped rows, or all of it."""
+    if rows is None:
+        target.copy_(saved)
+    else:
+        target[rows[0]] = saved[rows[1]].to(target.dtype)
+
+
+def warm_start(cfg: RunConfig, data: Dataset, model: Recommender, optimizer: Optimizer) -> None:
+    """Begin training ``model`` (as it trains: dense or sharded) from ``train.init_from``'s best
+    weights, and with ``train.init_optimizer`` its ``optimizer`` from the earlier run's
+    optimizer state of that epoch."""
+    earlier = _Earlier.load(cfg.train.init_from or "")
+    state, maps = _warm(cfg, data, earlier)
+    load_whole(model, state)
+    if cfg.train.init_optimizer:
+        optimizer.load_state_dict(_optimizer_state(model, optimizer, earlier, maps))
+
+
+def _optimizer_state(model: Recommender, optimizer: Optimizer, earlier: _Earlier,
+                     maps: dict[str, RowMap]) -> dict[str, Any]:
+    """``optimizer``'s state dict with the earlier run's per-weight state (Adam's moments, its
+    step count, Adagrad's sums, momentum) of its best epoch, carried as the weights are (an id
+    new to this run starts at zero, as a fresh optimizer's rows do); this run's
+    hyperparameters. The parameters are matched by name in each optimizer's order
+    (`make_optimizer`, rebuilt for the earlier model)."""
+    from advrec.train.checkpoint import load_checkpoint, train_state_url
+
+    best = io.read_json(io.join(earlier.run, "metrics.json"))["best_epoch"]  # `check_init`d
+    saved = load_checkpoint(train_state_url(earlier.run, best))["optimizer"]
+    then = make_optimizer(earlier.model, earlier.cfg.train)
+    parts = optimizer.parts if isinstance(optimizer, SplitOptimizer) else [optimizer]
+    old_parts = then.parts if isinstance(then, SplitOptimizer) else [then]
+    saved_parts = saved["parts"] if isinstance(then, SplitOptimizer) else [saved]
+    names = {id(p): n for n, p in model.named_parameters()}
+    old_names = {id(p): n for n, p in earlier.model.named_parameters()}
+    out = []
+    for part, old_part, saved_part in zip(parts, old_parts, saved_parts, strict=True):
+        old_params = [p for group in old_part.param_groups for p in group["params"]]
+        old_index = {old_names[id(p)]: (i, p) for i, p in enumerate(old_params)}
+        state: dict[int, dict[str, Any]] = {}
+        for i, param in enumerate(p for group in part.param_groups for p in group["params"]):
+            name = names[id(param)]
+            if name not in maps or name not in old_index or old_index[name][0] not in \
+                    saved_part["state"]:
+                continue
+            j, old_param = old_index[name]
+            state[i] = {}
+            for key, value in saved_part["state"][j].items():
+                if torch.is_tensor(value) and value.shape == old_param.shape:
+                    # per weight: carried as the weight is
+                    state[i][key] = torch.zeros_like(param, dtype=value.dtype)
+                    _carry(state[i][key], value, maps[name])
+                else:  # Adam's step count (SparseAdam's an int)
+                    state[i][key] = value.clone() if torch.is_tensor(value) else value
+        out.append({"state": state, "param_groups": part.state_dict()["param_groups"]})
+    return {"parts": out} if isinstance(optimizer, SplitOptimizer) else out[0]
 
 
 def table_keys(model: Recommender) -> dict[str, str]:
