@@ -39,8 +39,9 @@ from advrec.data import load_dataset
 from advrec.data.source import resolve_dataset
 from advrec.models import build_model
 from advrec.report import evaluate_run
-from advrec.train import run_training
+from advrec.train import resume_training, run_training
 from advrec.train.allocator import tune_malloc
+from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import distribute, make_objective
 from advrec.train.optim import make_optimizer
 from advrec.train.tasks import make_loss, make_task
@@ -88,7 +89,12 @@ def quality(cfg: RunConfig, name: str, seed: int, out: Path, eps: float) -> dict
     """Train one schedule, attack its best epoch with PGD-10 at ``eps``, and collect the
     figures."""
     run = out / f"{name}-seed{seed}"
-    metrics = run_training(cfg, str(run), progress=False)
+    if (run / "metrics.json").exists():  # trained; stopped before its attack
+        metrics = json.loads((run / "metrics.json").read_text())
+    elif has_train_state(str(run)):  # a stopped benchmark continues its stopped run
+        metrics = resume_training(str(run), progress=False)
+    else:
+        metrics = run_training(cfg, str(run), progress=False)
     curve = evaluate_run(str(run), ["pgd"], [0.0, eps], steps=10, progress=False)["pgd"]
     metric = "auc" if cfg.kind != "ranking" else "ndcg@10"
     history = json.loads((run / "history.json").read_text())
