@@ -266,6 +266,13 @@ def test_cheap_at_benchmark_runs(tmp_path: Path) -> None:
     # free divides the 2 adversarial epochs by its 2 replays
     assert [r["epochs"] for r in rows] == [3, 2, 3]
     assert "accumulate" in run("--part", "quality", "--schedules", "accumulate").stdout
+    # stopped inside a run (its training state saved, no metrics yet): the run is resumed
+    path = tmp_path / "out" / "quality.json"
+    path.write_text(json.dumps(rows[:2]))
+    stopped = next((tmp_path / "out").glob("*/accumulate-seed0"))
+    (stopped / "metrics.json").unlink()
+    run("--part", "quality", "--schedules", "clean,free2,accumulate")
+    assert json.loads(path.read_text())[2]["test"] == rows[2]["test"]
     cost = run("--part", "cost", "--rounds", "1", "--schedules", "clean,floor,free2").stdout
     table = [line.split("|")[1].strip() for line in cost.splitlines() if line.startswith("| ")]
     assert table[1:] == ["clean", "floor", "free2"]
