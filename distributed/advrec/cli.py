@@ -142,7 +142,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     summary = synth_days(args.users, args.items, args.interactions, args.output, args.days,
                          drift=args.drift or 0.0, seed=args.seed)
     last = summary["per_day"][-1]
-    print(f"wrote a synthetic log of {args.interactions} interactions over {args.days} days "
+    print(f"wrote a synthetic log of {args.interactions} interactions over {args.days} "
+          f"day{'s' if args.days > 1 else ''} "
           f"({summary['per_day'][0]['date']} to {last['date']}, one dt=DATE/ partition each) "
           f"to {args.output}")
 
@@ -187,12 +188,13 @@ def cmd_train(args: argparse.Namespace) -> None:
     if resuming and args.targets:
         raise AdvrecError("--targets: a resumed run measures the target items it started "
                           "with; give no --targets with --resume")
-    if resuming and args.init_from:
+    if resuming and args.init_from is not None:
         raise AdvrecError("--init-from: a resumed run continues from its own checkpoint; give "
                           "no --init-from with --resume")
     if not resuming:  # a bad config fails before torch and Ray are imported (seconds)
         # as an override (a JSON string is YAML), so the config's rules see it
-        warm = [f"train.init_from={json.dumps(args.init_from)}"] if args.init_from else []
+        warm = ([f"train.init_from={json.dumps(args.init_from)}"]
+                if args.init_from is not None else [])
         cfg = load_config(args.config, [*args.overrides, *warm])
         if args.targets:
             cfg.eval.targets = args.targets

@@ -58,3 +58,15 @@ def test_a_prepared_dataset_is_used_whatever_raw_format_is_named(tmp_path: Path)
     cfg = DataConfig(source=prepared, format="movielens", cache_dir=str(tmp_path / "c2"))
     assert resolve_dataset(cfg) == prepared
     assert not (tmp_path / "c2").exists()
+
+
+def test_relative_paths_resolve_to_absolute_urls(tmp_path: Path, monkeypatch) -> None:
+    """A run records its dataset; its Ray workers, a resumed run and a warm start elsewhere
+    read it from other working directories, so a relative source or cache becomes absolute."""
+    (tmp_path / "ml").mkdir()
+    (tmp_path / "ml" / "u.data").write_text(U_DATA)
+    monkeypatch.chdir(tmp_path)
+    prepared = resolve_dataset(DataConfig(source="ml", cache_dir="c"))
+    assert prepared.startswith(str(tmp_path / "c") + "/")
+    relative = prepared.removeprefix(str(tmp_path) + "/")
+    assert resolve_dataset(DataConfig(source=relative, format="prepared")) == prepared

@@ -182,8 +182,19 @@ def test_drift_moves_tastes_away_from_the_first_day(tmp_path):
     assert moving < 0.7 * fixed
 
 
+def test_quiet_days_are_empty_partitions(tmp_path):
+    # more days than onboarding and extra interactions fill: some days pass without any
+    summary = synth_days(10, 40, 50, str(tmp_path / "log"), days=30)
+    sizes = [d["interactions"] for d in summary["per_day"]]
+    assert len(sizes) == 30 and sum(sizes) == 50 and 0 in sizes
+    tables = [pq.read_table(p) for p in sorted((tmp_path / "log").glob("dt=*/*.parquet"))]
+    assert [t.num_rows for t in tables] == sizes
+    assert all(t.schema == tables[0].schema for t in tables)
+
+
 @pytest.mark.parametrize(("args", "culprit"), [
-    ({"days": 0}, "days must be >= 1"),
+    ({"days": 0}, r"days must be in 1..interactions \(6000\), not 0"),
+    ({"days": 6001}, r"days must be in 1..interactions \(6000\), not 6001"),
     ({"days": 3, "drift": 1.5}, "drift must be in"),
     ({"days": 3, "drift": float("nan")}, "drift must be in"),
     ({"days": 2, "interactions": 999}, "interactions=999 is below 5 per user"),

@@ -65,6 +65,7 @@ def _finished_run(root: Path, cfg: RunConfig) -> str:
     (root / "config.yaml").write_text(dump_config(cfg))
     (root / "run.json").write_text(json.dumps({"dataset": cfg.data.source}))
     save_checkpoint(str(root / "checkpoint" / "model.pt"), model, cfg, epoch=0)
+    (root / "metrics.json").write_text(json.dumps({"best_epoch": 0}))  # written last
     return str(root)
 
 
@@ -180,6 +181,16 @@ def test_init_from_another_model_is_refused(change: dict, culprit: str, days: tu
                         "model": {"dim": 8, **change["model"]},
                         "train": {"init_from": run}})
     with pytest.raises(AdvrecError, match=culprit):
+        check_init(cfg, today)
+
+
+def test_init_from_an_unfinished_run_is_refused(days: tuple[str, str], tmp_path: Path) -> None:
+    yesterday, today = days
+    run = _finished_run(tmp_path / "run", _config(yesterday, "mf"))
+    (Path(run) / "metrics.json").unlink()  # its best model may change yet
+    cfg = build_config({"data": {"source": today}, "model": {"name": "mf", "dim": 8},
+                        "train": {"init_from": run}})
+    with pytest.raises(AdvrecError, match="the run has not finished"):
         check_init(cfg, today)
 
 

@@ -377,7 +377,7 @@ class TrainConfig(Section):
         1, ge=0, description="Save the whole training state every N epochs (0 = never), so a "
         "stopped run continues with `advrec train --resume` and failed workers restart from it.")
     init_from: str | None = Field(
-        None, description="Warm start (`advrec train --init-from RUN`): begin from this "
+        None, min_length=1, description="Warm start (`advrec train --init-from RUN`): begin from this "
         "finished run's best weights instead of a fresh initialisation. Rows are matched by raw "
         "user and item id and by feature value; new ones start fresh. The run must be of the "
         "same model and shape (every model key but embeddings, sharding, dropout, init, "

@@ -76,13 +76,15 @@ def buckets(users: int, items: int) -> dict[str, int]:
 
 
 def resolve_dataset(cfg: DataConfig) -> str:
-    """The URL of a prepared dataset for ``cfg``, preparing the raw log first if needed."""
+    """The URL of a prepared dataset for ``cfg``, preparing the raw log first if needed; a
+    local path is made absolute (a run records it, and its Ray workers, a resumed run and a
+    warm start elsewhere read it from other working directories)."""
     # A prepared dataset is used as it is, whatever raw format the config names: the shipped
     # configs name their log's (movielens), and a dataset poisoned or cleaned from it is prepared.
     if cfg.format == "prepared" or is_prepared(cfg.source):
         if not is_prepared(cfg.source):
             raise AdvrecError(f"data.source: {cfg.source} is not a prepared dataset (no meta.json)")
-        return cfg.source
+        return io.absolute(cfg.source)
     fmt = detect_format(cfg.source) if cfg.format == "auto" else cfg.format
     options = {"version": CACHE_VERSION, "source": cfg.source, "identity": _identity(cfg.source), "format": fmt,
                "split": cfg.split, "min_rating": cfg.min_rating, "kcore": cfg.kcore, "seed": cfg.seed,
@@ -96,7 +98,7 @@ def resolve_dataset(cfg: DataConfig) -> str:
                         item_features=tuple(cfg.item_features))
     key = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
     cache = cfg.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "advrec", "datasets")
-    url = io.join(cache, key)
+    url = io.absolute(io.join(cache, key))
     if not is_prepared(url):
         prepare(cfg.source, fmt, url, split=cfg.split, min_rating=cfg.min_rating, kcore=cfg.kcore,
                 seed=cfg.seed, label_threshold=cfg.label_threshold, columns=columns,

@@ -134,8 +134,8 @@ def synth_days(
         ``users`` and ``items`` there by then and its ``interactions``.
     """
     _check_sizes(users, items, interactions, 1)
-    if days < 1:
-        raise AdvrecError(f"synth: days must be >= 1, not {days}")
+    if not 1 <= days <= interactions:  # bounded by the log: no year of empty days
+        raise AdvrecError(f"synth: days must be in 1..interactions ({interactions}), not {days}")
     if not 0.0 <= drift <= 1.0:  # nan fails too
         raise AdvrecError(f"synth: drift must be in [0, 1], not {drift}")
     rng = np.random.default_rng(seed)
@@ -189,10 +189,10 @@ def _arrivals(count: int, days: int) -> np.ndarray:
 def _day(rng: np.random.Generator, day: int, counts: np.ndarray, user_vec: np.ndarray,
          item_vec: np.ndarray, log_pop: np.ndarray) -> pa.Table:
     """One day's rows of the users with ``counts`` (U,) > 0, in time order: each user's draws
-    at times spread uniformly over the day, in draw order."""
+    at times spread uniformly over the day, in draw order (none on a quiet day)."""
     popularity_cdf = np.cumsum(np.exp(log_pop, dtype=np.float64))
     active = np.flatnonzero(counts)
-    users, items = [], []
+    users, items = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
     for start, stop in _blocks(counts[active], len(item_vec)):
         block = active[start:stop]
         user, item = _block(rng, block, user_vec[block], item_vec, log_pop, popularity_cdf,

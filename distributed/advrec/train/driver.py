@@ -227,6 +227,9 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
     warm = None
     if cfg.train.init_from:  # a run that cannot start this one fails here
         cfg, warm = check_init(cfg, dataset)
+        if cfg.train.init_from == output:
+            raise AdvrecError(f"train.init_from={cfg.train.init_from}: the --output run, which "
+                              "this run would replace; write the new run elsewhere")
     if cfg.eval.targets:  # Ray workers, and a resumed run, do not share this working directory
         cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(
             update={"targets": io.absolute(cfg.eval.targets)})})

@@ -65,9 +65,9 @@ def check_init(cfg: RunConfig, dataset: str) -> tuple[RunConfig, Matched]:
     run = io.absolute(cfg.train.init_from or "")
     where = f"{KEY}={cfg.train.init_from}"
     old, old_dataset = read_run(run)
-    if not io.exists(best_model(run)):
-        raise AdvrecError(f"{where}: the run has no best model yet (checkpoint/model.pt): "
-                          "finish it first")
+    if not (io.exists(best_model(run)) and io.exists(io.join(run, "metrics.json"))):
+        raise AdvrecError(f"{where}: the run has not finished (no checkpoint/model.pt and "
+                          "metrics.json); finish it first")
     if old.model.name != cfg.model.name:
         raise AdvrecError(f"{where}: a {old.model.name} run; this config trains model.name="
                           f"{cfg.model.name}")

@@ -38,6 +38,7 @@ from advrec.signing import SigningHandler, verify
 from advrec.train.checkpoint import has_train_state
 from advrec.train.driver import connect, read_run, resume_training, run_cpus, run_training
 from advrec.train.loop import epoch_metrics
+from advrec.train.warm import check_init
 from advrec.tune.results import BEST, FRONT, RESULTS, write_results
 
 BASE_FILE = "base.yaml"
@@ -172,6 +173,8 @@ def run_tune(raw: dict[str, Any], experiment: str, progress: bool = True,
              "scaling.num_workers": max(1, cfg.scaling.num_workers)}
     if cfg.eval.targets:  # the trials' workers do not share this working directory
         fixed["eval.targets"] = io.absolute(cfg.eval.targets)
+    if cfg.train.init_from:  # a run that cannot start the trials fails here; made absolute
+        fixed["train.init_from"] = check_init(cfg, dataset)[0].train.init_from
     trial_raw = with_values(raw, fixed)
     trials = build_config(trial_raw)
     fs.makedirs(path, exist_ok=True)
