@@ -215,9 +215,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(format_table(rows, columns))
     warm = io.read_json(io.join(args.output, "run.json")).get("init_from")
     if warm:
+        fresh = warm["user"]["new"] + warm["item"]["new"]
         print(f"warm-started from {warm['run']}: it knew {warm['user']['known']} of "
               f"{sum(warm['user'].values())} users and {warm['item']['known']} of "
-              f"{sum(warm['item'].values())} items; the others started fresh")
+              f"{sum(warm['item'].values())} items" + ("; the others started fresh" if fresh
+                                                         else ""))
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
