@@ -201,11 +201,16 @@ def cmd_train(args: argparse.Namespace) -> None:
     from advrec.report import format_table, headline
     from advrec.train import read_run, resume_training, run_training
 
+    # what a warm start matched (run.json), read while the run is there: a finished
+    # replacement moves away
     if resuming:
         cfg = read_run(args.resume)[0]
+        warm = io.read_json(io.join(args.resume, "run.json")).get("init_from")
         metrics = resume_training(args.resume, progress=not args.quiet, address=args.address)
     else:
         metrics = run_training(cfg, args.output, progress=not args.quiet, address=args.address)
+        warm = (io.read_json(io.join(args.output, "run.json")).get("init_from")
+                if cfg.train.init_from else None)
     rows = [{"split": s, **{m: metrics[s][m] for m in headline(cfg)}} for s in ("valid", "test")]
     columns = ["split", *headline(cfg)]
     if "target" in metrics:  # T-HR@K and T-NDCG@K of the target items
@@ -213,7 +218,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             row.update({f"{TARGET}{m}": v for m, v in metrics["target"][row["split"]].items()})
         columns += target_metrics(cfg.eval.target_k)
     print(format_table(rows, columns))
-    warm = io.read_json(io.join(args.output, "run.json")).get("init_from")
     if warm:
         fresh = warm["user"]["new"] + warm["item"]["new"]
         print(f"warm-started from {warm['run']}: it knew {warm['user']['known']} of "
