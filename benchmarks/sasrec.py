@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from advrec import io
 from advrec.config import load_config
 from advrec.data import load_dataset
 from advrec.train import load_model, read_run, run_training
+from advrec.train.checkpoint import model_url
 from advrec.train.tasks import make_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def evaluate_sampled(run: str, negatives: int = 100) -> dict[str, float]:
     eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), "protocol": "sampled",
                                         "num_negatives": negatives})
     data = load_dataset(dataset)
-    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg, data)
+    model, _ = load_model(model_url(run), cfg, data)
     return make_task(cfg, data).evaluate(model, "test", eval_cfg)
 
 

@@ -500,6 +500,8 @@ CONFIG: list[Case] = [
          "--drift: preferences drift from day to day; give --days too"),
     Case("synth-zero-days", (*SYNTH, "{d}/out", "--days", "0"),
          "--days: expected a positive integer"),
+    Case("synth-days-above-interactions", (*SYNTH, "{d}/out", "--days", "1201"),
+         "synth: days must be in 1..interactions (1200), not 1201"),
     Case("synth-drift-inf", (*SYNTH, "{d}/out", "--days", "3", "--drift", "inf"),
          "--drift: expected a number in [0, 1], got 'inf'"),
     Case("train-no-config", ("train", "--output", "{d}/out"),

@@ -193,9 +193,9 @@ def cmd_train(args: argparse.Namespace) -> None:
                           "no --init-from with --resume")
     if not resuming:  # a bad config fails before torch and Ray are imported (seconds)
         # as an override (a JSON string is YAML), so the config's rules see it
-        warm = ([f"train.init_from={json.dumps(args.init_from)}"]
+        init = ([f"train.init_from={json.dumps(args.init_from)}"]
                 if args.init_from is not None else [])
-        cfg = load_config(args.config, [*args.overrides, *warm])
+        cfg = load_config(args.config, [*args.overrides, *init])
         if args.targets:
             cfg.eval.targets = args.targets
     from advrec.report import format_table, headline

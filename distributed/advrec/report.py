@@ -26,6 +26,7 @@ from advrec.models import build_model
 from advrec.models.fields import FieldModel
 from advrec.train import launch, load_model, read_run
 from advrec.train.allocator import tune_malloc
+from advrec.train.checkpoint import model_url
 from advrec.train.tasks import LABELS, make_loss, make_task
 
 ROBUSTNESS_FILE = "robustness.json"
@@ -218,7 +219,7 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     data = load_dataset(dataset)
-    model, _ = load_model(io.join(run, "checkpoint", "model.pt"), cfg, data)
+    model, _ = load_model(model_url(run), cfg, data)
     model.to(train_device(cfg.scaling.use_gpu, config["ray_worker"]))
     task = make_task(cfg, data, shard=(rank, context.get_world_size()))
     items = TargetItems(**config["targets"]) if config["targets"] else None

@@ -32,6 +32,7 @@ from advrec.io import Marker, atomic_dir, join, write_json, write_parquet
 DIM = 16
 TEMPERATURE = 0.5
 ZIPF_EXPONENT = 1.0
+_SCALE = np.float32(DIM**-0.25)  # factors' scale: u·v has unit variance whatever the dimension
 MIN_PER_USER = 5
 _BLOCK_SCORES = 1 << 20  # candidate scores held at once per block (with their factors, 64 MiB)
 CANDIDATES_PER_PICK = 8
@@ -63,13 +64,7 @@ def synth(
     """
     _check_sizes(users, items, interactions, rows_per_file)
     rng = np.random.default_rng(seed)
-    # Factors scaled so that u·v has unit variance whatever the dimension.
-    scale = np.float32(DIM**-0.25)
-    user_vec = rng.standard_normal((users, DIM), dtype=np.float32) * scale
-    item_vec = rng.standard_normal((items, DIM), dtype=np.float32) * scale
-    # Popularity ranks are a random permutation, so item ids carry no popularity signal.
-    rank = rng.permutation(items)
-    log_pop = (-ZIPF_EXPONENT * np.log1p(rank)).astype(np.float32)
+    user_vec, item_vec, log_pop = _factors(rng, users, items)
     counts = _activity(rng, users, items, interactions)
     popularity_cdf = np.cumsum(np.exp(log_pop, dtype=np.float64))
 
@@ -139,10 +134,7 @@ def synth_days(
     if not 0.0 <= drift <= 1.0:  # nan fails too
         raise AdvrecError(f"synth: drift must be in [0, 1], not {drift}")
     rng = np.random.default_rng(seed)
-    scale = np.float32(DIM**-0.25)
-    user_vec = rng.standard_normal((users, DIM), dtype=np.float32) * scale
-    item_vec = rng.standard_normal((items, DIM), dtype=np.float32) * scale
-    log_pop = (-ZIPF_EXPONENT * np.log1p(rng.permutation(items))).astype(np.float32)
+    user_vec, item_vec, log_pop = _factors(rng, users, items)
     user_day, item_day = _arrivals(users, days), _arrivals(items, days)
     there = np.searchsorted(user_day, np.arange(days), side="right")  # (days,) users by then
     stocked = np.searchsorted(item_day, np.arange(days), side="right")
@@ -154,7 +146,7 @@ def synth_days(
     with atomic_dir(output, SYNTH_LOG) as (fs, tmp):
         for day in range(days):
             if day:
-                noise = rng.standard_normal((users, DIM), dtype=np.float32) * scale
+                noise = rng.standard_normal((users, DIM), dtype=np.float32) * _SCALE
                 user_vec = keep * user_vec + np.float32(drift) * noise
             n, cap = int(there[day]), int(stocked[day])
             counts = np.where(user_day[:n] == day, MIN_PER_USER, 0)
@@ -171,6 +163,16 @@ def synth_days(
                    "zipf_exponent": ZIPF_EXPONENT, "per_day": summary_days}
         write_json(fs, join(tmp, "_synth.json"), summary)
     return {**summary, "output": output}
+
+
+def _factors(rng: np.random.Generator, users: int,
+             items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The users' (U, DIM) and items' (I, DIM) latent factors and the items' (I,) log
+    popularity (Zipf over a random ranking, so item ids carry no popularity signal)."""
+    user_vec = rng.standard_normal((users, DIM), dtype=np.float32) * _SCALE
+    item_vec = rng.standard_normal((items, DIM), dtype=np.float32) * _SCALE
+    log_pop = (-ZIPF_EXPONENT * np.log1p(rng.permutation(items))).astype(np.float32)
+    return user_vec, item_vec, log_pop
 
 
 FIRST_DAY_SHARE = 0.5

@@ -193,6 +193,11 @@ def save_train_state(run: str, state: dict[str, Any], keep: int,
 BEST = "best"
 
 
+def model_url(run: str) -> str:
+    """The finished run's best model, ``checkpoint/model.pt`` (`save_checkpoint`)."""
+    return io.join(run, "checkpoint", "model.pt")
+
+
 def best_url(run: str, epoch: int) -> str:
     """The directory of the best epoch's sharded weights, while a run with sharded tables
     trains (`advrec.train.state.EarlyStopping`)."""

@@ -52,7 +52,13 @@ from advrec.models.losses import LossFn
 from advrec.models.memory import allocating, check_fits
 from advrec.shards import gather_objects
 from advrec.train.allocator import tune_malloc
-from advrec.train.checkpoint import load_train_state, load_weights, prune_best, save_checkpoint
+from advrec.train.checkpoint import (
+    load_train_state,
+    load_weights,
+    model_url,
+    prune_best,
+    save_checkpoint,
+)
 from advrec.train.optim import Optimizer, make_optimizer
 from advrec.train.schedules import attack_from_config, collapsed, training_attack
 from advrec.train.state import EarlyStopping, load_sharded_state, save_state
@@ -438,7 +444,7 @@ def _finish(run: Training, best: EarlyStopping, history: list[dict[str, Any]]) -
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     metrics["peak_rss_bytes"] = gather_objects(
         peak * (1 if sys.platform == "darwin" else 1024), run.shard)
-    save_checkpoint(io.join(output, "checkpoint", "model.pt"), run.model, cfg, best.epoch,
+    save_checkpoint(model_url(output), run.model, cfg, best.epoch,
                     run.shard)
     if run.shard[0] != 0:
         return metrics

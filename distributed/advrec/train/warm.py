@@ -36,17 +36,13 @@ from advrec.data.features import Field
 from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.models.base import Recommender
+from advrec.train.checkpoint import load_checkpoint, load_model, model_url, train_state_url
 from advrec.train.optim import Optimizer, SplitOptimizer, make_optimizer
 
 KEY = "train.init_from"
 FREE_MODEL_KEYS = frozenset({"embeddings", "sharding", "dropout", "init", "init_std",
                              "temperature", "logq"})
 """Model keys a warm start may change: they shape no weight (the rest must be the run's)."""
-
-
-def best_model(run: str) -> str:
-    """The URL of a finished run's best model (`advrec train` writes it last but one)."""
-    return io.join(run, "checkpoint", "model.pt")
 
 
 Matched = dict[str, dict[str, int]]
@@ -65,7 +61,7 @@ def check_init(cfg: RunConfig, dataset: str) -> tuple[RunConfig, Matched]:
     run = io.absolute(cfg.train.init_from or "")
     where = f"{KEY}={cfg.train.init_from}"
     old, old_dataset = read_run(run)
-    if not (io.exists(best_model(run)) and io.exists(io.join(run, "metrics.json"))):
+    if not (io.exists(model_url(run)) and io.exists(io.join(run, "metrics.json"))):
         raise AdvrecError(f"{where}: the run has not finished (no checkpoint/model.pt and "
                           "metrics.json); finish it first")
     if old.model.name != cfg.model.name:
@@ -108,8 +104,6 @@ def _check_optimizer(run: str, old: RunConfig, cfg: RunConfig) -> None:
         raise AdvrecError(f"{where}: it trained with train.optimizer={then[0]} "
                           f"(sparse_embeddings={then[1]}), this run with {now[0]} "
                           f"(sparse_embeddings={now[1]}); their states do not carry over")
-    from advrec.train.checkpoint import train_state_url
-
     best = io.read_json(io.join(run, "metrics.json"))["best_epoch"]
     if not io.exists(train_state_url(run, best)):
         raise AdvrecError(f"{where}: the run kept no training state of its best epoch {best} "
@@ -127,12 +121,11 @@ class _Earlier:
 
     @classmethod
     def load(cls, run: str) -> _Earlier:
-        from advrec.train.checkpoint import load_model  # loop -> warm -> checkpoint: no cycle
-        from advrec.train.driver import read_run
+        from advrec.train.driver import read_run  # the driver imports this module
 
         cfg, dataset = read_run(run)
         data = load_dataset(dataset, train_pairs_only=True)
-        return cls(run, cfg, data, load_model(best_model(run), cfg, data)[0])
+        return cls(run, cfg, data, load_model(model_url(run), cfg, data)[0])
 
 
 RowMap = tuple[Tensor, Tensor] | None
@@ -159,14 +152,14 @@ def _warm(cfg: RunConfig, data: Dataset,
     old_state, old_rows = earlier.model.state_dict(), earlier.model.table_rows()
     ids = {side: _match_ids(data.url, data.meta, earlier.data.url, earlier.data.meta, side)
            for side in ("user", "item")}
-    keys, maps = table_keys(fresh), {}
+    keys, rows, maps = table_keys(fresh), fresh.table_rows(), {}
     for key, target in state.items():
         if key not in old_state:  # a feature field this dataset has and the other had not
             continue
         saved = old_state[key]
         if key in keys:
             name = keys[key]
-            side, field = fresh.table_rows()[name]
+            side, field = rows[name]
             maps[key] = (ids[side] if field is None
                          else _match_values(field, old_rows.get(name, (side, None))[1]))
         elif saved.shape == target.shape:
@@ -205,8 +198,6 @@ def _optimizer_state(model: Recommender, optimizer: Optimizer, earlier: _Earlier
     new to this run starts at zero, as a fresh optimizer's rows do); this run's
     hyperparameters. The parameters are matched by name in each optimizer's order
     (`make_optimizer`, rebuilt for the earlier model)."""
-    from advrec.train.checkpoint import load_checkpoint, train_state_url
-
     best = io.read_json(io.join(earlier.run, "metrics.json"))["best_epoch"]  # `check_init`d
     saved = load_checkpoint(train_state_url(earlier.run, best))["optimizer"]
     then = make_optimizer(earlier.model, earlier.cfg.train)
