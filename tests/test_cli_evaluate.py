@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from advrec.cli import main
+from errors import error_line
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,7 @@ def test_bad_flags_are_one_line(run: Path, flags: list[str], culprit: str,
     before = (run / "robustness.json").read_bytes() if (run / "robustness.json").exists() else b""
     assert main(["evaluate", "--run", str(run), *flags]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"advrec: error: {culprit}") and err.count("\n") == 1
+    line = error_line(err)
+    assert line and line.startswith(f"advrec: error: {culprit}")
     after = (run / "robustness.json").read_bytes() if (run / "robustness.json").exists() else b""
     assert after == before

@@ -15,6 +15,7 @@ import yaml
 from advrec.cli import main
 from advrec.submit import load_job
 from conftest import S3_KEY, S3_SECRET
+from errors import error_line
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_CHECKOUT = "/home/ray/advrec/"  # where cluster/Dockerfile puts this repository
@@ -134,7 +135,8 @@ def test_a_bad_spec_fails_before_contacting_a_cluster(
     # an address nothing listens on: the spec's error must come first
     code = main(["submit", str(_spec(tmp_path, text)), "--address", "http://127.0.0.1:9"])
     err = capsys.readouterr().err
-    assert code == 2 and culprit in err and err.count("\n") == 1, err
+    line = error_line(err)
+    assert code == 2 and line and culprit in line, err
     assert not (tmp_path / "out").exists()
 
 
@@ -147,7 +149,8 @@ def test_an_unreachable_job_server_is_one_clear_error(
     dead = f"http://127.0.0.1:{free_ports(1)[0]}"
     assert main(["submit", str(spec), "--address", dead]) == 2
     err = capsys.readouterr().err
-    assert f"{dead}: no Ray job server answers there" in err and err.count("\n") == 1
+    line = error_line(err)
+    assert line and f"{dead}: no Ray job server answers there" in line
     assert not (tmp_path / "out").exists()  # nothing written for a job never submitted
     assert main(["jobs", "list", "--address", dead]) == 2
 

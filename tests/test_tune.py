@@ -18,6 +18,7 @@ import yaml
 
 from advrec.cli import main
 from advrec.data import prepare
+from errors import error_line
 
 # MF-APR on a tiny log: valid metrics and PGD-3 robust ones (on 2000 training examples) at
 # every epoch, so a trial of 3 epochs takes seconds
@@ -95,7 +96,8 @@ def test_a_bad_search_fails_before_any_trial(prepared: str, tmp_path: Path, over
     code = main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
                  *overrides])
     err = capsys.readouterr().err
-    assert code == 2 and culprit in err and err.count("\n") == 1
+    line = error_line(err)
+    assert code == 2 and line and culprit in line, err
     assert not out.exists()
 
 

@@ -15,6 +15,7 @@ from advrec.config import DataConfig
 from advrec.data import ColumnMap, load_dataset, load_features, prepare, read_log
 from advrec.data.source import resolve_dataset
 from advrec.errors import AdvrecError
+from errors import error_line
 
 # Users 2 and 10, items a/b/c. The (10, b) pair is logged twice: the first line (t=100) loses to
 # the last (t=30), so user 10's first surviving row is line 3, and item b's is line 4. User 2's
@@ -306,12 +307,13 @@ def test_cli_flags(write, tmp_path, capsys):
     code = main(["prepare", "--input", log, "--format", "csv", "--output", str(bad),
                  "--label-col", "click", "--label-threshold", "4"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1
+    assert code == 2 and error_line(err)
     assert "--label-col" in err and "--label-threshold" in err
     code = main(["prepare", "--input", log, "--format", "csv", "--output", str(bad),
                  "--user-features", "zip"])
     err = capsys.readouterr().err
-    assert code == 2 and err.count("\n") == 1 and "missing user feature column 'zip'" in err
+    line = error_line(err)
+    assert code == 2 and line and "missing user feature column 'zip'" in line
     assert not bad.exists()
     with pytest.raises(SystemExit):
         main(["prepare", "--input", log, "--format", "csv", "--output", str(bad),
