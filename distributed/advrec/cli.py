@@ -227,6 +227,30 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"run written to {args.output} (best epoch {metrics['best_epoch']})")
 
 
+def cmd_stream(args: argparse.Namespace) -> None:
+    from advrec.config import load_config
+    from advrec.stream.windows import parse_window
+
+    if not args.output:
+        raise AdvrecError("--output is required (the stream directory; an existing stream "
+                          "there continues)")
+    parse_window(args.window)  # a bad window or config fails before torch and Ray are imported
+    cfg = load_config(args.config, args.overrides)
+    from advrec.report import format_table
+    from advrec.stream import run_stream
+
+    history = run_stream(cfg, args.output, args.window, args.update, args.replay, args.keep,
+                         progress=not args.quiet, address=args.address)
+    metric = f"ndcg@{max(cfg.eval.ks)}"
+    rows = [{"window": r["window"], "rows": r["rows"], "new users": r["new_users"],
+             "new items": r["new_items"],
+             f"prequential {metric}": r.get("prequential", {}).get(metric, float("nan")),
+             "train s": r.get("train_s", float("nan"))} for r in history]
+    print(format_table(rows, list(rows[0])) if rows else "no window")
+    latest = history[-1]["model"] if history else None
+    print(f"stream written to {args.output}" + (f" (latest: windows/{latest})" if latest else ""))
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     from advrec.config import load_raw
     from advrec.report import format_table
@@ -542,6 +566,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "RUN's best weights (path or URL; sets train.init_from), matching rows by raw "
                    "user and item id and feature value; new ones start fresh")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("stream", help="train window after window of a log (incremental, "
+                       "prequential evaluation, published models)")
+    p.add_argument("--config", help="YAML run config (see jobs/configs/); data.source is the "
+                   "raw log, replayed in time order")
+    p.add_argument("--output", help="stream directory: path; one holding a stream of the same "
+                   "settings continues it from its first unfinished window")
+    p.add_argument("--window", required=True, help="days (7d), hours (12h) or a number of rows "
+                   "(5000) per window")
+    p.add_argument("--update", default="incremental", help="incremental (continue each window "
+                   "from the last one's model, the default), retrain (from scratch on every row "
+                   "so far) or frozen (train on the first window only)")
+    p.add_argument("--replay", type=_non_negative_int, default=0, metavar="ROWS",
+                   help="older rows an incremental window also trains on, drawn afresh each "
+                   "window (against forgetting; default 0)")
+    p.add_argument("--keep", type=_non_negative_int, default=0, metavar="N",
+                   help="keep the newest N windows' models and datasets (default 0: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. train.epochs=2 adv.eps=0.5")
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("tune", help="search config keys (eps, lambda, lr, ...) with Ray Tune")
     _run_arguments(p, config="YAML run config with a tune: section (see jobs/configs/)",

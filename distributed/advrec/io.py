@@ -142,6 +142,13 @@ def exists(url: str) -> bool:
     return fs.exists(path)
 
 
+def read_text(url: str) -> str:
+    """The text of the file ``url``."""
+    fs, path = filesystem(url)
+    with fs.open(path, "r") as f:
+        return f.read()
+
+
 def read_json(url: str) -> Any:
     fs, path = filesystem(url)
     try:
@@ -223,6 +230,19 @@ def owned(url: str, marker: Marker) -> bool:
     except (OSError, ValueError):  # missing, unreadable or not JSON
         return False
     return isinstance(content, dict) and marker.key in content
+
+
+def remove_owned(url: str, marker: Marker) -> None:
+    """Delete the directory ``url`` if it is an output advrec wrote (``marker``); anything else
+    there stays."""
+    if owned(url, marker):
+        fs, path = filesystem(url)
+        fs.rm(path, recursive=True)
+
+
+def is_local(url: str) -> bool:
+    """Whether ``url`` is on a local disk (where links and renames are)."""
+    return isinstance(filesystem(url)[0], LocalFileSystem)
 
 
 def _location(url: str) -> tuple[str, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, overload
 
 import pyarrow as pa
@@ -15,6 +15,9 @@ from advrec.errors import AdvrecError, shown
 from advrec.io import filesystem, join, refuse_extension_types
 
 SPLIT_NAMES = ("train", "valid", "test")
+KNOWN = "known"
+"""The optional split of interactions known before the train split that are not trained on
+(`advrec stream`: the earlier windows' rows): masked as positives, and a sequence's context."""
 
 
 # eq=False: tensors have no single truth value, so compare datasets by identity.
@@ -40,9 +43,14 @@ class Interactions:
         return self.user.numel()
 
 
+EMPTY = Interactions(torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64))
+"""A split without interactions (a dataset's ``known`` split, unless `advrec stream` wrote it)."""
+
+
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A prepared dataset: where it is, vocabulary sizes, metadata and the three splits."""
+    """A prepared dataset: where it is, vocabulary sizes, metadata, the three splits and the
+    rows known before them (`KNOWN`: empty unless the dataset has that split)."""
 
     url: str
     num_users: int
@@ -51,10 +59,11 @@ class Dataset:
     train: Interactions
     valid: Interactions
     test: Interactions
+    known: Interactions = field(default_factory=lambda: EMPTY)
 
     def split(self, name: str) -> Interactions:
-        """The split called ``name`` (``train``, ``valid`` or ``test``)."""
-        if name not in SPLIT_NAMES:
+        """The split called ``name`` (``train``, ``valid``, ``test`` or ``known``)."""
+        if name not in (*SPLIT_NAMES, KNOWN):
             raise AdvrecError(f"unknown split '{name}' (expected one of: {', '.join(SPLIT_NAMES)})")
         return getattr(self, name)
 
@@ -102,7 +111,9 @@ def load_dataset(url: str, train_pairs_only: bool = False) -> Dataset:
             f"{FORMAT_VERSION}; run `advrec prepare` again"
         )
     splits = {}
-    for name in SPLIT_NAMES:
+    for name in (*SPLIT_NAMES, KNOWN):
+        if name == KNOWN and not fs.isfile(join(path, f"{name}.parquet")):
+            continue  # optional: only a stream's window datasets have one
         try:
             with fs.open(join(path, f"{name}.parquet"), "rb") as f:
                 pf = pq.ParquetFile(f)

@@ -94,7 +94,7 @@ def prepare(
     columns = columns or ColumnMap()
     _check_options(fmt, columns, min_rating, kcore, seed, label_threshold, buckets)
     log = _read(input, fmt, columns, min_rating, label_threshold)
-    kept = _keep(log, input, kcore, columns.label, label_threshold)
+    kept = keep_pairs(log, input, kcore, columns.label, label_threshold)
     parts = assign_split(spec, kept.codes["user"], kept.codes["item"], kept.timestamp, seed,
                          kept.names["user"])
     in_dataset = parts != DROPPED
@@ -120,7 +120,7 @@ def prepare(
         # Only when set, as label_column
         **({"hashing": hashing} if hashing else {}),
     }
-    _write(output, tables, ids, features, meta)
+    write_dataset(output, tables, ids, features, meta)
     return meta
 
 
@@ -190,7 +190,7 @@ def _read(
 
 
 @dataclass(frozen=True)
-class _Kept:
+class Kept:
     """The interactions of a log that the dataset keeps: the first of each (user, item) pair,
     within the k-core. Every array is (N,), one entry per kept row, in file order."""
 
@@ -202,10 +202,10 @@ class _Kept:
     label: np.ndarray | None  # int8, for a CTR dataset
 
 
-def _keep(
+def keep_pairs(
     log: pa.Table, input: str, kcore: int, label_column: str | None,
     label_threshold: float | None,
-) -> _Kept:
+) -> Kept:
     """Drop repeated (user, item) pairs (keeping the earliest) and what falls outside the
     k-core, and label the rest for a CTR dataset (the log's own labels, or rating >=
     ``label_threshold``)."""
@@ -234,20 +234,20 @@ def _keep(
                   else f"--label-threshold/data.label_threshold {label_threshold:g}")
         raise AdvrecError(f"{input}: every kept interaction is a {only} by {source}; a CTR "
                           "dataset needs clicks and non-clicks")
-    return _Kept(rows, {"user": user[rows], "item": item[rows]},
+    return Kept(rows, {"user": user[rows], "item": item[rows]},
                  {"user": users.dictionary, "item": items.dictionary}, timestamp[rows], rating,
                  label)
 
 
 _Ids = dict[str, tuple[np.ndarray, pa.Table]]
 """Per side ("user", "item"): the map from code to dataset index, and the vocabulary table (as
-`_vocab` returns them)."""
+`vocabulary` returns them)."""
 
 
 def _number_ids(
-    kept: _Kept, in_dataset: np.ndarray, buckets: dict[str, int]
+    kept: Kept, in_dataset: np.ndarray, buckets: dict[str, int]
 ) -> tuple[_Ids, dict[str, dict[str, Any]]]:
-    """Number the users and items of the rows ``in_dataset`` ((N,) bool): 0..V-1 (`_vocab`), or
+    """Number the users and items of the rows ``in_dataset`` ((N,) bool): 0..V-1 (`vocabulary`), or
     hashed into ``buckets[side]`` rows (`hash_ids`). Returns the ids and, per hashed side, its
     report."""
     hashing: dict[str, dict[str, Any]] = {}
@@ -258,17 +258,17 @@ def _number_ids(
             index, vocab, hashing[kind] = hash_ids(names, codes, buckets[kind])
             ids[kind] = index, vocab
         else:
-            ids[kind] = _vocab(names, codes)
+            ids[kind] = vocabulary(names, codes)
     return ids, hashing
 
 
-def _split_tables(kept: _Kept, parts: np.ndarray, ids: _Ids) -> dict[str, pa.Table]:
+def _split_tables(kept: Kept, parts: np.ndarray, ids: _Ids) -> dict[str, pa.Table]:
     """The train, valid and test tables: the rows of each part of ``parts`` ((N,) split codes)."""
     (user_index, _), (item_index, _) = ids["user"], ids["item"]
     tables = {}
     for name, part in SPLITS.items():
         mask = parts == part
-        tables[name] = _interactions(
+        tables[name] = interactions_table(
             user_index[kept.codes["user"][mask]],
             item_index[kept.codes["item"][mask]],
             kept.timestamp[mask],
@@ -283,7 +283,7 @@ def _side_features(
     fmt: str,
     columns: ColumnMap,
     log: pa.Table,
-    kept: _Kept,
+    kept: Kept,
     in_dataset: np.ndarray,
     ids: _Ids,
     hashing: dict[str, dict[str, Any]],
@@ -320,7 +320,7 @@ def _side_features(
     return features
 
 
-def _write(
+def write_dataset(
     output: str,
     tables: dict[str, pa.Table],
     ids: _Ids,
@@ -413,7 +413,7 @@ def _kcore(user: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
         keep = core
 
 
-def _vocab(names: pa.Array, codes: np.ndarray) -> tuple[np.ndarray, pa.Table]:
+def vocabulary(names: pa.Array, codes: np.ndarray) -> tuple[np.ndarray, pa.Table]:
     """Number the raw ids behind ``codes`` 0..V-1.
 
     Ids are sorted numerically when they all parse as integers (so MovieLens user 2 comes
@@ -452,7 +452,7 @@ def hash_ids(names: pa.Array, codes: np.ndarray,
     id's BLAKE2b digest (little-endian) mod ``buckets``, the same for an id in any run or
     process, so new logs hash as the training log did.
 
-    Returns ``index`` (as `_vocab`'s, rows instead of indices), the vocabulary table (``index``,
+    Returns ``index`` (as `vocabulary`'s, rows instead of indices), the vocabulary table (``index``,
     ``raw_id``: every id with its row, several ids per row where they collide, sorted by row),
     and the hashing's report: ``buckets``, ``ids``, ``rows_used`` and ``collision_rate``, the
     share of ids that share their row with another, earlier id (1 - rows used / ids).
@@ -473,7 +473,7 @@ def hash_ids(names: pa.Array, codes: np.ndarray,
     return index, vocab, report
 
 
-def _interactions(
+def interactions_table(
     user: np.ndarray,
     item: np.ndarray,
     timestamp: np.ndarray,

@@ -2,7 +2,8 @@
 
 Full ranking scores every item for each user (in chunks of users, so memory stays
 ``batch_users × num_items``), masks the items the user was trained on (and, for the test split,
-validated on), and ranks the rest. The sampled protocol ranks each held-out item against
+validated on; and those known before the train split: a stream's earlier windows), and ranks the
+rest. The sampled protocol ranks each held-out item against
 ``num_negatives`` random items the user never interacted with (NCF / SASRec papers).
 
 Given a ``shard`` (rank, world size), a worker scores only its share of the users (held-out
@@ -25,7 +26,7 @@ from advrec.metrics.ranking import metrics_from_hits, topk_hits
 from advrec.models.base import Batch, Recommender
 from advrec.shards import WHOLE, Shard, lockstep_chunks, shard_rows, sum_over_shards
 
-SPLITS_SEEN_BEFORE = {"valid": ("train",), "test": ("train", "valid")}
+SPLITS_SEEN_BEFORE = {"valid": ("known", "train"), "test": ("known", "train", "valid")}
 
 
 def csr_rows(indptr: Tensor, indices: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
@@ -95,7 +96,7 @@ def _evaluate_sampled(model: Recommender, data: Dataset, split: str, cfg: EvalCo
     however many workers share the work (drawing is cheap next to scoring)."""
     rank, world = shard
     held_out = getattr(data, split)
-    known = [getattr(data, s) for s in ("train", "valid", "test")]
+    known = [data.split(s) for s in ("known", "train", "valid", "test")]
     sampler = NegativeSampler(torch.cat([k.user for k in known]), torch.cat([k.item for k in known]),
                               data.num_items)
     generator = torch.Generator().manual_seed(cfg.seed)

@@ -1,5 +1,6 @@
 """Plots of quality against the attack budget, ε or the number of changed discrete inputs
-(jsma-items' history items, jsma-fields' feature fields); several runs can share one figure."""
+(jsma-items' history items, jsma-fields' feature fields); several runs can share one figure.
+Also a stream's prequential metrics per window (`plot_stream`)."""
 
 from __future__ import annotations
 
@@ -99,3 +100,30 @@ def _save(fig: plt.Figure, output: str) -> None:
     plt.close(fig)
     with io.atomic_file(output, "wb") as f:
         f.write(buf.getvalue())
+
+
+def plot_stream(streams: dict[str, list[dict[str, Any]]], metric: str, output: str) -> None:
+    """A stream's prequential ``metric`` per window (`advrec stream`'s history, one line per
+    stream: the windows whose model was evaluated), and beneath it each window's training
+    seconds."""
+    fig, (quality, cost) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
+                                        gridspec_kw={"height_ratios": [2, 1]})
+    names: list[str] = []
+    for label, history in streams.items():
+        for record in history:
+            if record["window"] not in names:
+                names.append(record["window"])
+        at = {r["window"]: r for r in history}
+        evaluated = [w for w in names if metric in at.get(w, {}).get("prequential", {})]
+        quality.plot([names.index(w) for w in evaluated],
+                     [at[w]["prequential"][metric] for w in evaluated], marker="o", label=label)
+        trained = [w for w in names if "train_s" in at.get(w, {})]
+        cost.plot([names.index(w) for w in trained], [at[w]["train_s"] for w in trained],
+                  marker=".", label=label)
+    quality.set_ylabel(f"prequential {metric}")
+    quality.set_title("each window's model on the next window, before training on it")
+    quality.legend(fontsize=8)
+    cost.set_ylabel("training s")
+    cost.set_xticks(range(len(names)), names, rotation=60, fontsize=7, ha="right")
+    cost.set_xlabel("window")
+    _save(fig, output)

@@ -29,7 +29,7 @@ from advrec import io
 from advrec.config import EvalConfig, RunConfig
 from advrec.config.policy import TARGET
 from advrec.config.schema import check_listed_once
-from advrec.data.dataset import SPLIT_NAMES, Dataset, item_indices
+from advrec.data.dataset import KNOWN, SPLIT_NAMES, Dataset, item_indices
 from advrec.devices import model_device, to_device
 from advrec.errors import AdvrecError, shown
 from advrec.metrics.evaluate import SPLITS_SEEN_BEFORE, ContextFn, csr_rows
@@ -130,7 +130,7 @@ class TargetMetrics:
         self.indices = torch.tensor(targets.indices, dtype=torch.long)  # (T,)
         genuine = genuine_users(data.meta, f"{data.url}/meta.json")
         touched = torch.zeros(genuine, self.indices.numel(), dtype=torch.bool)  # (G, T)
-        for name in SPLIT_NAMES:
+        for name in (*SPLIT_NAMES, KNOWN):
             part = data.split(name)
             rows = torch.isin(part.item, self.indices) & (part.user < genuine)
             match = part.item[rows].unsqueeze(1) == self.indices  # (n, T)

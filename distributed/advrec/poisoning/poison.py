@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from advrec.data.dataset import Dataset, item_indices, load_dataset, read_part
-from advrec.data.prepare import DATASET, _interactions
+from advrec.data.prepare import DATASET, interactions_table
 from advrec.errors import AdvrecError, shown
 from advrec.io import (
     atomic_dir,
@@ -226,7 +226,7 @@ def _clean(data: str, force: bool) -> _Clean:
 
 
 def _columns(dataset: Dataset) -> dict[str, Any]:
-    """The train split's columns as `prepare._interactions` takes them."""
+    """The train split's columns as `prepare.interactions_table` takes them."""
     train = dataset.train
     return {"user": train.user, "item": train.item, "timestamp": train.timestamp,
             "rating": train.rating, "label": train.label}
@@ -257,7 +257,7 @@ def _train_table(train: dict[str, np.ndarray | None], fillers: np.ndarray, targe
         rating = np.concatenate([rating, np.full(users.size, rating.max() if rating.size else 1)])
     if label is not None:  # a click
         label = np.concatenate([label, np.ones(users.size)])
-    return _interactions(np.concatenate([train["user"], users]),
+    return interactions_table(np.concatenate([train["user"], users]),
                          np.concatenate([train["item"], items]),
                          np.concatenate([train["timestamp"], times]), rating, label)
 

@@ -257,7 +257,7 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
         record = _epoch(run, epoch, best, history, fault=not resumed)
         if epoch == first:
             record["setup_s"] = setup
-        if "eval_s" in record:
+        if "eval_s" in record and best.value is not None:
             monitor = cfg.monitor()[0]
             bar.set_postfix(loss=f"{record['loss']:.4f}",
                             **{monitor: f"{record['valid/' + monitor]:.4f}"},
@@ -402,7 +402,7 @@ def _epoch(run: Training, epoch: int, best: EarlyStopping, history: list[dict[st
                                                     cfg.adv.guard):
             record["collapsed"] = True  # not kept: the best epoch is one before the collapse
         else:
-            best.update(epoch, valid, valid[monitor], run.model)
+            best.update(epoch, valid, valid.get(monitor), run.model)
     # a clean warm-up always runs to its end: APR's adversarial phase starts from it
     warming_up = bool(cfg.adv.adversaries()) and not adversarial
     record["stopped"] = bool(tc.patience and best.stale >= tc.patience and not warming_up

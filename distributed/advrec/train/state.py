@@ -44,9 +44,13 @@ class EarlyStopping:
     spill: tuple[str, int] | None = None
     saved: int = -1  # spilled: the best epoch the latest training state refers to
 
-    def update(self, epoch: int, valid: dict[str, float], value: float, model: nn.Module) -> None:
-        if self.value is None or (value > self.value if self.higher_is_better
-                                  else value < self.value):
+    def update(self, epoch: int, valid: dict[str, float], value: float | None,
+               model: nn.Module) -> None:
+        """Keep the epoch if its monitored ``value`` is the best so far; a ``value`` of None (a
+        dataset without validation rows: a stream's window) keeps every evaluated epoch, so the
+        last one is the run's."""
+        if value is None or self.value is None or (value > self.value if self.higher_is_better
+                                                   else value < self.value):
             self.value, self.epoch, self.valid, self.stale = value, epoch, valid, 0
             self.keep(model)
         else:

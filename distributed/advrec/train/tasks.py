@@ -55,6 +55,13 @@ def epoch_order(n: int, shard: Shard, generator: torch.Generator, shuffle: bool)
     return order
 
 
+def negatives_of(data: Dataset) -> NegativeSampler:
+    """A sampler of the items each user has no known interaction with, in the train split or
+    before it (``known``)."""
+    return NegativeSampler(torch.cat([data.known.user, data.train.user]),
+                           torch.cat([data.known.item, data.train.item]), data.num_items)
+
+
 Rows = dict[str, Tensor]
 """A batch of training rows: ``user`` and ``item`` (B,) int64, and ``label`` and ``rating``
 (B,) float32 where the task reads them (`row_columns`)."""
@@ -144,7 +151,7 @@ class PairTask:
         self.data, self.num_negatives, self.in_batch = data, num_negatives, in_batch
         self.shard = shard
         self.rows = rows or MemoryRows(data.train, ("user", "item"), shard)
-        self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
+        self.sampler = negatives_of(data)
         # log Q(item): how often an item is drawn as a batch's positive, hence as an in-batch
         # negative of everyone else (Yi et al. 2019); unseen items get log(1/(N+1)), never -inf
         counts = torch.bincount(data.train.item, minlength=data.num_items).float()
@@ -194,15 +201,16 @@ class SequenceTask:
                  shard: Shard = WHOLE) -> None:
         self.data, self.max_len, self.num_negatives = data, max_len, num_negatives
         self.pad = data.num_items
-        self.sampler = NegativeSampler(data.train.user, data.train.item, data.num_items)
+        self.sampler = negatives_of(data)
         # max_len + 1 items give max_len (input, next item) positions
         train = histories([data.train], data.num_users, max_len + 1, self.pad)
         self.users = torch.nonzero((train != self.pad).sum(1) >= 2).squeeze(1)
         self.inputs, self.targets = train[self.users, :-1], train[self.users, 1:]
         self.shard = shard
         self.contexts = {
-            "valid": histories([data.train], data.num_users, max_len, self.pad),
-            "test": histories([data.train, data.valid], data.num_users, max_len, self.pad),
+            "valid": histories([data.known, data.train], data.num_users, max_len, self.pad),
+            "test": histories([data.known, data.train, data.valid], data.num_users, max_len,
+                              self.pad),
         }
 
     def batches(self, batch_size: int, generator: torch.Generator,
@@ -224,7 +232,8 @@ class SequenceTask:
                    "mask": mask}
 
     def context(self, users: Tensor, split: str) -> Batch:
-        """The history before ``split``'s items: train for valid, train + valid for test."""
+        """The history before ``split``'s items: (known +) train for valid, (known +) train +
+        valid for test."""
         return {"seq": self.contexts[split][users]}
 
     def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:

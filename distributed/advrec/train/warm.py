@@ -141,13 +141,27 @@ def warm_state(cfg: RunConfig, data: Dataset) -> dict[str, Tensor]:
     return _warm(cfg, data, _Earlier.load(cfg.train.init_from or ""))[0]
 
 
+def warm_model(cfg: RunConfig, data: Dataset) -> Recommender:
+    """A dense model of ``cfg`` for ``data`` holding `warm_state`: what the run
+    ``train.init_from`` learnt, in ``data``'s numbering (a stream evaluates the earlier
+    window's model on the next window this way), in eval mode."""
+    model = _dense_model(cfg, data)
+    model.load_state_dict(warm_state(cfg, data))
+    return model.eval()
+
+
+def _dense_model(cfg: RunConfig, data: Dataset) -> Recommender:
+    """A model of ``cfg`` for ``data`` with dense tables, whatever ``model.embeddings`` says."""
+    dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
+    return build_model(cfg.model_copy(update={"model": dense}), data)
+
+
 def _warm(cfg: RunConfig, data: Dataset,
           earlier: _Earlier) -> tuple[dict[str, Tensor], dict[str, RowMap]]:
     """`warm_state`, and how each weight it carried over maps (a weight absent from the map,
     a feature field the earlier run had not, keeps its initialisation)."""
-    dense = cfg.model.model_copy(update={"embeddings": "dense", "sharding": {}})
     torch.manual_seed(cfg.train.seed)  # the same draw as the model that trains (`_build`)
-    fresh = build_model(cfg.model_copy(update={"model": dense}), data)
+    fresh = _dense_model(cfg, data)
     state = {k: v.clone() for k, v in fresh.state_dict().items()}
     old_state, old_rows = earlier.model.state_dict(), earlier.model.table_rows()
     ids = {side: _match_ids(data.url, data.meta, earlier.data.url, earlier.data.meta, side)

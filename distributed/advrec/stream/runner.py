@@ -1,0 +1,230 @@
+"""`advrec stream`: train window after window of a log, evaluating each window's model on the
+next window before training on it (prequential), and publishing every window's model.
+
+The stream directory::
+
+    DIR/stream.json            what the stream is (source, window, update, replay): the marker
+    DIR/config.yaml            its resolved run config, the same for every window
+    DIR/data/<window>/         the window's prepared dataset (`StreamLog.write_window`)
+    DIR/windows/<window>/      the window's run (`advrec train`'s run directory): its model
+    DIR/latest                 a link to the newest published window, swapped atomically
+    DIR/latest.json            the same, as a file (where links are not: object storage)
+    DIR/stream_history.json    one record per window, written after the window is published
+    DIR/stream_history.png     the prequential metrics and training time per window
+
+For each window, in order: write its dataset; evaluate the model published so far on the window
+(`StreamLog.prequential`, in the window's numbering: `advrec.train.warm.warm_model`); train
+(``incremental``: from the last window's model, `train.init_from`; ``retrain``: from scratch on
+every row so far; ``frozen``: the first window only); publish (`publish`); record it; prune to
+the newest ``keep`` windows. A stream stopped anywhere resumes at the first window its history
+lacks: what that window had written is removed and written again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from advrec import __version__, io
+from advrec.config import RunConfig
+from advrec.config.load import dump_config
+from advrec.data.dataset import load_dataset
+from advrec.data.prepare import DATASET
+from advrec.data.source import detect_format
+from advrec.errors import AdvrecError
+from advrec.metrics.plots import plot_stream
+from advrec.stream.log import UPDATES, StreamLog
+from advrec.stream.windows import Window, cut, parse_window
+from advrec.train.driver import RUN, run_training
+from advrec.train.tasks import make_task
+from advrec.train.warm import warm_model
+
+STREAM = io.Marker("stream.json", "advrec_stream", "an advrec stream")
+"""What marks a directory as a stream `run_stream` wrote."""
+HISTORY = "stream_history.json"
+
+
+def run_stream(cfg: RunConfig, output: str, window: str, update: str = "incremental",
+               replay: int = 0, keep: int = 0, progress: bool = True,
+               address: str | None = None) -> list[dict[str, Any]]:
+    """Stream ``cfg.data.source`` in windows of ``window`` (`parse_window`) into the stream
+    directory ``output`` (see the module); returns the history, one record per window.
+
+    ``update``: one of `UPDATES`; ``replay``: older rows each incremental window also trains
+    on; ``keep``: the published windows kept (0: all). A directory holding a stream with the
+    same settings and config continues it; other settings are an error naming them.
+    """
+    spec = parse_window(window)
+    _check(cfg, update, replay, keep)
+    output = io.absolute(output)
+    source = cfg.data.source
+    fmt = detect_format(source) if cfg.data.format == "auto" else cfg.data.format
+    if fmt == "prepared":
+        raise AdvrecError(f"data.source: {source} is a prepared dataset; a stream replays a raw "
+                          "log in time order (give the log itself)")
+    settings = {"source": io.absolute(source), "format": fmt, "window": spec.text,
+                "update": update, "replay": replay}
+    history = _open(output, settings, dump_config(cfg))
+    log = StreamLog.read(source, fmt, cfg.data.min_rating)
+    windows, empty = cut(log.timestamp, spec)
+    if empty:
+        print(f"advrec: warning: --window {spec.text} leaves {len(empty)} span"
+              f"{'s' if len(empty) > 1 else ''} of {source} without interactions, skipped: "
+              f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", file=sys.stderr)
+    done = {record["window"] for record in history}
+    model = history[-1]["model"] if history else None
+    bar = tqdm(windows, desc=f"stream {cfg.model.name}/{update}", unit="window",
+               disable=None if progress else True)
+    for w in bar:
+        if w.name in done:
+            continue
+        record = _window(cfg, log, w, output, update, replay, model, address)
+        model = record["model"]
+        history.append(record)
+        io.dump_json(io.join(output, HISTORY), history)
+        _plot(output, history, cfg)
+        if keep:
+            _prune(output, history, keep)
+        if progress and bar.disable:  # no terminal: one line a window (a log file, a Ray job)
+            print(_line(record, cfg), flush=True)
+    return history
+
+
+def _check(cfg: RunConfig, update: str, replay: int, keep: int) -> None:
+    """Refuse, in one line, what a stream cannot do (before the log is read)."""
+    if update not in UPDATES:
+        raise AdvrecError(f"--update: '{update}' is not one of {', '.join(UPDATES)}")
+    for flag, value in (("--replay", replay), ("--keep", keep)):
+        if value < 0:
+            raise AdvrecError(f"{flag} must be >= 0, not {value}")
+    if replay and update != "incremental":
+        raise AdvrecError(f"--replay: only an incremental stream replays older rows (a retrain "
+                          f"trains on all of them, a frozen one on none), not --update {update}")
+    if cfg.kind != "ranking":
+        raise AdvrecError(f"model.name={cfg.model.name}: a stream trains ranking models (mf, "
+                          "neumf, twotower, sasrec) on the log's interactions; CTR and "
+                          "multi-task models are not streamed yet")
+    data = cfg.data
+    for key, value in (("label_column", data.label_column), ("label_threshold",
+                       data.label_threshold), ("user_features", data.user_features),
+                       ("item_features", data.item_features), ("user_buckets",
+                       data.user_buckets), ("item_buckets", data.item_buckets),
+                       ("kcore", data.kcore > 1), ("targets", cfg.eval.targets)):
+        if value:
+            section = "eval" if key == "targets" else "data"
+            raise AdvrecError(f"{section}.{key}: a stream does not take it yet (it numbers "
+                              "every id it meets and trains on each window's interactions)")
+
+
+def _open(output: str, settings: dict[str, Any], config: str) -> list[dict[str, Any]]:
+    """Start the stream directory ``output``, or open the stream there to continue it (the
+    same ``settings`` and ``config`` only); returns its history so far."""
+    io.check_output(output, STREAM, inputs=(settings["source"],))
+    marker = io.join(output, STREAM.file)
+    if io.exists(marker):
+        saved = io.read_json(marker)
+        for key, value in settings.items():
+            if saved.get(key) != value:
+                raise AdvrecError(f"{output}: holds a stream with {key} {saved.get(key)!r}, "
+                                  f"not {value!r}; continue it with its own settings, or write "
+                                  "this one elsewhere")
+        if io.read_text(io.join(output, "config.yaml")) != config:
+            raise AdvrecError(f"{output}: holds a stream of another config (its "
+                              "config.yaml); continue it with that one, or write this one "
+                              "elsewhere")
+        history = (io.read_json(io.join(output, HISTORY))
+                   if io.exists(io.join(output, HISTORY)) else [])
+        return history
+    with io.atomic_file(io.join(output, "config.yaml")) as f:
+        f.write(config)
+    io.dump_json(marker, {STREAM.key: __version__, **settings})
+    return []
+
+
+def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str, replay: int,
+            model: str | None, address: str | None) -> dict[str, Any]:
+    """Evaluate, train and publish one window; its history record. ``model``: the window
+    (under ``output/windows/``) whose model is published so far, if any."""
+    data_url = io.join(output, "data", w.name)
+    run_url = io.join(output, "windows", w.name)
+    for url, marker in ((data_url, DATASET), (run_url, RUN)):  # a stopped attempt's
+        io.remove_owned(url, marker)
+    meta = log.write_window(w, data_url, update, replay, cfg.train.seed)
+    record: dict[str, Any] = {"window": w.name, "begins": w.begins, "ends": w.ends,
+                              "rows": w.stop - w.start, "train_rows": meta["counts"]["train"],
+                              **log.sizes(w)}
+    if model is not None:
+        started = time.perf_counter()
+        metrics, counts = prequential(cfg, log, w, data_url, io.join(output, "windows", model))
+        record.update(counts, prequential=metrics, eval_s=time.perf_counter() - started)
+    if update == "frozen" and model is not None:
+        record["model"] = model  # the first window's, for ever
+        return record
+    init = model if update == "incremental" else None
+    wcfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"source": data_url, "format": "prepared"}),
+        "train": cfg.train.model_copy(update={
+            "init_from": io.join(output, "windows", init) if init else None}),
+        # a window has no validation rows to measure robustness on: the prequential
+        # evaluation is where a stream is measured
+        "eval": cfg.eval.model_copy(update={"robust_every": 0})})
+    started = time.perf_counter()
+    run_training(wcfg, run_url, progress=False, address=address)
+    record.update(train_s=time.perf_counter() - started, model=w.name)
+    publish(output, w.name)
+    return record
+
+
+def prequential(cfg: RunConfig, log: StreamLog, w: Window, data_url: str,
+                run: str) -> tuple[dict[str, float], dict[str, int]]:
+    """The ranking metrics of the model of ``run`` on window ``w``'s rows (whose dataset is
+    ``data_url``) before it trains on them, and what was evaluated (`StreamLog.prequential`)."""
+    data = load_dataset(data_url)
+    view, counts = log.prequential(w, data)
+    model = warm_model(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"init_from": run, "init_optimizer": False})}), data)
+    if not counts["evaluated_rows"]:
+        return {}, counts
+    return make_task(cfg, view).evaluate(model, "test", cfg.eval), counts
+
+
+def publish(output: str, name: str) -> None:
+    """Make window ``name``'s run the published model: ``latest.json`` names it (one atomic
+    write), and on a local disk the link ``latest`` points at it (a new link renamed over the
+    old one: a reader opens the old model or the new, never a mixture)."""
+    io.dump_json(io.join(output, "latest.json"), {"window": name, "run": f"windows/{name}"})
+    if io.is_local(output):
+        link = os.path.join(io.filesystem(output)[1], "latest")
+        tmp = io.temporary(link)
+        os.symlink(os.path.join("windows", name), tmp)
+        os.replace(tmp, link)
+
+
+def _prune(output: str, history: list[dict[str, Any]], keep: int) -> None:
+    """Delete the runs and datasets of all but the newest ``keep`` trained windows (never the
+    published one)."""
+    trained = [r["window"] for r in history if "train_s" in r]
+    published = history[-1]["model"]
+    for name in trained[:-keep]:
+        if name == published:
+            continue
+        io.remove_owned(io.join(output, "windows", name), RUN)
+        io.remove_owned(io.join(output, "data", name), DATASET)
+
+
+def _plot(output: str, history: list[dict[str, Any]], cfg: RunConfig) -> None:
+    metric = f"ndcg@{max(cfg.eval.ks)}"
+    plot_stream({cfg.model.name: history}, metric, io.join(output, "stream_history.png"))
+
+
+def _line(record: dict[str, Any], cfg: RunConfig) -> str:
+    """A window's progress line: its name, rows, prequential NDCG and training time."""
+    metric = f"ndcg@{max(cfg.eval.ks)}"
+    shown = (f" prequential {metric} {record['prequential'][metric]:.4f}"
+             if metric in record.get("prequential", {}) else "")
+    trained = f", trained in {record['train_s']:.1f} s" if "train_s" in record else ""
+    return f"window {record['window']}: {record['rows']} rows{shown}{trained}"
