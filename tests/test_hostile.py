@@ -1027,7 +1027,44 @@ POISONING: list[Case] = [
              json.dumps({"items": [str(i) for i in range(10**6)]}))),
 ]
 
-CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING]
+STREAM = ("stream", "--output", "{d}/out", "--quiet", "--window", "1d", "model.dim=8",
+          "train.epochs=1")
+
+
+def partition_without(column: str) -> Setup:
+    """A setup that writes ``{d}/days``: the shared log as two day partitions, the second
+    without ``column``."""
+    def setup(p: Places) -> None:
+        table = pq.read_table(p.log)
+        half = table.num_rows // 2
+        for day, part in (("dt=2020-01-01", table.slice(0, half)),
+                          ("dt=2020-01-02", table.slice(half).drop_columns([column]))):
+            (p.d / "days" / day).mkdir(parents=True)
+            pq.write_table(part, p.d / "days" / day / "part-00000.parquet")
+    return setup
+
+
+STREAMS: list[Case] = [
+    Case("stream-bad-window", (*STREAM, "data.source={log}", "--window", "1w"),
+         "--window: '1w' is not a window"),
+    Case("stream-missing-source", (*STREAM, "data.source={d}/nope"), "{d}/nope: file not found"),
+    Case("stream-prepared-source", (*STREAM, "data.source={data}"),
+         "is a prepared dataset; a stream replays a raw log"),
+    Case("stream-ctr-model", (*STREAM, "data.source={log}", "model.name=deepfm"),
+         "model.name=deepfm: a stream trains ranking models"),
+    Case("stream-replay-retrain", (*STREAM, "data.source={log}", "--update", "retrain",
+                                   "--replay", "5"), "--replay: only an incremental stream"),
+    Case("stream-unknown-update", (*STREAM, "data.source={log}", "--update", "sometimes"),
+         "--update: 'sometimes' is not one of incremental, retrain, frozen"),
+    # a partition that lacks a column: named, and nothing of the stream written
+    Case("stream-partition-missing-column", (*STREAM, "data.source={d}/days"),
+         "missing item column 'item_id'", partition_without("item_id")),
+    Case("stream-foreign-output", (*STREAM, "data.source={log}"),
+         "{d}/out: exists and is not an advrec stream", write("out/notes.txt", "mine"),
+         absent=("{d}/out.tmp-*", "{d}/out/stream.json"), unchanged=("{d}/out",)),
+]
+
+CASES = [*SECURITY, *OUTPUTS, *CONFIG, *DATA, *RUNTIME, *POISONING, *STREAMS]
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ from tqdm import tqdm
 from advrec import __version__, io
 from advrec.config import RunConfig
 from advrec.config.load import dump_config
-from advrec.data.dataset import load_dataset
+from advrec.data.dataset import is_prepared, load_dataset
 from advrec.data.prepare import DATASET
 from advrec.data.source import detect_format
 from advrec.errors import AdvrecError
@@ -62,15 +62,21 @@ def run_stream(cfg: RunConfig, output: str, window: str, update: str = "incremen
     _check(cfg, update, replay, keep)
     output = io.absolute(output)
     source = cfg.data.source
-    fmt = detect_format(source) if cfg.data.format == "auto" else cfg.data.format
-    if fmt == "prepared":
+    if cfg.data.format == "prepared" or is_prepared(source):
         raise AdvrecError(f"data.source: {source} is a prepared dataset; a stream replays a raw "
                           "log in time order (give the log itself)")
+    fmt = detect_format(source) if cfg.data.format == "auto" else cfg.data.format
     settings = {"source": io.absolute(source), "format": fmt, "window": spec.text,
                 "update": update, "replay": replay}
-    history = _open(output, settings, dump_config(cfg))
-    log = StreamLog.read(source, fmt, cfg.data.min_rating)
+    config = dump_config(cfg)
+    history = _continued(output, settings, config)
+    log = StreamLog.read(source, fmt, cfg.data.min_rating)  # a bad log fails before any write
     windows, empty = cut(log.timestamp, spec)
+    if history is None:
+        with io.atomic_file(io.join(output, "config.yaml")) as f:
+            f.write(config)
+        io.dump_json(io.join(output, STREAM.file), {STREAM.key: __version__, **settings})
+        history = []
     if empty:
         print(f"advrec: warning: --window {spec.text} leaves {len(empty)} span"
               f"{'s' if len(empty) > 1 else ''} of {source} without interactions, skipped: "
@@ -120,9 +126,10 @@ def _check(cfg: RunConfig, update: str, replay: int, keep: int) -> None:
                               "every id it meets and trains on each window's interactions)")
 
 
-def _open(output: str, settings: dict[str, Any], config: str) -> list[dict[str, Any]]:
-    """Start the stream directory ``output``, or open the stream there to continue it (the
-    same ``settings`` and ``config`` only); returns its history so far."""
+def _continued(output: str, settings: dict[str, Any],
+               config: str) -> list[dict[str, Any]] | None:
+    """The history so far of the stream in ``output``, which continues (the same ``settings``
+    and ``config`` only), or None where a new stream may start."""
     io.check_output(output, STREAM, inputs=(settings["source"],))
     marker = io.join(output, STREAM.file)
     if io.exists(marker):
@@ -136,13 +143,9 @@ def _open(output: str, settings: dict[str, Any], config: str) -> list[dict[str, 
             raise AdvrecError(f"{output}: holds a stream of another config (its "
                               "config.yaml); continue it with that one, or write this one "
                               "elsewhere")
-        history = (io.read_json(io.join(output, HISTORY))
-                   if io.exists(io.join(output, HISTORY)) else [])
-        return history
-    with io.atomic_file(io.join(output, "config.yaml")) as f:
-        f.write(config)
-    io.dump_json(marker, {STREAM.key: __version__, **settings})
-    return []
+        return (io.read_json(io.join(output, HISTORY))
+                if io.exists(io.join(output, HISTORY)) else [])
+    return None
 
 
 def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str, replay: int,

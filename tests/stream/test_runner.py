@@ -1,0 +1,237 @@
+"""`advrec stream` on a replayed log of a few days: every window's model is evaluated on the
+next window before training on it, `latest` always names a whole model, a stopped stream
+resumes at its first unfinished window, and the update modes train what they say."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from advrec import io
+from advrec.cli import main
+from advrec.config import RunConfig, load_config
+from advrec.data import load_dataset
+from advrec.data.dataset import EMPTY
+from advrec.data.synth import synth_days
+from advrec.errors import AdvrecError
+from advrec.metrics.evaluate import evaluate
+from advrec.stream import runner
+from advrec.stream.log import StreamLog
+from advrec.stream.runner import prequential, run_stream
+from advrec.stream.windows import cut, parse_window
+from advrec.train import read_run
+from advrec.train.checkpoint import load_model, model_url
+from advrec.train.warm import warm_model
+from errors import error_line
+
+MF = ["model.name=mf", "model.dim=8", "train.epochs=2", "train.batch_size=64", "train.lr=0.05",
+      "eval.ks=[10]"]
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A log of 3 days (one dt=DATE/ partition each), with users and items arriving."""
+    out = tmp_path_factory.mktemp("days") / "log"
+    synth_days(40, 60, 900, str(out), days=3, seed=0)
+    return str(out)
+
+
+def _cfg(log: str, *more: str) -> RunConfig:
+    return load_config(None, [f"data.source={log}", *MF, *more])
+
+
+@pytest.fixture(scope="module")
+def stream(log: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict]]:
+    """An incremental stream of the log by day, each window's training checking that `latest`
+    names a finished run whenever it exists."""
+    out = tmp_path_factory.mktemp("stream") / "s"
+    seen: list[str | None] = []
+    train = runner.run_training
+
+    def checked(cfg: RunConfig, output: str, **kwargs: Any) -> dict[str, Any]:
+        latest = out / "latest"
+        seen.append(os.readlink(latest) if latest.is_symlink() else None)
+        assert not latest.is_symlink() or (latest / "metrics.json").is_file()
+        return train(cfg, output, **kwargs)
+
+    runner.run_training = checked
+    try:
+        history = run_stream(_cfg(log), str(out), "1d", progress=False)
+    finally:
+        runner.run_training = train
+    assert seen == [None, "windows/2020-01-01", "windows/2020-01-02"]
+    return out, history
+
+
+def test_each_window_is_evaluated_by_the_model_before_it(stream: tuple[Path, list[dict]],
+                                                         log: str) -> None:
+    out, history = stream
+    assert [r["window"] for r in history] == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    assert "prequential" not in history[0]  # nothing to evaluate the first window with
+    cfg = _cfg(log)
+    slog = StreamLog.read(log, "parquet")
+    windows, _ = cut(slog.timestamp, parse_window("1d"))
+    for w, record in zip(windows[1:], history[1:]):
+        assert record["evaluated_rows"] > 0 and record["cold_rows"] > 0  # new users arrive
+        assert record["evaluated_rows"] + record["cold_rows"] == record["rows"]
+        data = str(out / "data" / w.name)
+        previous = history[history.index(record) - 1]["window"]
+        before = prequential(cfg, slog, w, data, str(out / "windows" / previous))
+        # the model published before the window, not the one trained on it, made the numbers
+        assert record["prequential"] == pytest.approx(before[0])
+        assert json.loads((out / "windows" / w.name / "run.json").read_text())["init_from"][
+            "run"] == str(out / "windows" / previous)
+        after, _ = prequential(cfg, slog, w, data, str(out / "windows" / w.name))
+        assert after["ndcg@10"] != pytest.approx(record["prequential"]["ndcg@10"])
+
+
+def test_the_evaluation_masks_what_was_known_and_scores_only_known_ids(
+        stream: tuple[Path, list[dict]], log: str) -> None:
+    out, history = stream
+    slog = StreamLog.read(log, "parquet")
+    w = cut(slog.timestamp, parse_window("1d"))[0][2]
+    data = load_dataset(str(out / "data" / w.name))
+    view, counts = slog.prequential(w, data)
+    assert len(view.known) == w.start and len(view.train) == len(view.valid) == 0
+    # every evaluated user and item was seen before the window
+    assert set(view.test.user.tolist()) <= set(view.known.user.tolist())
+    assert set(view.test.item.tolist()) <= set(view.known.item.tolist())
+    assert counts["evaluated_users"] == view.test.user.unique().numel()
+    cfg = _cfg(log)
+    model = warm_model(cfg.model_copy(update={"train": cfg.train.model_copy(
+        update={"init_from": str(out / "windows" / history[1]["window"])})}), data)
+    # asked to find the items each user was known to have, it finds none: they are masked
+    masked = dataclasses.replace(view, test=view.known)
+    assert evaluate(model, masked, "test", cfg.eval)["hit@10"] == 0
+    unmasked = dataclasses.replace(view, test=view.known, known=EMPTY)
+    assert evaluate(model, unmasked, "test", cfg.eval)["hit@10"] > 0
+
+
+def read_run_config(run: Path) -> tuple[RunConfig, Any]:
+    cfg, dataset = read_run(str(run))
+    return cfg, load_dataset(dataset, train_pairs_only=True)
+
+
+def test_latest_names_the_last_window_and_the_history_is_whole(
+        stream: tuple[Path, list[dict]]) -> None:
+    out, history = stream
+    assert os.readlink(out / "latest") == "windows/2020-01-03"
+    assert json.loads((out / "latest.json").read_text())["window"] == "2020-01-03"
+    assert json.loads((out / "stream_history.json").read_text()) == json.loads(
+        json.dumps(history))
+    assert (out / "stream_history.png").stat().st_size > 0
+    # the tables grow with the arrivals, and a window's dataset trains on its own rows only
+    assert [r["users"] for r in history] == sorted(r["users"] for r in history)
+    assert all(r["train_rows"] == r["rows"] for r in history)
+    assert all(r["new_users"] > 0 for r in history)
+
+
+def test_a_stream_stopped_in_window_2_resumes_there(stream: tuple[Path, list[dict]], log: str,
+                                                    tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "s"
+    train = runner.run_training
+
+    def crash_on_the_third(cfg: RunConfig, output: str, **kwargs: Any) -> dict[str, Any]:
+        if output.endswith("2020-01-03"):
+            raise KeyboardInterrupt  # the stream is stopped while it trains window 2
+        return train(cfg, output, **kwargs)
+
+    monkeypatch.setattr(runner, "run_training", crash_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(_cfg(log), str(out), "1d", progress=False)
+    assert [r["window"] for r in json.loads((out / "stream_history.json").read_text())] == [
+        "2020-01-01", "2020-01-02"]
+    assert os.readlink(out / "latest") == "windows/2020-01-02"
+    finished = {w: (out / "windows" / w / "metrics.json").stat().st_mtime_ns
+                for w in ("2020-01-01", "2020-01-02")}
+    monkeypatch.setattr(runner, "run_training", train)
+    history = run_stream(_cfg(log), str(out), "1d", progress=False)
+    # the finished windows were not trained again, and it ends as the uninterrupted stream
+    assert {w: (out / "windows" / w / "metrics.json").stat().st_mtime_ns
+            for w in finished} == finished
+    expected = stream[1]
+    assert [r["prequential"] for r in history[1:]] == [r["prequential"] for r in expected[1:]]
+    a = load_model(model_url(str(out / "latest")), *read_run_config(out / "latest"))[0]
+    b = load_model(model_url(str(stream[0] / "latest")),
+                   *read_run_config(stream[0] / "latest"))[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(),
+                                                  b.state_dict().values()))
+
+
+def test_retrain_frozen_replay_and_keep(log: str, tmp_path: Path) -> None:
+    retrain = run_stream(_cfg(log), str(tmp_path / "r"), "1d", "retrain", progress=False)
+    assert [r["train_rows"] for r in retrain] == list(
+        __import__("itertools").accumulate(r["rows"] for r in retrain))
+    assert all("init_from" not in json.loads(
+        (tmp_path / "r" / "windows" / r["window"] / "run.json").read_text()) for r in retrain)
+    frozen = run_stream(_cfg(log), str(tmp_path / "f"), "1d", "frozen", progress=False)
+    assert [r["model"] for r in frozen] == ["2020-01-01"] * 3
+    assert [("train_s" in r) for r in frozen] == [True, False, False]
+    assert sorted(os.listdir(tmp_path / "f" / "windows")) == ["2020-01-01"]
+    replay = run_stream(_cfg(log), str(tmp_path / "p"), "1d", replay=50, keep=1, progress=False)
+    assert [r["train_rows"] - r["rows"] for r in replay] == [0, 50, 50]
+    # keep 1: only the published window's model and dataset are left
+    assert os.listdir(tmp_path / "p" / "windows") == ["2020-01-03"]
+    assert os.listdir(tmp_path / "p" / "data") == ["2020-01-03"]
+
+
+def test_an_empty_day_is_skipped_with_a_warning(log: str, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    # the log without its middle day
+    gap = tmp_path / "gap"
+    for day in ("dt=2020-01-01", "dt=2020-01-03"):
+        shutil.copytree(Path(log) / day, gap / day)
+    code = main(["stream", "--output", str(tmp_path / "s"), "--window", "1d", "--quiet",
+                 f"data.source={gap}", *MF])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "1 span of" in captured.err and "without interactions, skipped: 2020-01-02" in \
+        captured.err
+    assert "stream written to" in captured.out
+    assert sorted(os.listdir(tmp_path / "s" / "windows")) == ["2020-01-01", "2020-01-03"]
+
+
+@pytest.mark.parametrize("argv, culprit", [
+    (["--window", "1w"], "--window: '1w' is not a window"),
+    (["--window", "1d", "--update", "sometimes"], "--update: 'sometimes' is not one of"),
+    (["--window", "1d", "--update", "retrain", "--replay", "5"], "--replay: only an incremental"),
+    (["--window", "1d", "model.name=deepfm"], "model.name=deepfm: a stream trains ranking"),
+    (["--window", "1d", "data.source=/nonexistent/log"], "/nonexistent/log: file not found"),
+    (["--window", "1d", "model.nope=1"], "model.nope"),
+])
+def test_bad_input_is_one_line(log: str, tmp_path: Path, argv: list[str], culprit: str,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "s"
+    code = main(["stream", "--output", str(out), "--quiet", f"data.source={log}", *MF, *argv])
+    line = error_line(capsys.readouterr().err)
+    assert code == 2 and line and culprit in line, line
+    assert not out.exists()
+
+
+def test_a_stream_of_other_settings_is_not_continued(stream: tuple[Path, list[dict]],
+                                                     log: str) -> None:
+    out = stream[0]
+    before = (out / "stream_history.json").read_bytes()
+    with pytest.raises(AdvrecError, match="holds a stream with window '1d', not '7d'"):
+        run_stream(_cfg(log), str(out), "7d", progress=False)
+    with pytest.raises(AdvrecError, match="holds a stream of another config"):
+        run_stream(_cfg(log, "train.lr=0.5"), str(out), "1d", progress=False)
+    assert (out / "stream_history.json").read_bytes() == before
+
+
+def test_a_foreign_directory_is_never_written(log: str, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(AdvrecError, match="exists and is not an advrec stream"):
+        run_stream(_cfg(log), str(out), "1d", progress=False)
+    assert os.listdir(out) == ["notes.txt"]
+    assert io.exists(str(out / "notes.txt"))
