@@ -99,18 +99,21 @@ def test_the_evaluation_masks_what_was_known_and_scores_only_known_ids(
     w = cut(slog.timestamp, parse_window("1d"))[0][2]
     data = load_dataset(str(out / "data" / w.name))
     view, counts = slog.prequential(w, data)
-    assert len(view.known) == w.start and len(view.train) == len(view.valid) == 0
+    assert len(view.train) == w.start and len(view.known) == len(view.valid) == 0
     # every evaluated user and item was seen before the window
-    assert set(view.test.user.tolist()) <= set(view.known.user.tolist())
-    assert set(view.test.item.tolist()) <= set(view.known.item.tolist())
+    assert set(view.test.user.tolist()) <= set(view.train.user.tolist())
+    assert set(view.test.item.tolist()) <= set(view.train.item.tolist())
     assert counts["evaluated_users"] == view.test.user.unique().numel()
     cfg = _cfg(log)
     model = warm_model(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"init_from": str(out / "windows" / history[1]["window"])})}), data)
-    # asked to find the items each user was known to have, it finds none: they are masked
-    masked = dataclasses.replace(view, test=view.known)
-    assert evaluate(model, masked, "test", cfg.eval)["hit@10"] == 0
-    unmasked = dataclasses.replace(view, test=view.known, known=EMPTY)
+    # asked to find the items each user was known to have, it finds none: they are masked,
+    # as earlier windows' rows (the view's train split) and as a dataset's known split alike
+    earlier = view.train
+    for masked in (dataclasses.replace(view, test=earlier),
+                   dataclasses.replace(view, test=earlier, train=EMPTY, known=earlier)):
+        assert evaluate(model, masked, "test", cfg.eval)["hit@10"] == 0
+    unmasked = dataclasses.replace(view, test=earlier, train=EMPTY)
     assert evaluate(model, unmasked, "test", cfg.eval)["hit@10"] > 0
 
 
@@ -235,3 +238,13 @@ def test_a_foreign_directory_is_never_written(log: str, tmp_path: Path) -> None:
         run_stream(_cfg(log), str(out), "1d", progress=False)
     assert os.listdir(out) == ["notes.txt"]
     assert io.exists(str(out / "notes.txt"))
+
+
+def test_the_prequential_evaluation_under_attack(log: str, tmp_path: Path) -> None:
+    cfg = _cfg(log, "eval.robust_every=1", "eval.robust_attack=fgm", "eval.robust_eps=1.0")
+    history = run_stream(cfg, str(tmp_path / "s"), "1d", progress=False)
+    for record in history[1:]:
+        metrics = record["prequential"]
+        # the attack moves the tables the window is ranked with: the ranking gets worse
+        assert metrics["robust/ndcg@10"] < metrics["ndcg@10"]
+        assert {f"robust/{k}" for k in metrics if "/" not in k} <= set(metrics)

@@ -104,8 +104,8 @@ def _save(fig: plt.Figure, output: str) -> None:
 
 def plot_stream(streams: dict[str, list[dict[str, Any]]], metric: str, output: str) -> None:
     """A stream's prequential ``metric`` per window (`advrec stream`'s history, one line per
-    stream: the windows whose model was evaluated), and beneath it each window's training
-    seconds."""
+    stream: the windows whose model was evaluated; dashed, under attack, where measured), and
+    beneath it each window's training seconds."""
     fig, (quality, cost) = plt.subplots(2, 1, figsize=(8, 6), sharex=True,
                                         gridspec_kw={"height_ratios": [2, 1]})
     names: list[str] = []
@@ -115,8 +115,15 @@ def plot_stream(streams: dict[str, list[dict[str, Any]]], metric: str, output: s
                 names.append(record["window"])
         at = {r["window"]: r for r in history}
         evaluated = [w for w in names if metric in at.get(w, {}).get("prequential", {})]
-        quality.plot([names.index(w) for w in evaluated],
-                     [at[w]["prequential"][metric] for w in evaluated], marker="o", label=label)
+        line, = quality.plot([names.index(w) for w in evaluated],
+                             [at[w]["prequential"][metric] for w in evaluated], marker="o",
+                             label=label)
+        attacked = [w for w in evaluated if f"robust/{metric}" in at[w]["prequential"]]
+        if attacked:  # under eval.robust_attack: dashed, in the stream's colour
+            quality.plot([names.index(w) for w in attacked],
+                         [at[w]["prequential"][f"robust/{metric}"] for w in attacked],
+                         marker="x", linestyle="--", color=line.get_color(),
+                         label=f"{label}, attacked")
         trained = [w for w in names if "train_s" in at.get(w, {})]
         cost.plot([names.index(w) for w in trained], [at[w]["train_s"] for w in trained],
                   marker=".", label=label)

@@ -127,9 +127,10 @@ class StreamLog:
     def prequential(self, window: Window, data: Dataset) -> tuple[Dataset, dict[str, int]]:
         """What the model of the windows before ``window`` is evaluated on, before it trains
         on it: ``data`` (the window's dataset, its numbering) with the window's rows whose user
-        and item were both seen before as ``test`` and the earlier rows as ``known``, masked
-        (a model cannot rank for a user it never saw, nor rank an item it never saw by
-        anything but chance: those rows are counted, as ``cold``); and the counts."""
+        and item were both seen before as ``test`` (a model cannot rank for a user it never
+        saw, nor rank an item it never saw by anything but chance: those rows are counted, as
+        ``cold``), and the earlier rows as ``train``: what that model learnt from, masked when
+        ranking, and the examples an attack on it differentiates; and the counts."""
         start, stop = window.start, window.stop
         rows = np.arange(start, stop)
         codes = self.kept.codes
@@ -138,8 +139,8 @@ class StreamLog:
         ids = {side: vocabulary(self.kept.names[side], codes[side][:stop])
                for side in ("user", "item")}
         test = _interactions(self._table(rows[warm], ids))
-        known = _interactions(self._table(np.arange(start), ids))
-        view = dataclasses.replace(data, train=EMPTY, valid=EMPTY, test=test, known=known)
+        earlier = _interactions(self._table(np.arange(start), ids))
+        view = dataclasses.replace(data, train=earlier, valid=EMPTY, test=test, known=EMPTY)
         counts = {"rows": int(rows.size), "evaluated_rows": int(warm.sum()),
                   "cold_rows": int((~warm).sum()),
                   "evaluated_users": int(np.unique(codes["user"][rows][warm]).size)}

@@ -37,10 +37,11 @@ from advrec.data.prepare import DATASET
 from advrec.data.source import detect_format
 from advrec.errors import AdvrecError
 from advrec.metrics.plots import plot_stream
+from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
 from advrec.stream.log import UPDATES, StreamLog
 from advrec.stream.windows import Window, cut, parse_window
 from advrec.train.driver import RUN, run_training
-from advrec.train.tasks import make_task
+from advrec.train.tasks import make_loss, make_task
 from advrec.train.warm import warm_model
 
 STREAM = io.Marker("stream.json", "advrec_stream", "an advrec stream")
@@ -185,14 +186,24 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
 def prequential(cfg: RunConfig, log: StreamLog, w: Window, data_url: str,
                 run: str) -> tuple[dict[str, float], dict[str, int]]:
     """The ranking metrics of the model of ``run`` on window ``w``'s rows (whose dataset is
-    ``data_url``) before it trains on them, and what was evaluated (`StreamLog.prequential`)."""
+    ``data_url``) before it trains on them, and what was evaluated (`StreamLog.prequential`).
+    With ``eval.robust_every`` > 0 also under ``eval.robust_attack`` at ``eval.robust_eps``
+    (``robust/...``), its δ raising the loss on ``eval.robust_rows`` of the rows the model
+    learnt from, as the robust metrics of a run are measured."""
     data = load_dataset(data_url)
     view, counts = log.prequential(w, data)
     model = warm_model(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"init_from": run, "init_optimizer": False})}), data)
     if not counts["evaluated_rows"]:
         return {}, counts
-    return make_task(cfg, view).evaluate(model, "test", cfg.eval), counts
+    task = make_task(cfg, view)
+    metrics = task.evaluate(model, "test", cfg.eval)
+    if cfg.eval.robust_every:
+        batches = attack_batches(task, cfg.eval.robust_rows, cfg.eval.seed)
+        attacked = attacked_metrics(model, task, make_loss(cfg), cfg.eval, batches,
+                                    robust_attack(cfg.eval), "test")
+        metrics.update({f"robust/{k}": v for k, v in attacked.items()})
+    return metrics, counts
 
 
 def publish(output: str, name: str) -> None:
