@@ -90,6 +90,7 @@ def _number_in(low: float, high: float) -> Callable[[str], float]:
 
 _cosine = _number_in(-1.0, 1.0)  # a cosine similarity
 _unit = _number_in(0.0, 1.0)
+_seconds = _number_in(0.001, 1e9)  # a wait or a timeout
 _positive_int = _int_from(1, "positive")
 _non_negative_int = _int_from(0, "non-negative")
 ADDRESS_HELP = ("Ray cluster for scaling.num_workers >= 1 (default: RAY_ADDRESS, else a local "
@@ -234,16 +235,18 @@ def cmd_stream(args: argparse.Namespace) -> None:
     if not args.output:
         raise AdvrecError("--output is required (the stream directory; an existing stream "
                           "there continues)")
-    parse_window(args.window)  # a bad window or config fails before torch and Ray are imported
+    if args.window is not None:  # a bad window or config fails before torch and Ray load
+        parse_window(args.window)
     cfg = load_config(args.config, args.overrides)
     from advrec.report import format_table
     from advrec.stream import run_stream
 
     history = run_stream(cfg, args.output, args.window, args.update, args.replay, args.keep,
-                         progress=not args.quiet, address=args.address)
+                         progress=not args.quiet, address=args.address, follow=args.follow,
+                         poll=args.poll, idle=args.idle)
     metric = f"ndcg@{max(cfg.eval.ks)}"
-    rows = [{"window": r["window"], "rows": r["rows"], "new users": r["new_users"],
-             "new items": r["new_items"],
+    rows = [{"window": r["window"], "rows": r["rows"], "new users": r.get("new_users", 0),
+             "new items": r.get("new_items", 0),
              f"prequential {metric}": r.get("prequential", {}).get(metric, float("nan")),
              "train s": r.get("train_s", float("nan"))} for r in history]
     print(format_table(rows, list(rows[0])) if rows else "no window")
@@ -573,8 +576,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "raw log, replayed in time order")
     p.add_argument("--output", help="stream directory: path; one holding a stream of the same "
                    "settings continues it from its first unfinished window")
-    p.add_argument("--window", required=True, help="days (7d), hours (12h) or a number of rows "
-                   "(5000) per window")
+    p.add_argument("--window", help="replay the log in windows of days (7d), hours (12h) or a "
+                   "number of rows (5000)")
+    p.add_argument("--follow", action="store_true", help="instead, follow data.source, a "
+                   "directory or object-store prefix of Parquet files: each partition that "
+                   "lands (dt=2026-12-01/, or a file at the top) is a window")
+    p.add_argument("--poll", type=_seconds, default=60.0, metavar="S",
+                   help="with --follow: seconds between listings (default %(default)s)")
+    p.add_argument("--idle", type=_seconds, default=None, metavar="S",
+                   help="with --follow: stop once S seconds pass without a new partition "
+                   "(default: follow until stopped)")
     p.add_argument("--update", default="incremental", help="incremental (continue each window "
                    "from the last one's model, the default), retrain (from scratch on every row "
                    "so far) or frozen (train on the first window only)")

@@ -56,23 +56,42 @@ class StreamLog:
     fmt: str
     kept: Kept
     seen: dict[str, np.ndarray]
+    batch: np.ndarray  # (N,) each row's batch (`of`), ascending
 
     @classmethod
     def read(cls, source: str, fmt: str, min_rating: float | None = None) -> StreamLog:
-        log = read_log(source, fmt, ColumnMap())
+        """The log at ``source`` (format ``fmt``) in time order."""
+        return cls.of(read_log(source, fmt, ColumnMap()), source, fmt, min_rating)
+
+    @classmethod
+    def of(cls, log: pa.Table, source: str, fmt: str, min_rating: float | None = None,
+           batch: np.ndarray | None = None) -> StreamLog:
+        """The standard table ``log`` (`read_log`'s) in the order of its rows' ``batch``
+        ((N,) ints: a followed prefix's window each row landed in), then time."""
         if min_rating is not None:
             if "rating" not in log.column_names:
                 raise AdvrecError(f"{source}: data.min_rating needs a 'rating' column, but this "
                                   f"{fmt} log has none")
-            log = log.filter(pc.greater_equal(log["rating"], min_rating))
+            rated = pc.greater_equal(log["rating"], min_rating)
+            log = log.filter(rated)
+            batch = None if batch is None else batch[rated.to_numpy(zero_copy_only=False)]
             if log.num_rows == 0:
                 raise AdvrecError(f"{source}: data.min_rating {min_rating} removed every "
                                   "interaction")
-        order = np.lexsort((np.arange(log.num_rows), log["timestamp"].to_numpy()))
+        batch = np.zeros(log.num_rows, dtype=np.int64) if batch is None else batch
+        order = np.lexsort((np.arange(log.num_rows), log["timestamp"].to_numpy(), batch))
         kept = keep_pairs(log.take(pa.array(order)), source, 0, None, None)
         seen = {side: np.concatenate(([0], np.maximum.accumulate(codes) + 1))
                 for side, codes in kept.codes.items()}
-        return cls(source, fmt, kept, seen)
+        return cls(source, fmt, kept, seen, batch[order][kept.rows])
+
+    def batch_window(self, batch: int, name: str) -> Window:
+        """The rows of ``batch`` (`of`) as the window ``name``, spanning their times (no rows
+        when the batch had none that was not a repeat)."""
+        start, stop = (int(i) for i in np.searchsorted(self.batch, [batch, batch + 1]))
+        times = self.kept.timestamp[start:stop]
+        return Window(name, start, stop, int(times.min()) if times.size else 0,
+                      int(times.max()) + 1 if times.size else 0)
 
     @property
     def timestamp(self) -> np.ndarray:

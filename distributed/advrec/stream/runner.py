@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from tqdm import tqdm
@@ -38,6 +39,7 @@ from advrec.data.source import detect_format
 from advrec.errors import AdvrecError
 from advrec.metrics.plots import plot_stream
 from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
+from advrec.stream.follow import new_windows, window_log
 from advrec.stream.log import UPDATES, StreamLog
 from advrec.stream.windows import Window, cut, parse_window
 from advrec.train.driver import RUN, run_training
@@ -49,56 +51,129 @@ STREAM = io.Marker("stream.json", "advrec_stream", "an advrec stream")
 HISTORY = "stream_history.json"
 
 
-def run_stream(cfg: RunConfig, output: str, window: str, update: str = "incremental",
+FOLLOW = "partitions"
+"""The ``window`` setting of a stream that follows a prefix: each new partition a window."""
+
+
+def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "incremental",
                replay: int = 0, keep: int = 0, progress: bool = True,
-               address: str | None = None) -> list[dict[str, Any]]:
-    """Stream ``cfg.data.source`` in windows of ``window`` (`parse_window`) into the stream
-    directory ``output`` (see the module); returns the history, one record per window.
+               address: str | None = None, follow: bool = False, poll: float = 60.0,
+               idle: float | None = None) -> list[dict[str, Any]]:
+    """Stream ``cfg.data.source`` into the stream directory ``output`` (see the module): in
+    windows of ``window`` (`parse_window`), or with ``follow`` each new partition of the prefix
+    (`advrec.stream.follow`), listed every ``poll`` seconds until ``idle`` seconds pass without
+    one (None: until stopped). Returns the history, one record per window.
 
     ``update``: one of `UPDATES`; ``replay``: older rows each incremental window also trains
     on; ``keep``: the published windows kept (0: all). A directory holding a stream with the
     same settings and config continues it; other settings are an error naming them.
     """
-    spec = parse_window(window)
+    if follow == (window is not None):
+        raise AdvrecError("give --window to replay a log, or --follow to follow a prefix "
+                          "(its partitions are the windows), not both nor neither")
+    spec = parse_window(window) if window is not None else None
     _check(cfg, update, replay, keep)
+    for flag, value in (("--poll", poll), ("--idle", idle)):
+        if value is not None and not (0 < value < float("inf")):
+            raise AdvrecError(f"{flag} must be a positive number of seconds, not {value}")
     output = io.absolute(output)
     source = cfg.data.source
     if cfg.data.format == "prepared" or is_prepared(source):
         raise AdvrecError(f"data.source: {source} is a prepared dataset; a stream replays a raw "
                           "log in time order (give the log itself)")
     fmt = detect_format(source) if cfg.data.format == "auto" else cfg.data.format
-    settings = {"source": io.absolute(source), "format": fmt, "window": spec.text,
-                "update": update, "replay": replay}
+    if follow and fmt != "parquet":
+        raise AdvrecError(f"--follow takes the Parquet files landing under a prefix; "
+                          f"{source} is a {fmt} log (data.format)")
+    settings = {"source": io.absolute(source), "format": fmt,
+                "window": spec.text if spec else FOLLOW, "update": update, "replay": replay}
     config = dump_config(cfg)
     history = _continued(output, settings, config)
-    log = StreamLog.read(source, fmt, cfg.data.min_rating)  # a bad log fails before any write
-    windows, empty = cut(log.timestamp, spec)
+    stream = _Stream(cfg, output, update, replay, keep, progress, address, history or [])
+    if spec is None:  # the first listing fails (a missing prefix) before any write
+        first = new_windows(source, [r["files"] for r in stream.history],
+                            {r["window"] for r in stream.history})
+    else:
+        log = StreamLog.read(source, fmt, cfg.data.min_rating)  # a bad log fails now too
+        windows, empty = cut(log.timestamp, spec)
     if history is None:
         with io.atomic_file(io.join(output, "config.yaml")) as f:
             f.write(config)
         io.dump_json(io.join(output, STREAM.file), {STREAM.key: __version__, **settings})
-        history = []
+    if spec is None:
+        _follow(stream, source, first, poll, idle)
+        return stream.history
     if empty:
-        print(f"advrec: warning: --window {spec.text} leaves {len(empty)} span"
-              f"{'s' if len(empty) > 1 else ''} of {source} without interactions, skipped: "
-              f"{', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}", file=sys.stderr)
-    done = {record["window"] for record in history}
-    model = history[-1]["model"] if history else None
+        _warn(f"--window {spec.text} leaves {len(empty)} span{'s' if len(empty) > 1 else ''} "
+              f"of {source} without interactions, skipped: {', '.join(empty[:5])}"
+              f"{' ...' if len(empty) > 5 else ''}")
+    done = {record["window"] for record in stream.history}
     bar = tqdm(windows, desc=f"stream {cfg.model.name}/{update}", unit="window",
                disable=None if progress else True)
     for w in bar:
-        if w.name in done:
-            continue
-        record = _window(cfg, log, w, output, update, replay, model, address)
-        model = record["model"]
-        history.append(record)
-        io.dump_json(io.join(output, HISTORY), history)
-        _plot(output, history, cfg)
-        if keep:
-            _prune(output, history, keep)
-        if progress and bar.disable:  # no terminal: one line a window (a log file, a Ray job)
-            print(_line(record, cfg), flush=True)
-    return history
+        if w.name not in done:
+            stream.advance(log, w, bar.disable)
+    return stream.history
+
+
+def _warn(message: str) -> None:
+    print(f"advrec: warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class _Stream:
+    """A stream under way: what it was given, and its history so far."""
+
+    cfg: RunConfig
+    output: str
+    update: str
+    replay: int
+    keep: int
+    progress: bool
+    address: str | None
+    history: list[dict[str, Any]]
+
+    @property
+    def model(self) -> str | None:
+        """The window whose model is published, if any."""
+        return self.history[-1]["model"] if self.history else None
+
+    def advance(self, log: StreamLog, w: Window, quiet_bar: bool,
+                **extra: Any) -> None:
+        """Evaluate, train and publish window ``w`` of ``log``, record it (with ``extra``),
+        and prune; a window without rows is recorded as skipped (``extra``: its files)."""
+        if w.stop == w.start:
+            _warn(f"window {w.name} has no interactions (none that are not repeats): skipped")
+            record = {"window": w.name, "rows": 0, "skipped": True, "model": self.model}
+        else:
+            record = _window(self.cfg, log, w, self.output, self.update, self.replay,
+                             self.model, self.address)
+        self.history.append({**record, **extra})
+        io.dump_json(io.join(self.output, HISTORY), self.history)
+        _plot(self.output, self.history, self.cfg)
+        if self.keep:
+            _prune(self.output, self.history, self.keep)
+        if self.progress and quiet_bar:  # no terminal: a line a window (a log file, a Ray job)
+            print(_line(record, self.cfg), flush=True)
+
+
+def _follow(stream: _Stream, source: str, found: list[tuple[str, list[str]]], poll: float,
+            idle: float | None) -> None:
+    """Take the windows ``found``, then list ``source`` every ``poll`` seconds and take each
+    new partition, until ``idle`` seconds pass without one."""
+    names = {r["window"] for r in stream.history} | {name for name, _ in found}
+    last = time.monotonic()
+    while True:
+        for name, files in found:
+            taken = [*(r["files"] for r in stream.history), files]
+            log, w = window_log(source, taken, name, stream.cfg.data.min_rating)
+            stream.advance(log, w, True, files=files)
+            last = time.monotonic()
+        if idle is not None and time.monotonic() - last >= idle:
+            return
+        time.sleep(poll if idle is None else min(poll, max(idle - (time.monotonic() - last),
+                                                           0.0)))
+        found = new_windows(source, [r["files"] for r in stream.history], names)
 
 
 def _check(cfg: RunConfig, update: str, replay: int, keep: int) -> None:

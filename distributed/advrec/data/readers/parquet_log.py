@@ -25,20 +25,31 @@ def _same_kind(a: pa.DataType, b: pa.DataType) -> bool:
 _FILES_AT_ONCE = 16  # Parquet part files held in memory, still compressed, while reading
 
 
-def read_parquet(url: str, columns: ColumnMap) -> pa.Table:
+def parquet_files(url: str) -> list[str]:
+    """The Parquet files of ``url`` (paths on its filesystem, sorted): the file itself, or every
+    ``*.parquet`` under the directory or prefix, less hidden and ``_``-prefixed ones (Spark's
+    ``_SUCCESS``, a writer's ``.part`` files). A listing is fresh: an object store's is not
+    taken from fsspec's cache, which would hide files that landed since."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)
     if not fs.exists(path):
         raise AdvrecError(f"{url}: file not found")
-    if fs.isdir(path):
-        files = sorted(
-            p
-            for p in fs.find(path)
-            if p.endswith(".parquet") and not posixpath.basename(p).startswith(("_", "."))
-        )
-        if not files:
-            raise AdvrecError(f"{url}: no .parquet files in this directory")
-    else:
-        files = [path]
+    if not fs.isdir(path):
+        return [path]
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet")
+                   and not posixpath.basename(p).startswith(("_", ".")))
+    if not files:
+        raise AdvrecError(f"{url}: no .parquet files in this directory")
+    return files
+
+
+def read_parquet(url: str, columns: ColumnMap, files: list[str] | None = None,
+                 empty: bool = False) -> pa.Table:
+    """The log of the Parquet file or directory ``url`` (its ``files`` only, when given: paths
+    under it, as `parquet_files` lists them) as the standard table; one without rows is an
+    error unless ``empty``."""
+    fs, path = filesystem(url)
+    files = parquet_files(url) if files is None else files
     parts = []
     for start in range(0, len(files), _FILES_AT_ONCE):
         batch = files[start : start + _FILES_AT_ONCE]
@@ -72,7 +83,7 @@ def read_parquet(url: str, columns: ColumnMap) -> pa.Table:
                             f"{first.field(field.name).type} in {name_in(url, path, files[0])}")
             parts.append(part)
     table = pa.concat_tables(parts, promote_options="permissive")
-    if table.num_rows == 0:
+    if table.num_rows == 0 and not empty:
         raise AdvrecError(f"{url}: empty (no interactions)")
     return standardize(table, columns, url)
 

@@ -1,0 +1,66 @@
+"""Following a prefix (`advrec stream --follow`): the Parquet files that land under a local
+directory or an object-store prefix, taken as they appear, each partition's new files one window.
+
+A file is taken once it is listed: an object store shows an object only once it is whole, and a
+local writer should write under a hidden or ``_`` name and rename (`parquet_files` skips those).
+The files of a partition directory (``dt=2026-12-01/``) found in one listing make one window,
+named by the partition's values (``2026-12-01``); files at the top of the prefix, by their own
+names; a partition that receives files again later gives a window named ``NAME+1``, ``NAME+2``...
+Each window reads back the files of the windows before it (their rows stay known, in the order
+they landed), so a stream's memory and reading grow with the log it has followed.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pyarrow as pa
+
+from advrec.data.readers import ColumnMap
+from advrec.data.readers.parquet_log import parquet_files, read_parquet
+from advrec.io import filesystem
+from advrec.stream.log import StreamLog
+from advrec.stream.windows import Window
+
+
+def new_windows(source: str, taken: list[list[str]],
+                names: set[str]) -> list[tuple[str, list[str]]]:
+    """The windows of the files under ``source`` that no window of ``taken`` holds: (name, its
+    files), in the order of their names; a name already in ``names`` gets a ``+K`` suffix (the
+    new names are added to ``names``)."""
+    seen = {f for files in taken for f in files}
+    root = filesystem(source)[1].rstrip("/")
+    groups: dict[str, list[str]] = {}
+    for file in parquet_files(source):
+        if file not in seen:
+            groups.setdefault(_partition(root, file), []).append(file)
+    windows = []
+    for name, files in sorted(groups.items()):
+        unique, k = name, 1
+        while unique in names:
+            unique, k = f"{name}+{k}", k + 1
+        names.add(unique)
+        windows.append((unique, files))
+    return windows
+
+
+def _partition(root: str, file: str) -> str:
+    """The window name of ``file`` under ``root``: its directories' partition values joined
+    (``dt=2026-12-01/h=06/`` gives ``2026-12-01-06``), or for a file at the top its name
+    without ``.parquet``; characters unfit for a directory name become ``_``."""
+    *dirs, base = file[len(root) + 1:].split("/")
+    name = "-".join(d.partition("=")[2] or d for d in dirs) if dirs else base.removesuffix(
+        ".parquet")
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", name) or "_"
+
+
+def window_log(source: str, taken: list[list[str]], name: str,
+               min_rating: float | None) -> tuple[StreamLog, Window]:
+    """The log of every window's files, the last of ``taken`` being window ``name``'s, in the
+    order they landed, and that window."""
+    tables = [read_parquet(source, ColumnMap(), files, empty=True) for files in taken]
+    batch = np.repeat(np.arange(len(tables)), [t.num_rows for t in tables])
+    log = StreamLog.of(pa.concat_tables(tables, promote_options="permissive"), source,
+                       "parquet", min_rating, batch)
+    return log, log.batch_window(len(taken) - 1, name)
