@@ -248,6 +248,9 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
         "data": cfg.data.model_copy(update={"source": data_url, "format": "prepared"}),
         "train": cfg.train.model_copy(update={
             "init_from": io.join(output, "windows", init) if init else None}),
+        # adv.start_epoch is a clean warm-up (APR's pre-training) of a model trained from
+        # scratch; a window that continues the last one's model is adversarial from the start
+        "adv": cfg.adv.model_copy(update={"start_epoch": 0}) if init else cfg.adv,
         # a window has no validation rows to measure robustness on: the prequential
         # evaluation is where a stream is measured
         "eval": cfg.eval.model_copy(update={"robust_every": 0})})
