@@ -3,6 +3,7 @@ shipped cluster configs (Ray's own launcher validation, KubeRay manifests)."""
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -120,7 +121,7 @@ def _spec(tmp_path: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("text, culprit", [
     ("command: train\nconfig: c.yaml\nstorage: out\nworkdir: .\n", "workdir: unknown config key"),
-    ("command: evaluate\nconfig: c.yaml\nstorage: out\n", "command: Input should be 'train' or"),
+    ("command: evaluate\nconfig: c.yaml\nstorage: out\n", "command: Input should be 'train', 'tune' or 'stream'"),
     ("command: train\nconfig: missing.yaml\nstorage: out\n",
      "config: missing.yaml: config file not found"),
     ("command: train\nconfig: c.yaml\nstorage: out\noverrides: {adv.epsilon: 1}\n",
@@ -128,6 +129,18 @@ def _spec(tmp_path: Path, text: str) -> Path:
     ("command: train\nconfig: c.yaml\nstorage: out\nresources: {num_cpus: -1}\n",
      "resources.num_cpus"),
     ("- command: train\n", "spec.yaml: a job spec must be a YAML mapping"),
+    ("command: stream\nconfig: c.yaml\nstorage: out\nflags: [--wndow, 7d]\n",
+     "flags: --wndow 7d is not a flag of `advrec stream`"),
+    ("command: stream\nconfig: c.yaml\nstorage: out\n",
+     "flags: a stream takes --window (a log replayed) or --follow"),
+    ("command: stream\nconfig: c.yaml\nstorage: out\nflags: [--follow, --window, 7d]\n",
+     "flags: a stream takes --window (a log replayed) or --follow"),
+    ("command: stream\nconfig: c.yaml\nstorage: out\nflags: [--window, 1w]\n",
+     "flags: --window: '1w' is not a window"),
+    ("command: stream\nconfig: c.yaml\nstorage: out\nflags: [--follow, --poll, '-1']\n",
+     "flags: stream: argument --poll"),
+    ("command: train\nconfig: c.yaml\nstorage: out\nflags: [train.lr=1]\n",
+     "flags: train.lr=1 is not a flag of `advrec train` (config keys go under overrides)"),
 ])
 def test_a_bad_spec_fails_before_contacting_a_cluster(
         tmp_path: Path, text: str, culprit: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -138,6 +151,23 @@ def test_a_bad_spec_fails_before_contacting_a_cluster(
     line = error_line(err)
     assert code == 2 and line and culprit in line, err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_stream_spec_runs_the_stream_it_names(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from advrec.data.synth import synth_days
+
+    synth_days(40, 60, 600, str(tmp_path / "log"), days=2, seed=0)
+    (tmp_path / "c.yaml").write_text(f"data: {{source: {tmp_path / 'log'}}}\n"
+                                     "model: {name: mf, dim: 8}\ntrain: {epochs: 1}\n")
+    spec = _spec(tmp_path, f"command: stream\nconfig: c.yaml\nstorage: {tmp_path / 'out'}\n"
+                 "flags: [--follow, --poll, '0.2', --idle, '0.5', --quiet]\n")
+    assert main(["run", str(spec)]) == 0
+    (stream,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    history = json.loads((stream / "stream_history.json").read_text())
+    assert [r["window"] for r in history] == ["2020-01-01", "2020-01-02"]
+    assert "ndcg@20" in history[1]["prequential"]
+    assert "stream written to" in capsys.readouterr().out
 
 
 def test_an_unreachable_job_server_is_one_clear_error(

@@ -1,6 +1,7 @@
 """Job specs: the YAML files under ``jobs/`` that say what a Ray job runs and where its outputs go.
 
-A spec names an advrec command (``train`` or ``tune``), its run config (a file beside the spec, or
+A spec names an advrec command (``train``, ``tune`` or ``stream``, with the command's own
+``flags``: a stream's ``--window`` or ``--follow``), its run config (a file beside the spec, or
 a URL) with overrides, the storage its outputs go to, Ray's runtime environment for the job
 (``working_dir``, ``pip``, ``env_vars``, ``image_uri``, ...: passed to Ray as written) and the
 resources of the job's entrypoint (the process that runs the command; the training itself runs on
@@ -23,7 +24,9 @@ from __future__ import annotations
 
 import os
 import shlex
+from contextlib import redirect_stderr
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,7 +56,10 @@ class Resources(Section):
 
 class JobSpec(Section):
     """One job spec file (see the module's docstring)."""
-    command: Literal["train", "tune"]
+    command: Literal["train", "tune", "stream"]
+    flags: list[str] = Field(default_factory=list, description="More flags of the command, as "
+                             "on its command line (stream: --window 7d, or --follow --poll 60; "
+                             "--keep 7, ...).")
     config: str = Field(description="The run config: a path relative to the spec, or a URL.")
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="key: value overrides of the run config.")
@@ -82,7 +88,7 @@ class Job:
     def arguments(self, submission_id: str) -> list[str]:
         """The advrec command line the job runs, on its stored config (`write_config`)."""
         return [self.spec.command, "--config", self.config_url(submission_id),
-                "--output", self.output_url(submission_id)]
+                "--output", self.output_url(submission_id), *self.spec.flags]
 
     def entrypoint(self, submission_id: str) -> str:
         """The job's shell command: ``advrec`` with `arguments`."""
@@ -111,6 +117,35 @@ def read_spec(path: str) -> JobSpec:
         raise AdvrecError(f"{path}: {error_line(exc)}") from None
 
 
+def _check_flags(path: str, spec: JobSpec) -> None:
+    """Refuse, naming the spec, flags its command would refuse on the cluster: unknown ones,
+    bad values, and a stream with neither or both of ``--window`` and ``--follow``."""
+    from advrec.cli import build_parser  # the CLI imports this module
+
+    argv = [spec.command, "--config", "c", "--output", "o", *spec.flags]
+    said = StringIO()
+    try:
+        with redirect_stderr(said):
+            args, extra = build_parser().parse_known_args(argv)
+    except SystemExit:
+        why = said.getvalue().strip().removeprefix("advrec: error: ")
+        raise AdvrecError(f"{path}: flags: {why}") from None
+    if extra or getattr(args, "overrides", None):
+        raise AdvrecError(f"{path}: flags: {' '.join([*extra, *args.overrides])} is not a flag "
+                          "of `advrec " + spec.command + "` (config keys go under overrides)")
+    if spec.command == "stream":
+        if args.follow == (args.window is not None):
+            raise AdvrecError(f"{path}: flags: a stream takes --window (a log replayed) or "
+                              "--follow (a prefix followed), one of them")
+        if args.window is not None:
+            from advrec.stream.windows import parse_window
+
+            try:
+                parse_window(args.window)
+            except AdvrecError as exc:
+                raise AdvrecError(f"{path}: flags: {exc}") from None
+
+
 def load_job(path: str, overrides: list[str]) -> Job:
     """The spec at ``path`` with its run config read (relative to the spec), its overrides and
     then ``overrides`` applied, and validated as `advrec train` or `advrec tune` would, so a bad
@@ -129,6 +164,7 @@ def load_job(path: str, overrides: list[str]) -> Job:
         if isinstance(value, str) and "://" not in value:
             raw = with_values(raw, {f"{section}.{key}": io.absolute(value)})
     cfg = build_config(raw)
+    _check_flags(path, spec)
     if spec.command == "tune":
         from advrec.tune.search import check_space
 
