@@ -243,10 +243,11 @@ def cmd_stream(args: argparse.Namespace) -> None:
 
     history = run_stream(cfg, args.output, args.window, args.update, args.replay, args.keep,
                          progress=not args.quiet, address=args.address, follow=args.follow,
-                         poll=args.poll, idle=args.idle)
+                         poll=args.poll, idle=args.idle, expire=args.expire_after)
     metric = f"ndcg@{max(cfg.eval.ks)}"
     rows = [{"window": r["window"], "rows": r["rows"], "new users": r.get("new_users", 0),
-             "new items": r.get("new_items", 0),
+             "new items": r.get("new_items", 0), "users": r.get("users", 0),
+             "items": r.get("items", 0),
              f"prequential {metric}": r.get("prequential", {}).get(metric, float("nan")),
              "train s": r.get("train_s", float("nan"))} for r in history]
     print(format_table(rows, list(rows[0])) if rows else "no window")
@@ -594,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "window (against forgetting; default 0)")
     p.add_argument("--keep", type=_non_negative_int, default=0, metavar="N",
                    help="keep the newest N windows' models and datasets (default 0: all)")
+    p.add_argument("--expire-after", type=_non_negative_int, default=0, metavar="N",
+                   help="an incremental stream frees the table rows of users and items unseen "
+                   "for N windows (default 0: never); a returning one starts fresh")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("overrides", nargs="*", metavar="key=value",

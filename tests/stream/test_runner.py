@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -25,7 +26,7 @@ from advrec.metrics.evaluate import evaluate
 from advrec.stream import runner
 from advrec.stream.log import StreamLog
 from advrec.stream.runner import prequential, run_stream
-from advrec.stream.windows import cut, parse_window
+from advrec.stream.windows import Window, cut, parse_window
 from advrec.train import read_run
 from advrec.train.checkpoint import load_model, model_url
 from advrec.train.warm import warm_model
@@ -248,3 +249,35 @@ def test_the_prequential_evaluation_under_attack(log: str, tmp_path: Path) -> No
         # the attack moves the tables the window is ranked with: the ranking gets worse
         assert metrics["robust/ndcg@10"] < metrics["ndcg@10"]
         assert {f"robust/{k}" for k in metrics if "/" not in k} <= set(metrics)
+
+
+def test_expiry_frees_the_rows_of_ids_unseen_for_n_windows(log: str, tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    history = run_stream(_cfg(log), str(out), "1d", expire=1, progress=False)
+    slog = StreamLog.read(log, "parquet")
+    windows, _ = cut(slog.timestamp, parse_window("1d"))
+    users = [set(_raw(slog, "user", w)) for w in windows]
+    items = [set(_raw(slog, "item", w)) for w in windows]
+    for k, (w, record) in enumerate(zip(windows, history)):
+        data = load_dataset(str(out / "data" / w.name))
+        vocab = set(pq.read_table(out / "data" / w.name / "users.parquet")["raw_id"].to_pylist())
+        # the tables hold this window's ids only; the rest are counted as expired
+        assert vocab == users[k] and record["users"] == data.num_users == len(users[k])
+        assert record["expired_users"] == len(set().union(*users[:k + 1])) - len(users[k])
+        if k:
+            # a user the last window's tables did not hold (new, or back after a gap) starts
+            # fresh; the prequential evaluation ranks only users that model held
+            matched = json.loads((out / "windows" / w.name / "run.json").read_text())
+            assert matched["init_from"]["user"] == {"known": len(users[k] & users[k - 1]),
+                                                    "new": len(users[k] - users[k - 1])}
+            assert record["evaluated_rows"] == sum(
+                u in users[k - 1] and i in items[k - 1] for u, i in zip(
+                    *(_raw(slog, side, windows[k]) for side in ("user", "item"))))
+    assert history[2]["expired_users"] > 0
+    with pytest.raises(AdvrecError, match="--expire-after: only an incremental stream"):
+        run_stream(_cfg(log), str(tmp_path / "r"), "1d", "retrain", expire=1, progress=False)
+
+
+def _raw(slog: StreamLog, side: str, w: Window) -> list[str]:
+    """The raw ids of ``side`` of window ``w``'s rows."""
+    return slog.kept.names[side].take(slog.kept.codes[side][w.start:w.stop]).to_pylist()

@@ -99,21 +99,26 @@ class StreamLog:
         return self.kept.timestamp
 
     def write_window(self, window: Window, output: str, update: str, replay: int,
-                     seed: int) -> dict[str, Any]:
+                     seed: int, active_from: int = 0) -> dict[str, Any]:
         """Write ``window``'s prepared dataset to ``output`` (see the module); returns its
-        metadata. ``seed`` (with the window's first row) draws the replayed rows."""
+        metadata. ``seed`` (with the window's first row) draws the replayed rows.
+        ``active_from``: the first row of the windows whose ids the tables hold (`active`):
+        an id not seen since is expired, its row freed, and its rows left out."""
         start, stop = window.start, window.stop
-        ids = {side: vocabulary(self.kept.names[side], self.kept.codes[side][:stop])
-               for side in ("user", "item")}
+        ids = self.active(active_from, stop)
+        held = self._held(ids)
         train = np.arange(0 if update == "retrain" else start, stop)
         if replay and update == "incremental" and start:
-            drawn = np.random.default_rng([seed, start]).choice(start, min(replay, start),
-                                                                replace=False)
+            older = np.flatnonzero(held[:start])
+            drawn = np.random.default_rng([seed, start]).choice(
+                older, min(replay, older.size), replace=False)
             train = np.concatenate([np.sort(drawn), train])
+        train = train[held[train]]
         none = np.arange(0)
         tables = {name: self._table(rows, ids)
                   for name, rows in (("train", train), ("valid", none), ("test", none),
-                                     ("known", np.arange(start)))}
+                                     ("known", np.flatnonzero(held[:start])))}
+        sizes = self.sizes(window, active_from)
         meta = {
             "format_version": FORMAT_VERSION,
             "num_users": len(ids["user"][1]),
@@ -130,10 +135,24 @@ class StreamLog:
             "input_format": self.fmt,
             "window": {"name": window.name, "begins": window.begins, "ends": window.ends,
                        "update": update, "replay": int(train.size - (stop - start))
-                       if update == "incremental" else 0},
+                       if update == "incremental" else 0,
+                       "expired_users": sizes["expired_users"],
+                       "expired_items": sizes["expired_items"]},
         }
         write_dataset(output, tables, ids, {}, meta)
         return meta
+
+    def active(self, active_from: int, stop: int) -> dict[str, tuple[np.ndarray, pa.Table]]:
+        """The tables' ids after row ``stop``: those seen in rows ``[active_from, stop)``,
+        numbered as `prepare` numbers them (per side: code to index, -1 for an id not held;
+        the vocabulary table)."""
+        return {side: vocabulary(self.kept.names[side], self.kept.codes[side][active_from:stop])
+                for side in ("user", "item")}
+
+    def _held(self, ids: dict[str, tuple[np.ndarray, pa.Table]]) -> np.ndarray:
+        """(N,) bool: the rows whose user and item both have a row in ``ids``' tables."""
+        return (ids["user"][0][self.kept.codes["user"]] >= 0) & (
+            ids["item"][0][self.kept.codes["item"]] >= 0)
 
     def _table(self, rows: np.ndarray, ids: dict[str, tuple[np.ndarray, pa.Table]]) -> pa.Table:
         """The interactions ``rows`` as a split's table, in the window's numbering ``ids``."""
@@ -143,35 +162,39 @@ class StreamLog:
                                   kept.timestamp[rows],
                                   None if kept.rating is None else kept.rating[rows])
 
-    def prequential(self, window: Window, data: Dataset) -> tuple[Dataset, dict[str, int]]:
+    def prequential(self, window: Window, data: Dataset, active_from: int = 0,
+                    model_from: int = 0) -> tuple[Dataset, dict[str, int]]:
         """What the model of the windows before ``window`` is evaluated on, before it trains
-        on it: ``data`` (the window's dataset, its numbering) with the window's rows whose user
-        and item were both seen before as ``test`` (a model cannot rank for a user it never
-        saw, nor rank an item it never saw by anything but chance: those rows are counted, as
-        ``cold``), and the earlier rows as ``train``: what that model learnt from, masked when
-        ranking, and the examples an attack on it differentiates; and the counts."""
+        on it: ``data`` (the window's dataset, its numbering, its ids those of rows
+        ``active_from`` on) with the window's rows whose user and item the model holds (seen
+        in rows ``model_from`` to the window's start) as ``test`` (a model cannot rank for a
+        user it does not know, nor rank an item it does not know by anything but chance: those
+        rows are counted, as ``cold``), and the earlier rows as ``train``: what that model
+        learnt from, masked when ranking, and the examples an attack on it differentiates; and
+        the counts."""
         start, stop = window.start, window.stop
         rows = np.arange(start, stop)
-        codes = self.kept.codes
-        warm = (codes["user"][rows] < self.seen["user"][start]) & (
-            codes["item"][rows] < self.seen["item"][start])
-        ids = {side: vocabulary(self.kept.names[side], codes[side][:stop])
-               for side in ("user", "item")}
-        test = _interactions(self._table(rows[warm], ids))
-        earlier = _interactions(self._table(np.arange(start), ids))
+        known = self._held(self.active(model_from, start))[rows]
+        ids = self.active(active_from, stop)
+        test = _interactions(self._table(rows[known], ids))
+        earlier = _interactions(self._table(np.flatnonzero(self._held(ids)[:start]), ids))
         view = dataclasses.replace(data, train=earlier, valid=EMPTY, test=test, known=EMPTY)
-        counts = {"rows": int(rows.size), "evaluated_rows": int(warm.sum()),
-                  "cold_rows": int((~warm).sum()),
-                  "evaluated_users": int(np.unique(codes["user"][rows][warm]).size)}
+        counts = {"rows": int(rows.size), "evaluated_rows": int(known.sum()),
+                  "cold_rows": int((~known).sum()),
+                  "evaluated_users": int(np.unique(self.kept.codes["user"][rows][known]).size)}
         return view, counts
 
-    def sizes(self, window: Window) -> dict[str, int]:
-        """Users and items seen up to the window's end (the tables' rows), and how many of
-        them arrived in it."""
-        return {"users": int(self.seen["user"][window.stop]),
-                "items": int(self.seen["item"][window.stop]),
-                "new_users": int(self.seen["user"][window.stop] - self.seen["user"][window.start]),
-                "new_items": int(self.seen["item"][window.stop] - self.seen["item"][window.start])}
+    def sizes(self, window: Window, active_from: int = 0) -> dict[str, int]:
+        """The tables' rows after the window (users and items seen in rows ``active_from``
+        on), how many ids arrived in it, and how many are expired (seen only before)."""
+        held = {side: np.unique(self.kept.codes[side][active_from:window.stop]).size
+                for side in ("user", "item")}
+        seen = {side: int(self.seen[side][window.stop]) for side in ("user", "item")}
+        return {"users": held["user"], "items": held["item"],
+                "new_users": seen["user"] - int(self.seen["user"][window.start]),
+                "new_items": seen["item"] - int(self.seen["item"][window.start]),
+                "expired_users": seen["user"] - held["user"],
+                "expired_items": seen["item"] - held["item"]}
 
 
 def _interactions(table: pa.Table) -> Interactions:

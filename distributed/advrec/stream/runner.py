@@ -58,21 +58,22 @@ FOLLOW = "partitions"
 def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "incremental",
                replay: int = 0, keep: int = 0, progress: bool = True,
                address: str | None = None, follow: bool = False, poll: float = 60.0,
-               idle: float | None = None) -> list[dict[str, Any]]:
+               idle: float | None = None, expire: int = 0) -> list[dict[str, Any]]:
     """Stream ``cfg.data.source`` into the stream directory ``output`` (see the module): in
     windows of ``window`` (`parse_window`), or with ``follow`` each new partition of the prefix
     (`advrec.stream.follow`), listed every ``poll`` seconds until ``idle`` seconds pass without
     one (None: until stopped). Returns the history, one record per window.
 
     ``update``: one of `UPDATES`; ``replay``: older rows each incremental window also trains
-    on; ``keep``: the published windows kept (0: all). A directory holding a stream with the
+    on; ``keep``: the published windows kept (0: all); ``expire``: an incremental stream's
+    tables free the rows of ids unseen for that many windows (0: never). A directory holding a stream with the
     same settings and config continues it; other settings are an error naming them.
     """
     if follow == (window is not None):
         raise AdvrecError("give --window to replay a log, or --follow to follow a prefix "
                           "(its partitions are the windows), not both nor neither")
     spec = parse_window(window) if window is not None else None
-    _check(cfg, update, replay, keep)
+    _check(cfg, update, replay, keep, expire)
     for flag, value in (("--poll", poll), ("--idle", idle)):
         if value is not None and not (0 < value < float("inf")):
             raise AdvrecError(f"{flag} must be a positive number of seconds, not {value}")
@@ -86,10 +87,12 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
         raise AdvrecError(f"--follow takes the Parquet files landing under a prefix; "
                           f"{source} is a {fmt} log (data.format)")
     settings = {"source": io.absolute(source), "format": fmt,
-                "window": spec.text if spec else FOLLOW, "update": update, "replay": replay}
+                "window": spec.text if spec else FOLLOW, "update": update, "replay": replay,
+                "expire_after": expire}
     config = dump_config(cfg)
     history = _continued(output, settings, config)
-    stream = _Stream(cfg, output, update, replay, keep, progress, address, history or [])
+    stream = _Stream(cfg, output, update, replay, keep, expire, progress, address,
+                     history or [])
     if spec is None:  # the first listing fails (a missing prefix) before any write
         first = new_windows(source, [r["files"] for r in stream.history],
                             {r["window"] for r in stream.history})
@@ -110,9 +113,9 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
     done = {record["window"] for record in stream.history}
     bar = tqdm(windows, desc=f"stream {cfg.model.name}/{update}", unit="window",
                disable=None if progress else True)
-    for w in bar:
+    for i, w in enumerate(bar):
         if w.name not in done:
-            stream.advance(log, w, bar.disable)
+            stream.advance(log, w, [x.start for x in windows[:i + 1]], bar.disable)
     return stream.history
 
 
@@ -129,6 +132,7 @@ class _Stream:
     update: str
     replay: int
     keep: int
+    expire: int
     progress: bool
     address: str | None
     history: list[dict[str, Any]]
@@ -138,16 +142,22 @@ class _Stream:
         """The window whose model is published, if any."""
         return self.history[-1]["model"] if self.history else None
 
-    def advance(self, log: StreamLog, w: Window, quiet_bar: bool,
+    def advance(self, log: StreamLog, w: Window, starts: list[int], quiet_bar: bool,
                 **extra: Any) -> None:
-        """Evaluate, train and publish window ``w`` of ``log``, record it (with ``extra``),
-        and prune; a window without rows is recorded as skipped (``extra``: its files)."""
+        """Evaluate, train and publish window ``w`` of ``log``, the last of the windows that
+        begin at rows ``starts``; record it (with ``extra``: a followed window's files) and
+        prune. A window without rows is recorded as skipped."""
         if w.stop == w.start:
             _warn(f"window {w.name} has no interactions (none that are not repeats): skipped")
             record = {"window": w.name, "rows": 0, "skipped": True, "model": self.model}
         else:
+            # the tables hold the ids of the last `expire` windows; the model to evaluate, those
+            # of the `expire` windows before this one
+            last = len(starts) - 1
+            held = (starts[max(last - self.expire + 1, 0)], starts[max(last - self.expire, 0)]
+                    ) if self.expire else (0, 0)
             record = _window(self.cfg, log, w, self.output, self.update, self.replay,
-                             self.model, self.address)
+                             self.model, self.address, held)
         self.history.append({**record, **extra})
         io.dump_json(io.join(self.output, HISTORY), self.history)
         _plot(self.output, self.history, self.cfg)
@@ -167,7 +177,8 @@ def _follow(stream: _Stream, source: str, found: list[tuple[str, list[str]]], po
         for name, files in found:
             taken = [*(r["files"] for r in stream.history), files]
             log, w = window_log(source, taken, name, stream.cfg.data.min_rating)
-            stream.advance(log, w, True, files=files)
+            starts = [log.batch_window(k, "").start for k in range(len(taken))]
+            stream.advance(log, w, starts, True, files=files)
             last = time.monotonic()
         if idle is not None and time.monotonic() - last >= idle:
             return
@@ -176,11 +187,15 @@ def _follow(stream: _Stream, source: str, found: list[tuple[str, list[str]]], po
         found = new_windows(source, [r["files"] for r in stream.history], names)
 
 
-def _check(cfg: RunConfig, update: str, replay: int, keep: int) -> None:
+def _check(cfg: RunConfig, update: str, replay: int, keep: int, expire: int) -> None:
     """Refuse, in one line, what a stream cannot do (before the log is read)."""
     if update not in UPDATES:
         raise AdvrecError(f"--update: '{update}' is not one of {', '.join(UPDATES)}")
-    for flag, value in (("--replay", replay), ("--keep", keep)):
+    if expire and update != "incremental":
+        raise AdvrecError(f"--expire-after: only an incremental stream's tables free rows (a "
+                          f"retrain starts afresh, a frozen model never changes), not "
+                          f"--update {update}")
+    for flag, value in (("--replay", replay), ("--keep", keep), ("--expire-after", expire)):
         if value < 0:
             raise AdvrecError(f"{flag} must be >= 0, not {value}")
     if replay and update != "incremental":
@@ -225,20 +240,23 @@ def _continued(output: str, settings: dict[str, Any],
 
 
 def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str, replay: int,
-            model: str | None, address: str | None) -> dict[str, Any]:
+            model: str | None, address: str | None,
+            held: tuple[int, int] = (0, 0)) -> dict[str, Any]:
     """Evaluate, train and publish one window; its history record. ``model``: the window
-    (under ``output/windows/``) whose model is published so far, if any."""
+    (under ``output/windows/``) whose model is published so far, if any; ``held``: the first
+    rows whose ids the window's tables hold and the published model holds (`StreamLog.active`)."""
     data_url = io.join(output, "data", w.name)
     run_url = io.join(output, "windows", w.name)
     for url, marker in ((data_url, DATASET), (run_url, RUN)):  # a stopped attempt's
         io.remove_owned(url, marker)
-    meta = log.write_window(w, data_url, update, replay, cfg.train.seed)
+    meta = log.write_window(w, data_url, update, replay, cfg.train.seed, held[0])
     record: dict[str, Any] = {"window": w.name, "begins": w.begins, "ends": w.ends,
                               "rows": w.stop - w.start, "train_rows": meta["counts"]["train"],
-                              **log.sizes(w)}
+                              **log.sizes(w, held[0])}
     if model is not None:
         started = time.perf_counter()
-        metrics, counts = prequential(cfg, log, w, data_url, io.join(output, "windows", model))
+        metrics, counts = prequential(cfg, log, w, data_url, io.join(output, "windows", model),
+                                      held)
         record.update(counts, prequential=metrics, eval_s=time.perf_counter() - started)
     if update == "frozen" and model is not None:
         record["model"] = model  # the first window's, for ever
@@ -261,15 +279,15 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
     return record
 
 
-def prequential(cfg: RunConfig, log: StreamLog, w: Window, data_url: str,
-                run: str) -> tuple[dict[str, float], dict[str, int]]:
+def prequential(cfg: RunConfig, log: StreamLog, w: Window, data_url: str, run: str,
+                held: tuple[int, int] = (0, 0)) -> tuple[dict[str, float], dict[str, int]]:
     """The ranking metrics of the model of ``run`` on window ``w``'s rows (whose dataset is
     ``data_url``) before it trains on them, and what was evaluated (`StreamLog.prequential`).
     With ``eval.robust_every`` > 0 also under ``eval.robust_attack`` at ``eval.robust_eps``
     (``robust/...``), its δ raising the loss on ``eval.robust_rows`` of the rows the model
     learnt from, as the robust metrics of a run are measured."""
     data = load_dataset(data_url)
-    view, counts = log.prequential(w, data)
+    view, counts = log.prequential(w, data, *held)
     model = warm_model(cfg.model_copy(update={"train": cfg.train.model_copy(
         update={"init_from": run, "init_optimizer": False})}), data)
     if not counts["evaluated_rows"]:
