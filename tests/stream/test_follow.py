@@ -58,6 +58,8 @@ def test_a_partition_that_lands_on_s3_while_the_stream_runs_is_trained_on(
     second = records[1]
     assert second["files"] == [f"{prefix.removeprefix('s3://')}/{DAYS[1]}/part-00000.parquet"]
     assert "ndcg@10" in second["prequential"] and second["train_s"] > 0
+    # from the listing that found it to its publication: at least its evaluation and training
+    assert second["latency_s"] >= second["eval_s"] + second["train_s"]
     assert (out / "latest").resolve() == (out / "windows" / "2020-01-02").resolve()
     assert (out / "windows" / "2020-01-02" / "metrics.json").is_file()
 

@@ -143,10 +143,12 @@ class _Stream:
         return self.history[-1]["model"] if self.history else None
 
     def advance(self, log: StreamLog, w: Window, starts: list[int], quiet_bar: bool,
-                **extra: Any) -> None:
+                found: float | None = None, **extra: Any) -> None:
         """Evaluate, train and publish window ``w`` of ``log``, the last of the windows that
-        begin at rows ``starts``; record it (with ``extra``: a followed window's files) and
-        prune. A window without rows is recorded as skipped."""
+        begin at rows ``starts``; record it (with ``extra``: a followed window's files; with
+        ``found``, the `time.monotonic` of the listing that found it, the seconds from there to
+        its publication, ``latency_s``) and prune. A window without rows is recorded as
+        skipped."""
         if w.stop == w.start:
             _warn(f"window {w.name} has no interactions (none that are not repeats): skipped")
             record = {"window": w.name, "rows": 0, "skipped": True, "model": self.model}
@@ -158,6 +160,8 @@ class _Stream:
                     ) if self.expire else (0, 0)
             record = _window(self.cfg, log, w, self.output, self.update, self.replay,
                              self.model, self.address, held)
+        if found is not None:
+            record["latency_s"] = time.monotonic() - found
         self.history.append({**record, **extra})
         io.dump_json(io.join(self.output, HISTORY), self.history)
         _plot(self.output, self.history, self.cfg)
@@ -172,18 +176,19 @@ def _follow(stream: _Stream, source: str, found: list[tuple[str, list[str]]], po
     """Take the windows ``found``, then list ``source`` every ``poll`` seconds and take each
     new partition, until ``idle`` seconds pass without one."""
     names = {r["window"] for r in stream.history} | {name for name, _ in found}
-    last = time.monotonic()
+    last = listed = time.monotonic()
     while True:
         for name, files in found:
             taken = [*(r["files"] for r in stream.history), files]
             log, w = window_log(source, taken, name, stream.cfg.data.min_rating)
             starts = [log.batch_window(k, "").start for k in range(len(taken))]
-            stream.advance(log, w, starts, True, files=files)
+            stream.advance(log, w, starts, True, listed, files=files)
             last = time.monotonic()
         if idle is not None and time.monotonic() - last >= idle:
             return
         time.sleep(poll if idle is None else min(poll, max(idle - (time.monotonic() - last),
                                                            0.0)))
+        listed = time.monotonic()
         found = new_windows(source, [r["files"] for r in stream.history], names)
 
 
