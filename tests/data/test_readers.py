@@ -300,6 +300,21 @@ def test_parquet_missing_column_names_the_part_file(tmp_path):
         read_log(str(tmp_path / "log"), "parquet")
 
 
+@pytest.mark.parametrize("lacking", [0, 1])
+def test_a_part_without_an_optional_column_the_others_have_is_named(tmp_path, lacking):
+    # not read as a log without times (or ratings) for that part's rows
+    (tmp_path / "log").mkdir()
+    for part in (0, 1):
+        columns = {"user_id": [part], "item_id": [part], "timestamp": [part]}
+        if part == lacking:
+            del columns["timestamp"]
+        pq.write_table(pa.table(columns), tmp_path / f"log/part-{part}.parquet")
+    lacks, has = (f"part-{lacking}", f"part-{1 - lacking}")
+    with pytest.raises(AdvrecError, match=rf"{lacks}\.parquet: no timestamp column "
+                       rf"'timestamp', which .*{has}\.parquet has"):
+        read_log(str(tmp_path / "log"), "parquet")
+
+
 def test_parquet_corrupt_part_and_mismatched_schemas_name_the_culprit(tmp_path):
     log = tmp_path / "log"
     log.mkdir()

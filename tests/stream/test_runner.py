@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -26,12 +27,13 @@ from advrec.metrics.evaluate import evaluate
 from advrec.stream import runner
 from advrec.stream.log import StreamLog
 from advrec.stream.runner import prequential, run_stream
-from advrec.stream.windows import Window, cut, parse_window
+from advrec.stream.windows import DAY, Window, cut, parse_window
 from advrec.train import read_run
 from advrec.train.checkpoint import load_model, model_url
 from advrec.train.warm import warm_model
 from errors import error_line
 
+T0 = 1_577_836_800  # 2020-01-01 00:00 UTC
 MF = ["model.name=mf", "model.dim=8", "train.epochs=2", "train.batch_size=64", "train.lr=0.05",
       "eval.ks=[10]"]
 
@@ -281,3 +283,89 @@ def test_expiry_frees_the_rows_of_ids_unseen_for_n_windows(log: str, tmp_path: P
 def _raw(slog: StreamLog, side: str, w: Window) -> list[str]:
     """The raw ids of ``side`` of window ``w``'s rows."""
     return slog.kept.names[side].take(slog.kept.codes[side][w.start:w.stop]).to_pylist()
+
+
+def test_a_resumed_window_republishes_before_removing_its_stopped_attempt(
+        stream: tuple[Path, list[dict]], log: str, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "s"
+    shutil.copytree(stream[0], out, symlinks=True)
+    history = json.loads((out / "stream_history.json").read_text())
+    # stopped after publishing window 2, before its history was written
+    (out / "stream_history.json").write_text(json.dumps(history[:-1]))
+    train = runner.run_training
+
+    def checked(cfg: RunConfig, output: str, **kwargs: Any) -> dict[str, Any]:
+        assert os.readlink(out / "latest") == "windows/2020-01-02"  # the history's, whole
+        assert (out / "latest" / "metrics.json").is_file()
+        return train(cfg, output, **kwargs)
+
+    monkeypatch.setattr(runner, "run_training", checked)
+    again = run_stream(_cfg(log), str(out), "1d", progress=False)
+    assert again[2]["prequential"] == pytest.approx(stream[1][2]["prequential"])
+    assert os.readlink(out / "latest") == "windows/2020-01-03"
+
+
+def test_a_source_written_otherwise_continues_and_grown_windows_warn(
+        log: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    copy = tmp_path / "log"
+    shutil.copytree(log, copy)
+    first = run_stream(_cfg(str(copy)), str(tmp_path / "s"), "1d", progress=False)
+    monkeypatch.chdir(tmp_path)
+    # the last day's partition grows: its window is not trained again, and the stream says so
+    day = copy / "dt=2020-01-03" / "part-00000.parquet"
+    table = pq.read_table(day)
+    pq.write_table(pa.concat_tables([table, table.slice(0, 5).set_column(
+        0, "user_id", pa.array([10**6 + k for k in range(5)]))]), day)
+    capsys.readouterr()
+    again = run_stream(_cfg("./log"), str(tmp_path / "s"), "1d", progress=False)
+    assert again == first
+    assert ("window 2020-01-03 now has" in capsys.readouterr().err)
+
+
+def test_frozen_keep_prunes_every_window_dataset_but_the_published_ones(
+        log: str, tmp_path: Path) -> None:
+    run_stream(_cfg(log), str(tmp_path / "f"), "1d", "frozen", keep=1, progress=False)
+    assert sorted(os.listdir(tmp_path / "f" / "data")) == ["2020-01-01", "2020-01-03"]
+    assert os.listdir(tmp_path / "f" / "windows") == ["2020-01-01"]
+
+
+def test_a_log_without_times_streams_by_rows_only(tmp_path: Path) -> None:
+    csv = tmp_path / "log.csv"
+    csv.write_text("user_id,item_id\n" + "".join(f"{u},{(u * 7 + k) % 30}\n"
+                                                   for k in range(6) for u in range(20)))
+    cfg = load_config(None, [f"data.source={csv}", "data.format=csv", *MF])
+    with pytest.raises(AdvrecError, match="has no timestamp column, so no time windows"):
+        run_stream(cfg, str(tmp_path / "t"), "1d", progress=False)
+    history = run_stream(cfg, str(tmp_path / "r"), "40", progress=False)
+    assert [r["window"] for r in history] == [f"rows-{s:012d}" for s in (0, 40, 80)]
+
+
+def test_sasrec_skips_a_window_without_a_sequence(log: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "log.csv"
+    # day 1: every user once (no next item to learn); day 2: sequences
+    rows = [(u, u % 7, T0 + u) for u in range(12)] + [
+        (u, (u + k) % 7 + 7, T0 + DAY + 10 * u + k) for u in range(12) for k in range(3)]
+    csv.write_text("user_id,item_id,timestamp\n" + "".join(f"{u},{i},{t}\n" for u, i, t in rows))
+    cfg = load_config(None, [f"data.source={csv}", "data.format=csv", "model.name=sasrec",
+                             "model.dim=8", "model.max_len=5", "train.epochs=1", "eval.ks=[5]"])
+    history = run_stream(cfg, str(tmp_path / "s"), "1d", progress=False)
+    assert "window 2020-01-01: no user has two interactions" in capsys.readouterr().err
+    assert history[0]["model"] is None and "train_s" not in history[0]
+    assert history[1]["model"] == "2020-01-02" and "prequential" not in history[1]
+
+
+def test_a_second_stream_into_the_same_directory_is_refused(
+        stream: tuple[Path, list[dict]], log: str, tmp_path: Path) -> None:
+    import fcntl
+
+    out = tmp_path / "s"
+    shutil.copytree(stream[0], out, symlinks=True)
+    (out / "stream_history.json").write_text("[]")  # its windows still to do
+    with open(out / ".lock", "a") as held:  # another stream holds it
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(AdvrecError, match="another advrec stream is writing it"):
+            run_stream(_cfg(log), str(out), "1d", progress=False)
+    assert (out / "stream_history.json").read_text() == "[]"

@@ -3,6 +3,8 @@ of rows; empty spans are skipped and named."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -34,11 +36,27 @@ def test_row_windows_cover_every_row_once() -> None:
     ts = np.arange(10) + T0
     windows, _ = cut(ts, parse_window("4"))
     assert [(w.start, w.stop) for w in windows] == [(0, 4), (4, 8), (8, 10)]
-    assert [w.name for w in windows] == ["rows-0", "rows-4", "rows-8"]
-    assert sorted(w.name for w in windows) == [w.name for w in windows]
+    # a fixed width: a log grown past a power of ten names its windows as before
+    assert [w.name for w in windows] == [f"rows-{s:012d}" for s in (0, 4, 8)]
+    assert cut(np.arange(12) + T0, parse_window("4"))[0][1].name == windows[1].name
 
 
 @pytest.mark.parametrize("text", ["0", "0d", "-1", "1w", "1.5d", "", "d", "7 days"])
 def test_a_bad_window_is_one_line_naming_it(text: str) -> None:
     with pytest.raises(AdvrecError, match=r"--window: '.*' is not a window"):
         parse_window(text)
+
+
+def test_a_window_is_named_canonically_and_bounded() -> None:
+    assert parse_window(" 1 d").text == parse_window("01d").text == "1d"
+    with pytest.raises(AdvrecError, match="longer than a century"):
+        parse_window("99999999999999999999d")
+
+
+@pytest.mark.parametrize("ts, culprit", [
+    (np.array([1_577_836_800_000, 1_577_836_900_000]), "after 9999: time windows need Unix"),
+    (np.array([T0, 10**11]), "over 1000000 windows of 1d"),
+])
+def test_times_no_window_can_cover_are_one_line(ts: np.ndarray, culprit: str) -> None:
+    with pytest.raises(AdvrecError, match=re.escape(culprit)):
+        cut(ts, parse_window("1d"))

@@ -44,10 +44,10 @@ def detect_format(source: str) -> str:
         if any(test(n) for n in names):
             return fmt
     if fs.isdir(path) and any(fs.isdir(p) for p in fs.ls(path, detail=False)):
-        # a partitioned log (dt=.../): its first partition's files tell (as a URL: fsspec
-        # lists an object store's paths without their protocol)
-        return detect_format(fs.unstrip_protocol(next(p for p in fs.ls(path, detail=False)
-                                                      if fs.isdir(p))))
+        # a partitioned log (dt=.../): its first partition's files tell (as a URL on an object
+        # store: fsspec lists its paths without their protocol)
+        part = next(p for p in fs.ls(path, detail=False) if fs.isdir(p))
+        return detect_format(part if io.is_local(source) else fs.unstrip_protocol(part))
     raise AdvrecError(f"{source}: cannot tell the log's format; set data.format")
 
 

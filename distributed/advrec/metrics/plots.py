@@ -131,6 +131,8 @@ def plot_stream(streams: dict[str, list[dict[str, Any]]], metric: str, output: s
     quality.set_title("each window's model on the next window, before training on it")
     quality.legend(fontsize=8)
     cost.set_ylabel("training s")
-    cost.set_xticks(range(len(names)), names, rotation=60, fontsize=7, ha="right")
+    every = -(-len(names) // 40)  # at most 40 names under the axis, or they overlap
+    cost.set_xticks(range(0, len(names), every), names[::every], rotation=60, fontsize=7,
+                    ha="right")
     cost.set_xlabel("window")
     _save(fig, output)

@@ -37,6 +37,7 @@ from advrec.data.prepare import (
     write_dataset,
 )
 from advrec.data.readers import ColumnMap, read_log
+from advrec.data.readers.columns import ROW_ORDER
 from advrec.errors import AdvrecError
 from advrec.stream.windows import Window
 
@@ -57,6 +58,7 @@ class StreamLog:
     kept: Kept
     seen: dict[str, np.ndarray]
     batch: np.ndarray  # (N,) each row's batch (`of`), ascending
+    timed: bool  # whether the log has times (else its rows' positions stand in: ROW_ORDER)
 
     @classmethod
     def read(cls, source: str, fmt: str, min_rating: float | None = None) -> StreamLog:
@@ -83,7 +85,8 @@ class StreamLog:
         kept = keep_pairs(log.take(pa.array(order)), source, 0, None, None)
         seen = {side: np.concatenate(([0], np.maximum.accumulate(codes) + 1))
                 for side, codes in kept.codes.items()}
-        return cls(source, fmt, kept, seen, batch[order][kept.rows])
+        timed = log.schema.field("timestamp").metadata != ROW_ORDER
+        return cls(source, fmt, kept, seen, batch[order][kept.rows], timed)
 
     def batch_window(self, batch: int, name: str) -> Window:
         """The rows of ``batch`` (`of`) as the window ``name``, spanning their times (no rows

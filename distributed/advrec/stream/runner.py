@@ -22,18 +22,22 @@ lacks: what that window had written is removed and written again.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from advrec import __version__, io
 from advrec.config import RunConfig
 from advrec.config.load import dump_config
-from advrec.data.dataset import is_prepared, load_dataset
+from advrec.data.dataset import is_prepared, load_dataset, read_part
 from advrec.data.prepare import DATASET
 from advrec.data.source import detect_format
 from advrec.errors import AdvrecError
@@ -78,15 +82,22 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
         if value is not None and not (0 < value < float("inf")):
             raise AdvrecError(f"{flag} must be a positive number of seconds, not {value}")
     output = io.absolute(output)
-    source = cfg.data.source
-    if cfg.data.format == "prepared" or is_prepared(source):
+    if not cfg.data.source.strip():
+        raise AdvrecError("data.source: empty; name the log to stream")
+    if cfg.data.format == "prepared":
+        raise AdvrecError("data.format=prepared: a stream replays a raw log in time order, not "
+                          "a prepared dataset (give the log's own format, or auto)")
+    # as a run records it: the same log however it was written (./log, /abs/log) continues
+    source = io.absolute(cfg.data.source)
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"source": source})})
+    if is_prepared(source):
         raise AdvrecError(f"data.source: {source} is a prepared dataset; a stream replays a raw "
                           "log in time order (give the log itself)")
     fmt = detect_format(source) if cfg.data.format == "auto" else cfg.data.format
     if follow and fmt != "parquet":
         raise AdvrecError(f"--follow takes the Parquet files landing under a prefix; "
                           f"{source} is a {fmt} log (data.format)")
-    settings = {"source": io.absolute(source), "format": fmt,
+    settings = {"source": source, "format": fmt,
                 "window": spec.text if spec else FOLLOW, "update": update, "replay": replay,
                 "expire_after": expire}
     config = dump_config(cfg)
@@ -98,25 +109,62 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
                             {r["window"] for r in stream.history})
     else:
         log = StreamLog.read(source, fmt, cfg.data.min_rating)  # a bad log fails now too
-        windows, empty = cut(log.timestamp, spec)
-    if history is None:
-        with io.atomic_file(io.join(output, "config.yaml")) as f:
-            f.write(config)
-        io.dump_json(io.join(output, STREAM.file), {STREAM.key: __version__, **settings})
-    if spec is None:
-        _follow(stream, source, first, poll, idle)
-        return stream.history
+        if spec.seconds and not log.timed:
+            raise AdvrecError(f"{source}: has no timestamp column, so no time windows; give "
+                              "--window N (rows, in the log's order)")
+        try:
+            windows, empty = cut(log.timestamp, spec)
+        except AdvrecError as exc:
+            raise AdvrecError(f"{source}: {exc}") from None
+    with _locked(output):
+        if history is None:
+            with io.atomic_file(io.join(output, "config.yaml")) as f:
+                f.write(config)
+            io.dump_json(io.join(output, STREAM.file), {STREAM.key: __version__, **settings})
+        if spec is None:
+            _follow(stream, source, first, poll, idle)
+        else:
+            _replay(stream, log, windows, empty, spec.text, source)
+    return stream.history
+
+
+@contextlib.contextmanager
+def _locked(output: str) -> Iterator[None]:
+    """Hold the stream directory ``output`` (on a local disk: an exclusive lock on its
+    ``.lock`` file, released when the process ends however it ends); a second stream writing
+    into it at the same time is an error. Object storage has no such lock."""
+    if not io.is_local(output):
+        yield
+        return
+    path = io.filesystem(output)[1]
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, ".lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AdvrecError(f"{output}: another advrec stream is writing it; wait for that "
+                              "one to end, or stop it") from None
+        yield
+
+
+def _replay(stream: _Stream, log: StreamLog, windows: list[Window], empty: list[str],
+            window: str, source: str) -> None:
+    """Take the windows of a replayed log that the stream has not taken yet, in order."""
     if empty:
-        _warn(f"--window {spec.text} leaves {len(empty)} span{'s' if len(empty) > 1 else ''} "
+        _warn(f"--window {window} leaves {len(empty)} span{'s' if len(empty) > 1 else ''} "
               f"of {source} without interactions, skipped: {', '.join(empty[:5])}"
               f"{' ...' if len(empty) > 5 else ''}")
-    done = {record["window"] for record in stream.history}
-    bar = tqdm(windows, desc=f"stream {cfg.model.name}/{update}", unit="window",
-               disable=None if progress else True)
+    done = {record["window"]: record for record in stream.history}
+    for w in windows:
+        if w.name in done and done[w.name]["rows"] != w.stop - w.start:
+            _warn(f"window {w.name} now has {w.stop - w.start} interactions, "
+                  f"{done[w.name]['rows']} when it was trained: the stream does not train it "
+                  "again (a log that grows is followed: --follow)")
+    bar = tqdm(windows, desc=f"stream {stream.cfg.model.name}/{stream.update}", unit="window",
+               disable=None if stream.progress else True)
     for i, w in enumerate(bar):
         if w.name not in done:
             stream.advance(log, w, [x.start for x in windows[:i + 1]], bar.disable)
-    return stream.history
 
 
 def _warn(message: str) -> None:
@@ -252,7 +300,9 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
     rows whose ids the window's tables hold and the published model holds (`StreamLog.active`)."""
     data_url = io.join(output, "data", w.name)
     run_url = io.join(output, "windows", w.name)
-    for url, marker in ((data_url, DATASET), (run_url, RUN)):  # a stopped attempt's
+    if io.exists(run_url):  # a stopped attempt's, which may be published already
+        publish(output, model)
+    for url, marker in ((data_url, DATASET), (run_url, RUN)):
         io.remove_owned(url, marker)
     meta = log.write_window(w, data_url, update, replay, cfg.train.seed, held[0])
     record: dict[str, Any] = {"window": w.name, "begins": w.begins, "ends": w.ends,
@@ -265,6 +315,11 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
         record.update(counts, prequential=metrics, eval_s=time.perf_counter() - started)
     if update == "frozen" and model is not None:
         record["model"] = model  # the first window's, for ever
+        return record
+    if cfg.model.name == "sasrec" and not _has_sequences(data_url):
+        _warn(f"window {w.name}: no user has two interactions to train on in it, so SASRec has "
+              "no next item to learn: not trained (the published model stays)")
+        record["model"] = model
         return record
     init = model if update == "incremental" else None
     wcfg = cfg.model_copy(update={
@@ -282,6 +337,13 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
     record.update(train_s=time.perf_counter() - started, model=w.name)
     publish(output, w.name)
     return record
+
+
+def _has_sequences(data_url: str) -> bool:
+    """Whether some user of the dataset's train split has two interactions or more: a
+    sequence with a next item."""
+    users = read_part(data_url, "train.parquet", ["user"])["user"].to_numpy()
+    return bool(users.size) and int(np.bincount(users).max()) >= 2
 
 
 def prequential(cfg: RunConfig, log: StreamLog, w: Window, data_url: str, run: str,
@@ -307,28 +369,39 @@ def prequential(cfg: RunConfig, log: StreamLog, w: Window, data_url: str, run: s
     return metrics, counts
 
 
-def publish(output: str, name: str) -> None:
+def publish(output: str, name: str | None) -> None:
     """Make window ``name``'s run the published model: ``latest.json`` names it (one atomic
     write), and on a local disk the link ``latest`` points at it (a new link renamed over the
-    old one: a reader opens the old model or the new, never a mixture)."""
-    io.dump_json(io.join(output, "latest.json"), {"window": name, "run": f"windows/{name}"})
-    if io.is_local(output):
-        link = os.path.join(io.filesystem(output)[1], "latest")
+    old one: a reader opens the old model or the new, never a mixture). None: no model is
+    published (both are removed)."""
+    latest = io.join(output, "latest.json")
+    local = io.is_local(output)
+    link = os.path.join(io.filesystem(output)[1], "latest") if local else ""
+    if name is None:
+        if local and os.path.islink(link):
+            os.remove(link)
+        if io.exists(latest):
+            io.filesystem(latest)[0].rm(io.filesystem(latest)[1])
+        return
+    io.dump_json(latest, {"window": name, "run": f"windows/{name}"})
+    if local:
         tmp = io.temporary(link)
         os.symlink(os.path.join("windows", name), tmp)
         os.replace(tmp, link)
 
 
 def _prune(output: str, history: list[dict[str, Any]], keep: int) -> None:
-    """Delete the runs and datasets of all but the newest ``keep`` trained windows (never the
-    published one)."""
-    trained = [r["window"] for r in history if "train_s" in r]
+    """Delete the runs of all but the newest ``keep`` trained windows and the datasets of all
+    but the newest ``keep`` windows, never the published run nor its dataset (a warm start
+    reads its ids there)."""
     published = history[-1]["model"]
+    trained = [r["window"] for r in history if "train_s" in r]
     for name in trained[:-keep]:
-        if name == published:
-            continue
-        io.remove_owned(io.join(output, "windows", name), RUN)
-        io.remove_owned(io.join(output, "data", name), DATASET)
+        if name != published:
+            io.remove_owned(io.join(output, "windows", name), RUN)
+    for name in [r["window"] for r in history][:-keep]:
+        if name != published:
+            io.remove_owned(io.join(output, "data", name), DATASET)
 
 
 def _plot(output: str, history: list[dict[str, Any]], cfg: RunConfig) -> None:

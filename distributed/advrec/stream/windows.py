@@ -18,6 +18,16 @@ from advrec.errors import AdvrecError
 
 _UNITS = {"d": 86_400, "h": 3_600}
 DAY = _UNITS["d"]
+MAX_SECONDS = 100 * 366 * DAY
+"""The longest window: a century."""
+MAX_WINDOWS = 1_000_000
+"""The most windows of time a log may span (its times in milliseconds would make millions)."""
+FIRST_TIME, LAST_TIME = -62_135_596_800, 253_402_300_799
+"""The first second of the year 1 and the last of 9999: no window can be named by a time
+outside them."""
+ROW_WIDTH = 12
+"""The digits of a row window's first row in its name: fixed, so a longer log names its
+windows as a shorter one did."""
 
 
 @dataclass(frozen=True)
@@ -36,8 +46,13 @@ def parse_window(text: str) -> WindowSpec:
         raise AdvrecError(f"--window: '{text}' is not a window; give days (7d), hours (12h) or "
                           "a number of rows (5000), each at least 1")
     n, unit = int(match[1]), match[2]
-    return WindowSpec(text.strip(), seconds=n * _UNITS[unit]) if unit else WindowSpec(
-        text.strip(), rows=n)
+    canonical = f"{n}{unit}"  # '1 d' and '01d' are the window '1d'
+    if unit and n * _UNITS[unit] > MAX_SECONDS:
+        raise AdvrecError(f"--window: '{text}' is longer than a century")
+    if not unit and n >= 10**ROW_WIDTH:
+        raise AdvrecError(f"--window: '{text}' rows is more than a log can hold")
+    return WindowSpec(canonical, seconds=n * _UNITS[unit]) if unit else WindowSpec(
+        canonical, rows=n)
 
 
 @dataclass(frozen=True)
@@ -58,12 +73,21 @@ def cut(timestamp: np.ndarray, spec: WindowSpec) -> tuple[list[Window], list[str
     the names of the spans left empty (time windows only)."""
     n = timestamp.size
     if spec.rows is not None:
-        width = len(str(max(n - 1, 0)))
-        return [Window(f"rows-{s:0{width}d}", s, min(s + spec.rows, n), int(timestamp[s]),
+        return [Window(f"rows-{s:0{ROW_WIDTH}d}", s, min(s + spec.rows, n), int(timestamp[s]),
                        int(timestamp[min(s + spec.rows, n) - 1]) + 1)
                 for s in range(0, n, spec.rows)], []
     assert spec.seconds is not None
-    origin = int(timestamp[0]) // DAY * DAY
+    first, last = int(timestamp[0]), int(timestamp[-1])
+    if first < FIRST_TIME or last > LAST_TIME:
+        bad = first if first < FIRST_TIME else last
+        raise AdvrecError(f"timestamp {bad} is {'before 1' if bad < 0 else 'after 9999'}: "
+                          "time windows need Unix seconds (are these milliseconds?), or give "
+                          "--window N (rows)")
+    if (last - first) // spec.seconds >= MAX_WINDOWS:
+        raise AdvrecError(f"the log's times span {(last - first) / DAY:.0f} days: over "
+                          f"{MAX_WINDOWS} windows of {spec.text} (are its timestamps in "
+                          "milliseconds?); give a longer --window")
+    origin = first // DAY * DAY
     span = (timestamp.astype(np.int64) - origin) // spec.seconds  # (N,) each row's span
     bounds = np.searchsorted(span, np.arange(int(span[-1]) + 2))  # first row of each span
     windows, empty = [], []

@@ -46,6 +46,9 @@ class ColumnMap:
 DEFAULT_COLUMNS = ColumnMap()
 # The fields of ColumnMap that name one standard column each.
 _STANDARD = ("user", "item", "rating", "timestamp", "label")
+ROW_ORDER = {b"advrec": b"row order"}
+"""The metadata of the standard table's ``timestamp`` field when the log has no times (the
+field then holds each row's position: `standardize`)."""
 # How a log's feature column is named in read_log's table: "user_feature:age".
 _FEATURE_PREFIX = {"user": "user_feature:", "item": "item_feature:"}
 
@@ -116,7 +119,8 @@ def standardize(table: pa.Table, columns: ColumnMap, where: str) -> pa.Table:
         out["timestamp"] = pa.array(np.arange(table.num_rows, dtype=np.int64))
     if "label" in source:
         out["label"] = labels(table[source["label"]], source["label"], where)
-    schema = [pa.field(name, col.type) for name, col in out.items()]
+    schema = [pa.field(name, col.type, metadata=ROW_ORDER if name == "timestamp"
+                       and "timestamp" not in source else None) for name, col in out.items()]
     for kind, names in (("user", columns.user_features), ("item", columns.item_features)):
         for name in names:
             field = table.schema.field(name)

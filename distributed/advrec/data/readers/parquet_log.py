@@ -51,6 +51,7 @@ def read_parquet(url: str, columns: ColumnMap, files: list[str] | None = None,
     fs, path = filesystem(url)
     files = parquet_files(url) if files is None else files
     parts = []
+    first_source: dict[str, str] | None = None  # the first part's standard columns
     for start in range(0, len(files), _FILES_AT_ONCE):
         batch = files[start : start + _FILES_AT_ONCE]
         # whole files, fetched concurrently: on an object store one GET each instead of a
@@ -73,6 +74,12 @@ def read_parquet(url: str, columns: ColumnMap, files: list[str] | None = None,
                 part = pf.read(columns=list(dict.fromkeys(wanted)))
             except (pa.ArrowInvalid, OSError) as exc:
                 raise AdvrecError(f"{where}: cannot read Parquet ({first_line(exc)})") from exc
+            first_source = first_source if first_source is not None else source
+            for key in sorted(set(first_source) ^ set(source)):  # a part without a column
+                first_name = name_in(url, path, files[0])
+                lacks, has = (where, first_name) if key in first_source else (first_name, where)
+                raise AdvrecError(f"{lacks}: no {key} column "
+                                  f"'{(first_source | source)[key]}', which {has} has")
             if parts:  # every part as the first: the culprit is the part and column that differ
                 first = parts[0].schema
                 for field in part.schema:
