@@ -3,7 +3,9 @@ next window before training on it (prequential), and publishing every window's m
 
 The stream directory::
 
-    DIR/stream.json            what the stream is (source, window, update, replay): the marker
+    DIR/stream.json            what the stream is (source, window, update, replay, expiry):
+                               the marker
+    DIR/.lock                  held by the one stream writing the directory (a local disk)
     DIR/config.yaml            its resolved run config, the same for every window
     DIR/data/<window>/         the window's prepared dataset (`StreamLog.write_window`)
     DIR/windows/<window>/      the window's run (`advrec train`'s run directory): its model
@@ -12,7 +14,9 @@ The stream directory::
     DIR/stream_history.json    one record per window, written after the window is published
     DIR/stream_history.png     the prequential metrics and training time per window
 
-For each window, in order: write its dataset; evaluate the model published so far on the window
+The windows are a log's spans or counts of rows, replayed (`advrec.stream.windows`), or the
+partitions landing under a prefix (`advrec.stream.follow`). For each window, in order: write its
+dataset; evaluate the model published so far on the window
 (`StreamLog.prequential`, in the window's numbering: `advrec.train.warm.warm_model`); train
 (``incremental``: from the last window's model, `train.init_from`; ``retrain``: from scratch on
 every row so far; ``frozen``: the first window only); publish (`publish`); record it; prune to
@@ -53,8 +57,6 @@ from advrec.train.warm import warm_model
 STREAM = io.Marker("stream.json", "advrec_stream", "an advrec stream")
 """What marks a directory as a stream `run_stream` wrote."""
 HISTORY = "stream_history.json"
-
-
 FOLLOW = "partitions"
 """The ``window`` setting of a stream that follows a prefix: each new partition a window."""
 
@@ -70,8 +72,9 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
 
     ``update``: one of `UPDATES`; ``replay``: older rows each incremental window also trains
     on; ``keep``: the published windows kept (0: all); ``expire``: an incremental stream's
-    tables free the rows of ids unseen for that many windows (0: never). A directory holding a stream with the
-    same settings and config continues it; other settings are an error naming them.
+    tables free the rows of ids unseen for that many windows (0: never). A directory holding a
+    stream with the same settings and config continues it; other settings are an error naming
+    them.
     """
     if follow == (window is not None):
         raise AdvrecError("give --window to replay a log, or --follow to follow a prefix "
