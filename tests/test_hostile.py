@@ -563,7 +563,7 @@ CONFIG: list[Case] = [
          "{d}/spec.yaml: config: nope.yaml: config file not found",
          setup=write("spec.yaml", "command: train\nconfig: nope.yaml\nstorage: out\n")),
     Case("submit-spec-unknown-command", ("submit", "{d}/spec.yaml", "--address", CLOSED),
-         "{d}/spec.yaml: command: Input should be 'train' or 'tune'",
+         "{d}/spec.yaml: command: Input should be 'train', 'tune' or 'stream'",
          setup=both(write("c.yaml", "data: {source: x}\n"),
                     write("spec.yaml", "command: dance\nconfig: c.yaml\nstorage: out\n"))),
     Case("jobs-status-no-id", ("jobs", "status", "--address", CLOSED),
