@@ -5,7 +5,7 @@
 arriving day by day, tastes drifting); a real S3 endpoint on this machine (SeaweedFS,
 `advrec.local_s3`) receives one day's partition as soon as the stream has published the day
 before, and the stream lists the prefix every ``--poll`` seconds. For a stream whose tables keep
-every id and one that expires those unseen for ``--expire`` days, reports per day: the seconds
+every id and one that expires those unseen for a week (``--expires``), reports per day: the seconds
 from the listing that found the partition to its published model (``latency_s``; the partition
 landed at most ``--poll`` s before), rows per second over that time, and the tables' sizes.
 
@@ -68,7 +68,8 @@ def main() -> None:
     parser.add_argument("--drift", type=float, default=0.1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--expire", type=int, default=7)
+    parser.add_argument("--expires", default="0,7",
+                        help="the streams' --expire-after, comma-separated (0: never)")
     parser.add_argument("--poll", type=float, default=2.0)
     parser.add_argument("--set", nargs="*", default=[], help="more config overrides")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/out/stream-live")
@@ -88,7 +89,7 @@ def main() -> None:
         with local_s3(store, KEY, SECRET, BUCKET) as endpoint:
             os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
                                "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
-            for expire in (0, args.expire):
+            for expire in [int(e) for e in args.expires.split(",")]:
                 name = f"expire{expire}"
                 history = follow(days, f"s3://{BUCKET}/{name}", args.out / name, overrides,
                                  args.poll, expire)
