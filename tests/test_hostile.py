@@ -1056,6 +1056,12 @@ STREAMS: list[Case] = [
                                    "--replay", "5"), "--replay: only an incremental stream"),
     Case("stream-unknown-update", (*STREAM, "data.source={log}", "--update", "sometimes"),
          "--update: 'sometimes' is not one of incremental, retrain, frozen"),
+    Case("stream-expire-retrain", (*STREAM, "data.source={log}", "--update", "retrain",
+                                   "--expire-after", "2"),
+         "--expire-after: only an incremental stream's tables free rows"),
+    Case("stream-follow-poll-zero", ("stream", "--output", "{d}/out", "--follow", "--poll", "0",
+                                     "data.source={log}"),
+         "--poll: expected a number in [0.001, 1e+09], got '0'"),
     # a partition that lacks a column: named, and nothing of the stream written
     Case("stream-partition-missing-column", (*STREAM, "data.source={d}/days"),
          "missing item column 'item_id'", partition_without("item_id")),
