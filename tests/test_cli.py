@@ -78,7 +78,7 @@ def test_training_is_reproducible(prepared: Path, tmp_path: Path) -> None:
     a, b = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
     # peak memory is the process's, which both runs share: not a result of the run
     assert a.pop("peak_rss_bytes") and b.pop("peak_rss_bytes")
-    assert a == b
+    assert a == b and a["devices"] == [{"device": "cpu", "backend": "none"}]
 
 
 def _no_output_left(path: Path) -> bool:

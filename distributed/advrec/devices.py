@@ -8,6 +8,7 @@ just before the model sees it.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from advrec.errors import AdvrecError
@@ -28,6 +29,15 @@ def train_device(use_gpu: bool, ray_worker: bool) -> torch.device:
 
         return ray.train.torch.get_device()
     return torch.device("cuda", torch.cuda.current_device())
+
+
+def placement(device: torch.device) -> dict[str, str]:
+    """Where this worker trained, for ``metrics.json``: its ``device`` (a GPU with its name)
+    and the process group's ``backend`` (gloo, nccl; "none" for a process training alone)."""
+    name = (f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+            else str(device))
+    backend = str(dist.get_backend()) if dist.is_available() and dist.is_initialized() else "none"
+    return {"device": name, "backend": backend}
 
 
 def model_device(model: nn.Module) -> torch.device:

@@ -162,6 +162,7 @@ def test_two_ray_train_workers_train_end_to_end_on_s3(two_workers: dict, tmp_pat
     run, fs, history, metrics = (two_workers[k] for k in ("run", "fs", "history", "metrics"))
     assert len(history) == 3 and history[-1]["clean"] < history[0]["clean"]
     assert metrics["test"]["hit@10"] > 0
+    assert metrics["devices"] == [{"device": "cpu", "backend": "gloo"}] * 2
     assert fs.exists(f"{run}/checkpoint/model.pt") and fs.exists(f"{run}/checkpoints")
 
     # the robustness curve on 2 workers (the run's own scaling) equals the in-process one

@@ -41,7 +41,7 @@ from advrec.adversarial.memory import DeltaMemory
 from advrec.config import RunConfig
 from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
-from advrec.devices import CPU, to_device, train_device
+from advrec.devices import CPU, placement, to_device, train_device
 from advrec.errors import AdvrecError
 from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
 from advrec.metrics.target import TargetItems, TargetMetrics
@@ -444,6 +444,7 @@ def _finish(run: Training, best: EarlyStopping, history: list[dict[str, Any]]) -
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     metrics["peak_rss_bytes"] = gather_objects(
         peak * (1 if sys.platform == "darwin" else 1024), run.shard)
+    metrics["devices"] = gather_objects(placement(run.device), run.shard)
     save_checkpoint(model_url(output), run.model, cfg, best.epoch,
                     run.shard)
     if run.shard[0] != 0:
