@@ -303,3 +303,26 @@ def test_stream_benchmark_runs(tmp_path: Path) -> None:
         True, False, False]
     assert "the APR stream's FGM drop is at most half the clean stream's in" in out.stdout
     assert (tmp_path / "out" / "stream.png").stat().st_size > 0
+
+
+def test_gpu_benchmark_runs_its_cpu_baseline(udata_small: Path, tmp_path: Path) -> None:
+    """The CPU mode of benchmarks/gpu.py (the GPU modes need a GPU): every method on both
+    datasets, each with the device its metrics.json records and its ratio to BPR."""
+    runs = ",".join(f"cpu:{d}:{m}" for d in ("ml100k", "synth") for m in ("bpr", "apr", "pgd3"))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--data",
+                          str(udata_small), "--interactions", "3000", "--items", "300",
+                          "--epochs", "2", "--set", "train.batch_size=512", "--runs", runs,
+                          "--out", str(tmp_path)],
+                         check=False, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert {(r["dataset"], r["method"]) for r in rows} == {
+        (d, m) for d in ("ml100k", "synth") for m in ("bpr", "apr", "pgd3")}
+    assert all(r["epochs"] == 2 and r["devices"] == [{"device": "cpu", "backend": "none"}]
+               for r in rows)
+    table = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ")]
+    by_run = {(c[0].strip(), c[1].strip()): c for c in table[1:]}
+    for r in rows:  # "vs BPR": this method's samples/s over BPR's on the same data
+        bpr = next(o for o in rows if o["dataset"] == r["dataset"] and o["method"] == "bpr")
+        assert float(by_run[r["dataset"], r["method"]][5]) == pytest.approx(
+            r["rows_per_s"] / bpr["rows_per_s"], abs=0.006)
