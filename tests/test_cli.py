@@ -181,3 +181,38 @@ def test_error_line_leaves_out_only_what_ray_forwards_from_its_actors() -> None:
     assert error_line(ray + mine) == mine.rstrip("\n")
     assert error_line(mine + mine) is None and error_line(ray) is None
     assert error_line("(not an actor) advrec: error: x\n" + mine) is None
+
+
+def test_beyond_accuracy_metrics_off_by_default_and_under_attack(prepared: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = [f"data.source={prepared}", "model.dim=8", "train.epochs=1", "eval.ks=[5]"]
+    assert main(["train", "--output", str(run), "--quiet", *common]) == 0
+    assert "coverage@5" not in json.loads((run / "metrics.json").read_text())["test"]
+    assert main(["evaluate", "--run", str(run), "--attack", "fgm", "--eps", "0,1",
+                 "--beyond", "--quiet"]) == 0
+    curve = json.loads((run / "robustness.json").read_text())["fgm"]
+    names = ("coverage", "gini", "entropy", "avgpop", "tail", "novelty", "ild")
+    assert all(f"{n}@5" in point for point in curve.values() for n in names)
+    # the attack changes the lists: at least one of them moves
+    assert any(curve["0.0"][f"{n}@5"] != curve["1.0"][f"{n}@5"] for n in names)
+
+    beyond = tmp_path / "beyond"
+    assert main(["train", "--output", str(beyond), "--quiet", *common, "eval.beyond=true"]) == 0
+    metrics = json.loads((beyond / "metrics.json").read_text())
+    assert 0 < metrics["test"]["coverage@5"] <= 1 and 0 <= metrics["test"]["gini@5"] < 1
+    assert metrics["test"]["ndcg@5"] == json.loads((run / "metrics.json").read_text())[
+        "test"]["ndcg@5"]  # the same training: the extra metrics change nothing else
+    history = json.loads((beyond / "history.json").read_text())
+    assert "valid/ild@5" in history[0]
+
+
+def test_evaluate_beyond_on_a_sampled_run_is_one_error(prepared: Path, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={prepared}",
+                 "model.dim=8", "train.epochs=1", "eval.protocol=sampled"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(run), "--beyond", "--quiet"]) != 0
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("advrec: error: --beyond: the run's eval.protocol=sampled")
+    assert not (run / "robustness.json").exists()

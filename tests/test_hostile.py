@@ -451,6 +451,13 @@ CONFIG: list[Case] = [
          "--eps: expected finite numbers >= 0, got 'nan,inf'", unchanged=("{run}",)),
     Case("evaluate-eps-huge", ("evaluate", "--run", "{run}", "--eps", "0,1e400"),
          "--eps: expected finite numbers >= 0, got '0,1e400'", unchanged=("{run}",)),
+    # beyond-accuracy metrics: of top-K lists of the whole catalogue, from a ranking model
+    Case("train-beyond-sampled", (*TRAIN, "eval.beyond=true", "eval.protocol=sampled"),
+         "eval: beyond=true: the beyond-accuracy metrics are of top-K lists of the whole "
+         "catalogue; set protocol=full (not sampled)"),
+    Case("train-beyond-ctr-model", (*TRAIN, "eval.beyond=true", "model.name=deepfm"),
+         "eval.beyond: model.name=deepfm is evaluated by auc, logloss, gauc, not by top-K lists"),
+    Case("train-tail-ratio-zero", (*TRAIN, "eval.tail_ratio=0"), "eval.tail_ratio"),
     # argparse's own errors: one line too, not the usage block
     Case("cli-unknown-flag", ("train", "--nope"), "--nope"),
     Case("cli-not-an-integer", ("synth", "--users", "many", "--items", "5", "--interactions", "9",

@@ -274,7 +274,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from advrec.config import BUDGET_ATTACKS
-    from advrec.config.policy import target_metrics
+    from advrec.config.policy import BEYOND, target_metrics
 
     flag_attacks = None if args.attack is None else _attacks(args.attack)
     flag_eps = None if args.eps is None else _eps(args.eps)
@@ -317,7 +317,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     eps = cfg.eval.eps if flag_eps is None else flag_eps
     merged = evaluate_run(args.run, attacks, eps, args.steps, progress=not args.quiet,
                           workers=args.workers, address=args.address, targets=args.targets,
-                          l0=args.l0, budgets=budgets, similarity=args.similarity,
+                          l0=args.l0, beyond=args.beyond or None, budgets=budgets,
+                          similarity=args.similarity,
                           target_items=None if args.target_items is None
                           else list(args.target_items))
     # a table per kind of curve: against ε, and against the budget (changed discrete inputs)
@@ -331,8 +332,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         # the target items' metrics where every point has them (a curve merged with one
         # measured without targets may lack them)
         targets = [m for m in target_metrics(cfg.eval.target_k) if all(m in r for r in rows)]
+        # and the beyond-accuracy metrics at the first K, where every point has them
+        beyond = [m for m in (f"{name}@{cfg.eval.ks[0]}" for name in BEYOND)
+                  if rows and all(m in r for r in rows)]
         if rows:
             print(format_table(rows, ["attack", axis, *headline(cfg), *targets]))
+        if beyond:
+            print(format_table(rows, ["attack", axis, *beyond]))
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
@@ -635,6 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="jsma-items and jsma-fields promote these items (raw ids) instead of "
                    "demoting each user's held-out items (jsma-fields: by changing each user's "
                    "profile); every point reports their T-HR and T-NDCG")
+    p.add_argument("--beyond", action="store_true", help="every point also gets the "
+                   "beyond-accuracy metrics of its top-K lists: coverage, gini, entropy, avgpop, "
+                   "tail, novelty, ild (default: the run's eval.beyond)")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the attack and the ranking (default: the run's "
                    "scaling.num_workers; 0 = this process)")

@@ -124,7 +124,8 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
                  address: str | None = None, targets: str | None = None,
                  l0: int | None = None, budgets: list[int] | None = None,
                  similarity: float | None = None,
-                 target_items: list[str] | None = None) -> dict[str, Any]:
+                 target_items: list[str] | None = None,
+                 beyond: bool | None = None) -> dict[str, Any]:
     """Attack a trained run at each ε (at each budget for ``jsma-items``, SASRec's histories,
     and ``jsma-fields``, a labelled feature model's fields); merge into ``robustness.json`` and
     redraw its plot.
@@ -134,6 +135,9 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
     items swapped, and the substitutes' least cosine with the items they replace.
     ``target_items`` (raw ids) makes ``jsma-items`` targeted, promoting them (its curve is
     ``jsma-items:targeted``), and are the target items every point measures.
+
+    ``beyond``: every point also gets the beyond-accuracy metrics of its top-K lists
+    (`advrec.metrics.beyond`; default: the run's ``eval.beyond``).
 
     ``workers``: Ray Train workers sharing the work (default: the run's ``scaling.num_workers``;
     0 runs in this process); ``address`` as for `advrec.train.run_training`. Every point also
@@ -149,6 +153,13 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
         raise AdvrecError("--target-items: only jsma-items and jsma-fields are targeted; name "
                           "only them in --attack (fgm, pgd and jsma in another call, or "
                           "measure a targets.json with --targets)")
+    if beyond and cfg.kind != "ranking":
+        raise AdvrecError(f"--beyond: the run's model.name={cfg.model.name} is evaluated by "
+                          f"{', '.join(cfg.reported_metrics())}, not by top-K lists")
+    if beyond and cfg.eval.protocol != "full":
+        raise AdvrecError(f"--beyond: the run's eval.protocol={cfg.eval.protocol} ranks a few "
+                          "sampled items; the beyond-accuracy metrics are of top-K lists of the "
+                          "whole catalogue (eval.protocol=full)")
     if "jsma-items" in attacks:
         _check_budgets(cfg, dataset, budgets, split)
     if "jsma-fields" in attacks:
@@ -165,7 +176,7 @@ def evaluate_run(run: str, attacks: list[str], eps: list[float], steps: int | No
         update={"num_workers": workers})
     return launch(robustness_per_worker,
                   {"run": io.absolute(run), "attacks": attacks, "eps": eps, "steps": steps,
-                   "l0": l0, "budgets": budgets, "similarity": similarity,
+                   "l0": l0, "beyond": beyond, "budgets": budgets, "similarity": similarity,
                    "targeted": target_items is not None,
                    "split": split, "progress": progress, "ray_worker": scaling.num_workers > 0,
                    "targets": asdict(items) if items else None},
@@ -214,7 +225,7 @@ def robustness_per_worker(config: dict[str, Any]) -> dict[str, Any]:
     cfg, dataset = read_run(run)
     embedding = [a for a in config["attacks"] if a not in BUDGET_ATTACKS]
     updates: dict[str, Any] = {"attacks": embedding, "eps": config["eps"]}
-    updates |= {k: config[k] for k in ("steps", "l0") if config[k] is not None}
+    updates |= {k: config[k] for k in ("steps", "l0", "beyond") if config[k] is not None}
     eval_cfg = cfg.eval.model_validate({**cfg.eval.model_dump(), **updates})
     context = ray.train.get_context()
     rank = context.get_world_rank()

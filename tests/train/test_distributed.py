@@ -198,10 +198,12 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(two_workers: dict,
         assert metrics[split] == pytest.approx(two_workers["metrics"][split], abs=1e-4)
 
 
-EVALUATED = {  # model, eval options: every evaluation path (full, sampled, CTR, multi-task)
-    "mf-full": ("mf", {}),
+EVALUATED = {  # model, eval options: every evaluation path (full, sampled, CTR, multi-task),
+    # and the beyond-accuracy metrics' (per user, and corpus counts summed across workers)
+    "mf-full": ("mf", {"beyond": True}),
     "sasrec-sampled": ("sasrec", {"protocol": "sampled", "num_negatives": 20, "batch_users": 7}),
-    "twotower-full": ("twotower", {"batch_users": 5}),
+    "sasrec-full": ("sasrec", {"beyond": True, "batch_users": 7}),
+    "twotower-full": ("twotower", {"batch_users": 5, "beyond": True}),
     "deepfm": ("deepfm", {}),
     "mmoe": ("mmoe", {}),
 }

@@ -11,6 +11,11 @@ MODEL_KINDS = {"mf": "ranking", "neumf": "ranking", "sasrec": "ranking", "twotow
                "deepfm": "ctr", "dcnv2": "ctr", "mmoe": "multitask"}
 """What each model is trained and evaluated for: top-K ranking, click-through rate, or several
 tasks at once (`advrec.train.tasks`)."""
+def ranking_models() -> list[str]:
+    """The models evaluated by top-K lists."""
+    return [m for m, kind in MODEL_KINDS.items() if kind == "ranking"]
+
+
 FEATURE_MODELS = ("deepfm", "dcnv2", "twotower", "mmoe")
 """The models that use the users' and items' side features (when the dataset has them)."""
 TASK_NAMES = ("click", "rating")
@@ -36,7 +41,14 @@ CPU_TABLE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
 RANKING_METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
 CTR_METRICS = ("auc", "logloss", "gauc")
-LOWER_IS_BETTER = ("logloss", "rmse")
+BEYOND_CORPUS = ("coverage", "gini", "entropy")
+BEYOND_PER_USER = ("avgpop", "tail", "novelty", "ild")
+"""The beyond-accuracy metrics of ``eval.beyond`` (`advrec.metrics.beyond`): of all the lists
+together, and per user's list (averaged)."""
+BEYOND = (*BEYOND_CORPUS, *BEYOND_PER_USER)
+LOWER_IS_BETTER = ("logloss", "rmse", "gini", "avgpop")
+"""Where a lower value is better: the losses, and how concentrated and how popular the
+recommended items are."""
 TARGET = "target/"
 """The prefix of the target-item metrics (`advrec.metrics.target`): how far fake users pushed
 the attacker's items, so lower is better."""
@@ -51,19 +63,21 @@ def target_metrics(k: int) -> list[str]:
 
 def metric_mode(name: str) -> str:
     """Whether a search maximises (``max``) or minimises (``min``) a reported metric."""
-    lower = name != "objective" and (name.startswith(TARGET)
-                                     or name.rsplit("/", 1)[-1] in LOWER_IS_BETTER)
+    base = name.rsplit("/", 1)[-1].split("@")[0]
+    lower = name != "objective" and (name.startswith(TARGET) or base in LOWER_IS_BETTER)
     return "min" if lower else "max"
 
 
-def reported_metrics(kind: str, ks: list[int]) -> list[str]:
+def reported_metrics(kind: str, ks: list[int], beyond: bool = False) -> list[str]:
     """The metric keys evaluation reports for a model of ``kind`` (`MODEL_KINDS`), ranking
-    metrics at every cut-off of ``ks``."""
+    metrics at every cut-off of ``ks``, and with ``beyond`` (``eval.beyond``) the
+    beyond-accuracy ones."""
     if kind == "ctr":
         return list(CTR_METRICS)
     if kind == "multitask":
         return [*(f"click/{m}" for m in CTR_METRICS), "rating/rmse"]
-    return [f"{m}@{k}" for m in RANKING_METRICS for k in ks]
+    extra = BEYOND if beyond else ()
+    return [f"{m}@{k}" for m in (*RANKING_METRICS, *extra) for k in ks]
 
 
 def default_monitor(kind: str, ks: list[int]) -> str:

@@ -24,6 +24,7 @@ from advrec.config.policy import (
     default_monitor,
     metric_mode,
     model_loss,
+    ranking_models,
     reported_metrics,
     table_optimizer,
     target_metrics,
@@ -482,6 +483,12 @@ class EvalConfig(Section):
         "items whose T-HR and T-NDCG (target/...) every evaluation reports; default: the "
         "dataset's own targets.json, if it has one (a poisoned dataset).")
     target_k: int = Field(50, gt=0, description="The cut-off of T-HR@K and T-NDCG@K.")
+    beyond: bool = Field(
+        False, description="Also report beyond-accuracy metrics of the top-K lists at every K: "
+        "coverage, gini, entropy, avgpop, tail, novelty, ild (full ranking only).")
+    tail_ratio: float = Field(
+        0.1, gt=0.0, le=1.0, description="The long tail of tail@K: this share of the catalogue, "
+        "least popular first.")
 
     @field_validator("ks")
     @classmethod
@@ -503,6 +510,13 @@ class EvalConfig(Section):
         if not v or any(e < 0 for e in v):
             raise ValueError("must be a non-empty list of eps >= 0")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _beyond_ranks_every_item(self) -> EvalConfig:
+        if self.beyond and self.protocol != "full":
+            raise ValueError("beyond=true: the beyond-accuracy metrics are of top-K lists of "
+                             f"the whole catalogue; set protocol=full (not {self.protocol})")
+        return self
 
 
 class ScalingConfig(Section):
@@ -606,7 +620,7 @@ class RunConfig(Section):
 
     def reported_metrics(self) -> list[str]:
         """The metric keys evaluation reports for this config's model."""
-        return reported_metrics(self.kind, self.eval.ks)
+        return reported_metrics(self.kind, self.eval.ks, self.eval.beyond)
 
     def monitor(self) -> tuple[str, bool]:
         """The monitored valid metric and whether higher is better."""
@@ -788,4 +802,12 @@ class RunConfig(Section):
                 f"train.monitor: {shown(self.train.monitor)} is not one of the metrics reported "
                 f"for model.name={self.model.name} ({', '.join(reported)})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _beyond_is_of_rankings(self) -> RunConfig:
+        if self.eval.beyond and self.kind != "ranking":
+            raise ValueError(f"eval.beyond: model.name={self.model.name} is evaluated by "
+                             f"{', '.join(self.reported_metrics())}, not by top-K lists; the "
+                             f"ranking models are {', '.join(ranking_models())}")
         return self

@@ -22,7 +22,8 @@ from advrec.config import EvalConfig
 from advrec.data.dataset import Dataset
 from advrec.data.negatives import NegativeSampler
 from advrec.devices import model_device, to_device
-from advrec.metrics.ranking import metrics_from_hits, topk_hits
+from advrec.metrics.beyond import Beyond, item_vectors
+from advrec.metrics.ranking import metrics_from_hits, topk_hits, topk_items
 from advrec.models.base import Batch, Recommender
 from advrec.shards import WHOLE, Shard, lockstep_chunks, shard_rows, sum_over_shards
 
@@ -58,16 +59,27 @@ def evaluate(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
         return to_device(context(users, split), device)
 
     try:
-        protocol = _evaluate_sampled if cfg.protocol == "sampled" else _evaluate_full
-        sums, count = sum_over_shards(*protocol(model, data, split, cfg, on_device, shard), shard)
+        if cfg.protocol == "sampled":
+            partial = _evaluate_sampled(model, data, split, cfg, on_device, shard)
+            beyond = None
+        else:
+            beyond = (Beyond(data, item_vectors(model, on_device(torch.zeros(1, dtype=torch.long),
+                                                                 split)),
+                             cfg.ks, cfg.tail_ratio) if cfg.beyond else None)
+            partial = _evaluate_full(model, data, split, cfg, on_device, shard, beyond)
+        sums, count = sum_over_shards(*partial, shard)
+        corpus = beyond.corpus(shard, device) if beyond is not None else {}
     finally:
         model.train(was_training)
-    return {name: total / max(count, 1) for name, total in sorted(sums.items())}
+    means = {name: total / max(count, 1) for name, total in sums.items()}
+    return dict(sorted({**means, **corpus}.items()))
 
 
 def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfig,
-                   context: ContextFn, shard: Shard) -> tuple[dict[str, float], int]:
-    """The metric sums over the shard's users with a held-out item, and their count."""
+                   context: ContextFn, shard: Shard,
+                   beyond: Beyond | None = None) -> tuple[dict[str, float], int]:
+    """The metric sums over the shard's users with a held-out item, and their count; with
+    ``beyond``, their top-K lists' beyond-accuracy sums too (and ``beyond`` counts them)."""
     truth_ptr, truth_idx = data.positives(split)
     seen = [data.positives(s) for s in SPLITS_SEEN_BEFORE[split]]
     n_relevant = truth_ptr.diff()
@@ -83,9 +95,12 @@ def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfi
             scores[csr_rows(ptr, idx, chunk)] = -torch.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[csr_rows(truth_ptr, truth_idx, chunk)] = True
-        hits = topk_hits(scores, relevant, max(cfg.ks)).cpu()  # (B, K): small
+        top = topk_items(scores, max(cfg.ks)).cpu()  # (B, K): small
+        hits = relevant.gather(1, top.to(relevant.device)).cpu()
         for name, values in metrics_from_hits(hits, n_relevant[chunk], cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
+        if beyond is not None:
+            beyond.add(top, sums)
     return sums, users.numel()
 
 
