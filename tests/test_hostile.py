@@ -85,6 +85,13 @@ def write(name: str, text: str | bytes) -> Setup:
     return setup
 
 
+def remove(name: str) -> Setup:
+    """A setup that deletes the file ``{d}/name``."""
+    def setup(p: Places) -> None:
+        (p.d / name).unlink()
+    return setup
+
+
 def copy_run(name: str = "run") -> Setup:
     """A setup that copies the finished run to ``{d}/name``."""
     def setup(p: Places) -> None:
@@ -451,6 +458,34 @@ CONFIG: list[Case] = [
          "--eps: expected finite numbers >= 0, got 'nan,inf'", unchanged=("{run}",)),
     Case("evaluate-eps-huge", ("evaluate", "--run", "{run}", "--eps", "0,1e400"),
          "--eps: expected finite numbers >= 0, got '0,1e400'", unchanged=("{run}",)),
+    # advrec recommend
+    Case("recommend-no-checkpoint", ("recommend", "--run", "{d}/run", "--output", "{d}/out"),
+         "{d}/run: no checkpoint/model.pt (a run that has not finished)",
+         both(copy_run(), remove("run/checkpoint/model.pt"))),
+    Case("recommend-k-zero", ("recommend", "--run", "{run}", "--k", "0", "--output",
+                              "{d}/out"), "--k"),
+    Case("recommend-k-above-catalogue", ("recommend", "--run", "{run}", "--k", "100000",
+                                         "--output", "{d}/out"),
+         "--k 100000: must be between 1 and the catalogue's"),
+    Case("recommend-users-missing", ("recommend", "--run", "{run}", "--users", "{d}/none.txt",
+                                     "--output", "{d}/out"),
+         "--users {d}/none.txt: no such file"),
+    Case("recommend-users-binary", ("recommend", "--run", "{run}", "--users", "{d}/u.bin",
+                                    "--output", "{d}/out"),
+         "--users {d}/u.bin: neither Parquet nor UTF-8 text", write("u.bin", b"\xff\xfe\x00")),
+    Case("recommend-users-empty", ("recommend", "--run", "{run}", "--users", "{d}/u.txt",
+                                   "--output", "{d}/out"),
+         "--users {d}/u.txt: no user ids in it", write("u.txt", "\n\n")),
+    Case("recommend-users-parquet-no-column", ("recommend", "--run", "{run}", "--users",
+                                               "{log}/part-00000.parquet", "--output",
+                                               "{d}/out"),
+         "not a Parquet file with a user column"),
+    Case("recommend-unknown-user-error", ("recommend", "--run", "{run}", "--users", "{d}/u.txt",
+                                          "--unknown", "error", "--output", "{d}/out"),
+         "--users {d}/u.txt: user 'ghost' is not a user of the run", write("u.txt", "ghost\n")),
+    Case("recommend-output-is-dir", ("recommend", "--run", "{run}", "--output", "{d}/out"),
+         "{d}/out: is a directory; name a file", write("out/keep.txt", "mine"),
+         absent=("{d}/out.tmp-*",), unchanged=("{d}/out",)),
     # beyond-accuracy metrics: of top-K lists of the whole catalogue, from a ranking model
     Case("train-beyond-sampled", (*TRAIN, "eval.beyond=true", "eval.protocol=sampled"),
          "eval: beyond=true: the beyond-accuracy metrics are of top-K lists of the whole "

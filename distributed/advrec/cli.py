@@ -1,5 +1,5 @@
-"""The ``advrec`` console script: prepare, synth, poison, detect, train, tune, evaluate, plot,
-submit, run, jobs, demo.
+"""The ``advrec`` console script: prepare, synth, poison, detect, train, tune, evaluate,
+recommend, plot, submit, run, jobs, demo.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2;
 SIGINT and SIGTERM into one line and exit code 130 or 143, after removing temporary outputs.
@@ -342,6 +342,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {io.join(args.run, ROBUSTNESS_FILE)} and {io.join(args.run, ROBUSTNESS_PLOT)}")
 
 
+def cmd_recommend(args: argparse.Namespace) -> None:
+    from advrec.serve.recommend import recommend_run
+
+    done = recommend_run(args.run, args.output, args.users, args.k, args.keep_seen, args.unknown,
+                         args.batch_users, workers=args.workers, address=args.address,
+                         progress=not args.quiet)
+    cold = (f"; {done['unknown']} of them unknown to the run got its most popular items"
+            if done["unknown"] else "")
+    print(f"wrote {done['rows']} recommendations for {done['users']} users to "
+          f"{args.output}{cold}")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from advrec.metrics.plots import plot_robustness, plot_targets
     from advrec.report import headline, read_robustness, read_target
@@ -653,6 +665,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("recommend", help="top-K items for users of a trained run, as Parquet "
+                       "(raw ids, ranks, scores)")
+    p.add_argument("--run", required=True, help="run directory written by `advrec train` (a "
+                   "ranking model: mf, neumf, sasrec, twotower)")
+    p.add_argument("--users", default="all", help="'all' (default: every user of the run), or "
+                   "a file of raw user ids: one per line, or Parquet with a user column")
+    p.add_argument("--k", type=_positive_int, default=10, help="items per user (default 10)")
+    p.add_argument("--keep-seen", action="store_true", help="keep the items a user already "
+                   "has in the run's data (default: left out)")
+    p.add_argument("--unknown", choices=["popular", "error"], default="popular",
+                   help="a user id the run never saw: the most popular items (marked "
+                   "fallback), or an error (default popular)")
+    p.add_argument("--batch-users", type=_positive_int, default=1024,
+                   help="users ranked at once (bounds memory with the catalogue blocks)")
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help="Ray Train workers sharing the users (default: the run's "
+                   "scaling.num_workers; 0 = this process)")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("--output", required=True, help="the Parquet file to write (replaced whole "
+                   "when done)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("plot", help="plot the robustness curves, or the target metrics, of "
                        "several runs in one figure")

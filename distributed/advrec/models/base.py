@@ -97,8 +97,10 @@ class Recommender(nn.Module):
         its ranking task's)."""
         return self.score(emb, batch)
 
-    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
-        """Scores of every item in each context: (B, num_items), for full-ranking evaluation.
+    def rank_scores(self, context: Batch, items: Tensor | None = None,
+                    max_pairs: int = 1 << 14) -> Tensor:
+        """Scores of ``items`` (C,) in each context, default every item: (B, C), for
+        full-ranking evaluation and recommendations (`advrec.serve`, block by block).
 
         The generic path scores items in chunks through `score_candidates`, at most
         ``max_pairs`` (context, item) pairs at a time. That bounds the dense part's activations
@@ -108,13 +110,15 @@ class Recommender(nn.Module):
         Models with a cheaper closed form (MF's matrix product) override it.
         """
         first = next(iter(context.values()))
-        size, device = first.shape[0], first.device
+        size = first.shape[0]
+        items = self.every_item(first.device) if items is None else items
         item_chunk = max(1, max_pairs // max(size, 1))
-        out = []
-        for start in range(0, self.num_items, item_chunk):
-            items = torch.arange(start, min(start + item_chunk, self.num_items), device=device)
-            out.append(self.score_candidates(context, items.expand(size, -1)))
-        return torch.cat(out, dim=1)
+        return torch.cat([self.score_candidates(context, chunk.expand(size, -1))
+                          for chunk in items.split(item_chunk)], dim=1)
+
+    def every_item(self, device: torch.device) -> Tensor:
+        """Every item id, ``arange(num_items)`` (num_items,) on ``device``."""
+        return torch.arange(self.num_items, device=device)
 
 
 def init_std(init: str, std: float, num_embeddings: int, embedding_dim: int) -> float:

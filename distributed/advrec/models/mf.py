@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from advrec.models.base import Batch, Recommender, RowIds, new_table
@@ -33,8 +32,10 @@ class MF(Recommender):
     def tables(self) -> dict[str, nn.Module]:
         return {"user": self.user, "item": self.item}
 
-    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
-        """``user`` (B,) -> (B, num_items) in one matrix product."""
+    def rank_scores(self, context: Batch, items: Tensor | None = None,
+                    max_pairs: int = 1 << 14) -> Tensor:
+        """``user`` (B,) and ``items`` (C,) (default all) -> (B, C) in one matrix product."""
         users = context["user"]
-        # every item's row by lookup, not .weight: a sharded table has no whole weight
-        return self.user(users) @ self.item(torch.arange(self.num_items, device=users.device)).T
+        # the items' rows by lookup, not .weight: a sharded table has no whole weight
+        items = self.every_item(users.device) if items is None else items
+        return self.user(users) @ self.item(items).T

@@ -121,16 +121,18 @@ class SASRec(Recommender):
         h = self.hidden(self.item(seq), seq)[:, -1]  # left padding: the last position is real
         return (h.unsqueeze(1) * self.item(items)).sum(-1)
 
-    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
-        """Next-item scores of every item after each history: ``seq`` (B, L) -> (B, num_items)."""
+    def rank_scores(self, context: Batch, items: Tensor | None = None,
+                    max_pairs: int = 1 << 14) -> Tensor:
+        """Next-item scores of ``items`` (C,) (default every item) after each history: ``seq``
+        (B, L) -> (B, C)."""
         seq = context["seq"]
         h = self.hidden(self.item(seq), seq)[:, -1]
-        return h @ self.all_items(seq.device).T
+        return h @ self.item(self.every_item(seq.device) if items is None else items).T
 
     def all_items(self, device: torch.device) -> Tensor:
         """Every item's row (N, d), the padding row left out; by lookup, not ``.weight``: a
         sharded table has no whole weight."""
-        return self.item(torch.arange(self.num_items, device=device))
+        return self.item(self.every_item(device))
 
 
 class Block(nn.Module):

@@ -79,9 +79,10 @@ class TwoTower(FieldModel):
                                    batch["log_q"] if self.logq else None)
         return (users.unsqueeze(1) * items).sum(-1)
 
-    def rank_scores(self, context: Batch, max_pairs: int = 1 << 14) -> Tensor:
-        """``user`` (B,), and any profile values (`FieldModel`) -> (B, num_items): the item
-        tower runs once over all items."""
+    def rank_scores(self, context: Batch, items: Tensor | None = None,
+                    max_pairs: int = 1 << 14) -> Tensor:
+        """``user`` (B,), and any profile values (`FieldModel`), and ``items`` (C,) (default
+        all) -> (B, C): the item tower runs once over the items."""
         users = self.user_vectors(self.user_embed(context))
-        all_items = torch.arange(self.num_items, device=users.device)
-        return users @ self.item_vectors(self.items(all_items)).T
+        items = self.every_item(users.device) if items is None else items
+        return users @ self.item_vectors(self.items(items)).T

@@ -176,6 +176,10 @@ class PairTask:
         return evaluate(model, self.data, split, cfg, self.context, self.shard)
 
 
+NEXT = "next"
+"""The context after every split (`Task.context`): what a recommendation made now follows."""
+
+
 def histories(parts: list[Interactions], num_users: int, length: int, pad: int) -> Tensor:
     """Each user's last ``length`` items over ``parts`` (in that order, each sorted by user and
     time), left-padded with ``pad``: (num_users, length)."""
@@ -233,7 +237,11 @@ class SequenceTask:
 
     def context(self, users: Tensor, split: str) -> Batch:
         """The history before ``split``'s items: (known +) train for valid, (known +) train +
-        valid for test."""
+        valid for test, every split for `NEXT` (made at its first use)."""
+        if split == NEXT and NEXT not in self.contexts:
+            data = self.data
+            self.contexts[NEXT] = histories([data.known, data.train, data.valid, data.test],
+                                            data.num_users, self.max_len, self.pad)
         return {"seq": self.contexts[split][users]}
 
     def evaluate(self, model: Recommender, split: str, cfg: EvalConfig) -> dict[str, float]:

@@ -1,0 +1,260 @@
+"""Top-K recommendations of a trained run (`advrec recommend`): raw user ids in, raw item ids
+and scores out, in the run's own id mapping (its prepared dataset's ``users.parquet`` and
+``items.parquet``).
+
+Users are ranked in chunks of ``batch_users`` and the catalogue in blocks of ``block_items``:
+each block's scores (B, C) are merged into the running top-K, so memory stays B × (C + K) however
+large the catalogue. A user's items in every split are excluded unless ``keep_seen``; SASRec
+ranks from the user's whole history (`advrec.train.tasks.NEXT`). A raw id the run never saw gets
+the K items with the most training interactions, marked ``fallback`` (``unknown="popular"``), or
+is an error naming it (``unknown="error"``).
+
+On N Ray Train workers each ranks a contiguous share of the users and writes its part beside the
+output; the driver joins the parts in order into one Parquet file, renamed into place only when
+whole. Output columns: ``user`` and ``item`` (raw ids, as text), ``rank`` (1 = best), ``score``
+(the model's logit; a fallback's is its item's training interactions) and ``fallback``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray.train
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from advrec import io
+from advrec.config import RunConfig, ScalingConfig
+from advrec.config.policy import ranking_models
+from advrec.data import load_dataset
+from advrec.data.dataset import Dataset, read_part
+from advrec.devices import to_device, train_device
+from advrec.errors import AdvrecError, shown
+from advrec.metrics.evaluate import csr_rows
+from advrec.models.base import Batch, Recommender
+from advrec.train import launch, load_model, read_run
+from advrec.train.checkpoint import model_url
+from advrec.train.tasks import NEXT, make_task
+
+PARTS = io.Marker("parts.json", "advrec_parts", "the workers' parts of `advrec recommend`")
+"""Marks the directory of the workers' parts, the only one `recommend_run` removes."""
+SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()),
+                    ("score", pa.float32()), ("fallback", pa.bool_())])
+UNKNOWN = ("popular", "error")
+
+
+def vocabulary(dataset: str, side: str) -> pa.Array:
+    """The raw ids of ``side`` (``user`` or ``item``) by index, as text: (num,) strings."""
+    table = read_part(dataset, f"{side}s.parquet", ["index", "raw_id"],
+                      what=f"a {side} vocabulary").sort_by("index")
+    return table["raw_id"].cast(pa.string()).combine_chunks()
+
+
+def read_users(spec: str) -> list[str]:
+    """The raw user ids of ``--users FILE``: a Parquet file's ``user`` column, or a text file
+    with one id per line (blank lines skipped); each id once, in first-seen order."""
+    fs, path = io.filesystem(spec)
+    if not fs.isfile(path):
+        raise AdvrecError(f"--users {spec}: no such file")
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    if data[:4] == b"PAR1":
+        try:
+            raw = pq.read_table(pa.BufferReader(data), columns=["user"])["user"]
+        except (pa.ArrowInvalid, KeyError) as exc:
+            raise AdvrecError(f"--users {spec}: not a Parquet file with a user column "
+                              f"({exc})") from None
+        ids = [str(v) for v in raw.to_pylist() if v is not None]
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AdvrecError(f"--users {spec}: neither Parquet nor UTF-8 text (one raw user "
+                              "id per line)") from None
+        ids = [line.strip() for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise AdvrecError(f"--users {spec}: no user ids in it")
+    return list(dict.fromkeys(ids))
+
+
+def user_indices(raw: list[str], vocab: pa.Array, unknown: str, where: str) -> Tensor:
+    """Each raw id's index (-1 for an id the run never saw: an error with ``unknown="error"``),
+    (U,) int64."""
+    import pyarrow.compute as pc
+
+    found = pc.index_in(pa.array(raw, pa.string()), value_set=vocab).to_pylist()
+    missing = [r for r, i in zip(raw, found) if i is None]
+    if missing and unknown == "error":
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise AdvrecError(f"{where}: user {shown(missing[0])} is not a user of the run{more}; "
+                          "--unknown popular gives such users the most popular items")
+    return torch.tensor([-1 if i is None else i for i in found], dtype=torch.long)
+
+
+def check_k(k: int, num_items: int) -> None:
+    """K must be a positive count no larger than the catalogue."""
+    if not 1 <= k <= num_items:
+        raise AdvrecError(f"--k {k}: must be between 1 and the catalogue's {num_items} items")
+
+
+def seen_items(data: Dataset) -> list[tuple[Tensor, Tensor]]:
+    """Every split's items per user (CSR, `Dataset.positives`): what a recommendation leaves
+    out."""
+    return [data.positives(s) for s in ("known", "train", "valid", "test")]
+
+
+@torch.no_grad()
+def top_k(model: Recommender, context: Batch, users: Tensor, k: int, block: int,
+          seen: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The best ``k`` items of each user (B,) and their scores, block by block of the
+    catalogue, ``seen`` items (CSR, or none) excluded: scores (B, k) float and items (B, k)
+    int64 on the CPU, best first; -inf where a user has fewer than k items left."""
+    rows, cols = [torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+                  for parts in zip(*(csr_rows(ptr, idx, users) for ptr, idx in seen))] \
+        if seen else (torch.zeros(0, dtype=torch.long),) * 2
+    device = next(iter(context.values())).device
+    best_scores = torch.full((users.numel(), 0), -torch.inf, device=device)
+    best_items = torch.zeros((users.numel(), 0), dtype=torch.long, device=device)
+    for start in range(0, model.num_items, block):
+        items = torch.arange(start, min(start + block, model.num_items), device=device)
+        scores = model.rank_scores(context, items).float()  # (B, C)
+        inside = (cols >= start) & (cols < start + items.numel())
+        scores[rows[inside].to(device), (cols[inside] - start).to(device)] = -torch.inf
+        merged = torch.cat([best_scores, scores], dim=1)
+        candidates = torch.cat([best_items, items.expand(users.numel(), -1)], dim=1)
+        best_scores, where = torch.topk(merged, min(k, merged.shape[1]), dim=1)
+        best_items = candidates.gather(1, where)
+    return best_scores.cpu(), best_items.cpu()
+
+
+def popular(data: Dataset, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` items with the most training interactions (ties: the lower index) and their
+    counts: (k,) int64, (k,) float."""
+    counts = torch.bincount(torch.cat([data.known.item, data.train.item]),
+                            minlength=data.num_items).double()
+    order = torch.sort(-counts, stable=True).indices[:k]
+    return order, counts[order]
+
+
+def _table(raw_users: list[str], positions: Tensor, scores: Tensor, items: Tensor,
+           item_vocab: pa.Array, fallback: bool) -> pa.Table:
+    """Rows (user, rank, item, score, fallback) of users' (B,) lists (B, k), -inf dropped,
+    with each user's ``positions`` (B,) in the listing (a column ``position``, for ordering)."""
+    keep = torch.isfinite(scores)
+    user_of, rank_of = torch.nonzero(keep, as_tuple=True)
+    return pa.table({
+        "position": pa.array(positions[user_of].numpy()),
+        "user": pa.array([raw_users[i] for i in user_of.tolist()], pa.string()),
+        "rank": pa.array((rank_of + 1).numpy().astype("int32")),
+        "item": item_vocab.take(pa.array(items[keep].numpy())),
+        "score": pa.array(scores[keep].numpy().astype("float32")),
+        "fallback": pa.array([fallback] * int(keep.sum()), pa.bool_()),
+    })
+
+
+def recommend_per_worker(config: dict[str, Any]) -> int:
+    """One worker's share of `recommend_run`: its contiguous slice of the users, written to
+    ``config["parts"]/part-RANK.parquet``; returns its rows."""
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    cfg, dataset = read_run(config["run"])
+    data = load_dataset(dataset)
+    model, _ = load_model(model_url(config["run"]), cfg, data)
+    device = train_device(cfg.scaling.use_gpu, config["ray_worker"])
+    model.to(device).eval()
+    task = make_task(cfg, data)
+    item_vocab = vocabulary(dataset, "item")
+    raw, index = config["users"], torch.tensor(config["indices"], dtype=torch.long)
+    lo, hi = rank * len(raw) // world, (rank + 1) * len(raw) // world
+    seen = [] if config["keep_seen"] else seen_items(data)
+    top_items, top_counts = popular(data, config["k"])
+    written = 0
+    with io.atomic_file(io.join(config["parts"], f"part-{rank:05d}.parquet"), "wb") as f, \
+            pq.ParquetWriter(f, SCHEMA) as writer:
+        bar = tqdm(range(lo, hi, config["batch_users"]), desc="recommend", unit="chunk",
+                   disable=None if config["progress"] and rank == 0 else True)
+        for start in bar:
+            end = min(start + config["batch_users"], hi)
+            users, names = index[start:end], raw[start:end]
+            positions = torch.arange(start, end)
+            known = users >= 0
+            tables = []
+            if known.any():
+                chosen = users[known]
+                scores, items = top_k(model, to_device(task.context(chosen, NEXT), device),
+                                      chosen, config["k"], config["block_items"], seen)
+                tables.append(_table([n for n, ok in zip(names, known.tolist()) if ok],
+                                     positions[known], scores, items, item_vocab, False))
+            if not known.all():
+                cold = [n for n, ok in zip(names, known.tolist()) if not ok]
+                tables.append(_table(cold, positions[~known],
+                                     top_counts.float().expand(len(cold), -1),
+                                     top_items.expand(len(cold), -1), item_vocab, True))
+            # the users in the order they were listed
+            table = pa.concat_tables(tables).sort_by([("position", "ascending"),
+                                                      ("rank", "ascending")])
+            writer.write_table(table.drop_columns(["position"]).cast(SCHEMA))
+            written += table.num_rows
+    return written
+
+
+def recommend_run(run: str, output: str, users: str = "all", k: int = 10,
+                  keep_seen: bool = False, unknown: Literal["popular", "error"] = "popular",
+                  batch_users: int = 1024, block_items: int = 1 << 16,
+                  workers: int | None = None, address: str | None = None,
+                  progress: bool = True) -> dict[str, int]:
+    """Write the top-``k`` lists of ``users`` (``all``, or a file of raw ids: `read_users`) of
+    the run at ``run`` to the Parquet file ``output``; returns counts of users, of those the run
+    never saw (``unknown``), and of rows written. ``workers``: Ray Train workers sharing the
+    users (default the run's ``scaling.num_workers``; 0 in this process)."""
+    cfg, dataset = read_run(run)
+    _check_ranking(cfg)
+    if not io.exists(model_url(run)):
+        raise AdvrecError(f"{run}: no checkpoint/model.pt (a run that has not finished); "
+                          f"finish it with `advrec train --resume {run}`")
+    io.check_file(output)
+    user_vocab = vocabulary(dataset, "user")
+    num_items = len(vocabulary(dataset, "item"))
+    check_k(k, num_items)
+    raw = user_vocab.to_pylist() if users == "all" else read_users(users)
+    index = user_indices(raw, user_vocab, unknown, f"--users {users}")
+    scaling: ScalingConfig = cfg.scaling.model_copy(
+        update={} if workers is None else {"num_workers": workers})
+    parts = io.temporary(output)
+    io.dump_json(io.join(parts, PARTS.file), {PARTS.key: 1})  # so only this is ever removed
+    try:
+        rows = launch(recommend_per_worker,
+                      {"run": io.absolute(run), "users": raw, "indices": index.tolist(), "k": k,
+                       "keep_seen": keep_seen, "batch_users": batch_users,
+                       "block_items": block_items, "parts": io.absolute(parts),
+                       "progress": progress, "ray_worker": scaling.num_workers > 0},
+                      scaling, address)
+        rows = _join(parts, max(scaling.num_workers, 1), output)
+    finally:
+        io.remove_owned(parts, PARTS)
+    return {"users": len(raw), "unknown": int((index < 0).sum()), "rows": rows}
+
+
+def _check_ranking(cfg: RunConfig) -> None:
+    """Only a ranking model makes top-K lists."""
+    if cfg.kind != "ranking":
+        raise AdvrecError(f"--run: model.name={cfg.model.name} scores (user, item) pairs for "
+                          f"{cfg.kind}, not top-K lists; `advrec recommend` ranks with "
+                          f"{', '.join(ranking_models())} runs")
+
+
+def _join(parts: str, count: int, output: str) -> int:
+    """Concatenate ``count`` workers' part files, in rank order, into ``output`` (atomically);
+    returns the rows."""
+    fs, path = io.filesystem(parts)
+    rows = 0
+    with io.atomic_file(output, "wb") as f, pq.ParquetWriter(f, SCHEMA) as writer:
+        for rank in range(count):
+            with fs.open(f"{path}/part-{rank:05d}.parquet", "rb") as part:
+                for batch in pq.ParquetFile(part).iter_batches():
+                    writer.write_batch(batch)
+                    rows += batch.num_rows
+    return rows
