@@ -1,5 +1,5 @@
 """The ``advrec`` console script: prepare, synth, poison, detect, train, tune, evaluate,
-recommend, plot, submit, run, jobs, demo.
+recommend, export, plot, submit, run, jobs, demo.
 
 Every command turns bad input into one line on stderr (``advrec: error: ...``) and exit code 2;
 SIGINT and SIGTERM into one line and exit code 130 or 143, after removing temporary outputs.
@@ -354,6 +354,14 @@ def cmd_recommend(args: argparse.Namespace) -> None:
           f"{args.output}{cold}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from advrec.serve.export import export_run
+
+    manifest = export_run(args.run, args.output, args.format)
+    print(f"wrote {args.output}: {manifest['ranker']} ({args.format}, inputs "
+          f"{', '.join(manifest['inputs'])}), {len(manifest['tables'])} tables, manifest.json")
+
+
 def cmd_plot(args: argparse.Namespace) -> None:
     from advrec.metrics.plots import plot_robustness, plot_targets
     from advrec.report import headline, read_robustness, read_target
@@ -688,6 +696,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "when done)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("export", help="a trained run for serving: its ranker (TorchScript or "
+                       "torch.export), its tables as Parquet, the id mapping, a manifest")
+    p.add_argument("--run", required=True, help="run directory written by `advrec train` (a "
+                   "ranking model: mf, neumf, sasrec, twotower)")
+    p.add_argument("--format", choices=["torchscript", "export"], default="torchscript",
+                   help="the ranker as TorchScript (ranker.pt, default) or torch.export "
+                   "(ranker.pt2)")
+    p.add_argument("--output", required=True, help="the export directory (replaced only if "
+                   "advrec wrote it)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("plot", help="plot the robustness curves, or the target metrics, of "
                        "several runs in one figure")

@@ -19,25 +19,12 @@ from advrec.train import load_model, read_run
 from advrec.train.checkpoint import model_url
 from advrec.train.tasks import NEXT, make_task
 from errors import error_line
-
-
-@pytest.fixture(scope="module")
-def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("recommend")
-    assert main(["synth", "--users", "40", "--items", "60", "--interactions", "600",
-                 "--output", str(root / "log")]) == 0
-    return root / "log"
-
-
-def _run(log: Path, out: Path, *overrides: str) -> Path:
-    assert main(["train", "--output", str(out), "--quiet", f"data.source={log}", "model.dim=8",
-                 "train.epochs=2", *overrides]) == 0
-    return out
+from recs import read_lists, train_run
 
 
 @pytest.fixture(scope="module")
 def mf_run(log: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _run(log, tmp_path_factory.mktemp("mf") / "run")
+    return train_run(log, tmp_path_factory.mktemp("mf") / "run")
 
 
 def _brute_force(run: Path, k: int, keep_seen: bool = False) -> dict[str, list[str]]:
@@ -61,20 +48,11 @@ def _brute_force(run: Path, k: int, keep_seen: bool = False) -> dict[str, list[s
     return {u: items for u, items in lists.items() if items}  # no rows for one who has seen all
 
 
-def _lists(path: Path) -> dict[str, list[str]]:
-    table = pq.read_table(path).to_pylist()
-    out: dict[str, list[str]] = {}
-    for row in table:
-        out.setdefault(row["user"], []).append(row["item"])
-        assert row["rank"] == len(out[row["user"]])
-    return out
-
-
 def test_equals_brute_force_with_seen_items_left_out(mf_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "recs.parquet"
     assert main(["recommend", "--run", str(mf_run), "--k", "5", "--output", str(out),
                  "--quiet"]) == 0
-    lists = _lists(out)
+    lists = read_lists(out)
     assert lists == _brute_force(mf_run, 5)
     _, dataset = read_run(str(mf_run))
     data = load_dataset(dataset)
@@ -86,10 +64,10 @@ def test_equals_brute_force_with_seen_items_left_out(mf_run: Path, tmp_path: Pat
     kept = tmp_path / "kept.parquet"
     assert main(["recommend", "--run", str(mf_run), "--k", "5", "--keep-seen", "--output",
                  str(kept), "--quiet"]) == 0
-    assert _lists(kept) == _brute_force(mf_run, 5, keep_seen=True) != lists
+    assert read_lists(kept) == _brute_force(mf_run, 5, keep_seen=True) != lists
 
 
-def test_blocks_of_the_catalogue_give_the_same_lists(mf_run: Path) -> None:
+def test_blocks_of_the_catalogue_give_the_sameread_lists(mf_run: Path) -> None:
     cfg, dataset = read_run(str(mf_run))
     data = load_dataset(dataset)
     model, _ = load_model(model_url(str(mf_run)), cfg, data)
@@ -137,15 +115,15 @@ def test_unknown_users_get_the_popular_items_or_an_error(
 
 
 def test_sasrec_ranks_from_the_whole_history(log: Path, tmp_path: Path) -> None:
-    run = _run(log, tmp_path / "sasrec", "model.name=sasrec", "model.max_len=10",
+    run = train_run(log, tmp_path / "sasrec", "model.name=sasrec", "model.max_len=10",
                "data.split=loo")
     out = tmp_path / "recs.parquet"
     assert main(["recommend", "--run", str(run), "--k", "4", "--output", str(out),
                  "--quiet"]) == 0
-    assert _lists(out) == _brute_force(run, 4)
+    assert read_lists(out) == _brute_force(run, 4)
 
 
-def test_two_workers_give_the_same_lists(mf_run: Path, tmp_path: Path, ray_local: None) -> None:
+def test_two_workers_give_the_sameread_lists(mf_run: Path, tmp_path: Path, ray_local: None) -> None:
     alone, two = tmp_path / "alone.parquet", tmp_path / "two.parquet"
     for path, workers in ((alone, "0"), (two, "2")):
         assert main(["recommend", "--run", str(mf_run), "--k", "5", "--workers", workers,

@@ -211,10 +211,8 @@ def recommend_run(run: str, output: str, users: str = "all", k: int = 10,
     never saw (``unknown``), and of rows written. ``workers``: Ray Train workers sharing the
     users (default the run's ``scaling.num_workers``; 0 in this process)."""
     cfg, dataset = read_run(run)
-    _check_ranking(cfg)
-    if not io.exists(model_url(run)):
-        raise AdvrecError(f"{run}: no checkpoint/model.pt (a run that has not finished); "
-                          f"finish it with `advrec train --resume {run}`")
+    check_ranking(cfg, "advrec recommend")
+    check_finished(run)
     io.check_file(output)
     user_vocab = vocabulary(dataset, "user")
     num_items = len(vocabulary(dataset, "item"))
@@ -238,12 +236,19 @@ def recommend_run(run: str, output: str, users: str = "all", k: int = 10,
     return {"users": len(raw), "unknown": int((index < 0).sum()), "rows": rows}
 
 
-def _check_ranking(cfg: RunConfig) -> None:
-    """Only a ranking model makes top-K lists."""
+def check_ranking(cfg: RunConfig, command: str) -> None:
+    """Only a ranking model makes top-K lists (``command`` names who asks)."""
     if cfg.kind != "ranking":
         raise AdvrecError(f"--run: model.name={cfg.model.name} scores (user, item) pairs for "
-                          f"{cfg.kind}, not top-K lists; `advrec recommend` ranks with "
+                          f"{cfg.kind}, not top-K lists; `{command}` ranks with "
                           f"{', '.join(ranking_models())} runs")
+
+
+def check_finished(run: str) -> None:
+    """A run's best model must be there."""
+    if not io.exists(model_url(run)):
+        raise AdvrecError(f"{run}: no checkpoint/model.pt (a run that has not finished); "
+                          f"finish it with `advrec train --resume {run}`")
 
 
 def _join(parts: str, count: int, output: str) -> int:
