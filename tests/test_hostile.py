@@ -493,6 +493,7 @@ CONFIG: list[Case] = [
     Case("train-beyond-ctr-model", (*TRAIN, "eval.beyond=true", "model.name=deepfm"),
          "eval.beyond: model.name=deepfm is evaluated by auc, logloss, gauc, not by top-K lists"),
     Case("train-tail-ratio-zero", (*TRAIN, "eval.tail_ratio=0"), "eval.tail_ratio"),
+    Case("train-unknown-logger", (*TRAIN, "train.loggers=[wandb]"), "train.loggers"),
     # argparse's own errors: one line too, not the usage block
     Case("cli-unknown-flag", ("train", "--nope"), "--nope"),
     Case("cli-not-an-integer", ("synth", "--users", "many", "--items", "5", "--interactions", "9",

@@ -387,6 +387,10 @@ class TrainConfig(Section):
         False, description="With init_from: also carry over the run's optimizer state of its "
         "best epoch (Adam's moments, Adagrad's sums; rows of new ids start at zero). Dense "
         "tables, the same train.optimizer.")
+    loggers: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list, description="Where each epoch's losses, metrics and times also "
+        "go: tensorboard (event files under the run's tensorboard/), mlflow (a run on "
+        "MLFLOW_TRACKING_URI; pip install advrec[mlflow]).")
     fault_epoch: int | None = Field(
         None, ge=0, description="Fault injection, for tests: a worker dies half-way through "
         "this epoch (raises in-process), once; a resumed run never fails again.")

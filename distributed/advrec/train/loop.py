@@ -59,6 +59,7 @@ from advrec.train.checkpoint import (
     prune_best,
     save_checkpoint,
 )
+from advrec.train.loggers import EpochLogger, make_loggers
 from advrec.train.optim import Optimizer, make_optimizer
 from advrec.train.schedules import attack_from_config, collapsed, training_attack
 from advrec.train.state import EarlyStopping, load_sharded_state, save_state
@@ -252,7 +253,24 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
                unit="epoch", initial=first, total=epochs,
                disable=None if progress else True)  # None: only on a terminal
     stopped = bool(history) and history[-1].get("stopped", False)
-    for epoch in bar if not stopped else ():
+    loggers = make_loggers(cfg, run.output) if rank == 0 else []
+    try:
+        if not stopped:
+            _epochs(run, bar, first, entered, best, history, latest, loggers, progress, resumed)
+    finally:
+        for logger in loggers:
+            logger.close()
+    bar.close()
+    return _finish(run, best, history)
+
+
+def _epochs(run: Training, bar: tqdm, first: int, entered: float, best: EarlyStopping,
+            history: list[dict[str, Any]], latest: dict[str, float],
+            loggers: list[EpochLogger], progress: bool, resumed: bool) -> None:
+    """Train the epochs of ``bar`` (from ``first``), each recorded in ``history``, reported,
+    logged and checkpointed, until early stopping or the last."""
+    cfg = run.cfg
+    for epoch in bar:
         setup = time.perf_counter() - entered  # loading the data, building the model, DDP
         record = _epoch(run, epoch, best, history, fault=not resumed)
         if epoch == first:
@@ -266,14 +284,14 @@ def _train(cfg: RunConfig, config: dict[str, Any], entered: float) -> dict[str, 
             _epoch_line(record, cfg)
         history.append(record)
         ray.train.report(epoch_metrics(record, latest, cfg))
+        for logger in loggers:
+            logger.log(record, epoch)
         every = cfg.train.checkpoint_every
         if every and ((epoch + 1) % every == 0 or record["stopped"]):
             save_state(run.output, run.model, run.optimizer, best, history, run.shard,
                        run.tables, run.memory)
         if record["stopped"]:
             break
-    bar.close()
-    return _finish(run, best, history)
 
 
 def _build(cfg: RunConfig, config: dict[str, Any], shard: tuple[int, int]) -> Training:
