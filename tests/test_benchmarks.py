@@ -326,3 +326,19 @@ def test_gpu_benchmark_runs_its_cpu_baseline(udata_small: Path, tmp_path: Path) 
         bpr = next(o for o in rows if o["dataset"] == r["dataset"] and o["method"] == "bpr")
         assert float(by_run[r["dataset"], r["method"]][5]) == pytest.approx(
             r["rows_per_s"] / bpr["rows_per_s"], abs=0.006)
+
+
+def test_recommend_benchmark_runs(tmp_path: Path) -> None:
+    """Both in-process variants on a tiny log: every user ranked, the table against the
+    baseline (the 2-worker variant is left to the benchmark: it starts Ray)."""
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "recommend.py"),
+                          "--interactions", "3000", "--users", "100", "--items", "500",
+                          "--variants", "baseline,recommend", "--out", str(tmp_path)],
+                         check=False, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in rows] == ["baseline", "recommend"]
+    assert all(r["users"] == 100 and r["peak_rss_bytes"] > 0 for r in rows)
+    table = [line.split("|")[1:-1] for line in out.stdout.splitlines() if line.startswith("| ")]
+    assert [c[0].strip() for c in table[1:]] == ["baseline", "recommend"]
+    assert float(table[1][2]) == 1.0  # the baseline against itself
