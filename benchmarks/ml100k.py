@@ -2,7 +2,8 @@
 
 Runs the shipped configs `jobs/configs/ml100k-{bpr,apr,pgd}.yaml` as they are, overriding only
 ``data.source``, ``data.format`` and ``train.seed``; attacks every trained model with FGM and PGD
-(10 steps) at ε = 0.5; and, when the RecBole venv exists (``benchmarks/recbole/setup.sh``), runs
+(10 steps) at ε = 0.5, with the beyond-accuracy metrics of the test top-10 lists (issue 22:
+coverage, Gini, popularity, tail, novelty, diversity) clean and under FGM; and, when the RecBole venv exists (``benchmarks/recbole/setup.sh``), runs
 RecBole 1.2.1's BPR in the same run for the epoch-time ratio. Timings are ratios against a
 baseline measured in the same run. Results: ``benchmarks/out/ml100k.json`` and a Markdown table
 on stdout (copied into benchmarks/README.md).
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 from advrec.config import load_config
+from advrec.config.policy import BEYOND
 from advrec.report import evaluate_run
 from advrec.train import run_training
 
@@ -42,7 +44,8 @@ def run_advrec(name: str, seed: int, data: Path, out: Path) -> dict:
     start = time.perf_counter()
     metrics = run_training(cfg, str(run), progress=False)
     wall = time.perf_counter() - start
-    curve = evaluate_run(str(run), ["fgm", "pgd"], [0.0, float(EPS)], steps=10, progress=False)
+    curve = evaluate_run(str(run), ["fgm", "pgd"], [0.0, float(EPS)], steps=10, progress=False,
+                         beyond=True)
     history = json.loads((run / "history.json").read_text())
     # epoch time of the phase the method is about: adversarial epochs for APR / PGD-AT
     phase = [h["train_s"] for h in history if h["adversarial"] == (cfg.adv.method != "none")]
@@ -54,6 +57,9 @@ def run_advrec(name: str, seed: int, data: Path, out: Path) -> dict:
         "drop_fgm": (clean - curve["fgm"][EPS]["ndcg@10"]) / clean,
         "drop_pgd": (clean - curve["pgd"][EPS]["ndcg@10"]) / clean,
         "ndcg_fgm": curve["fgm"][EPS]["ndcg@10"], "ndcg_pgd": curve["pgd"][EPS]["ndcg@10"],
+        # the beyond-accuracy metrics of the test lists, clean and under FGM at ε
+        "beyond": {point: {m: curve["fgm"][eps][f"{m}@10"] for m in BEYOND}
+                   for point, eps in (("clean", "0.0"), ("fgm", EPS))},
     }
 
 
@@ -120,6 +126,13 @@ def main() -> None:
     print()
     for k, v in ratios.items():
         print(f"- {k}: {v:.2f}")
+    print(f"\nBeyond accuracy, test top-10 lists, clean / under FGM ε={EPS}:\n")
+    print("| method | " + " | ".join(f"{m}@10" for m in BEYOND) + " |")
+    print("|---" * (len(BEYOND) + 1) + "|")
+    for name, rs in by.items():
+        cells = [f"{mean([r['beyond']['clean'][m] for r in rs]):.4f} / "
+                 f"{mean([r['beyond']['fgm'][m] for r in rs]):.4f}" for m in BEYOND]
+        print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
