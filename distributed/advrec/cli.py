@@ -343,11 +343,23 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> None:
+    if args.pairs is not None:
+        lists = [f"--{flag.replace('_', '-')}" for flag in ("users", "k", "keep_seen", "unknown",
+                                                             "workers")
+                 if getattr(args, flag) not in (None, False)]
+        if lists:
+            raise AdvrecError(f"{lists[0]}: --pairs scores the pairs given, it makes no top-K "
+                              "lists")
+        from advrec.serve.recommend import score_pairs
+
+        count = score_pairs(args.run, args.pairs, args.output, args.batch_users)
+        print(f"wrote the scores of {count} pairs to {args.output}")
+        return
     from advrec.serve.recommend import recommend_run
 
-    done = recommend_run(args.run, args.output, args.users, args.k, args.keep_seen, args.unknown,
-                         args.batch_users, workers=args.workers, address=args.address,
-                         progress=not args.quiet)
+    done = recommend_run(args.run, args.output, args.users or "all", args.k or 10,
+                         args.keep_seen, args.unknown or "popular", args.batch_users,
+                         workers=args.workers, address=args.address, progress=not args.quiet)
     cold = (f"; {done['unknown']} of them unknown to the run got its most popular items"
             if done["unknown"] else "")
     print(f"wrote {done['rows']} recommendations for {done['users']} users to "
@@ -678,16 +690,20 @@ def build_parser() -> argparse.ArgumentParser:
                        "(raw ids, ranks, scores)")
     p.add_argument("--run", required=True, help="run directory written by `advrec train` (a "
                    "ranking model: mf, neumf, sasrec, twotower)")
-    p.add_argument("--users", default="all", help="'all' (default: every user of the run), or "
+    p.add_argument("--users", default=None, help="'all' (default: every user of the run), or "
                    "a file of raw user ids: one per line, or Parquet with a user column")
-    p.add_argument("--k", type=_positive_int, default=10, help="items per user (default 10)")
+    p.add_argument("--k", type=_positive_int, default=None, help="items per user (default 10)")
     p.add_argument("--keep-seen", action="store_true", help="keep the items a user already "
                    "has in the run's data (default: left out)")
-    p.add_argument("--unknown", choices=["popular", "error"], default="popular",
+    p.add_argument("--unknown", choices=["popular", "error"], default=None,
                    help="a user id the run never saw: the most popular items (marked "
                    "fallback), or an error (default popular)")
+    p.add_argument("--pairs", default=None, metavar="FILE", help="instead of top-K lists, the "
+                   "score of each (user, item) pair of FILE (Parquet, or CSV with a header; "
+                   "columns user and item, raw ids): any model, CTR ones too")
     p.add_argument("--batch-users", type=_positive_int, default=1024,
-                   help="users ranked at once (bounds memory with the catalogue blocks)")
+                   help="users ranked at once (bounds memory with the catalogue blocks); with "
+                   "--pairs, pairs scored at once")
     p.add_argument("--workers", type=_non_negative_int, default=None,
                    help="Ray Train workers sharing the users (default: the run's "
                    "scaling.num_workers; 0 = this process)")

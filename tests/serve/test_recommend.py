@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -143,4 +144,43 @@ def test_a_ctr_run_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["recommend", "--run", str(run), "--output", str(tmp_path / "r.parquet")]) != 0
     assert error_line(capsys.readouterr().err) == (
         "advrec: error: --run: model.name=deepfm scores (user, item) pairs for ctr, not top-K "
-        "lists; `advrec recommend` ranks with mf, neumf, sasrec, twotower runs")
+        "lists; `advrec recommend` ranks with mf, neumf, sasrec, twotower runs; --pairs FILE "
+        "scores given pairs")
+
+
+def test_pairs_get_the_scores_recommend_ranks_by(mf_run: Path, tmp_path: Path) -> None:
+    recs = tmp_path / "recs.parquet"
+    assert main(["recommend", "--run", str(mf_run), "--k", "3", "--output", str(recs),
+                 "--quiet"]) == 0
+    listed = pq.read_table(recs).to_pylist()[:6]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("item,user\n" + "".join(f"{r['item']},{r['user']}\n" for r in listed))
+    scores = tmp_path / "scores.parquet"
+    assert main(["recommend", "--run", str(mf_run), "--pairs", str(pairs), "--output",
+                 str(scores)]) == 0
+    got = pq.read_table(scores).to_pylist()
+    assert [(r["user"], r["item"]) for r in got] == [(r["user"], r["item"]) for r in listed]
+    assert [r["score"] for r in got] == pytest.approx([r["score"] for r in listed], rel=1e-5)
+
+
+def test_a_ctr_models_pairs_get_click_probabilities(ctr_small: str, feature_options: dict,
+                                                    tmp_path: Path) -> None:
+    options = [f"data.{k}=[{', '.join(v)}]" for k, v in feature_options.items()]
+    run = train_run(Path(ctr_small), tmp_path / "deepfm", "model.name=deepfm", *options)
+    cfg, dataset = read_run(str(run))
+    data = load_dataset(dataset)
+    model, _ = load_model(model_url(str(run)), cfg, data)
+    users, items = vocabulary(dataset, "user"), vocabulary(dataset, "item")
+    pairs = tmp_path / "pairs.parquet"
+    # users 0-4 each with item of the same index, by raw id (the user column typed as numbers)
+    pq.write_table(pa.table({"user": pa.array([int(users[u].as_py()) for u in range(5)]),
+                             "item": items.slice(0, 5)}), pairs)
+    out = tmp_path / "scores.parquet"
+    assert main(["recommend", "--run", str(run), "--pairs", str(pairs), "--output",
+                 str(out)]) == 0
+    got = pq.read_table(out).to_pylist()
+    with torch.no_grad():
+        logits = model.score_candidates({"user": torch.arange(5)}, torch.arange(5).unsqueeze(1))
+    assert [r["score"] for r in got] == pytest.approx(logits[:, 0].tolist(), rel=1e-5)
+    assert [r["probability"] for r in got] == pytest.approx(
+        torch.sigmoid(logits[:, 0]).tolist(), rel=1e-5)

@@ -211,7 +211,7 @@ def recommend_run(run: str, output: str, users: str = "all", k: int = 10,
     never saw (``unknown``), and of rows written. ``workers``: Ray Train workers sharing the
     users (default the run's ``scaling.num_workers``; 0 in this process)."""
     cfg, dataset = read_run(run)
-    check_ranking(cfg, "advrec recommend")
+    check_ranking(cfg, "advrec recommend", "; --pairs FILE scores given pairs")
     check_finished(run)
     io.check_file(output)
     user_vocab = vocabulary(dataset, "user")
@@ -236,12 +236,13 @@ def recommend_run(run: str, output: str, users: str = "all", k: int = 10,
     return {"users": len(raw), "unknown": int((index < 0).sum()), "rows": rows}
 
 
-def check_ranking(cfg: RunConfig, command: str) -> None:
-    """Only a ranking model makes top-K lists (``command`` names who asks)."""
+def check_ranking(cfg: RunConfig, command: str, hint: str = "") -> None:
+    """Only a ranking model makes top-K lists (``command`` names who asks; ``hint`` says what
+    else it can do)."""
     if cfg.kind != "ranking":
         raise AdvrecError(f"--run: model.name={cfg.model.name} scores (user, item) pairs for "
                           f"{cfg.kind}, not top-K lists; `{command}` ranks with "
-                          f"{', '.join(ranking_models())} runs")
+                          f"{', '.join(ranking_models())} runs{hint}")
 
 
 def check_finished(run: str) -> None:
@@ -263,3 +264,81 @@ def _join(parts: str, count: int, output: str) -> int:
                     writer.write_batch(batch)
                     rows += batch.num_rows
     return rows
+
+
+PAIR_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("score", pa.float32())])
+
+
+def read_pairs(spec: str) -> tuple[list[str], list[str]]:
+    """The (user, item) raw ids of ``--pairs FILE``: Parquet, or CSV with a header, with
+    ``user`` and ``item`` columns (read as text)."""
+    import pyarrow.csv as pcsv
+
+    fs, path = io.filesystem(spec)
+    if not fs.isfile(path):
+        raise AdvrecError(f"--pairs {spec}: no such file")
+    with fs.open(path, "rb") as f:
+        data = f.read()
+    try:
+        if data[:4] == b"PAR1":
+            table = pq.read_table(pa.BufferReader(data))
+        else:
+            table = pcsv.read_csv(pa.BufferReader(data), convert_options=pcsv.ConvertOptions(
+                column_types={"user": pa.string(), "item": pa.string()}))
+    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+        raise AdvrecError(f"--pairs {spec}: neither Parquet nor CSV with a header "
+                          f"({str(exc).splitlines()[0]})") from None
+    missing = [c for c in ("user", "item") if c not in table.column_names]
+    if missing:
+        raise AdvrecError(f"--pairs {spec}: no {missing[0]} column (it has "
+                          f"{', '.join(table.column_names)})")
+    users, items = (table[c].cast(pa.string()).to_pylist() for c in ("user", "item"))
+    blank = next((n for n, (u, i) in enumerate(zip(users, items)) if u is None or i is None),
+                 None)
+    if blank is not None:
+        raise AdvrecError(f"--pairs {spec}: row {blank + 1} has no user or no item")
+    if not users:
+        raise AdvrecError(f"--pairs {spec}: no pairs in it")
+    return users, items
+
+
+def _indices(raw: list[str], vocab: pa.Array, side: str, where: str) -> Tensor:
+    """Each raw id's index; one the run never saw is an error naming it."""
+    import pyarrow.compute as pc
+
+    found = pc.index_in(pa.array(raw, pa.string()), value_set=vocab).to_pylist()
+    missing = next((r for r, i in zip(raw, found) if i is None), None)
+    if missing is not None:
+        article = "an" if side == "item" else "a"
+        raise AdvrecError(f"{where}: {side} {shown(missing)} is not {article} {side} of the run")
+    return torch.tensor(found, dtype=torch.long)
+
+
+@torch.no_grad()
+def score_pairs(run: str, pairs: str, output: str, batch_rows: int = 8192) -> int:
+    """Write the model's score (its logit; with click labels, also ``probability``) of every
+    (user, item) pair of ``pairs`` (`read_pairs`), in order, to the Parquet file ``output``;
+    returns the pairs. Any model: a ranking model's is the logit it ranks by."""
+    cfg, dataset = read_run(run)
+    check_finished(run)
+    io.check_file(output)
+    raw_users, raw_items = read_pairs(pairs)
+    users = _indices(raw_users, vocabulary(dataset, "user"), "user", f"--pairs {pairs}")
+    items = _indices(raw_items, vocabulary(dataset, "item"), "item", f"--pairs {pairs}")
+    data = load_dataset(dataset)
+    model, _ = load_model(model_url(run), cfg, data)
+    model.eval()
+    task = make_task(cfg, data)
+    labelled = cfg.kind != "ranking"
+    schema = PAIR_SCHEMA.append(pa.field("probability", pa.float32())) if labelled else PAIR_SCHEMA
+    with io.atomic_file(output, "wb") as f, pq.ParquetWriter(f, schema) as writer:
+        for rows in torch.arange(users.numel()).split(batch_rows):
+            logits = model.score_candidates(task.context(users[rows], NEXT),
+                                            items[rows].unsqueeze(1))[:, 0].float()
+            columns = {"user": pa.array([raw_users[i] for i in rows.tolist()], pa.string()),
+                       "item": pa.array([raw_items[i] for i in rows.tolist()], pa.string()),
+                       "score": pa.array(logits.numpy())}
+            if labelled:
+                columns["probability"] = pa.array(torch.sigmoid(logits).numpy())
+            writer.write_table(pa.table(columns, schema=schema))
+    return users.numel()
