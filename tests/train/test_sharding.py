@@ -11,6 +11,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -23,6 +24,7 @@ from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.errors import AdvrecError
 from advrec.models import build_model
+from advrec.serve.recommend import vocabulary
 from advrec.train import load_model, read_run, run_training
 from advrec.train.loop import attack_from_config, make_objective
 from advrec.train.sharding import process_group, shard
@@ -193,7 +195,7 @@ def test_hashed_users_train_in_a_bounded_sharded_table(udata_small: Path,
 
 
 def test_two_workers_each_hold_their_shards_and_one_process_evaluates_their_checkpoint(
-        prepared: str, s3_store: str, ray_local: None) -> None:
+        prepared: str, s3_store: str, ray_local: None, tmp_path: Path) -> None:
     run = f"s3://advrec/sharded-{uuid.uuid4().hex[:8]}"  # on the S3 endpoint
     cfg = _config(prepared, "torchrec",
                   model={"dim": 16, "sharding": {"user": "table_wise", "item": "column_wise"}},
@@ -218,6 +220,22 @@ def test_two_workers_each_hold_their_shards_and_one_process_evaluates_their_chec
     assert all(isinstance(t, torch.nn.Embedding) for t in model.tables().values())
     test = make_task(cfg, data).evaluate(model, "test", cfg.eval)
     assert test == pytest.approx(metrics["test"], abs=1e-6)
+
+    # and `advrec recommend` ranks from that checkpoint, in object storage: the dense model's
+    # own top 5, every split's items left out
+    recs = tmp_path / "recs.parquet"
+    assert main(["recommend", "--run", run, "--k", "5", "--workers", "0", "--output", str(recs),
+                 "--quiet"]) == 0
+    with torch.no_grad():
+        scores = model.rank_scores({"user": torch.arange(data.num_users)})
+    for split in ("train", "valid", "test"):
+        scores[data.split(split).user, data.split(split).item] = -torch.inf
+    best = torch.topk(scores, 5, dim=1).indices
+    users, items = vocabulary(prepared, "user"), vocabulary(prepared, "item")
+    rows = pq.read_table(recs).to_pylist()
+    assert [(r["user"], r["item"]) for r in rows] == [
+        (users[u].as_py(), items[i].as_py()) for u in range(data.num_users)
+        for i in best[u].tolist()]
 
 
 
