@@ -112,9 +112,9 @@ def top_k(model: Recommender, context: Batch, users: Tensor, k: int, block: int,
     """The best ``k`` items of each user (B,) and their scores, block by block of the
     catalogue, ``seen`` items (CSR, or none) excluded: scores (B, k) float and items (B, k)
     int64 on the CPU, best first; -inf where a user has fewer than k items left."""
-    rows, cols = [torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
-                  for parts in zip(*(csr_rows(ptr, idx, users) for ptr, idx in seen))] \
-        if seen else (torch.zeros(0, dtype=torch.long),) * 2
+    pairs = [csr_rows(ptr, idx, users) for ptr, idx in seen]  # (row, item) of each seen
+    rows = torch.cat([r for r, _ in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
+    cols = torch.cat([c for _, c in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
     device = next(iter(context.values())).device
     best_scores = torch.full((users.numel(), 0), -torch.inf, device=device)
     best_items = torch.zeros((users.numel(), 0), dtype=torch.long, device=device)
