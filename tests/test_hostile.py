@@ -85,6 +85,13 @@ def write(name: str, text: str | bytes) -> Setup:
     return setup
 
 
+def parquet(name: str, columns: dict[str, list]) -> Setup:
+    """A setup that writes a Parquet file of ``columns`` to ``{d}/name``."""
+    def setup(p: Places) -> None:
+        pq.write_table(pa.table(columns), p.d / name)
+    return setup
+
+
 def remove(name: str) -> Setup:
     """A setup that deletes the file ``{d}/name``."""
     def setup(p: Places) -> None:
@@ -479,7 +486,7 @@ CONFIG: list[Case] = [
     Case("recommend-users-parquet-no-column", ("recommend", "--run", "{run}", "--users",
                                                "{log}/part-00000.parquet", "--output",
                                                "{d}/out"),
-         "not a Parquet file with a user column"),
+         "--users {log}/part-00000.parquet: no user column (it has user_id, item_id"),
     Case("recommend-unknown-user-error", ("recommend", "--run", "{run}", "--users", "{d}/u.txt",
                                           "--unknown", "error", "--output", "{d}/out"),
          "--users {d}/u.txt: user 'ghost' is not a user of the run", write("u.txt", "ghost\n")),
@@ -494,6 +501,30 @@ CONFIG: list[Case] = [
     Case("recommend-pairs-with-k", ("recommend", "--run", "{run}", "--pairs", "{d}/p.csv", "--k",
                                     "3", "--output", "{d}/out"),
          "--k: --pairs scores the pairs given", write("p.csv", "user,item\n0,1\n")),
+    Case("recommend-output-foreign-file", ("recommend", "--run", "{run}", "--output", "{d}/out"),
+         "{d}/out: exists and is not a file advrec recommend wrote", write("out", "mine"),
+         absent=("{d}/out.tmp-*",), unchanged=("{d}/out",)),
+    Case("recommend-output-inside-run", ("recommend", "--run", "{d}/run", "--output",
+                                         "{d}/run/config.yaml"),
+         "{d}/run/config.yaml: overlaps the input {d}/run", copy_run(),
+         unchanged=("{d}/run",)),
+    Case("recommend-output-is-users-file", ("recommend", "--run", "{run}", "--users", "{d}/u.txt",
+                                            "--output", "{d}/u.txt"),
+         "{d}/u.txt: overlaps the input {d}/u.txt", write("u.txt", "1\n"),
+         unchanged=("{d}/u.txt",)),
+    Case("recommend-output-http", ("recommend", "--run", "{run}", "--output",
+                                   "http://127.0.0.1:9/x.parquet"),
+         "http://127.0.0.1:9/x.parquet: http URLs are read-only"),
+    Case("recommend-users-is-dir", ("recommend", "--run", "{run}", "--users", "{log}", "--output",
+                                    "{d}/out"), "--users {log}: is a directory; name a file"),
+    Case("recommend-users-bool-column", ("recommend", "--run", "{run}", "--users", "{d}/u.parquet",
+                                         "--output", "{d}/out"),
+         "--users {d}/u.parquet: column user is bool; raw ids are text or whole numbers",
+         parquet("u.parquet", {"user": [True, False]})),
+    Case("recommend-run-json-dataset-number", ("recommend", "--run", "{d}/run", "--output",
+                                               "{d}/out"),
+         "{d}/run/run.json: names no dataset",
+         both(copy_run(), write("run/run.json", '{"advrec": "0.1.0", "dataset": 5}'))),
     Case("recommend-output-is-dir", ("recommend", "--run", "{run}", "--output", "{d}/out"),
          "{d}/out: is a directory; name a file", write("out/keep.txt", "mine"),
          absent=("{d}/out.tmp-*",), unchanged=("{d}/out",)),

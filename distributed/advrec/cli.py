@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import errno
 import json
 import math
 import os
@@ -827,6 +828,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f"{exc.filename}: " if exc.filename else ""
         reason = exc.strerror or (str(exc).strip().splitlines() or ["permission denied"])[0]
         print(f"advrec: error: {where}permission denied ({reason})", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full disk under an output
+        if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"advrec: error: {where}cannot be written ({exc.strerror})", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Interrupted, or a library's own KeyboardInterrupt
         signum = _received[-1] if _received else getattr(exc, "signum", signal.SIGINT)

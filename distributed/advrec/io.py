@@ -265,15 +265,12 @@ def check_output(url: str, marker: Marker, inputs: Sequence[str] = ()) -> None:
     replaces. Never a file, a directory of anything else, the working directory or one above
     it; never one of ``inputs``, one inside an input (it would be read as input next time) or
     one that holds an input (replacing it would delete the input)."""
+    check_writable(url)
     where = _location(url)
     if where[0] == "file" and _within(_location(os.getcwd()), where):
         raise AdvrecError(f"{url}: holds the working directory, which advrec never replaces; "
                           "choose another output")
-    for source in inputs:
-        place = _location(source)
-        if _within(where, place) or _within(place, where):
-            raise AdvrecError(f"{url}: overlaps the input {source}; the output must be apart "
-                              "from it (neither inside the other)")
+    check_apart(url, inputs)
     fs, path = filesystem(url)
     path = path.rstrip("/")
     if not fs.exists(path):
@@ -286,6 +283,36 @@ def check_output(url: str, marker: Marker, inputs: Sequence[str] = ()) -> None:
         raise AdvrecError(f"{url}: exists and is not {marker.what} (no advrec {marker.file}); "
                           "advrec replaces only outputs it wrote: choose another output or "
                           "delete it")
+
+
+def check_apart(url: str, inputs: Sequence[str]) -> None:
+    """An output must be apart from each of ``inputs``: not one of them, not inside one, not
+    holding one."""
+    where = _location(url)
+    for source in inputs:
+        place = _location(source)
+        if _within(where, place) or _within(place, where):
+            raise AdvrecError(f"{url}: overlaps the input {source}; the output must be apart "
+                              "from it (neither inside the other)")
+
+
+def check_parquet_output(url: str, key: str, what: str, inputs: Sequence[str] = ()) -> None:
+    """A Parquet file advrec may write at ``url``: apart from its ``inputs``, and where nothing
+    is or where a Parquet file is whose schema metadata has ``key`` (one advrec wrote, which
+    the new one replaces); ``what`` names such a file in errors."""
+    check_apart(url, inputs)
+    check_file(url)
+    fs, path = filesystem(url)
+    if not fs.exists(path):
+        return
+    try:
+        with fs.open(path, "rb") as f:
+            metadata = pq.read_schema(f).metadata or {}
+    except (pa.ArrowInvalid, OSError):
+        metadata = {}
+    if key.encode() not in metadata:
+        raise AdvrecError(f"{url}: exists and is not {what}; advrec replaces only outputs it "
+                          "wrote: choose another output or delete it")
 
 
 @contextlib.contextmanager
@@ -339,9 +366,22 @@ def replace_tree(url: str, new: str, marker: Marker) -> None:
     fs.rm(src, recursive=True)
 
 
+READ_ONLY = ("http", "https")
+"""Protocols fsspec reads but advrec never writes to."""
+
+
+def check_writable(url: str) -> None:
+    """An output URL must be of a protocol that can be written (not http(s))."""
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol in READ_ONLY:
+        raise AdvrecError(f"{url}: {protocol} URLs are read-only; write to a path or an object "
+                          "store (s3://, gs://, ...)")
+
+
 def check_file(url: str) -> None:
     """Raise a one-line `AdvrecError` unless a file can be written at ``url``: not where a
     directory is (a rename would move the file into it), nor under a file."""
+    check_writable(url)
     fs, path = filesystem(url)
     if fs.isdir(path):
         raise AdvrecError(f"{url}: is a directory; name a file")

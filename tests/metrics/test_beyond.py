@@ -51,6 +51,14 @@ def test_a_hand_computed_case(make_dataset) -> None:
     assert m["ild@1"] == 0.0
     assert m["ndcg@2"] == evaluate(model, data, "test", EvalConfig(ks=[1, 2]))["ndcg@2"]
 
+    # K above a user's unseen items: each list ends there ([2, 0, 1], [2, 1, 0], [3, 1, 2]),
+    # the masked item never counted
+    m = evaluate(model, data, "test", EvalConfig(ks=[4], beyond=True, tail_ratio=0.25))
+    assert m["coverage@4"] == 1.0
+    assert m["gini@4"] == pytest.approx((-3 * 1 - 1 * 2 + 1 * 3 + 3 * 3) / 9 / 4)
+    assert m["avgpop@4"] == pytest.approx((1 / 3 + 1 / 3 + 2 / 3) / 3)
+    assert m["tail@4"] == pytest.approx(1 / 3)
+
 
 def _recbole(lists: np.ndarray, counts: dict[int, int], num_items: int,
              tail_ratio: float) -> dict[str, float]:

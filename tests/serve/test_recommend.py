@@ -184,3 +184,38 @@ def test_a_ctr_models_pairs_get_click_probabilities(ctr_small: str, feature_opti
     assert [r["score"] for r in got] == pytest.approx(logits[:, 0].tolist(), rel=1e-5)
     assert [r["probability"] for r in got] == pytest.approx(
         torch.sigmoid(logits[:, 0]).tolist(), rel=1e-5)
+
+
+def test_users_files_as_people_write_them(mf_run: Path, tmp_path: Path) -> None:
+    """pandas' integers with a null (floats), a byte-order mark and CRLF: each id is the user
+    it names, not an unknown one."""
+    _, dataset = read_run(str(mf_run))
+    vocab = vocabulary(dataset, "user").to_pylist()
+    numbered = [int(v) for v in vocab[:2]]  # synth's raw ids are numbers
+    floats, bom = tmp_path / "floats.parquet", tmp_path / "bom.txt"
+    pq.write_table(pa.table({"user": pa.array([float(numbered[0]), None, float(numbered[1])])}),
+                   floats)
+    bom.write_bytes(b"\xef\xbb\xbf" + f"{numbered[0]}\r\n{numbered[1]}\r\n".encode())
+    for users in (floats, bom):
+        out = tmp_path / f"{users.stem}.parquet.out"
+        assert main(["recommend", "--run", str(mf_run), "--users", str(users), "--k", "2",
+                     "--output", str(out), "--quiet"]) == 0
+        rows = pq.read_table(out).to_pylist()
+        assert {r["user"] for r in rows} <= {str(n) for n in numbered}, users
+        assert not any(r["fallback"] for r in rows), users
+
+
+def test_a_storage_error_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A read-only or full disk under the output: one line naming the file."""
+    import errno
+
+    from advrec.serve import recommend
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system", "/mnt/ro/recs.parquet.tmp-1")
+
+    monkeypatch.setattr(recommend, "recommend_run", read_only)
+    assert main(["recommend", "--run", "r", "--output", "/mnt/ro/recs.parquet"]) == 2
+    assert error_line(capsys.readouterr().err) == (
+        "advrec: error: /mnt/ro/recs.parquet.tmp-1: cannot be written (Read-only file system)")

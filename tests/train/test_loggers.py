@@ -13,6 +13,7 @@ from tensorboardX.proto.event_pb2 import Event
 from advrec.cli import main
 from advrec.config import load_config
 from advrec.errors import AdvrecError
+from errors import error_line
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,24 @@ def test_mlflow_holds_every_epoch(log: Path, tmp_path: Path,
         assert [v for _, v in logged] == pytest.approx([e[key] for e in history]), key
 
 
-def test_an_unknown_logger_is_one_error() -> None:
-    with pytest.raises(AdvrecError, match="train.loggers"):
-        load_config(None, ["data.source=log", "train.loggers=[wandb]"])
+@pytest.mark.parametrize("loggers, culprit", [("[wandb]", "train.loggers"),
+                                              ("[tensorboard, tensorboard]", "listed twice")])
+def test_a_bad_logger_is_one_error(loggers: str, culprit: str) -> None:
+    with pytest.raises(AdvrecError, match=culprit):
+        load_config(None, ["data.source=log", f"train.loggers={loggers}"])
+
+
+def test_an_unreachable_mlflow_is_one_line(log: Path, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("mlflow")
+    # a file store MLflow 3 refuses unless MLFLOW_ALLOW_FILE_STORE says otherwise
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    run = tmp_path / "run"
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={log}", "model.dim=8",
+                 "train.epochs=1", "train.loggers=[mlflow]"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line is not None and line.startswith(
+        f"advrec: error: train.loggers: mlflow at file:{tmp_path / 'mlruns'}: ")
+    assert "MLFLOW_ALLOW_FILE_STORE" in line and not run.exists()

@@ -414,6 +414,14 @@ class TrainConfig(Section):
                              "it cannot train with sparse_embeddings")
         return self
 
+    @field_validator("loggers")
+    @classmethod
+    def _each_logger_once(cls, v: list[str]) -> list[str]:
+        twice = next((name for n, name in enumerate(v) if name in v[:n]), None)
+        if twice is not None:
+            raise ValueError(f"{twice} is listed twice")
+        return v
+
     @model_validator(mode="after")
     def _init_optimizer_needs_a_run(self) -> TrainConfig:
         if self.init_optimizer and not self.init_from:

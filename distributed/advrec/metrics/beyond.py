@@ -79,22 +79,27 @@ class Beyond:
         self.ks = ks
         self.counts = torch.zeros(len(ks), n, dtype=torch.float64)  # recommendations per item
 
-    def add(self, top: Tensor, sums: dict[str, float]) -> None:
+    def add(self, top: Tensor, listed: Tensor, sums: dict[str, float]) -> None:
         """Add the lists ``top`` (B, K) (items, best first; K ≥ max(ks) unless the catalogue is
-        smaller) to the counts, and their per-user values to ``sums``."""
-        unit = self.vectors[top]  # (B, K, D)
+        smaller) to the counts, and their per-user values to ``sums``. ``listed`` (B, K) bool:
+        which entries are in the list (a user with fewer unseen items than K has a shorter
+        one: the rest were masked). A user's value is over the items of its list (0 for an
+        empty list; ild 0 for fewer than two items)."""
+        unit = self.vectors[top] * listed.unsqueeze(-1)  # (B, K, D), 0 off the list
         cosines = unit @ unit.transpose(1, 2)  # (B, K, K)
         for j, k in enumerate(self.ks):
-            items = top[:, :k]
-            kk = items.shape[1]
-            self.counts[j] += torch.bincount(items.flatten(), minlength=self.counts.shape[1])
-            pairs = kk * (kk - 1)
-            same = ((cosines[:, :kk, :kk].sum((1, 2)) - cosines[:, :kk, :kk].diagonal(
-                dim1=1, dim2=2).sum(1)) / pairs) if pairs else torch.ones(items.shape[0])
-            values = {"avgpop": self.popularity[items].mean(1),
-                      "tail": self.tail[items].mean(1),
-                      "novelty": self.information[items].mean(1),
-                      "ild": 1.0 - same.double()}
+            items, on = top[:, :k], listed[:, :k].double()
+            n = on.sum(1)  # (B,) the list's length
+            self.counts[j] += torch.bincount(items[on.bool()], minlength=self.counts.shape[1])
+            block = cosines[:, :k, :k]
+            pairs = n * (n - 1)
+            same = (block.sum((1, 2)) - block.diagonal(dim1=1, dim2=2).sum(1)).double()
+            same = torch.where(pairs > 0, same / pairs.clamp(min=1), torch.ones_like(same))
+            per_item = {"avgpop": self.popularity, "tail": self.tail,
+                        "novelty": self.information}
+            # each list's mean over its own items
+            values = {name: (v[items] * on).sum(1) / n.clamp(min=1) for name, v in per_item.items()}
+            values["ild"] = 1.0 - same
             for name in BEYOND_PER_USER:
                 key = f"{name}@{k}"
                 sums[key] = sums.get(key, 0.0) + float(values[name].sum())

@@ -23,7 +23,7 @@ from advrec.data.dataset import Dataset
 from advrec.data.negatives import NegativeSampler
 from advrec.devices import model_device, to_device
 from advrec.metrics.beyond import Beyond, item_vectors
-from advrec.metrics.ranking import metrics_from_hits, topk_hits, topk_items
+from advrec.metrics.ranking import metrics_from_hits, topk_hits
 from advrec.models.base import Batch, Recommender
 from advrec.shards import WHOLE, Shard, lockstep_chunks, shard_rows, sum_over_shards
 
@@ -95,12 +95,13 @@ def _evaluate_full(model: Recommender, data: Dataset, split: str, cfg: EvalConfi
             scores[csr_rows(ptr, idx, chunk)] = -torch.inf
         relevant = torch.zeros_like(scores, dtype=torch.bool)
         relevant[csr_rows(truth_ptr, truth_idx, chunk)] = True
-        top = topk_items(scores, max(cfg.ks)).cpu()  # (B, K): small
-        hits = relevant.gather(1, top.to(relevant.device)).cpu()
+        best = torch.topk(scores, min(max(cfg.ks), scores.shape[1]), dim=1)
+        top = best.indices.cpu()  # (B, K): small
+        hits = relevant.gather(1, best.indices).cpu()
         for name, values in metrics_from_hits(hits, n_relevant[chunk], cfg.ks).items():
             sums[name] = sums.get(name, 0.0) + float(values.sum())
-        if beyond is not None:
-            beyond.add(top, sums)
+        if beyond is not None:  # a list ends where the user's unseen items do (-inf after)
+            beyond.add(top, torch.isfinite(best.values).cpu(), sums)
     return sums, users.numel()
 
 

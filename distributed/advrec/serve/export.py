@@ -17,6 +17,7 @@ The export directory holds:
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -94,7 +95,12 @@ def _save_ranker(model: Recommender, name: str, example: Batch, fmt: str, fs: An
     ranker = RANKERS[key](model)
     with fs.open(path, "wb") as f:
         if fmt == "torchscript":
-            torch.jit.save(torch.jit.trace(ranker, (tensor,), check_trace=False), f)
+            with warnings.catch_warnings():
+                # the trace fixes shapes read from the example (SASRec's scale, NeuMF's chunk):
+                # what each means for other batches is in the README, not a warning per export
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = torch.jit.trace(ranker, (tensor,), check_trace=False)
+            torch.jit.save(traced, f)
             return
         batch = torch.export.Dim("batch", min=1)
         try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.train
@@ -41,8 +42,10 @@ from advrec.train.tasks import NEXT, make_task
 
 PARTS = io.Marker("parts.json", "advrec_parts", "the workers' parts of `advrec recommend`")
 """Marks the directory of the workers' parts, the only one `recommend_run` removes."""
+MARK = "advrec_recommend"
+"""The schema metadata key that marks a file `advrec recommend` wrote (which it may replace)."""
 SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.string()),
-                    ("score", pa.float32()), ("fallback", pa.bool_())])
+                    ("score", pa.float32()), ("fallback", pa.bool_())], metadata={MARK: "lists"})
 UNKNOWN = ("popular", "error")
 
 
@@ -53,24 +56,63 @@ def vocabulary(dataset: str, side: str) -> pa.Array:
     return table["raw_id"].cast(pa.string()).combine_chunks()
 
 
+def _read_bytes(spec: str, flag: str) -> bytes:
+    """The whole file ``spec`` of ``flag`` (an ids file: small next to the model)."""
+    fs, path = io.filesystem(spec)
+    if fs.isdir(path):
+        raise AdvrecError(f"{flag} {spec}: is a directory; name a file")
+    if not fs.isfile(path):
+        raise AdvrecError(f"{flag} {spec}: no such file")
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def _parquet(data: bytes, columns: list[str], where: str) -> pa.Table:
+    """The ``columns`` of a Parquet file's bytes, each one named if missing."""
+    try:
+        table = pq.read_table(pa.BufferReader(data))
+    except pa.ArrowInvalid as exc:
+        raise AdvrecError(f"{where}: not a readable Parquet file "
+                          f"({str(exc).splitlines()[0]})") from None
+    return _columns(table, columns, where)
+
+
+def _columns(table: pa.Table, columns: list[str], where: str) -> pa.Table:
+    """``table``'s ``columns``, the first one it lacks named."""
+    for name in columns:
+        if name not in table.column_names:
+            raise AdvrecError(f"{where}: no {name} column (it has "
+                              f"{', '.join(table.column_names)})")
+    return table.select(columns)
+
+
+def raw_ids(column: pa.ChunkedArray, name: str, where: str) -> list[str | None]:
+    """A column of raw ids as text: text as it is, integers, and floats that are whole numbers
+    (pandas' integers with a null), as integers; anything else is an error naming the column."""
+    kind = column.type
+    if pa.types.is_floating(kind):
+        values = column.to_numpy(zero_copy_only=False)
+        present = values[~np.isnan(values)] if len(values) else values
+        if len(present) and not (np.isfinite(present).all() and (present == np.round(present)).all()):
+            raise AdvrecError(f"{where}: column {name} holds numbers that are not whole (raw ids "
+                              "are text or whole numbers)")
+        column = column.cast(pa.int64(), safe=False)  # NaN -> null
+    elif not (pa.types.is_integer(kind) or pa.types.is_string(kind)
+              or pa.types.is_large_string(kind)):
+        raise AdvrecError(f"{where}: column {name} is {kind}; raw ids are text or whole numbers")
+    return column.cast(pa.string()).to_pylist()
+
+
 def read_users(spec: str) -> list[str]:
     """The raw user ids of ``--users FILE``: a Parquet file's ``user`` column, or a text file
     with one id per line (blank lines skipped); each id once, in first-seen order."""
-    fs, path = io.filesystem(spec)
-    if not fs.isfile(path):
-        raise AdvrecError(f"--users {spec}: no such file")
-    with fs.open(path, "rb") as f:
-        data = f.read()
+    data = _read_bytes(spec, "--users")
     if data[:4] == b"PAR1":
-        try:
-            raw = pq.read_table(pa.BufferReader(data), columns=["user"])["user"]
-        except (pa.ArrowInvalid, KeyError) as exc:
-            raise AdvrecError(f"--users {spec}: not a Parquet file with a user column "
-                              f"({exc})") from None
-        ids = [str(v) for v in raw.to_pylist() if v is not None]
+        column = _parquet(data, ["user"], f"--users {spec}")["user"]
+        ids = [v for v in raw_ids(column, "user", f"--users {spec}") if v is not None]
     else:
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")  # a byte-order mark is not part of the first id
         except UnicodeDecodeError:
             raise AdvrecError(f"--users {spec}: neither Parquet nor UTF-8 text (one raw user "
                               "id per line)") from None
@@ -213,7 +255,7 @@ def recommend_run(run: str, output: str, users: str = "all", k: int = 10,
     cfg, dataset = read_run(run)
     check_ranking(cfg, "advrec recommend", "; --pairs FILE scores given pairs")
     check_finished(run)
-    io.check_file(output)
+    check_output(output, [run, dataset, *([] if users == "all" else [users])])
     user_vocab = vocabulary(dataset, "user")
     num_items = len(vocabulary(dataset, "item"))
     check_k(k, num_items)
@@ -245,6 +287,12 @@ def check_ranking(cfg: RunConfig, command: str, hint: str = "") -> None:
                           f"{', '.join(ranking_models())} runs{hint}")
 
 
+def check_output(output: str, inputs: list[str]) -> None:
+    """The output file: apart from the run, its dataset and the ids file, and where nothing is
+    or a file `advrec recommend` wrote (never the user's own file)."""
+    io.check_parquet_output(output, MARK, "a file advrec recommend wrote", inputs)
+
+
 def check_finished(run: str) -> None:
     """A run's best model must be there."""
     if not io.exists(model_url(run)):
@@ -266,7 +314,8 @@ def _join(parts: str, count: int, output: str) -> int:
     return rows
 
 
-PAIR_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("score", pa.float32())])
+PAIR_SCHEMA = pa.schema([("user", pa.string()), ("item", pa.string()), ("score", pa.float32())],
+                        metadata={MARK: "pairs"})
 
 
 def read_pairs(spec: str) -> tuple[list[str], list[str]]:
@@ -274,25 +323,19 @@ def read_pairs(spec: str) -> tuple[list[str], list[str]]:
     ``user`` and ``item`` columns (read as text)."""
     import pyarrow.csv as pcsv
 
-    fs, path = io.filesystem(spec)
-    if not fs.isfile(path):
-        raise AdvrecError(f"--pairs {spec}: no such file")
-    with fs.open(path, "rb") as f:
-        data = f.read()
-    try:
-        if data[:4] == b"PAR1":
-            table = pq.read_table(pa.BufferReader(data))
-        else:
+    where = f"--pairs {spec}"
+    data = _read_bytes(spec, "--pairs")
+    if data[:4] == b"PAR1":
+        table = _parquet(data, ["user", "item"], where)
+    else:
+        try:
             table = pcsv.read_csv(pa.BufferReader(data), convert_options=pcsv.ConvertOptions(
                 column_types={"user": pa.string(), "item": pa.string()}))
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise AdvrecError(f"--pairs {spec}: neither Parquet nor CSV with a header "
-                          f"({str(exc).splitlines()[0]})") from None
-    missing = [c for c in ("user", "item") if c not in table.column_names]
-    if missing:
-        raise AdvrecError(f"--pairs {spec}: no {missing[0]} column (it has "
-                          f"{', '.join(table.column_names)})")
-    users, items = (table[c].cast(pa.string()).to_pylist() for c in ("user", "item"))
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise AdvrecError(f"{where}: neither Parquet nor CSV with a header "
+                              f"({str(exc).splitlines()[0]})") from None
+        table = _columns(table, ["user", "item"], where)
+    users, items = (raw_ids(table[c], c, where) for c in ("user", "item"))
     blank = next((n for n, (u, i) in enumerate(zip(users, items)) if u is None or i is None),
                  None)
     if blank is not None:
@@ -321,7 +364,7 @@ def score_pairs(run: str, pairs: str, output: str, batch_rows: int = 8192) -> in
     returns the pairs. Any model: a ranking model's is the logit it ranks by."""
     cfg, dataset = read_run(run)
     check_finished(run)
-    io.check_file(output)
+    check_output(output, [run, dataset, pairs])
     raw_users, raw_items = read_pairs(pairs)
     users = _indices(raw_users, vocabulary(dataset, "user"), "user", f"--pairs {pairs}")
     items = _indices(raw_items, vocabulary(dataset, "item"), "item", f"--pairs {pairs}")
@@ -330,7 +373,8 @@ def score_pairs(run: str, pairs: str, output: str, batch_rows: int = 8192) -> in
     model.eval()
     task = make_task(cfg, data)
     labelled = cfg.kind != "ranking"
-    schema = PAIR_SCHEMA.append(pa.field("probability", pa.float32())) if labelled else PAIR_SCHEMA
+    schema = (PAIR_SCHEMA.append(pa.field("probability", pa.float32()))
+              .with_metadata(PAIR_SCHEMA.metadata) if labelled else PAIR_SCHEMA)
     with io.atomic_file(output, "wb") as f, pq.ParquetWriter(f, schema) as writer:
         for rows in torch.arange(users.numel()).split(batch_rows):
             logits = model.score_candidates(task.context(users[rows], NEXT),

@@ -300,4 +300,9 @@ def read_run(run: str) -> tuple[RunConfig, str]:
     """The resolved config and prepared-dataset URL of a run directory."""
     if not io.exists(io.join(run, "run.json")):
         raise AdvrecError(f"{run}: not a run directory (no run.json); train one with `advrec train`")
-    return load_config(io.join(run, "config.yaml")), io.read_json(io.join(run, "run.json"))["dataset"]
+    info = io.read_json(io.join(run, "run.json"))
+    dataset = info.get("dataset") if isinstance(info, dict) else None
+    if not isinstance(dataset, str) or not dataset:
+        raise AdvrecError(f"{io.join(run, 'run.json')}: names no dataset (its prepared "
+                          "dataset's path or URL, as `advrec train` writes it)")
+    return load_config(io.join(run, "config.yaml")), dataset

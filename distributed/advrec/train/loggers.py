@@ -16,7 +16,9 @@ Only rank 0 logs (every worker's record is the same).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from advrec import io
@@ -74,15 +76,28 @@ class MLflow:
             raise AdvrecError("train.loggers: mlflow is not installed; pip install "
                               "'advrec[mlflow]' (or mlflow)") from None
         self.mlflow = mlflow
-        mlflow.start_run(run_name=output.rstrip("/").rsplit("/", 1)[-1])
         flat = _flatten(cfg.model_dump(mode="json", by_alias=True))
-        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})  # MLflow's value limit
+        with self._errors():
+            mlflow.start_run(run_name=output.rstrip("/").rsplit("/", 1)[-1])
+            mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})  # MLflow's limit
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """An unreachable or refused tracking server (or store) as one line naming it."""
+        try:
+            yield
+        except (self.mlflow.exceptions.MlflowException, OSError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise AdvrecError(f"train.loggers: mlflow at {self.mlflow.get_tracking_uri()}: "
+                              f"{first}") from None
 
     def log(self, record: dict[str, Any], epoch: int) -> None:
-        self.mlflow.log_metrics(numbers(record), step=epoch)
+        with self._errors():
+            self.mlflow.log_metrics(numbers(record), step=epoch)
 
     def close(self) -> None:
-        self.mlflow.end_run()
+        with self._errors():
+            self.mlflow.end_run()
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
