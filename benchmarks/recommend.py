@@ -112,7 +112,10 @@ def main() -> None:
         return
     args.out.mkdir(parents=True, exist_ok=True)
     run = prepare_run(args)
-    rows = []
+    # earlier variants of the same setting are kept, so --variants can redo one alone
+    results = args.out / "results.json"
+    rows = [r for r in (json.loads(results.read_text()) if results.exists() else [])
+            if r["variant"] not in args.variants.split(",")]
     for variant in args.variants.split(","):
         out = subprocess.run([sys.executable, __file__, "--variant", variant, "--run", run,
                               "--k", str(args.k), "--batch-users", str(args.batch_users),
@@ -120,7 +123,8 @@ def main() -> None:
                              check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    (args.out / "results.json").write_text(json.dumps(rows, indent=1))
+        results.write_text(json.dumps(rows, indent=1))
+    rows.sort(key=lambda r: VARIANTS.index(r["variant"]))
     base = next((r for r in rows if r["variant"] == "baseline"), None)
     print(f"\ntop-{args.k} of {args.users:,} users over {args.items:,} items "
           f"({args.interactions:,} interactions), MF dim 32, {args.batch_users} users a chunk\n")

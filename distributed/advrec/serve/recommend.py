@@ -165,8 +165,10 @@ def top_k(model: Recommender, context: Batch, users: Tensor, k: int, block: int,
         scores = model.rank_scores(context, items).float()  # (B, C)
         inside = (cols >= start) & (cols < start + items.numel())
         scores[rows[inside].to(device), (cols[inside] - start).to(device)] = -torch.inf
-        merged = torch.cat([best_scores, scores], dim=1)
-        candidates = torch.cat([best_items, items.expand(users.numel(), -1)], dim=1)
+        # the block's own best k, then merged with the best so far: (B, 2k), never (B, k + C)
+        block_scores, block_items = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        merged = torch.cat([best_scores, block_scores], dim=1)
+        candidates = torch.cat([best_items, block_items + start], dim=1)
         best_scores, where = torch.topk(merged, min(k, merged.shape[1]), dim=1)
         best_items = candidates.gather(1, where)
     return best_scores.cpu(), best_items.cpu()
