@@ -29,6 +29,18 @@ def ml100k() -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`advrec synth`'s 40 users, 60 items and 600 interactions (its most active users have seen
+    every item): what the serving and run-tracking tests train their short runs on."""
+    from advrec.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    assert main(["synth", "--users", "40", "--items", "60", "--interactions", "600",
+                 "--output", str(root / "log")]) == 0
+    return root / "log"
+
+
+@pytest.fixture(scope="session")
 def small_log(tmp_path_factory: pytest.TempPathFactory) -> SyntheticLog:
     """`advrec synth`'s log of `SMALL` size with ml-100k-like side features and 1-5 stars."""
     return synthetic_log(tmp_path_factory.mktemp("synth-small"), **SMALL, seed=0)

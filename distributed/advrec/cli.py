@@ -518,6 +518,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"advrec: error: {where}{message} (see `{self.prog} --help`)\n")
 
 
+RANKING_RUN_HELP = ("run directory written by `advrec train` (a ranking model: mf, neumf, sasrec, "
+                    "twotower)")
+
+
+def _add_worker_flags(p: argparse.ArgumentParser, sharing: str) -> None:
+    """--workers, --address and --quiet of a command that runs on a trained run's workers."""
+    p.add_argument("--workers", type=_non_negative_int, default=None,
+                   help=f"Ray Train workers sharing {sharing} (default: the run's "
+                   "scaling.num_workers; 0 = this process)")
+    p.add_argument("--address", help=ADDRESS_HELP)
+    p.add_argument("--quiet", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="advrec", description="Adversarial training for embedding-based recommenders, on Ray.")
@@ -677,20 +690,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beyond", action="store_true", help="every point also gets the "
                    "beyond-accuracy metrics of its top-K lists: coverage, gini, entropy, avgpop, "
                    "tail, novelty, ild (default: the run's eval.beyond)")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
-                   help="Ray Train workers sharing the attack and the ranking (default: the run's "
-                   "scaling.num_workers; 0 = this process)")
     p.add_argument("--targets", metavar="FILE", help="a targets.json (path or URL): every point "
                    "also gets its items' T-HR and T-NDCG (default: the run's eval.targets, else "
                    "its dataset's targets.json, if any)")
-    p.add_argument("--address", help=ADDRESS_HELP)
-    p.add_argument("--quiet", action="store_true")
+    _add_worker_flags(p, "the attack and the ranking")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("recommend", help="top-K items for users of a trained run, as Parquet "
                        "(raw ids, ranks, scores)")
-    p.add_argument("--run", required=True, help="run directory written by `advrec train` (a "
-                   "ranking model: mf, neumf, sasrec, twotower)")
+    p.add_argument("--run", required=True, help=RANKING_RUN_HELP)
     p.add_argument("--users", default=None, help="'all' (default: every user of the run), or "
                    "a file of raw user ids: one per line, or Parquet with a user column")
     p.add_argument("--k", type=_positive_int, default=None, help="items per user (default 10)")
@@ -705,19 +713,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-users", type=_positive_int, default=1024,
                    help="users ranked at once (bounds memory with the catalogue blocks); with "
                    "--pairs, pairs scored at once")
-    p.add_argument("--workers", type=_non_negative_int, default=None,
-                   help="Ray Train workers sharing the users (default: the run's "
-                   "scaling.num_workers; 0 = this process)")
-    p.add_argument("--address", help=ADDRESS_HELP)
     p.add_argument("--output", required=True, help="the Parquet file to write (replaced whole "
                    "when done)")
-    p.add_argument("--quiet", action="store_true")
+    _add_worker_flags(p, "the users")
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser("export", help="a trained run for serving: its ranker (TorchScript or "
                        "torch.export), its tables as Parquet, the id mapping, a manifest")
-    p.add_argument("--run", required=True, help="run directory written by `advrec train` (a "
-                   "ranking model: mf, neumf, sasrec, twotower)")
+    p.add_argument("--run", required=True, help=RANKING_RUN_HELP)
     p.add_argument("--format", choices=["torchscript", "export"], default="torchscript",
                    help="the ranker as TorchScript (ranker.pt, default) or torch.export "
                    "(ranker.pt2)")

@@ -47,10 +47,10 @@ def _exported_lists(export: Path, run: Path, k: int) -> dict[str, list[str]]:
 @pytest.mark.parametrize("model, fmt", [("mf", "torchscript"), ("mf", "export"),
                                         ("sasrec", "torchscript"), ("sasrec", "export"),
                                         ("neumf", "torchscript"), ("twotower", "torchscript")])
-def test_the_reloaded_ranker_gives_recommends_lists(log: Path, tmp_path: Path,
+def test_the_reloaded_ranker_gives_recommends_lists(tiny_log: Path, tmp_path: Path,
                                                     model: str, fmt: str) -> None:
     extra = ("model.max_len=10", "data.split=loo") if model == "sasrec" else ()
-    run = train_run(log, tmp_path / "run", f"model.name={model}", *extra)
+    run = train_run(tiny_log, tmp_path / "run", f"model.name={model}", *extra)
     export, recs = tmp_path / "export", tmp_path / "recs.parquet"
     assert main(["export", "--run", str(run), "--format", fmt, "--output", str(export)]) == 0
     assert main(["recommend", "--run", str(run), "--k", "5", "--output", str(recs),
@@ -73,9 +73,9 @@ def test_the_reloaded_ranker_gives_recommends_lists(log: Path, tmp_path: Path,
     assert manifest["model"] == model and manifest["advrec_export"] == 1
 
 
-def test_bad_input_is_one_line(log: Path, tmp_path: Path,
+def test_bad_input_is_one_line(tiny_log: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
-    run = train_run(log, tmp_path / "run")
+    run = train_run(tiny_log, tmp_path / "run")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
     capsys.readouterr()
@@ -91,9 +91,9 @@ def test_bad_input_is_one_line(log: Path, tmp_path: Path,
     assert not list(tmp_path.glob("e*"))
 
 
-def test_torch_export_of_neumf_says_to_use_torchscript(log: Path, tmp_path: Path,
+def test_torch_export_of_neumf_says_to_use_torchscript(tiny_log: Path, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    run = train_run(log, tmp_path / "run", "model.name=neumf")
+    run = train_run(tiny_log, tmp_path / "run", "model.name=neumf")
     capsys.readouterr()
     assert main(["export", "--run", str(run), "--format", "export", "--output",
                  str(tmp_path / "e")]) != 0

@@ -24,8 +24,8 @@ from recs import read_lists, train_run
 
 
 @pytest.fixture(scope="module")
-def mf_run(log: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return train_run(log, tmp_path_factory.mktemp("mf") / "run")
+def mf_run(tiny_log: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_run(tiny_log, tmp_path_factory.mktemp("mf") / "run")
 
 
 def _brute_force(run: Path, k: int, keep_seen: bool = False) -> dict[str, list[str]]:
@@ -115,8 +115,8 @@ def test_unknown_users_get_the_popular_items_or_an_error(
     assert not strict.exists() and not list(tmp_path.glob("strict.parquet*"))
 
 
-def test_sasrec_ranks_from_the_whole_history(log: Path, tmp_path: Path) -> None:
-    run = train_run(log, tmp_path / "sasrec", "model.name=sasrec", "model.max_len=10",
+def test_sasrec_ranks_from_the_whole_history(tiny_log: Path, tmp_path: Path) -> None:
+    run = train_run(tiny_log, tmp_path / "sasrec", "model.name=sasrec", "model.max_len=10",
                "data.split=loo")
     out = tmp_path / "recs.parquet"
     assert main(["recommend", "--run", str(run), "--k", "4", "--output", str(out),

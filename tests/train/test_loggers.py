@@ -16,14 +16,6 @@ from advrec.errors import AdvrecError
 from errors import error_line
 
 
-@pytest.fixture(scope="module")
-def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("loggers")
-    assert main(["synth", "--users", "40", "--items", "60", "--interactions", "600",
-                 "--output", str(root / "log")]) == 0
-    return root / "log"
-
-
 def _scalars(events: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the TensorBoard event files under ``events``: tag -> [(step, value)],
     read from the TFRecord framing (length, CRC, event, CRC) with tensorboardX's protobuf."""
@@ -43,9 +35,9 @@ def _history(run: Path) -> list[dict]:
     return json.loads((run / "history.json").read_text())
 
 
-def test_tensorboard_holds_every_epoch(log: Path, tmp_path: Path) -> None:
+def test_tensorboard_holds_every_epoch(tiny_log: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
-    assert main(["train", "--output", str(run), "--quiet", f"data.source={log}", "model.dim=8",
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={tiny_log}", "model.dim=8",
                  "train.epochs=3", "adv.method=fgm", "adv.start_epoch=1", "eval.ks=[5]",
                  "train.loggers=[tensorboard]"]) == 0
     scalars = _scalars(run / "tensorboard")
@@ -56,14 +48,14 @@ def test_tensorboard_holds_every_epoch(log: Path, tmp_path: Path) -> None:
     assert [step for step, _ in scalars["adv"]] == [1, 2]  # adversarial epochs only
 
 
-def test_mlflow_holds_every_epoch(log: Path, tmp_path: Path,
+def test_mlflow_holds_every_epoch(tiny_log: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow = pytest.importorskip("mlflow")
     store = f"file:{tmp_path / 'mlruns'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 wants a database otherwise
     run = tmp_path / "apr"
-    assert main(["train", "--output", str(run), "--quiet", f"data.source={log}", "model.dim=8",
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={tiny_log}", "model.dim=8",
                  "train.epochs=2", "adv.eps=0.3", "eval.ks=[5]", "train.loggers=[mlflow]"]) == 0
     client = mlflow.tracking.MlflowClient(store)
     (found,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -83,7 +75,7 @@ def test_a_bad_logger_is_one_error(loggers: str, culprit: str) -> None:
         load_config(None, ["data.source=log", f"train.loggers={loggers}"])
 
 
-def test_an_unreachable_mlflow_is_one_line(log: Path, tmp_path: Path,
+def test_an_unreachable_mlflow_is_one_line(tiny_log: Path, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     pytest.importorskip("mlflow")
@@ -91,7 +83,7 @@ def test_an_unreachable_mlflow_is_one_line(log: Path, tmp_path: Path,
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     run = tmp_path / "run"
-    assert main(["train", "--output", str(run), "--quiet", f"data.source={log}", "model.dim=8",
+    assert main(["train", "--output", str(run), "--quiet", f"data.source={tiny_log}", "model.dim=8",
                  "train.epochs=1", "train.loggers=[mlflow]"]) == 2
     line = error_line(capsys.readouterr().err)
     assert line is not None and line.startswith(
