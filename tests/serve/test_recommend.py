@@ -68,7 +68,7 @@ def test_equals_brute_force_with_seen_items_left_out(mf_run: Path, tmp_path: Pat
     assert read_lists(kept) == _brute_force(mf_run, 5, keep_seen=True) != lists
 
 
-def test_blocks_of_the_catalogue_give_the_sameread_lists(mf_run: Path) -> None:
+def test_blocks_of_the_catalogue_give_the_same_lists(mf_run: Path) -> None:
     cfg, dataset = read_run(str(mf_run))
     data = load_dataset(dataset)
     model, _ = load_model(model_url(str(mf_run)), cfg, data)
@@ -124,7 +124,7 @@ def test_sasrec_ranks_from_the_whole_history(tiny_log: Path, tmp_path: Path) -> 
     assert read_lists(out) == _brute_force(run, 4)
 
 
-def test_two_workers_give_the_sameread_lists(mf_run: Path, tmp_path: Path, ray_local: None) -> None:
+def test_two_workers_give_the_same_lists(mf_run: Path, tmp_path: Path, ray_local: None) -> None:
     alone, two = tmp_path / "alone.parquet", tmp_path / "two.parquet"
     for path, workers in ((alone, "0"), (two, "2")):
         assert main(["recommend", "--run", str(mf_run), "--k", "5", "--workers", workers,
