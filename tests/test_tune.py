@@ -46,9 +46,13 @@ def test_a_search_writes_its_table_front_plot_and_a_config_train_runs(
     out = tmp_path / "search"
     assert main(["tune", "--output", str(out), "--quiet", f"data.source={prepared}", *SEARCH,
                  "tune.space={train.lr: {grid: [0.05, 1.0e-7, 1.0e-7]}}",
-                 "tune.num_samples=1", "tune.max_concurrent=1", "tune.grace_period=1"]) == 0
+                 "tune.num_samples=1", "tune.max_concurrent=1", "tune.grace_period=1",
+                 "train.loggers=[tensorboard]"]) == 0
     rows = _rows(out / "results.csv")
     assert len(rows) == 3 and {r["trial"] for r in rows} == {p.name for p in (out / "trials").iterdir()}
+    # every trial logged its epochs as a run of its own (train.loggers)
+    assert all(list((t / "tensorboard").glob("events.out.tfevents.*"))
+               for t in (out / "trials").iterdir())
     by_lr = sorted(rows, key=lambda r: -float(r["train.lr"]))
     assert by_lr[0]["status"] == "finished" and by_lr[0]["epochs"] == "3"
     assert any(r["status"] == "stopped" and int(r["epochs"]) < 3 for r in by_lr[1:])

@@ -116,6 +116,13 @@ class Recommender(nn.Module):
         return torch.cat([self.score_candidates(context, chunk.expand(size, -1))
                           for chunk in items.split(item_chunk)], dim=1)
 
+    def dot_ranking(self, context: Batch) -> tuple[Tensor, Tensor] | None:
+        """When every ranking score is a dot product, its two sides: queries (B, d) and every
+        item's vector (num_items, d), ``rank_scores == queries @ items.T``; else None. Exact
+        top-K search may then skip items whose norm bounds their score below a user's K-th
+        best (`advrec.serve.recommend`)."""
+        return None
+
     def every_item(self, device: torch.device) -> Tensor:
         """Every item id, ``arange(num_items)`` (num_items,) on ``device``."""
         return torch.arange(self.num_items, device=device)

@@ -32,6 +32,11 @@ class MF(Recommender):
     def tables(self) -> dict[str, nn.Module]:
         return {"user": self.user, "item": self.item}
 
+    def dot_ranking(self, context: Batch) -> tuple[Tensor, Tensor]:
+        """``user`` (B,) -> user rows (B, d) and every item row (N, d)."""
+        users = context["user"]
+        return self.user(users), self.item(self.every_item(users.device))
+
     def rank_scores(self, context: Batch, items: Tensor | None = None,
                     max_pairs: int = 1 << 14) -> Tensor:
         """``user`` (B,) and ``items`` (C,) (default all) -> (B, C) in one matrix product."""

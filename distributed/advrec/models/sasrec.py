@@ -129,6 +129,11 @@ class SASRec(Recommender):
         h = self.hidden(self.item(seq), seq)[:, -1]
         return h @ self.item(self.every_item(seq.device) if items is None else items).T
 
+    def dot_ranking(self, context: Batch) -> tuple[Tensor, Tensor]:
+        """``seq`` (B, L) -> the last position's hidden state (B, d) and every item row (N, d)."""
+        seq = context["seq"]
+        return self.hidden(self.item(seq), seq)[:, -1], self.all_items(seq.device)
+
     def all_items(self, device: torch.device) -> Tensor:
         """Every item's row (N, d), the padding row left out; by lookup, not ``.weight``: a
         sharded table has no whole weight."""

@@ -148,30 +148,77 @@ def seen_items(data: Dataset) -> list[tuple[Tensor, Tensor]]:
     return [data.positives(s) for s in ("known", "train", "valid", "test")]
 
 
+class Best:
+    """The running top K of B users over blocks of the catalogue: each block's own best K is
+    merged with the best so far, (B, 2K), never (B, K + block)."""
+
+    def __init__(self, users: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.scores = torch.full((users, 0), -torch.inf, device=device)
+        self.items = torch.zeros((users, 0), dtype=torch.long, device=device)
+
+    def merge(self, rows: Tensor, scores: Tensor, items: Tensor) -> None:
+        """Merge the block ``scores`` (R, C) of ``items`` (C,) into the best of ``rows`` (R,)."""
+        block_scores, where = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
+        if self.scores.shape[1] < self.k:  # the first blocks: room to grow
+            width = min(self.k, self.scores.shape[1] + block_scores.shape[1])
+            self.scores = torch.cat([self.scores, self.scores.new_full(
+                (self.scores.shape[0], width - self.scores.shape[1]), -torch.inf)], dim=1)
+            self.items = torch.cat([self.items, self.items.new_zeros(
+                (self.items.shape[0], width - self.items.shape[1]))], dim=1)
+        merged = torch.cat([self.scores[rows], block_scores], dim=1)
+        candidates = torch.cat([self.items[rows], items[where]], dim=1)
+        top, pick = torch.topk(merged, self.scores.shape[1], dim=1)
+        self.scores[rows], self.items[rows] = top, candidates.gather(1, pick)
+
+
 @torch.no_grad()
 def top_k(model: Recommender, context: Batch, users: Tensor, k: int, block: int,
           seen: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
     """The best ``k`` items of each user (B,) and their scores, block by block of the
     catalogue, ``seen`` items (CSR, or none) excluded: scores (B, k) float and items (B, k)
-    int64 on the CPU, best first; -inf where a user has fewer than k items left."""
+    int64 on the CPU, best first; -inf where a user has fewer than k items left.
+
+    A model whose scores are dot products (`Recommender.dot_ranking`) is searched in blocks of
+    decreasing item norm, and a user stops once its K-th best score reaches ``|q| · |item|``
+    of the next block's largest norm, which bounds every score still unseen (Cauchy-Schwarz):
+    exact, and after a few blocks for most users, since popular items have the long vectors.
+    """
     pairs = [csr_rows(ptr, idx, users) for ptr, idx in seen]  # (row, item) of each seen
     rows = torch.cat([r for r, _ in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
     cols = torch.cat([c for _, c in pairs]) if pairs else torch.zeros(0, dtype=torch.long)
     device = next(iter(context.values())).device
-    best_scores = torch.full((users.numel(), 0), -torch.inf, device=device)
-    best_items = torch.zeros((users.numel(), 0), dtype=torch.long, device=device)
+    rows, cols = rows.to(device), cols.to(device)
+    best = Best(users.numel(), k, device)
+    dot = model.dot_ranking(context)
+    if dot is None:
+        order = torch.arange(model.num_items, device=device)
+        norms = queries = vectors = None
+    else:
+        queries, vectors = dot
+        norms, order = torch.sort(vectors.norm(dim=1), descending=True)
+    position = torch.empty_like(order)
+    position[order] = torch.arange(order.numel(), device=device)  # item -> place in the order
+    active = torch.arange(users.numel(), device=device)
     for start in range(0, model.num_items, block):
-        items = torch.arange(start, min(start + block, model.num_items), device=device)
-        scores = model.rank_scores(context, items).float()  # (B, C)
-        inside = (cols >= start) & (cols < start + items.numel())
-        scores[rows[inside].to(device), (cols[inside] - start).to(device)] = -torch.inf
-        # the block's own best k, then merged with the best so far: (B, 2k), never (B, k + C)
-        block_scores, block_items = torch.topk(scores, min(k, scores.shape[1]), dim=1)
-        merged = torch.cat([best_scores, block_scores], dim=1)
-        candidates = torch.cat([best_items, block_items + start], dim=1)
-        best_scores, where = torch.topk(merged, min(k, merged.shape[1]), dim=1)
-        best_items = candidates.gather(1, where)
-    return best_scores.cpu(), best_items.cpu()
+        items = order[start:start + block]
+        if norms is not None:  # users whose K-th best already beats every score left
+            bound = queries[active].norm(dim=1) * norms[start]
+            kth = best.scores[active, k - 1] if best.scores.shape[1] == k else None
+            active = active[kth < bound] if kth is not None else active
+            if not active.numel():
+                break
+            scores = queries[active] @ vectors[items].T  # (A, C)
+        else:
+            scores = model.rank_scores(context, items)  # every user, every block
+        scores = scores.float()
+        slot = torch.full((users.numel(),), -1, dtype=torch.long, device=device)
+        slot[active] = torch.arange(active.numel(), device=device)  # user row -> score row
+        at = position[cols] - start
+        inside = (at >= 0) & (at < items.numel()) & (slot[rows] >= 0)
+        scores[slot[rows[inside]], at[inside]] = -torch.inf
+        best.merge(active, scores, items)
+    return best.scores.cpu(), best.items.cpu()
 
 
 def popular(data: Dataset, k: int) -> tuple[Tensor, Tensor]:
