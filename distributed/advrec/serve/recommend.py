@@ -122,18 +122,24 @@ def read_users(spec: str) -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+def lookup(raw: list[str], vocab: pa.Array) -> Tensor:
+    """Each raw id's index in ``vocab`` (`vocabulary`), -1 for an id it lacks: (U,) int64."""
+    import pyarrow.compute as pc
+
+    found = pc.index_in(pa.array(raw, pa.string()), value_set=vocab).fill_null(-1)
+    return torch.from_numpy(found.to_numpy(zero_copy_only=False).astype("int64"))
+
+
 def user_indices(raw: list[str], vocab: pa.Array, unknown: str, where: str) -> Tensor:
     """Each raw id's index (-1 for an id the run never saw: an error with ``unknown="error"``),
     (U,) int64."""
-    import pyarrow.compute as pc
-
-    found = pc.index_in(pa.array(raw, pa.string()), value_set=vocab).to_pylist()
-    missing = [r for r, i in zip(raw, found) if i is None]
+    found = lookup(raw, vocab)
+    missing = [r for r, i in zip(raw, found.tolist()) if i < 0]
     if missing and unknown == "error":
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise AdvrecError(f"{where}: user {shown(missing[0])} is not a user of the run{more}; "
                           "--unknown popular gives such users the most popular items")
-    return torch.tensor([-1 if i is None else i for i in found], dtype=torch.long)
+    return found
 
 
 def check_k(k: int, num_items: int) -> None:
@@ -396,14 +402,12 @@ def read_pairs(spec: str) -> tuple[list[str], list[str]]:
 
 def _indices(raw: list[str], vocab: pa.Array, side: str, where: str) -> Tensor:
     """Each raw id's index; one the run never saw is an error naming it."""
-    import pyarrow.compute as pc
-
-    found = pc.index_in(pa.array(raw, pa.string()), value_set=vocab).to_pylist()
-    missing = next((r for r, i in zip(raw, found) if i is None), None)
+    found = lookup(raw, vocab)
+    missing = next((r for r, i in zip(raw, found.tolist()) if i < 0), None)
     if missing is not None:
         article = "an" if side == "item" else "a"
         raise AdvrecError(f"{where}: {side} {shown(missing)} is not {article} {side} of the run")
-    return torch.tensor(found, dtype=torch.long)
+    return found
 
 
 @torch.no_grad()
