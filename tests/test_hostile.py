@@ -528,6 +528,16 @@ CONFIG: list[Case] = [
     Case("recommend-output-is-dir", ("recommend", "--run", "{run}", "--output", "{d}/out"),
          "{d}/out: is a directory; name a file", write("out/keep.txt", "mine"),
          absent=("{d}/out.tmp-*",), unchanged=("{d}/out",)),
+    # advrec export
+    Case("export-output-foreign-dir", ("export", "--run", "{run}", "--output", "{d}/out"),
+         "{d}/out: exists and is not an advrec export", write("out/notes.txt", "mine"),
+         absent=("{d}/out.tmp-*",), unchanged=("{d}/out",)),
+    Case("export-no-checkpoint", ("export", "--run", "{d}/run", "--output", "{d}/out"),
+         "{d}/run: no checkpoint/model.pt", both(copy_run(), remove("run/checkpoint/model.pt"))),
+    Case("export-output-inside-run", ("export", "--run", "{d}/run", "--output", "{d}/run/e"),
+         "{d}/run/e: overlaps the input {d}/run", copy_run(), absent=("{d}/run/e*",)),
+    Case("export-bad-format", ("export", "--run", "{run}", "--format", "onnx", "--output",
+                               "{d}/out"), "onnx"),
     # beyond-accuracy metrics: of top-K lists of the whole catalogue, from a ranking model
     Case("train-beyond-sampled", (*TRAIN, "eval.beyond=true", "eval.protocol=sampled"),
          "eval: beyond=true: the beyond-accuracy metrics are of top-K lists of the whole "
