@@ -19,6 +19,7 @@ from advrec.data import prepare
 from advrec.errors import AdvrecError
 from advrec.metrics.history_attack import next_item_grad
 from advrec.models import LOSSES
+from advrec.models.losses import batch_loss
 from advrec.models.sasrec import SASRec
 from advrec.report import read_robustness
 from advrec.train import run_training
@@ -183,6 +184,18 @@ def test_the_objective_adds_lambda_times_the_loss_of_the_swapped_history(negativ
     out = objective(batch, adversarial=True)
     assert out["adv"] > out["clean"]  # dropout 0: the swaps raised the training loss
     torch.testing.assert_close(out["loss"], out["clean"] + 0.5 * out["adv"])
+    # L(x') is the whole model's loss on the swapped history, embedded from scratch here (the
+    # objective reuses the candidates' rows of the clean pass)
+    candidates = model.embed(batch)["item"].detach()
+
+    def grad_fn(history: torch.Tensor) -> torch.Tensor:
+        rows = model.item(history).detach().requires_grad_(True)
+        logits = model.score({"item_seq": rows, "item": candidates}, {**batch, "seq": history})
+        return torch.autograd.grad(batch_loss(loss, logits, batch), rows)[0]
+
+    swapped = {**batch, "seq": swap_items(seq, grad_fn, model.all_items(seq.device), N, 2)}
+    assert (swapped["seq"] != seq).any()
+    torch.testing.assert_close(out["adv"], batch_loss(loss, model(swapped), swapped).detach())
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
 
