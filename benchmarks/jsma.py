@@ -7,7 +7,11 @@
   (embedding PGD-3 after 50 clean epochs; FGM before issue 18's re-tuning), both `zoo.py`'s runs (shared through ``--zoo-out``:
   a seed `zoo.py` trained is not trained again);
 - ``jsma``: the shipped config with ``adv.method=jsma-items`` (``adv.budget`` 2, the same warm-up
-  and λ), trained on histories with two items swapped by JSMA.
+  and λ), trained on histories with two items swapped by JSMA;
+- ``mix`` (only with ``--variants``): the shipped config with ``adv.mix`` adding jsma-items at
+  budget 2, λ 1: embedding PGD-3 and swapped items at once.
+
+``--variants`` picks which of them are trained and tested (default twin, shipped, jsma).
 
 Each is tested under full ranking and the sampled protocol (100 negatives): clean, JSMA at
 budget 1 and 2 (`advrec.metrics.history_attack`, untargeted: the held-out item's rank), the
@@ -134,17 +138,29 @@ def drop(points: dict[str, dict[str, float]], budget: int) -> float:
     return (clean - points[str(budget)][METRIC]) / clean
 
 
-def sasrec_runs(seed: int, data: Path, out: Path, zoo_out: Path, extra: list[str]) -> dict[str, Path]:
-    """The three SASRec runs of ``seed`` (trained when missing): twin, shipped (`zoo.py`'s) and
-    jsma (here)."""
-    for clean in (True, False):
-        run_one("sasrec", seed, clean, data, zoo_out, extra)
-    overrides = [f"data.source={data / 'recbole'}", "data.format=recbole", f"train.seed={seed}",
-                 "adv.method=jsma-items", "adv.budget=2", *extra]
-    jsma = out / f"sasrec-jsma-seed{seed}"
-    trained(load_config(CONFIG, overrides), jsma)
-    return {"twin": zoo_out / f"sasrec-clean-seed{seed}", "shipped": zoo_out / f"sasrec-adv-seed{seed}",
-            "jsma": jsma}
+ZOO_VARIANTS = {"twin": True, "shipped": False}
+"""`zoo.py`'s SASRec runs: name -> trained clean."""
+VARIANTS = {"jsma": ["adv.method=jsma-items", "adv.budget=2"],
+            "mix": ["adv.mix=[{method: jsma-items, budget: 2}]"]}
+"""The SASRec runs trained here: name -> overrides of the shipped config."""
+
+
+def sasrec_runs(seed: int, variants: list[str], data: Path, out: Path, zoo_out: Path,
+                extra: list[str]) -> dict[str, Path]:
+    """The SASRec runs ``variants`` of ``seed`` (trained when missing): twin and shipped
+    (`zoo.py`'s), jsma and mix (here)."""
+    runs = {}
+    for name in variants:
+        if name in ZOO_VARIANTS:
+            clean = ZOO_VARIANTS[name]
+            run_one("sasrec", seed, clean, data, zoo_out, extra)
+            runs[name] = zoo_out / f"sasrec-{'clean' if clean else 'adv'}-seed{seed}"
+            continue
+        overrides = [f"data.source={data / 'recbole'}", "data.format=recbole",
+                     f"train.seed={seed}", *VARIANTS[name], *extra]
+        runs[name] = out / f"sasrec-{name}-seed{seed}"
+        trained(load_config(CONFIG, overrides), runs[name])
+    return runs
 
 
 def fields_attacked(model_name: str, seed: int, data: Path, zoo_out: Path, targets: int,
@@ -200,6 +216,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--models", default="sasrec,deepfm,twotower",
                         help="comma-separated: sasrec, deepfm, twotower")
+    parser.add_argument("--variants", default="twin,shipped,jsma",
+                        help=f"comma-separated SASRec runs: {', '.join([*ZOO_VARIANTS, *VARIANTS])}")
     parser.add_argument("--targets", type=int, default=5, help="target items of the targeted attack")
     parser.add_argument("--cost", type=int, default=0, metavar="ROUNDS",
                         help="also time training epochs in ROUNDS interleaved rounds")
@@ -211,6 +229,10 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
+    variants = args.variants.split(",")
+    unknown = set(variants) - {*ZOO_VARIANTS, *VARIANTS}
+    if unknown:
+        parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
     results: dict[str, Any] = {m: {} for m in models}
     for seed in seeds:
         for name in set(models) & set(FIELD_MODELS):
@@ -218,18 +240,18 @@ def main() -> None:
                                                   args.targets, args.set)
         if "sasrec" not in models:
             continue
-        runs = sasrec_runs(seed, args.data, args.out, args.zoo_out, args.set)
+        runs = sasrec_runs(seed, variants, args.data, args.out, args.zoo_out, args.set)
         results["sasrec"][seed] = {}
         for name, run in runs.items():
             start = time.perf_counter()
             results["sasrec"][seed][name] = attacked(run, args.targets, seed)
             print(f"seed {seed}, {name}: attacked in {time.perf_counter() - start:.0f} s",
                   file=sys.stderr)
-        if args.cost and seed == seeds[0]:
+        if args.cost and seed == seeds[0] and "twin" in runs:
             results["cost"] = cost(runs["twin"], args.cost)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    report(results, seeds, models)
+    report(results, seeds, models, variants)
 
 
 def cell(values: list[float], percent: bool = False) -> str:
@@ -241,8 +263,10 @@ def cell(values: list[float], percent: bool = False) -> str:
     return mean + " (" + " / ".join(f"{scale * v:.{digits}f}" for v in values) + ")"
 
 
-def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None:
-    """Markdown tables of ``results`` (means over ``seeds``, per seed in brackets)."""
+def report(results: dict[str, Any], seeds: list[int], models: list[str],
+           variants: list[str]) -> None:
+    """Markdown tables of ``results`` (means over ``seeds``, per seed in brackets; SASRec's runs
+    ``variants``)."""
     for model in set(models) & set(FIELD_MODELS):
         metric = FIELD_MODELS[model]
         print(f"\n{model}, test {metric} under jsma-fields (untargeted), and T-HR@50 of the "
@@ -268,7 +292,7 @@ def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None
         print("| model | clean | JSMA drop, budget 1 | budget 2 | random drop, budget 1 | "
               "budget 2 | JSMA / random, budget 2 |")
         print("|---|---|---|---|---|---|---|")
-        for name in ("twin", "shipped", "jsma"):
+        for name in variants:
             runs = [sasrec[s][name][protocol] for s in seeds]
             clean = [r["jsma"]["0"][METRIC] for r in runs]
             jsma = {b: [drop(r["jsma"], b) for r in runs] for b in BUDGETS}
@@ -281,7 +305,7 @@ def report(results: dict[str, Any], seeds: list[int], models: list[str]) -> None
     print("\ntargeted JSMA (full ranking): T-HR@50 of the targets, clean, budget 1, budget 2\n")
     print("| model | clean | budget 1 | budget 2 |")
     print("|---|---|---|---|")
-    for name in ("twin", "shipped", "jsma"):
+    for name in variants:
         points = [sasrec[s][name]["targeted"] for s in seeds]
         print(f"| {name} | " + " | ".join(
             cell([p[b]["target/hr@50"] for p in points], True) for b in ("0", "1", "2")) + " |")
