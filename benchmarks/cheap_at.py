@@ -11,7 +11,10 @@ evaluation) of the adversarial phase up to its best epoch.
 
 Cost (``--part cost``): every schedule's epoch against the clean one's, interleaved in one
 process (`epoch_time.interleaved_epochs`, the median over rounds of the ratio within a round),
-and with ``--workers N`` on N Ray Train workers (DDP over gloo, each its shard of every epoch).
+and with ``--workers N`` on N Ray Train workers (DDP over gloo, each its shard of every epoch);
+with ``--set model.embeddings=torchrec`` the tables are sharded by torchrec instead of DDP's
+(``accumulate-sharded`` then shards the δ memory with them). The table also gives each
+schedule's δ memory per worker (``adv.schedule=accumulate``).
 A free epoch is ``adv.replays`` passes over the shard; free runs ``train.epochs / replays`` of
 them, so its ratio per scheduled epoch (the one comparable with the others') is its pass over
 the replays. Results: ``OUT/{quality,cost-wN}.json`` and Markdown tables on stdout.
@@ -23,6 +26,7 @@ the replays. Results: ``OUT/{quality,cost-wN}.json`` and Markdown tables on stdo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
@@ -63,6 +67,9 @@ SCHEDULES: dict[str, list[str]] = {
                             "adv.decay=0.5"],
     "accumulate-decay0": ["adv.method=fgm", "adv.steps=1", "adv.schedule=accumulate",
                           "adv.decay=0"],
+    # with torchrec tables (--set model.embeddings=torchrec): the δ memory cut across workers
+    "accumulate-sharded": ["adv.method=fgm", "adv.steps=1", "adv.schedule=accumulate",
+                           "adv.memory=sharded"],
     # cost only: the adversarial forward and backward with δ = 0 and no attack computed, the
     # floor of every schedule of L + λ·L(x + δ)
     "floor": ["adv.method=fgm", "adv.steps=1"],
@@ -111,25 +118,36 @@ def quality(cfg: RunConfig, name: str, seed: int, out: Path, eps: float) -> dict
 
 
 def cost_runs(cfgs: dict[str, RunConfig], shard: tuple[int, int],
-              rounds: int) -> dict[str, list[float]]:
+              rounds: int) -> dict[str, Any]:
     """Each schedule's epoch times over ``rounds`` interleaved rounds, on this worker's
-    ``shard``."""
+    ``shard`` (``"times"``), and the bytes of its δ memory on this worker (``"delta_bytes"``,
+    0 without one)."""
     first = next(iter(cfgs.values()))
     data = load_dataset(first.data.source)
+    sharded = first.model.embeddings == "torchrec"
+    if sharded:
+        from advrec.train.sharding import process_group
+        from advrec.train.sharding import shard as shard_tables
     runs, schedules = {}, {}
-    for name, cfg in cfgs.items():
-        torch.manual_seed(0)
-        model = build_model(cfg, data)
-        # the floor takes no clean gradient either: a random attack does not start from it
-        objective = (_Floor(model, make_loss(cfg), Attack("random", cfg.adv.eps),
-                            lam=cfg.adv.lam) if name == "floor"
-                     else make_objective(cfg, model, make_loss(cfg)))
-        runs[name] = (distribute(objective, shard[1]), make_optimizer(model, cfg.train),
-                      torch.Generator().manual_seed(shard[0]))
-        schedules[name] = (cfg.adv.replays, objective.memory)
-    task = make_task(first, data, shard=shard)
-    batch = -(-first.train.batch_size // shard[1])
-    return interleaved_epochs(runs, task, batch, rounds, "clean", schedules=schedules)
+    with process_group() if sharded else contextlib.nullcontext():
+        for name, cfg in cfgs.items():
+            torch.manual_seed(0)
+            model = build_model(cfg, data, sharded=sharded)
+            # the floor takes no clean gradient either: a random attack does not start from it
+            objective = (_Floor(model, make_loss(cfg), Attack("random", cfg.adv.eps),
+                                lam=cfg.adv.lam) if name == "floor"
+                         else make_objective(cfg, model, make_loss(cfg)))
+            wrapped = (shard_tables(objective, model, cfg, torch.device("cpu")) if sharded
+                       else distribute(objective, shard[1]))
+            runs[name] = (wrapped, make_optimizer(model, cfg.train, fused_tables=sharded),
+                          torch.Generator().manual_seed(shard[0]))
+            schedules[name] = (cfg.adv.replays, objective.memory)
+        task = make_task(first, data, shard=shard)
+        batch = -(-first.train.batch_size // shard[1])
+        times = interleaved_epochs(runs, task, batch, rounds, "clean", schedules=schedules)
+    return {"times": times, "delta_bytes": {
+        name: sum(t.numel() * t.element_size() for t in memory.tables.values())
+        if memory is not None else 0 for name, (_, memory) in schedules.items()}}
 
 
 def _worker(config: dict[str, Any]) -> None:
@@ -139,15 +157,14 @@ def _worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     shard = (context.get_world_rank(), context.get_world_size())
     cfgs = {k: RunConfig.model_validate(v) for k, v in config["cfgs"].items()}
-    times = cost_runs(cfgs, shard, config["rounds"])
+    measured = cost_runs(cfgs, shard, config["rounds"])
     if shard[0] == 0:
-        Path(config["out"]).write_text(json.dumps(times))
+        Path(config["out"]).write_text(json.dumps(measured))
 
 
-def cost(cfgs: dict[str, RunConfig], workers: int, rounds: int,
-         out: Path) -> dict[str, list[float]]:
-    """``rounds`` of interleaved epoch times, in this process or on ``workers`` Ray Train
-    workers."""
+def cost(cfgs: dict[str, RunConfig], workers: int, rounds: int, out: Path) -> dict[str, Any]:
+    """``rounds`` of interleaved epoch times and the δ memory (`cost_runs`, rank 0's), in this
+    process or on ``workers`` Ray Train workers."""
     if workers == 0:
         return cost_runs(cfgs, (0, 1), rounds)
     import ray
@@ -212,15 +229,18 @@ def main() -> None:
     prepared = resolve_dataset(config(args.config, "clean", 0, args.data, args.format,
                                       args.set).data)
     cfgs = {n: config(args.config, n, 0, prepared, "prepared", args.set) for n in names}
-    times = cost(cfgs, args.workers, args.rounds, args.out)
-    (args.out / f"cost-{args.config.stem}-w{args.workers}.json").write_text(json.dumps(times))
+    measured = cost(cfgs, args.workers, args.rounds, args.out)
+    (args.out / f"cost-{args.config.stem}-w{args.workers}.json").write_text(json.dumps(measured))
+    times = measured["times"]
     print(f"{args.config.stem}: {args.rounds} interleaved rounds, {max(args.workers, 1)} "
-          "worker(s)\n\n| schedule | epoch s (median) | pass / clean | per scheduled epoch / "
-          "clean |\n|---|---|---|---|")
+          f"worker(s), {cfgs[names[0]].model.embeddings} tables\n\n| schedule | epoch s (median) "
+          "| pass / clean | per scheduled epoch / clean | δ memory per worker, MiB |\n"
+          "|---|---|---|---|---|")
     for name in names:
         ratio = median_ratio(times, name, "clean")
         print(f"| {name} | {statistics.median(times[name]):.3f} | {ratio:.2f} | "
-              f"{ratio / cfgs[name].adv.replays:.2f} |")
+              f"{ratio / cfgs[name].adv.replays:.2f} | "
+              f"{measured['delta_bytes'][name] / 2**20:.2f} |")
 
 
 def print_quality(rows: list[dict[str, Any]], names: list[str]) -> None:

@@ -246,7 +246,8 @@ def test_recbole_sequential_split_wants_one_held_out_item_per_user(tmp_path: Pat
 
 def test_cheap_at_benchmark_runs(tmp_path: Path) -> None:
     """Both parts on a synthetic log (no real data needed): each schedule trains and is attacked,
-    a second call reuses the finished rows; the cost part times every schedule and the floor."""
+    a second call reuses the finished rows; the cost part times every schedule and the floor, and
+with torchrec tables the δ memory whole and sharded."""
     from synthetic import synth
 
     synth(200, 100, 3000, str(tmp_path / "log"))
@@ -277,6 +278,13 @@ def test_cheap_at_benchmark_runs(tmp_path: Path) -> None:
     cost = run("--part", "cost", "--rounds", "1", "--schedules", "clean,floor,free2").stdout
     table = [line.split("|")[1].strip() for line in cost.splitlines() if line.startswith("| ")]
     assert table[1:] == ["clean", "floor", "free2"]
+    # torchrec tables, accumulate's δ memory whole or sharded (one worker: its block is whole)
+    run("--part", "cost", "--rounds", "1", "--schedules", "clean,accumulate,accumulate-sharded",
+        "--set", "model.dim=8", "model.embeddings=torchrec", "train.table_optimizer=sgd")
+    measured = json.loads((tmp_path / "out" / "cost-ml100k-apr-w0.json").read_text())
+    assert set(measured["times"]) == {"clean", "accumulate", "accumulate-sharded"}
+    sizes = measured["delta_bytes"]
+    assert sizes["clean"] == 0 and sizes["accumulate"] == sizes["accumulate-sharded"] > 0
 
 
 def test_stream_benchmark_runs(tmp_path: Path) -> None:

@@ -727,6 +727,10 @@ CONFIG: list[Case] = [
          "adv.decay: Input should be less than or equal to 1 (got 1.5)"),
     Case("train-decay-standard", (*TRAIN, "adv.method=fgm", "adv.decay=0.5"),
          "decay=0.5 applies to schedule=accumulate only"),
+    Case("train-sharded-memory-dense", (*TRAIN, "adv.method=fgm", "adv.schedule=accumulate",
+                                        "adv.memory=sharded"),
+         "adv.memory=sharded shards delta as torchrec shards the tables: it applies to "
+         "model.embeddings=torchrec only"),
     Case("train-fast-unguarded", (*TRAIN, "adv.method=fgm", "adv.schedule=fast"),
          "set eval.robust_every=1 (eval.robust_rows bounds its cost) or adv.guard=0"),
     Case("prepare-split-loo-keep-short-misspelt", (*PREPARE, "{d}/out", "--split", "loo:keep_short"),

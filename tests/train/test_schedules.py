@@ -233,6 +233,10 @@ def test_decay_scales_the_memory_at_each_adversarial_epoch(dataset: str) -> None
     ({"schedule": "accumulate", "method": "random"}, {},
      r"schedule=accumulate moves delta by ascent steps; method=random has no such step"),
     ({"schedule": "free", "decay": 0.5}, {}, r"decay=0\.5 applies to schedule=accumulate only"),
+    ({"memory": "sharded"}, {}, r"memory=sharded applies to schedule=accumulate only"),
+    ({"schedule": "accumulate", "memory": "sharded"}, {},
+     r"adv\.memory=sharded shards delta as torchrec shards the tables: it applies to model"),
+    ({"schedule": "accumulate", "memory": "rows"}, {}, r"adv\.memory: .*'worker' or 'sharded'"),
 ])
 def test_bad_schedules_are_refused_in_one_line(dataset: str, adv: dict, eval_: dict,
                                                message: str) -> None:

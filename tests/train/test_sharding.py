@@ -1,6 +1,6 @@
 """Tables sharded across workers with torchrec (``model.embeddings=torchrec``): a fused table
 update happens once per step whatever the adversarial terms, each of 2 Ray Train workers holds
-its own shards only while PGD training lowers the loss, a checkpoint saved by 2 workers evaluates
+its own shards of the tables and of the δ memory only while adversarial training lowers the loss, a checkpoint saved by 2 workers evaluates
 the same in one process, a stopped run resumes as if it never stopped, and bad input is named."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ pytest.importorskip("torchrec")
 
 from advrec import io
 from advrec.adversarial import AdversarialObjective
+from advrec.adversarial.memory import ShardedDeltaMemory
 from advrec.cli import main
 from advrec.config import build_config
 from advrec.data import load_dataset, prepare
@@ -26,6 +27,7 @@ from advrec.errors import AdvrecError
 from advrec.models import build_model
 from advrec.serve.recommend import vocabulary
 from advrec.train import load_model, read_run, run_training
+from advrec.train.checkpoint import load_train_state
 from advrec.train.loop import attack_from_config, make_objective
 from advrec.train.sharding import process_group, shard
 from advrec.train.tasks import make_loss, make_task
@@ -197,9 +199,10 @@ def test_hashed_users_train_in_a_bounded_sharded_table(udata_small: Path,
 def test_two_workers_each_hold_their_shards_and_one_process_evaluates_their_checkpoint(
         prepared: str, s3_store: str, ray_local: None, tmp_path: Path) -> None:
     run = f"s3://advrec/sharded-{uuid.uuid4().hex[:8]}"  # on the S3 endpoint
+    # accumulate's δ memory sharded with the tables: each worker holds half of each δ table
     cfg = _config(prepared, "torchrec",
                   model={"dim": 16, "sharding": {"user": "table_wise", "item": "column_wise"}},
-                  adv={"steps": 2},
+                  adv={"method": "fgm", "schedule": "accumulate", "memory": "sharded"},
                   train={"optimizer": "adagrad", "lr": 0.05, "reg": 0.0, "epochs": 3,
                          "patience": 0})
     cfg.scaling.num_workers = 2
@@ -212,8 +215,15 @@ def test_two_workers_each_hold_their_shards_and_one_process_evaluates_their_chec
     row = 16 * 4  # float32 rows of dim 16
     half = data.num_items * row // 2
     assert sorted(metrics["table_bytes"]) == [half, data.num_users * row + half]
-    assert history[-1]["loss"] < history[0]["loss"]  # PGD adversarial training learns
+    assert history[-1]["loss"] < history[0]["loss"]  # adversarial training learns
     assert all(r["adversarial"] for r in history)
+    memory = load_train_state(run)["memory"]  # every worker's block of every δ table
+    for name, rows in (("user", data.num_users), ("item", data.num_items)):
+        blocks = [m[name] for m in memory]
+        assert [len(b) for b in blocks] == [-(-rows // 2)] * 2
+        whole = torch.cat(blocks)
+        assert (whole[:rows].norm(dim=-1) > 0).float().mean() > 0.9  # nearly every row moved
+        assert whole[rows:].abs().sum() == 0  # the padding row, if any, never
 
     # the tables saved in shards by 2 workers load whole into one process's dense model
     model, _ = load_model(f"{run}/checkpoint/model.pt", cfg, data)
@@ -253,14 +263,16 @@ def test_a_table_too_narrow_to_shard_is_named(ctr_small: str, feature_options: d
 
 
 @pytest.mark.parametrize("schedule", [{"schedule": "free", "replays": 2},
-                                      {"schedule": "accumulate"}])
+                                      {"schedule": "accumulate"},
+                                      {"schedule": "accumulate", "memory": "sharded"}])
 def test_schedules_step_sharded_tables_as_dense_ones(prepared: str, schedule: dict) -> None:
     # free's replays (one fused table step per replay's backward) and accumulate's δ memory
-    # (its gradient from the backward that steps the tables) on the same batch twice, from the
-    # same weights: the same losses, tables and δ as with dense tables and plain SGD
+    # (its gradient from the backward that steps the tables; per worker, or sharded, here over
+    # a process group of one) on the same batch twice, from the same weights: the same losses,
+    # tables and δ as with dense tables, a memory per worker and plain SGD
     data = load_dataset(prepared)
     adv = {"method": "fgm", **schedule}
-    dense_cfg = _config(prepared, "dense", adv=adv)
+    dense_cfg = _config(prepared, "dense", adv={k: v for k, v in adv.items() if k != "memory"})
     sharded_cfg = _config(prepared, "torchrec", adv=adv)
     torch.manual_seed(0)
     dense = build_model(dense_cfg, data)
@@ -290,6 +302,7 @@ def test_schedules_step_sharded_tables_as_dense_ones(prepared: str, schedule: di
     with process_group():
         model = build_model(sharded_cfg, data, sharded=True)
         twin = make_objective(sharded_cfg, model, make_loss(sharded_cfg))
+        assert isinstance(twin.memory, ShardedDeltaMemory) == ("memory" in schedule)
         wrapped = shard(twin, model, sharded_cfg, torch.device("cpu"))
         model.load_state_dict(start)
         losses = train(wrapped, twin.memory, lambda: None)  # the tables step in the backward

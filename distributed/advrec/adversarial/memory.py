@@ -15,10 +15,16 @@ issue 20), a row's δ is a weak adversary all the same: a row meets other rows a
 clean gradient saves.
 
 A row looked up several times in a batch (an item in many histories) has one δ there, whose
-gradient sums its lookups'. Memory: one δ table the size of each attacked table, per worker,
-on the worker's device (like one more optimizer moment); each worker keeps the δ of the rows
-it looks up. With torchrec-sharded tables the memory is still whole on every worker (sharding
-it with the tables is not built).
+gradient sums its lookups'. Where the memory lives (``adv.memory``):
+
+- ``worker`` (`DeltaMemory`): one δ table the size of each attacked table, per worker, on the
+  worker's device (like one more optimizer moment); each worker keeps the δ of the rows it
+  looks up, so two workers' δ of one row drift apart. No communication.
+- ``sharded`` (`ShardedDeltaMemory`, with torchrec tables): one δ per row for the whole
+  process group, each table's δ cut row-wise into one block per worker, so a worker holds
+  1/N of it. A lookup asks each row's owner for its δ and a step sends the moved rows back,
+  two all-to-alls of the batch's distinct rows each (ids, then (U, d) rows); rows that several
+  workers moved in one step keep the mean of their moves.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -71,9 +78,8 @@ class DeltaMemory:
             ids = torch.cat([rows[k][1].reshape(-1) for k in keys])
             table = self.tables.get(name)
             if table is None:
-                table = self.tables[name] = emb[keys[0]].new_zeros(rows[keys[0]][2],
-                                                                   emb[keys[0]].shape[-1])
-            if not per_row and len(table) <= len(ids):
+                table = self.tables[name] = self._new_table(rows[keys[0]][2], emb[keys[0]])
+            if not per_row and self._covers(table, ids):
                 # the batch looks up about every row: δ is the whole table, which saves
                 # finding its rows (a sort); rows it does not look up get no gradient, no step
                 lookup, index = _Lookup(name, None, table.requires_grad_(True), None, None), ids
@@ -97,7 +103,7 @@ class DeltaMemory:
         their lookup, and each id's position among them (N,). ``emb``: the keys' rows, when
         each row's ball is its own (relative or scaled ε)."""
         unique, inverse = torch.unique(ids, return_inverse=True)
-        delta = self.tables[name].index_select(0, unique)
+        delta = self._fetch(name, unique)
         x = factor = None
         if emb is not None:
             d = delta.shape[-1]
@@ -119,7 +125,9 @@ class DeltaMemory:
         the backward left on them (``attack.alpha`` in ``attack.ascent_norm``, scaled like the
         radius), and store them. Rows without a gradient (no backward) stay."""
         for lookup in self._pending:
-            if lookup.delta.grad is None:
+            if lookup.delta.grad is None:  # stored as it was (a sharded memory: in lockstep)
+                if lookup.ids is not None:
+                    self._store(lookup.name, lookup.ids, lookup.delta.detach())
                 continue
             scale = None if lookup.scale is None else {"rows": lookup.scale}
             # a fixed ε's radius reads no row values: δ stands in for them
@@ -129,8 +137,27 @@ class DeltaMemory:
             if lookup.ids is None:  # the whole table
                 self.tables[lookup.name] = moved
             else:
-                self.tables[lookup.name].index_copy_(0, lookup.ids, moved)
+                self._store(lookup.name, lookup.ids, moved)
         self._pending = []
+
+    def _new_table(self, rows: int, like: Tensor) -> Tensor:
+        """The δ table of a table of ``rows`` rows as this memory holds it, zero, on ``like``'s
+        device and of its dtype and width."""
+        return like.new_zeros(rows, like.shape[-1])
+
+    def _covers(self, table: Tensor, ids: Tensor) -> bool:
+        """Whether a batch looking up ``ids`` (N,) trains on the whole δ ``table`` instead of
+        its rows: when it looks up about every row, which saves finding them (a sort)."""
+        return len(table) <= len(ids)
+
+    def _fetch(self, name: str, ids: Tensor) -> Tensor:
+        """The δ rows (U, d) of table ``name`` at ``ids`` (U,), distinct and sorted."""
+        return self.tables[name].index_select(0, ids)
+
+    def _store(self, name: str, ids: Tensor, rows: Tensor) -> None:
+        """Set the δ rows of table ``name`` at ``ids`` (U,), distinct and sorted, to ``rows``
+        (U, d)."""
+        self.tables[name].index_copy_(0, ids, rows)
 
     @torch.no_grad()
     def decay(self, factor: float) -> None:
@@ -146,3 +173,55 @@ class DeltaMemory:
 
     def load_state_dict(self, state: dict[str, Tensor], device: torch.device) -> None:
         self.tables = {name: t.to(device) for name, t in state.items()}
+
+
+class ShardedDeltaMemory(DeltaMemory):
+    """A `DeltaMemory` cut row-wise across the workers of the default process group
+    (``adv.memory=sharded``): worker ``r`` of ``W`` holds rows ``[r·s, (r+1)·s)`` of each δ
+    table, ``s = ⌈rows / W⌉``. Every call of `recall` and `step` is a collective: the workers
+    make them in lockstep, as they make their torchrec lookups. A lookup costs three
+    all-to-alls (how many ids, the ids, their rows back) and a step one (the moved rows, back
+    the way their ids came)."""
+
+    def __init__(self, attack: Attack) -> None:
+        super().__init__(attack)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        # name -> the rows of this shard the last lookup served (local ids, in the order
+        # received), and how many ids this worker sent each worker and received from each
+        self._served: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _new_table(self, rows: int, like: Tensor) -> Tensor:
+        return like.new_zeros(-(-rows // self.world), like.shape[-1])
+
+    def _covers(self, table: Tensor, ids: Tensor) -> bool:
+        # a shard is no whole table: every lookup goes to the rows' owners (but a worker alone)
+        return self.world == 1 and super()._covers(table, ids)
+
+    def _fetch(self, name: str, ids: Tensor) -> Tensor:
+        shard = self.tables[name]
+        # sorted ids: each owner's are contiguous, in rank order
+        send = torch.bincount(ids // len(shard), minlength=self.world)
+        ones = torch.ones_like(send)
+        recv = self._exchange(send, ones, ones)  # (W,) how many ids each worker asks here
+        asked = self._exchange(ids, send, recv) - self.rank * len(shard)
+        self._served[name] = (asked, send, recv)
+        return self._exchange(shard.index_select(0, asked), recv, send)  # in the order sent
+
+    def _store(self, name: str, ids: Tensor, rows: Tensor) -> None:
+        asked, send, recv = self._served.pop(name)  # ``ids`` are the last lookup's
+        got = self._exchange(rows, send, recv)
+        # several workers may have moved one row this step: it keeps the mean of their moves
+        local, inverse = torch.unique(asked, return_inverse=True)
+        sums = got.new_zeros(len(local), got.shape[-1]).index_add_(0, inverse, got)
+        counts = torch.bincount(inverse, minlength=len(local)).unsqueeze(1)
+        self.tables[name].index_copy_(0, local, sums / counts)
+
+    def _exchange(self, x: Tensor, send: Tensor, recv: Tensor) -> Tensor:
+        """All-to-all of ``x`` (n, ...): its first ``send[0]`` rows to worker 0, the next
+        ``send[1]`` to worker 1, ...; returns what the workers sent this one, ``recv[r]`` rows
+        from worker ``r``, in rank order."""
+        if self.world == 1:
+            return x
+        out = x.new_empty(int(recv.sum()), *x.shape[1:])
+        dist.all_to_all_single(out, x.contiguous(), recv.tolist(), send.tolist())
+        return out

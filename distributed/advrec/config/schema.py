@@ -280,6 +280,13 @@ class AdvConfig(Adversary):
     decay: float = Field(
         1.0, ge=0.0, le=1.0, description="schedule=accumulate: every adversarial epoch starts "
         "with each remembered delta times this; 1 keeps them, 0 starts each epoch from zero.")
+    memory: Literal["worker", "sharded"] = Field(
+        "worker", description="schedule=accumulate: where the delta memory lives. worker: one "
+        "delta table the size of each attacked table on every worker, each worker moving the "
+        "rows it looks up, no communication. sharded (model.embeddings=torchrec): one delta per "
+        "row for all the workers, each table's cut row-wise into one block per worker (1/N of "
+        "it each); every lookup fetches the batch's rows from their owners and every step sends "
+        "them back (all-to-alls), and a row several workers moved in one step keeps the mean.")
     guard: float = Field(
         0.5, ge=0.0, le=1.0, description="schedule=fast: catastrophic overfitting guard; the "
         "run stops, keeping the best epoch before, when robust/ of train.monitor (eval."
@@ -306,6 +313,8 @@ class AdvConfig(Adversary):
             raise ValueError(f"replays={self.replays} applies to schedule=free only")
         if self.decay != 1.0 and self.schedule != "accumulate":
             raise ValueError(f"decay={self.decay} applies to schedule=accumulate only")
+        if self.memory != "worker" and self.schedule != "accumulate":
+            raise ValueError(f"memory={self.memory} applies to schedule=accumulate only")
         if self.schedule == "standard":
             return self
         ascends = ("fgsm", "fgm") if self.schedule == "fast" else ("fgsm", "fgm", "pgd")
@@ -675,6 +684,10 @@ class RunConfig(Section):
             if self.model.sharding or self.train.table_optimizer:
                 key = "model.sharding" if self.model.sharding else "train.table_optimizer"
                 raise ValueError(f"{key} applies to model.embeddings=torchrec only")
+            if self.adv.memory == "sharded":
+                raise ValueError("adv.memory=sharded shards delta as torchrec shards the tables: "
+                                 "it applies to model.embeddings=torchrec only (dense tables: "
+                                 "adv.memory=worker)")
             return self
         if self.train.sparse_embeddings:
             raise ValueError("train.sparse_embeddings: torchrec tables update their looked-up "

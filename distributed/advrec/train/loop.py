@@ -35,10 +35,10 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from advrec import io
-from advrec.adversarial import AdversarialObjective
+from advrec.adversarial import AdversarialObjective, Attack
 from advrec.adversarial.jsma_fields import check_fields
-from advrec.adversarial.memory import DeltaMemory
-from advrec.config import RunConfig
+from advrec.adversarial.memory import DeltaMemory, ShardedDeltaMemory
+from advrec.config import AdvConfig, RunConfig
 from advrec.config.policy import TARGET
 from advrec.data.dataset import load_dataset
 from advrec.devices import CPU, placement, to_device, train_device
@@ -347,7 +347,15 @@ def make_objective(cfg: RunConfig, model: Recommender, loss_fn: LossFn) -> Adver
         reg=cfg.train.reg, adaptive=cfg.adv.adaptive, adaptive_lambda=cfg.adv.adaptive_lambda,
         mix=[(attack_from_config(a), a.lam, a.target) for a in cfg.adv.mix],
         keep_delta=cfg.adv.replays > 1,
-        memory=DeltaMemory(attack) if cfg.adv.schedule == "accumulate" else None)
+        memory=make_memory(cfg.adv, attack))
+
+
+def make_memory(adv: AdvConfig, attack: Attack) -> DeltaMemory | None:
+    """``adv.schedule=accumulate``'s δ memory for ``attack``, per worker or sharded across the
+    process group (``adv.memory``); None under any other schedule."""
+    if adv.schedule != "accumulate":
+        return None
+    return (ShardedDeltaMemory if adv.memory == "sharded" else DeltaMemory)(attack)
 
 
 def _resume(run: Training) -> tuple[EarlyStopping, list[dict[str, Any]], bool]:
