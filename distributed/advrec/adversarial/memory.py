@@ -22,9 +22,9 @@ gradient sums its lookups'. Where the memory lives (``adv.memory``):
   looks up, so two workers' δ of one row drift apart. No communication.
 - ``sharded`` (`ShardedDeltaMemory`, with torchrec tables): one δ per row for the whole
   process group, each table's δ cut row-wise into one block per worker, so a worker holds
-  1/N of it. A lookup asks each row's owner for its δ and a step sends the moved rows back,
-  two all-to-alls of the batch's distinct rows each (ids, then (U, d) rows); rows that several
-  workers moved in one step keep the mean of their moves.
+  1/N of it. A lookup asks each row's owner for its δ (all-to-alls of the counts, the batch's
+  distinct ids and their (U, d) rows) and a step sends the moved rows home (one more); rows
+  that several workers moved in one step keep the mean of their moves.
 """
 
 from __future__ import annotations
