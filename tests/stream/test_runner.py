@@ -369,3 +369,33 @@ def test_a_second_stream_into_the_same_directory_is_refused(
         with pytest.raises(AdvrecError, match="another advrec stream is writing it"):
             run_stream(_cfg(log), str(out), "1d", progress=False)
     assert (out / "stream_history.json").read_text() == "[]"
+
+
+def test_a_stream_on_2_workers_trains_every_window_on_one_worker_group(
+        log: str, ray_local: None, tmp_path: Path) -> None:
+    # the same two Ray Train worker processes train every window: the group is started once
+    history = run_stream(_cfg(log, "scaling.num_workers=2"), str(tmp_path / "s"), "1d",
+                         progress=False)
+    assert [r["window"] for r in history] == ["2020-01-01", "2020-01-02", "2020-01-03"]
+    pids = [r["worker_pids"] for r in history]
+    assert len(set(pids[0])) == 2 and os.getpid() not in pids[0]
+    assert pids == [pids[0]] * 3
+    assert all("ndcg@10" in r["prequential"] for r in history[1:])
+    assert os.readlink(tmp_path / "s" / "latest") == "windows/2020-01-03"
+    for record in history:  # each window trained on both workers
+        metrics = json.loads((tmp_path / "s" / "windows" / record["window"] /
+                              "metrics.json").read_text())
+        assert len(metrics["devices"]) == 2
+
+
+def test_a_run_that_fails_on_the_group_is_its_one_line_error(log: str, ray_local: None,
+                                                            tmp_path: Path) -> None:
+    from advrec.train.pool import WorkerGroup
+
+    cfg = _cfg(log, "scaling.num_workers=2")
+    group = WorkerGroup(cfg.scaling, None, str(tmp_path / "ray_train"))
+    # the worker's error ends the group (no restart), and reaches the caller as one line
+    with group, pytest.raises(AdvrecError, match=f"{tmp_path}/missing: not a prepared dataset"):
+        group.run({"run": cfg.model_dump(mode="json", by_alias=True),
+                   "dataset": str(tmp_path / "missing"), "output": str(tmp_path / "run"),
+                   "progress": False, "targets": None})

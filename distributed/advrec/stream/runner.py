@@ -13,6 +13,8 @@ The stream directory::
     DIR/latest.json            the same, as a file (where links are not: object storage)
     DIR/stream_history.json    one record per window, written after the window is published
     DIR/stream_history.png     the prequential metrics and training time per window
+    DIR/ray_train/             on Ray Train workers: the experiment state of the one worker
+                               group that trains every window (`advrec.train.pool`)
 
 The windows are a log's spans or counts of rows, replayed (`advrec.stream.windows`), or the
 partitions landing under a prefix (`advrec.stream.follow`). For each window, in order: write its
@@ -51,6 +53,7 @@ from advrec.stream.follow import new_windows, window_log
 from advrec.stream.log import UPDATES, StreamLog
 from advrec.stream.windows import Window, cut, parse_window
 from advrec.train.driver import RUN, run_training
+from advrec.train.pool import WorkerGroup
 from advrec.train.tasks import make_loss, make_task
 from advrec.train.warm import warm_model
 
@@ -119,7 +122,8 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
             windows, empty = cut(log.timestamp, spec)
         except AdvrecError as exc:
             raise AdvrecError(f"{source}: {exc}") from None
-    with _locked(output):
+    with _locked(output), _worker_group(cfg, address, output) as group:
+        stream.group = group
         if history is None:
             with io.atomic_file(io.join(output, "config.yaml")) as f:
                 f.write(config)
@@ -129,6 +133,16 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
         else:
             _replay(stream, log, windows, empty, spec.text, source)
     return stream.history
+
+
+def _worker_group(cfg: RunConfig, address: str | None,
+                  output: str) -> contextlib.AbstractContextManager[WorkerGroup | None]:
+    """The Ray Train workers that train every window of a stream on ``scaling.num_workers``
+    workers, started once (their experiment state in ``output/ray_train``); none in-process or
+    with ``data.stream`` (a Ray Data stream is given to a group as it starts)."""
+    if not cfg.scaling.num_workers or cfg.data.stream:
+        return contextlib.nullcontext()
+    return WorkerGroup(cfg.scaling, address, io.join(output, "ray_train"))
 
 
 @contextlib.contextmanager
@@ -187,6 +201,7 @@ class _Stream:
     progress: bool
     address: str | None
     history: list[dict[str, Any]]
+    group: WorkerGroup | None = None  # the workers that train every window, if any
 
     @property
     def model(self) -> str | None:
@@ -210,7 +225,7 @@ class _Stream:
             held = (starts[max(last - self.expire + 1, 0)], starts[max(last - self.expire, 0)]
                     ) if self.expire else (0, 0)
             record = _window(self.cfg, log, w, self.output, self.update, self.replay,
-                             self.model, self.address, held)
+                             self.model, self.address, held, self.group)
         if found is not None:
             record["latency_s"] = time.monotonic() - found
         self.history.append({**record, **extra})
@@ -296,11 +311,12 @@ def _continued(output: str, settings: dict[str, Any],
 
 
 def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str, replay: int,
-            model: str | None, address: str | None,
-            held: tuple[int, int] = (0, 0)) -> dict[str, Any]:
+            model: str | None, address: str | None, held: tuple[int, int] = (0, 0),
+            group: WorkerGroup | None = None) -> dict[str, Any]:
     """Evaluate, train and publish one window; its history record. ``model``: the window
     (under ``output/windows/``) whose model is published so far, if any; ``held``: the first
-    rows whose ids the window's tables hold and the published model holds (`StreamLog.active`)."""
+    rows whose ids the window's tables hold and the published model holds (`StreamLog.active`);
+    ``group``: the stream's workers, which train it (and the record says their process ids)."""
     data_url = io.join(output, "data", w.name)
     run_url = io.join(output, "windows", w.name)
     if io.exists(run_url):  # a stopped attempt's, which may be published already
@@ -336,8 +352,10 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
         # evaluation is where a stream is measured
         "eval": cfg.eval.model_copy(update={"robust_every": 0})})
     started = time.perf_counter()
-    run_training(wcfg, run_url, progress=False, address=address)
+    run_training(wcfg, run_url, progress=False, address=address, group=group)
     record.update(train_s=time.perf_counter() - started, model=w.name)
+    if group is not None:
+        record["worker_pids"] = group.pids
     publish(output, w.name)
     return record
 

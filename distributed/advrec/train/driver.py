@@ -19,7 +19,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.data
@@ -40,6 +40,9 @@ from advrec.train.checkpoint import has_train_state
 from advrec.train.loop import train_loop_per_worker
 from advrec.train.tasks import LABELS, row_columns
 from advrec.train.warm import check_init
+
+if TYPE_CHECKING:
+    from advrec.train.pool import WorkerGroup
 
 # Ray Train's INFO lines in local mode; on workers `launch` sets its LoggingConfig to WARNING,
 # which quiets the controller's set-up lines (the per-report lines: `loop.quiet_ray_train`).
@@ -196,12 +199,15 @@ RUN = io.Marker("run.json", "advrec", "an advrec run")
 
 
 def run_training(cfg: RunConfig, output: str, progress: bool = True,
-                 address: str | None = None, tune: bool = False) -> dict[str, Any]:
+                 address: str | None = None, tune: bool = False,
+                 group: WorkerGroup | None = None) -> dict[str, Any]:
     """Train ``cfg`` into the run directory ``output``; returns the final metrics.
 
     ``address``: the Ray cluster of a multi-worker run (``scaling.num_workers >= 1``); default
     ``RAY_ADDRESS``, else a local Ray instance. Its workers write the run directory, so on a
-    cluster ``output`` must be storage they all reach (``s3://...``).
+    cluster ``output`` must be storage they all reach (``s3://...``). ``group``: an open
+    `WorkerGroup` of ``scaling.num_workers`` workers that trains it, instead of a group started
+    for this run (not with ``data.stream``, whose Ray Data stream a group is started with).
 
     The run directory gets ``config.yaml`` (resolved), ``run.json`` (the prepared dataset used),
     ``checkpoint/model.pt``, ``history.json`` and ``metrics.json``, and the training state
@@ -248,7 +254,7 @@ def run_training(cfg: RunConfig, output: str, progress: bool = True,
             "dataset": dataset, "advrec": __version__,
             **({"replaces": replaces} if replaces else {}),
             **({"init_from": {"run": cfg.train.init_from, **warm}} if warm else {})})
-        metrics = _train(cfg, dataset, output, progress, address, tune, targets)
+        metrics = _train(cfg, dataset, output, progress, address, tune, targets, group)
     except BaseException:
         if has_train_state(output):
             if replaces:
@@ -284,16 +290,22 @@ def resume_training(run: str, progress: bool = True, address: str | None = None,
 
 
 def _train(cfg: RunConfig, dataset: str, output: str, progress: bool,
-           address: str | None, tune: bool, targets: TargetItems | None) -> dict[str, Any]:
-    """Launch the loop; ``tune``: this is a trial of `advrec tune`, whose epochs go to Tune;
-    ``targets``: the target items every evaluation measures."""
+           address: str | None, tune: bool, targets: TargetItems | None,
+           group: WorkerGroup | None = None) -> dict[str, Any]:
+    """Launch the loop, or hand it to ``group``; ``tune``: this is a trial of `advrec tune`,
+    whose epochs go to Tune; ``targets``: the target items every evaluation measures."""
+    config = {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
+              "output": output, "progress": progress,
+              "targets": asdict(targets) if targets else None}
+    if group is not None:
+        if cfg.data.stream or cfg.scaling.num_workers != group.scaling.num_workers:
+            raise ValueError("a worker group trains runs of its own number of workers, "
+                             "without data.stream")
+        return group.run(config)
     datasets = ({"train": train_stream(dataset, row_columns(LABELS[cfg.kind]))}
                 if cfg.data.stream else None)
-    return launch(train_loop_per_worker,
-                  {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
-                   "output": output, "progress": progress,
-                   "targets": asdict(targets) if targets else None},
-                  cfg.scaling, address, storage=output, datasets=datasets, tune=tune)
+    return launch(train_loop_per_worker, config, cfg.scaling, address, storage=output,
+                  datasets=datasets, tune=tune)
 
 
 def read_run(run: str) -> tuple[RunConfig, str]:
