@@ -810,6 +810,9 @@ CONFIG: list[Case] = [
          (*TRAIN, "model.name=sasrec", "model.max_len=5", "adv.method=fgm",
           "adv.mix=[{{method: jsma-items, budget: 6}}]"),
          "adv.mix[0].budget=6: above model.max_len=5, the most history items a sequence holds"),
+    Case("train-positions-without-jsma-items", (*TRAIN, "adv.method=fgm", "adv.positions=one"),
+         "adv: positions=one: only method=jsma-items (which swaps history items) takes it, not "
+         "method=fgm"),
     Case("train-mix-similarity-without-jsma-items",
          (*TRAIN, "adv.mix=[{{method: fgm}}, {{method: pgd, similarity: 0.5}}]"),
          "adv.mix[1]: similarity=0.5: only method=jsma-items"),

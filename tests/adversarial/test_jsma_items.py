@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from advrec.adversarial import AdversarialObjective, Attack
 from advrec.adversarial.jsma_items import swap_items
+from advrec.adversarial.objective import one_position
 from advrec.cli import main
 from advrec.config import load_config
 from advrec.data import prepare
@@ -198,6 +199,52 @@ def test_the_objective_adds_lambda_times_the_loss_of_the_swapped_history(negativ
     torch.testing.assert_close(out["adv"], batch_loss(loss, model(swapped), swapped).detach())
     out["loss"].backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_one_position_keeps_one_masked_position_per_history_drawn_uniformly() -> None:
+    g = torch.Generator().manual_seed(0)
+    seq = _histories(g, users=64)
+    mask = seq != N
+    mask[0] = False  # a history with no position to count
+    counts = torch.zeros(L)
+    for seed in range(200):
+        one = one_position({"seq": seq, "mask": mask}, torch.Generator().manual_seed(seed))
+        kept = one["mask"]
+        assert not (kept & ~mask).any() and kept.sum(1).tolist() == [0] + [1] * 63
+        counts += kept[seq[:, 0] != N].sum(0)  # the histories that fill every position
+    # every position of a full history is drawn about as often (1 / L each)
+    assert (counts / counts.sum() - 1 / L).abs().max() < 0.05
+
+
+def test_positions_one_swaps_before_one_position_and_trains_on_its_loss() -> None:
+    # adv.positions=one: each history's swaps raise one random position's next-item loss, and
+    # L(x') is that position's loss on the swapped history (the items after it cannot matter)
+    model = _sasrec().train()
+    g = torch.Generator().manual_seed(5)
+    seq = _histories(g)
+    target = torch.where(seq == N, N, torch.randint(N, seq.shape, generator=g))
+    negative = torch.randint(N, seq.shape, generator=g)
+    batch = {"seq": seq, "mask": (seq != N) & (target != N),
+             "item": torch.stack([target.clamp(max=N - 1), negative], -1)}
+    attack = Attack("jsma-items", 0.0, budget=2, positions="one")
+    objective = AdversarialObjective(model, LOSSES["bce"], attack, lam=1.0)
+    out = objective(batch, adversarial=True, generator=torch.Generator().manual_seed(9))
+    goal = one_position(batch, torch.Generator().manual_seed(9))
+    candidates = model.embed(batch)["item"].detach()
+
+    def grad_fn(history: torch.Tensor) -> torch.Tensor:
+        rows = model.item(history).detach().requires_grad_(True)
+        logits = model.score({"item_seq": rows, "item": candidates}, {**goal, "seq": history})
+        return torch.autograd.grad(batch_loss(LOSSES["bce"], logits, goal), rows)[0]
+
+    swapped = {**goal, "seq": swap_items(seq, grad_fn, model.all_items(seq.device), N, 2)}
+    changed = swapped["seq"] != seq
+    assert changed.any()
+    position = goal["mask"].float().argmax(1, keepdim=True)  # (B, 1) each history's one
+    assert not (changed & (torch.arange(L) > position)).any()
+    torch.testing.assert_close(out["adv"], batch_loss(LOSSES["bce"], model(swapped),
+                                                      swapped).detach())
+    assert out["adv"] > batch_loss(LOSSES["bce"], model(goal), goal)  # the swaps raised it
 
 
 @pytest.fixture(scope="module")

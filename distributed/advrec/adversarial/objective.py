@@ -30,6 +30,17 @@ def select_targets(keys: list[str], target: str) -> list[str]:
     return [k for k in keys if target == "all" or k.split("_")[0] == target]
 
 
+def one_position(batch: Batch, generator: torch.Generator | None) -> Batch:
+    """``batch`` (histories with a (B, L) ``mask`` of the positions their loss counts) with
+    one of each row's masked positions kept, drawn uniformly with ``generator``: the loss of one
+    next-item prediction per history, as an evaluation's attacker raises the loss of the
+    held-out item after the history. A row without one keeps none."""
+    mask = batch["mask"]
+    keys = torch.rand(mask.shape, generator=generator).to(mask.device).masked_fill(~mask, -1.0)
+    one = torch.zeros_like(mask).scatter_(1, keys.argmax(1, keepdim=True), True)
+    return {**batch, "mask": one & mask}
+
+
 class _ReplayGradient(torch.autograd.Function):
     """A graph node with a known value and known gradients w.r.t. its inputs.
 
@@ -126,7 +137,8 @@ class AdversarialObjective(nn.Module):
     def _start_keys(self, attack: Attack, target: str, emb: Tensors) -> list[str]:
         """The embedding keys at which ``attack`` starts from the clean loss's gradient."""
         if attack.method == "jsma-items":
-            return ["item_seq"]
+            # one position's loss is not the training loss: its attack takes its own gradient
+            return ["item_seq"] if attack.positions == "all" else []
         if attack.method == "jsma-fields":
             return self._field_keys()
         if self.memory is not None:  # δ comes from the memory
@@ -147,7 +159,11 @@ class AdversarialObjective(nn.Module):
         (`_start_keys`); ``previous``, a δ whose ``.grad`` a backward filled, is moved one
         ascent step instead (`ascend`)."""
         if attack.method == "jsma-items":
-            swapped = {**batch, "seq": self._swapped(emb, batch, init_grad["item_seq"], attack)}
+            if attack.positions == "all":
+                goal, start = batch, init_grad["item_seq"]
+            else:
+                goal, start = one_position(batch, generator), None
+            swapped = {**goal, "seq": self._swapped(emb, goal, start, attack)}
             # the same targets after the swapped history: only the history's rows are looked up
             # anew (they are catalogue rows, and L(x') trains them); the candidates' (B, L, C, d)
             # rows are the clean pass's: not gathered and scatter-added again (a budget-2
@@ -201,10 +217,12 @@ class AdversarialObjective(nn.Module):
         loss = batch_loss(self.loss_fn, self.model.score({**frozen, **rows}, batch), batch)
         return dict(zip(rows, torch.autograd.grad(loss, list(rows.values()))))
 
-    def _swapped(self, emb: Tensors, batch: Batch, init_grad: Tensor, attack: Attack) -> Tensor:
+    def _swapped(self, emb: Tensors, batch: Batch, init_grad: Tensor | None,
+                 attack: Attack) -> Tensor:
         """The batch's histories ``seq`` (B, L) with up to ``attack.budget`` items each swapped
-        to raise its training loss (`swap_items`); ``init_grad`` (B, L, d) the clean loss's
-        gradient at their rows. No graph."""
+        to raise its loss (`swap_items`; the loss at the positions of ``batch["mask"]``);
+        ``init_grad`` (B, L, d) that loss's gradient at their rows, if the caller has it. No
+        graph."""
         frozen = {k: v.detach() for k, v in emb.items()}
 
         def grad_fn(seq: Tensor) -> Tensor:

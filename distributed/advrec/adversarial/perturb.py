@@ -44,8 +44,9 @@ _TINY = 1e-12  # keeps normalising a zero gradient finite (its direction stays z
 class Attack:
     """What to compute: a method, a budget and, for PGD, steps and a step size; for JSMA,
     rounds (``steps``) and the coordinates it may change per row (``l0``); for JSMA on item
-    histories, the items swapped per history (``budget``, where ε means nothing) and the
-    substitutes' least cosine with the item they replace (``similarity``); for JSMA on feature
+    histories, the items swapped per history (``budget``, where ε means nothing), the
+    substitutes' least cosine with the item they replace (``similarity``) and, in training,
+    the positions whose loss the swaps raise (``positions``); for JSMA on feature
     fields, the fields changed per example (``budget``)."""
 
     method: Method
@@ -58,6 +59,7 @@ class Attack:
     l0: int | None = None  # JSMA; None -> `default_l0` of each row's width
     budget: int = 1  # jsma-items, jsma-fields
     similarity: float | None = None  # jsma-items; None -> any item may substitute
+    positions: str = "all"  # jsma-items in training: "all" or "one" random position per row
 
     @property
     def active(self) -> bool:

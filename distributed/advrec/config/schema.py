@@ -230,6 +230,11 @@ class Adversary(Section):
     similarity: float | None = Field(
         None, ge=-1.0, le=1.0, description="jsma-items: a substitute's embedding must have "
         "cosine >= this with the item it replaces (Yue et al. RecSys 2022); default any item.")
+    positions: Literal["all", "one"] = Field(
+        "all", description="jsma-items in training: the positions whose next-item loss the "
+        "swaps raise and L(x') counts. all: every position of the history (the training "
+        "loss); one: one random real position per history, with the swaps among the items "
+        "before it, as an attacker of one recommendation swaps items before the held-out one.")
     step_size: float | None = Field(
         None, gt=0.0, description="PGD step size; default 2.5 * eps / steps (Madry et al.)."
     )
@@ -246,6 +251,9 @@ class Adversary(Section):
         # `advrec evaluate --similarity` is refused without jsma-items)
         if self.similarity is not None and self.method != "jsma-items":
             raise ValueError(f"similarity={self.similarity}: only method=jsma-items (which swaps "
+                             f"history items) takes it, not method={self.method}")
+        if self.positions != "all" and self.method != "jsma-items":
+            raise ValueError(f"positions={self.positions}: only method=jsma-items (which swaps "
                              f"history items) takes it, not method={self.method}")
         return self
 
@@ -297,7 +305,7 @@ class AdvConfig(Adversary):
         default_factory=list, description="More adversaries, each with its own lambda: the "
         "objective becomes L(x) + lambda * L(x') + sum_i lambda_i * L(x'_i), e.g. embedding FGM "
         "and jsma-items together. Each entry takes this section's attack keys (method, eps, "
-        "lambda, steps, l0, budget, similarity, step_size, norm, random_start, target, "
+        "lambda, steps, l0, budget, similarity, positions, step_size, norm, random_start, target, "
         "relative), with the same defaults; start_epoch and adaptive apply to all of them.")
 
     def adversaries(self) -> list[tuple[str, Adversary]]:

@@ -35,7 +35,8 @@ def attack_from_config(adv: Adversary) -> Attack:
     """The attack of one adversary of the config (``adv`` itself or an ``adv.mix`` entry)."""
     return Attack(method=adv.method, eps=adv.eps, steps=adv.steps, step_size=adv.step_size,
                   norm=adv.norm, random_start=adv.random_start, relative=adv.relative,
-                  l0=adv.l0, budget=adv.budget, similarity=adv.similarity)
+                  l0=adv.l0, budget=adv.budget, similarity=adv.similarity,
+                  positions=adv.positions)
 
 
 def training_attack(adv: AdvConfig) -> Attack:
