@@ -8,6 +8,8 @@
   a seed `zoo.py` trained is not trained again);
 - ``jsma``: the shipped config with ``adv.method=jsma-items`` (``adv.budget`` 2, the same warm-up
   and λ), trained on histories with two items swapped by JSMA;
+- ``jsma-one`` (only with ``--variants``): as ``jsma``, with ``adv.positions=one``: each
+  history's swaps raise one random position's loss, the evaluation's threat;
 - ``mix`` (only with ``--variants``): the shipped config with ``adv.mix`` adding jsma-items at
   budget 2, λ 1: embedding PGD-3 and swapped items at once.
 
@@ -141,6 +143,7 @@ def drop(points: dict[str, dict[str, float]], budget: int) -> float:
 ZOO_VARIANTS = {"twin": True, "shipped": False}
 """`zoo.py`'s SASRec runs: name -> trained clean."""
 VARIANTS = {"jsma": ["adv.method=jsma-items", "adv.budget=2"],
+            "jsma-one": ["adv.method=jsma-items", "adv.budget=2", "adv.positions=one"],
             "mix": ["adv.mix=[{method: jsma-items, budget: 2}]"]}
 """The SASRec runs trained here: name -> overrides of the shipped config."""
 
