@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -388,14 +389,29 @@ def test_a_stream_on_2_workers_trains_every_window_on_one_worker_group(
         assert len(metrics["devices"]) == 2
 
 
-def test_a_run_that_fails_on_the_group_is_its_one_line_error(log: str, ray_local: None,
-                                                            tmp_path: Path) -> None:
+def test_a_group_trains_run_after_run_idles_between_and_a_failure_is_one_line(
+        log: str, ray_local: None, tmp_path: Path) -> None:
+    from advrec.data import prepare
     from advrec.train.pool import WorkerGroup
 
-    cfg = _cfg(log, "scaling.num_workers=2")
-    group = WorkerGroup(cfg.scaling, None, str(tmp_path / "ray_train"))
-    # the worker's error ends the group (no restart), and reaches the caller as one line
-    with group, pytest.raises(AdvrecError, match=f"{tmp_path}/missing: not a prepared dataset"):
-        group.run({"run": cfg.model_dump(mode="json", by_alias=True),
-                   "dataset": str(tmp_path / "missing"), "output": str(tmp_path / "run"),
-                   "progress": False, "targets": None})
+    dataset = str(tmp_path / "data")
+    prepare(log, "parquet", dataset, seed=0)
+    cfg = _cfg(dataset, "data.format=prepared", "scaling.num_workers=2")
+
+    def job(dataset: str, output: str) -> dict[str, Any]:
+        return {"run": cfg.model_dump(mode="json", by_alias=True), "dataset": dataset,
+                "output": str(tmp_path / output), "progress": False, "targets": None}
+
+    # keep-alives every 0.2 s while the group waits: it sits idle through several, then trains
+    # the next run on the same workers
+    group = WorkerGroup(cfg.scaling, None, str(tmp_path / "ray_train"), idle_s=0.2)
+    with group:
+        first = group.run(job(dataset, "a"))
+        pids = group.pids
+        time.sleep(2)
+        second = group.run(job(dataset, "b"))  # the same run again, the same result
+        assert second["test"] == pytest.approx(first["test"])
+        assert group.pids == pids and len(set(pids)) == 2
+        # a worker's error ends the group (no restart) and reaches the caller as one line
+        with pytest.raises(AdvrecError, match=f"{tmp_path}/missing: not a prepared dataset"):
+            group.run(job(str(tmp_path / "missing"), "c"))

@@ -123,11 +123,10 @@ class DeltaMemory:
     def step(self) -> None:
         """Move the δ rows of the last `recall` one projected ascent step along the gradient
         the backward left on them (``attack.alpha`` in ``attack.ascent_norm``, scaled like the
-        radius), and store them. Rows without a gradient (no backward) stay."""
+        radius), and store them. Rows without a gradient (no backward) stay (`_keep`)."""
         for lookup in self._pending:
-            if lookup.delta.grad is None:  # stored as it was (a sharded memory: in lockstep)
-                if lookup.ids is not None:
-                    self._store(lookup.name, lookup.ids, lookup.delta.detach())
+            if lookup.delta.grad is None:
+                self._keep(lookup)
                 continue
             scale = None if lookup.scale is None else {"rows": lookup.scale}
             # a fixed ε's radius reads no row values: δ stands in for them
@@ -139,6 +138,9 @@ class DeltaMemory:
             else:
                 self._store(lookup.name, lookup.ids, moved)
         self._pending = []
+
+    def _keep(self, lookup: _Lookup) -> None:
+        """A lookup whose δ got no gradient (no backward reached it): its rows stay."""
 
     def _new_table(self, rows: int, like: Tensor) -> Tensor:
         """The δ table of a table of ``rows`` rows as this memory holds it, zero, on ``like``'s
@@ -189,6 +191,12 @@ class ShardedDeltaMemory(DeltaMemory):
         # name -> the rows of this shard the last lookup served (local ids, in the order
         # received), and how many ids this worker sent each worker and received from each
         self._served: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def _keep(self, lookup: _Lookup) -> None:
+        # the owners wait for this worker's rows (a collective): they go back as fetched, and
+        # count in the mean of the row's moves like any worker's
+        if lookup.ids is not None:
+            self._store(lookup.name, lookup.ids, lookup.delta.detach())
 
     def _new_table(self, rows: int, like: Tensor) -> Tensor:
         return like.new_zeros(-(-rows // self.world), like.shape[-1])

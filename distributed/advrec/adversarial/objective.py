@@ -23,6 +23,7 @@ from advrec.config.policy import ADAPTIVE
 from advrec.models.base import Batch, Recommender
 from advrec.models.fields import FieldModel
 from advrec.models.losses import LossFn, batch_loss
+from advrec.models.sasrec import SASRec
 
 
 def select_targets(keys: list[str], target: str) -> list[str]:
@@ -168,8 +169,7 @@ class AdversarialObjective(nn.Module):
             # anew (they are catalogue rows, and L(x') trains them); the candidates' (B, L, C, d)
             # rows are the clean pass's: not gathered and scatter-added again (a budget-2
             # SASRec epoch: 2.40x a clean one, 2.52x with them looked up anew)
-            history = self.model.embed({"seq": swapped["seq"]})["item_seq"]
-            adv_emb = {**emb, "item_seq": history}
+            adv_emb = {**emb, "item_seq": self._sequence_model().history(swapped["seq"])}
             return batch_loss(self.loss_fn, self.model.score(adv_emb, swapped), swapped), None
         if attack.method == "jsma-fields":
             values = self.flipped_fields(batch, emb, {k: init_grad[k] for k in self._field_keys()},
@@ -227,16 +227,21 @@ class AdversarialObjective(nn.Module):
 
         def grad_fn(seq: Tensor) -> Tensor:
             swapped = {**batch, "seq": seq}
-            with torch.no_grad():
-                # the history's rows alone: without the batch's candidates (B, L, C), embed
-                # looks up the (N, d) catalogue, not a (B, L, C, d) gather of every round
-                rows = self.model.embed({"seq": seq})["item_seq"]
+            with torch.no_grad():  # the history's rows alone: the candidates' stay
+                rows = self._sequence_model().history(seq)
             return self._gradient(frozen, {"item_seq": rows}, swapped)["item_seq"]
 
         seq = batch["seq"]
         catalogue = self.model.all_items(seq.device).detach()
         return swap_items(seq, grad_fn, catalogue, self.model.pad, attack.budget,
                           attack.similarity, init_grad)
+
+    def _sequence_model(self) -> SASRec:
+        """The model, which jsma-items needs to read histories (the config sees to it)."""
+        if not isinstance(self.model, SASRec):
+            raise TypeError(f"jsma-items swaps history items; {type(self.model).__name__} "
+                            "reads no history (the sequential model: sasrec)")
+        return self.model
 
     def _field_model(self) -> FieldModel:
         """The model, which jsma-fields needs to be a feature model (the config sees to it)."""

@@ -41,7 +41,7 @@ def next_item_grad(model: SASRec, catalogue: Tensor,
 
     def grad_fn(seq: Tensor) -> Tensor:
         with torch.no_grad():
-            history = model.embed({"seq": seq})["item_seq"]
+            history = model.history(seq)
         history.requires_grad_(True)
         logits = model.hidden(history, seq)[:, -1] @ catalogue.T  # (B, N)
         return torch.autograd.grad(loss(logits), history)[0]

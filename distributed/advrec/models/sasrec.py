@@ -67,7 +67,12 @@ class SASRec(Recommender):
         or (N, d) every item's row when the batch has a ``target`` instead of candidates."""
         candidates = (self.item(batch["item"]) if "item" in batch
                       else self.all_items(batch["seq"].device))
-        return {"item_seq": self.item(batch["seq"]), "item": candidates}
+        return {"item_seq": self.history(batch["seq"]), "item": candidates}
+
+    def history(self, seq: Tensor) -> Tensor:
+        """The rows (B, L, d) of histories ``seq`` (B, L): `embed`'s ``item_seq`` alone, for
+        an attack that changes the history and not the candidates."""
+        return self.item(seq)
 
     def rows(self, batch: Batch) -> dict[str, RowIds]:
         seq = batch["seq"]
