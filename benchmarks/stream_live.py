@@ -30,6 +30,7 @@ from advrec.config import load_config
 from advrec.data.synth import synth_days
 from advrec.local_s3 import local_s3
 from advrec.stream import run_stream
+from advrec.train.driver import connect, run_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, SECRET, BUCKET = "advrec-bench", "advrec-bench-secret", "advrec"
@@ -89,6 +90,10 @@ def main() -> None:
         with local_s3(store, KEY, SECRET, BUCKET) as endpoint:
             os.environ.update({"AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET,
                                "AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": "us-east-1"})
+            # Ray is started here, in the main thread: the processes of a local Ray started
+            # by a stream's thread die with that thread (their parent-death signal)
+            scaling = load_config(None, ["data.source=unused", *overrides]).scaling
+            connect(None, run_cpus(scaling, streaming=False))
             for expire in [int(e) for e in args.expires.split(",")]:
                 name = f"expire{expire}"
                 history = follow(days, f"s3://{BUCKET}/{name}", args.out / name, overrides,
