@@ -144,9 +144,11 @@ class WorkerGroup:
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  trace: TracebackType | None) -> None:
-        if not self._alive():  # never started, or ended (by an error `run` raised)
+        if self._thread is None:  # never started
             return
-        self._jobs.put(None)  # between runs: every worker returns, fit() ends
-        self._thread.join()
-        for q in (self._jobs, self._results):
-            q.shutdown()
+        if self._alive():  # between runs: every worker returns, fit() ends
+            self._jobs.put(None)
+            self._thread.join()
+        if ray.is_initialized():  # not after `_abort`, which ended the queues with Ray
+            for q in (self._jobs, self._results):
+                q.shutdown()
