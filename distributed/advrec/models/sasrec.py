@@ -122,22 +122,25 @@ class SASRec(Recommender):
 
     def score_candidates(self, context: Batch, items: Tensor) -> Tensor:
         """Logits (B, C) of ``items`` (B, C) as the next item after each history ``seq``."""
-        seq = context["seq"]
-        h = self.hidden(self.item(seq), seq)[:, -1]  # left padding: the last position is real
-        return (h.unsqueeze(1) * self.item(items)).sum(-1)
+        return (self.next_state(context["seq"]).unsqueeze(1) * self.item(items)).sum(-1)
 
     def rank_scores(self, context: Batch, items: Tensor | None = None,
                     max_pairs: int = 1 << 14) -> Tensor:
         """Next-item scores of ``items`` (C,) (default every item) after each history: ``seq``
         (B, L) -> (B, C)."""
         seq = context["seq"]
-        h = self.hidden(self.item(seq), seq)[:, -1]
-        return h @ self.item(self.every_item(seq.device) if items is None else items).T
+        return self.next_state(seq) @ self.item(
+            self.every_item(seq.device) if items is None else items).T
 
     def dot_ranking(self, context: Batch) -> tuple[Tensor, Tensor]:
         """``seq`` (B, L) -> the last position's hidden state (B, d) and every item row (N, d)."""
         seq = context["seq"]
-        return self.hidden(self.item(seq), seq)[:, -1], self.all_items(seq.device)
+        return self.next_state(seq), self.all_items(seq.device)
+
+    def next_state(self, seq: Tensor) -> Tensor:
+        """The hidden state (B, d) after each whole history ``seq`` (B, L), which scores the
+        next item: the last position's (left padding: it is always a real one)."""
+        return self.hidden(self.history(seq), seq)[:, -1]
 
     def all_items(self, device: torch.device) -> Tensor:
         """Every item's row (N, d), the padding row left out; by lookup, not ``.weight``: a
