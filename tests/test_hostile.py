@@ -727,6 +727,11 @@ CONFIG: list[Case] = [
          "adv.decay: Input should be less than or equal to 1 (got 1.5)"),
     Case("train-decay-standard", (*TRAIN, "adv.method=fgm", "adv.decay=0.5"),
          "decay=0.5 applies to schedule=accumulate only"),
+    Case("train-sharded-memory-standard", (*TRAIN, "adv.method=fgm", "adv.memory=sharded"),
+         "memory=sharded applies to schedule=accumulate only"),
+    Case("train-memory-unknown", (*TRAIN, "adv.method=fgm", "adv.schedule=accumulate",
+                                  "adv.memory=rows"),
+         "adv.memory: Input should be 'worker' or 'sharded'"),
     Case("train-sharded-memory-dense", (*TRAIN, "adv.method=fgm", "adv.schedule=accumulate",
                                         "adv.memory=sharded"),
          "adv.memory=sharded shards delta as torchrec shards the tables: it applies to "
