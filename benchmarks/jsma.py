@@ -11,7 +11,10 @@
 - ``jsma-one`` (only with ``--variants``): as ``jsma``, with ``adv.positions=one``: each
   history's swaps raise one random position's loss, the evaluation's threat;
 - ``mix`` (only with ``--variants``): the shipped config with ``adv.mix`` adding jsma-items at
-  budget 2, λ 1: embedding PGD-3 and swapped items at once.
+  budget 2, λ 1: embedding PGD-3 and swapped items at once;
+- ``both`` (only with ``--variants``): ``jsma`` with ``adv.mix`` adding ``jsma-one`` at λ 0.3:
+  swaps against every position's loss (which keeps the clean quality) and against one
+  position's (which buys the robustness) at once.
 
 ``--variants`` picks which of them are trained and tested (default twin, shipped, jsma).
 
@@ -144,7 +147,9 @@ ZOO_VARIANTS = {"twin": True, "shipped": False}
 """`zoo.py`'s SASRec runs: name -> trained clean."""
 VARIANTS = {"jsma": ["adv.method=jsma-items", "adv.budget=2"],
             "jsma-one": ["adv.method=jsma-items", "adv.budget=2", "adv.positions=one"],
-            "mix": ["adv.mix=[{method: jsma-items, budget: 2}]"]}
+            "mix": ["adv.mix=[{method: jsma-items, budget: 2}]"],
+            "both": ["adv.method=jsma-items", "adv.budget=2",
+                     "adv.mix=[{method: jsma-items, budget: 2, positions: one, lambda: 0.3}]"]}
 """The SASRec runs trained here: name -> overrides of the shipped config."""
 
 

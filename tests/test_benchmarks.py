@@ -162,18 +162,19 @@ def test_sasrec_deviations_each_change_the_official_block_as_pytorchs_layer_does
 @pytest.mark.slow
 def test_jsma_benchmark_runs(ml100k: Path, tmp_path: Path) -> None:
     """One seed, two epochs (adversarial from the second), one round of the cost: every model
-    (SASRec's four runs, the mixed defence included) is attacked under both protocols, the control and the targeted attack included; DeepFM and
-    two-tower under jsma-fields, untargeted and targeted."""
+    (SASRec's six runs, the mixed defences included) is attacked under both protocols, the
+    control and the targeted attack included; DeepFM and two-tower under jsma-fields, untargeted
+    and targeted."""
     out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "jsma.py"), "--seeds", "0",
                           "--set", "train.epochs=2", "--set", "adv.start_epoch=1", "--cost", "1",
-                          "--variants", "twin,shipped,jsma,jsma-one,mix",
+                          "--variants", "twin,shipped,jsma,jsma-one,mix,both",
                           "--data", str(ml100k), "--out", str(tmp_path / "jsma"),
                           "--zoo-out", str(tmp_path / "zoo")],
                          check=False, capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-2000:]
     results = json.loads((tmp_path / "jsma" / "results.json").read_text())
     sasrec = results["sasrec"]["0"]
-    assert set(sasrec) == {"twin", "shipped", "jsma", "jsma-one", "mix"}
+    assert set(sasrec) == {"twin", "shipped", "jsma", "jsma-one", "mix", "both"}
     for protocol in ("full", "sampled"):
         assert set(sasrec["twin"][protocol]["random"]) == {"0", "1", "2"}
         # the attack, even on a barely trained model, costs more than random swaps
