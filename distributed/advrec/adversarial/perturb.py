@@ -34,6 +34,9 @@ objective runs them, never `perturb`."""
 DISCRETE: tuple[Method, ...] = ("jsma-items", "jsma-fields")
 """The attacks on real, discrete inputs, with a budget of changed inputs and no ε."""
 Norm = Literal["l2", "linf"]
+Positions = Literal["all", "one"]
+"""jsma-items in training: the swaps raise every position's next-item loss, or one random real
+position's per history (`advrec.adversarial.objective.one_position`)."""
 State = TypeVar("State")
 Grad = TypeVar("Grad")
 
@@ -59,7 +62,7 @@ class Attack:
     l0: int | None = None  # JSMA; None -> `default_l0` of each row's width
     budget: int = 1  # jsma-items, jsma-fields
     similarity: float | None = None  # jsma-items; None -> any item may substitute
-    positions: str = "all"  # jsma-items in training: "all" or "one" random position per row
+    positions: Positions = "all"  # jsma-items in training
 
     @property
     def active(self) -> bool:

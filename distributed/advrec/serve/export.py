@@ -27,11 +27,10 @@ from torch._dynamo.exc import UserError
 
 from advrec import __version__, io
 from advrec.data import load_dataset
-from advrec.data.dataset import read_part
 from advrec.data.features import Field
 from advrec.errors import AdvrecError
 from advrec.models.base import Batch, Recommender
-from advrec.serve.recommend import check_finished, check_ranking
+from advrec.serve.recommend import check_finished, check_ranking, vocabulary_ids, vocabulary_table
 from advrec.train import load_model, read_run
 from advrec.train.checkpoint import model_url
 from advrec.train.tasks import NEXT, make_task
@@ -126,10 +125,8 @@ def export_run(run: str, output: str, fmt: Literal["torchscript", "export"] = "t
     model, _ = load_model(model_url(run), cfg, data)
     model.eval()
     example = _example(model, cfg, data)
-    vocab = {side: read_part(dataset, f"{side}s.parquet", ["index", "raw_id"],
-                             what=f"a {side} vocabulary").sort_by("index")
-             for side in ("user", "item")}
-    raw = {side: t["raw_id"].cast(pa.string()).combine_chunks() for side, t in vocab.items()}
+    vocab = {side: vocabulary_table(dataset, side) for side in ("user", "item")}
+    raw = {side: vocabulary_ids(table) for side, table in vocab.items()}
     config = io.read_text(io.join(run, "config.yaml"))
     tables = {}
     with io.atomic_dir(output, EXPORT) as (fs, tmp), torch.no_grad():

@@ -49,11 +49,21 @@ SCHEMA = pa.schema([("user", pa.string()), ("rank", pa.int32()), ("item", pa.str
 UNKNOWN = ("popular", "error")
 
 
+def vocabulary_table(dataset: str, side: str) -> pa.Table:
+    """The dataset's ``side`` (``user`` or ``item``) vocabulary, sorted by index: its
+    ``index`` and ``raw_id`` columns."""
+    return read_part(dataset, f"{side}s.parquet", ["index", "raw_id"],
+                     what=f"a {side} vocabulary").sort_by("index")
+
+
+def vocabulary_ids(table: pa.Table) -> pa.Array:
+    """A `vocabulary_table`'s raw ids by index, as text: (num,) strings."""
+    return table["raw_id"].cast(pa.string()).combine_chunks()
+
+
 def vocabulary(dataset: str, side: str) -> pa.Array:
     """The raw ids of ``side`` (``user`` or ``item``) by index, as text: (num,) strings."""
-    table = read_part(dataset, f"{side}s.parquet", ["index", "raw_id"],
-                      what=f"a {side} vocabulary").sort_by("index")
-    return table["raw_id"].cast(pa.string()).combine_chunks()
+    return vocabulary_ids(vocabulary_table(dataset, side))
 
 
 def _read_bytes(spec: str, flag: str) -> bytes:
