@@ -8,9 +8,16 @@ silently ignored setting, and no number may be infinite or NaN. Defaults are the
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from advrec.config.overrides import key_text
 from advrec.config.policy import (
@@ -33,10 +40,37 @@ from advrec.errors import AdvrecError, shown
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked on assignment too, and no
-    number is infinite or NaN (``adv.eps=.inf`` would train a NaN model)."""
+    """A config section: unknown keys are errors, values are checked on assignment too, no
+    number is infinite or NaN (``adv.eps=.inf`` would train a NaN model), and no number is a
+    boolean (``adv.eps=true`` would train at 1.0)."""
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True,
                               allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        # pydantic takes true as 1 for a number; YAML writes true for yes, on and true
+        annotation = cls.model_fields[info.field_name].annotation if info.field_name else bool
+        if not _takes_bool(annotation) and any(isinstance(v, bool) for v in _values(value,
+                                                                                     annotation)):
+            raise ValueError("a boolean where a number or a name goes")
+        return value
+
+
+def _values(value: Any, annotation: Any) -> list[Any]:
+    """What a field's value holds: itself, a list's entries, a mapping field's values (not a
+    section's: each section checks its own)."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, dict) and get_origin(annotation) is dict:
+        return list(value.values())
+    return [value]
+
+
+def _takes_bool(annotation: Any) -> bool:
+    """Whether a field of type ``annotation`` has a boolean anywhere in it (``bool``,
+    ``bool | None``, ``list[Any]``)."""
+    return annotation in (bool, Any) or any(_takes_bool(a) for a in get_args(annotation))
 
 
 def config_key(key: str) -> str:
