@@ -145,8 +145,11 @@ def exists(url: str) -> bool:
 def read_text(url: str) -> str:
     """The text of the file ``url``."""
     fs, path = filesystem(url)
-    with fs.open(path, "r") as f:
-        return f.read()
+    try:
+        with fs.open(path, "r") as f:
+            return f.read()
+    except IsADirectoryError:
+        raise AdvrecError(f"{url}: is a directory, not a file") from None
 
 
 def read_json(url: str) -> Any:
@@ -156,6 +159,8 @@ def read_json(url: str) -> Any:
             return json.load(f)
     except FileNotFoundError as exc:
         raise AdvrecError(f"{url}: file not found") from exc
+    except IsADirectoryError:
+        raise AdvrecError(f"{url}: is a directory, not a file") from None
     except json.JSONDecodeError as exc:
         raise AdvrecError(f"{url}: not valid JSON ({exc})") from exc
 

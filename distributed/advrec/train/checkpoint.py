@@ -240,6 +240,8 @@ def load_checkpoint(url: str) -> dict[str, Any]:
             return torch.load(_bytes_io.BytesIO(f.read()), weights_only=True, map_location="cpu")
     except FileNotFoundError:
         raise AdvrecError(f"{url}: checkpoint not found") from None
+    except IsADirectoryError:
+        raise AdvrecError(f"{url}: is a directory, not a checkpoint") from None
     except pickle.UnpicklingError:  # torch's weights-only unpickler: a global it does not allow
         raise AdvrecError(f"{url}: refused to unpickle: not tensors and plain values only, as "
                           f"an advrec checkpoint is") from None

@@ -317,4 +317,9 @@ def read_run(run: str) -> tuple[RunConfig, str]:
     if not isinstance(dataset, str) or not dataset:
         raise AdvrecError(f"{io.join(run, 'run.json')}: names no dataset (its prepared "
                           "dataset's path or URL, as `advrec train` writes it)")
-    return load_config(io.join(run, "config.yaml")), dataset
+    config = io.join(run, "config.yaml")
+    try:
+        return load_config(config), dataset
+    except AdvrecError as exc:  # the run's own config, not the user's: say whose it is
+        said = str(exc)
+        raise AdvrecError(said if said.startswith(config) else f"{config}: {said}") from None
