@@ -93,3 +93,18 @@ def test_follow_and_window_exclude_each_other(days: Path, tmp_path: Path) -> Non
     for window, follow in (("1d", True), (None, False)):
         with pytest.raises(AdvrecError, match="give --window to replay a log, or --follow"):
             run_stream(cfg, str(tmp_path / "s"), window, follow=follow, progress=False)
+
+
+def test_partitions_named_dot_or_dot_dot_name_windows_of_their_own(days: Path,
+                                                                    tmp_path: Path) -> None:
+    """``dt=..`` must not name a window ``..``: its dataset, ``DIR/data/..``, would be the
+    stream's own directory."""
+    prefix = tmp_path / "prefix"
+    for value, day in zip((".", "..", "ok"), DAYS):  # taken in the order of their names
+        shutil.copytree(days / day, prefix / f"dt={value}")
+    found = new_windows(str(prefix), [], set())
+    assert [name for name, _ in found] == ["_", "__", "ok"]
+    history = run_stream(load_config(None, [f"data.source={prefix}", *MF]), str(tmp_path / "s"),
+                         None, follow=True, poll=0.1, idle=0.1, progress=False)
+    assert [r["window"] for r in history] == ["_", "__", "ok"]
+    assert sorted(p.name for p in (tmp_path / "s" / "data").iterdir()) == ["_", "__", "ok"]

@@ -48,11 +48,13 @@ def new_windows(source: str, taken: list[list[str]],
 def _partition(root: str, file: str) -> str:
     """The window name of ``file`` under ``root``: its directories' partition values joined
     (``dt=2026-12-01/h=06/`` gives ``2026-12-01-06``), or for a file at the top its name
-    without ``.parquet``; characters unfit for a directory name become ``_``."""
+    without ``.parquet``; characters unfit for a directory name become ``_``, and so do the
+    names ``.`` and ``..`` (``dt=..`` would name the stream's own directory)."""
     *dirs, base = file[len(root) + 1:].split("/")
     name = "-".join(d.partition("=")[2] or d for d in dirs) if dirs else base.removesuffix(
         ".parquet")
-    return re.sub(r"[^A-Za-z0-9._+=-]", "_", name) or "_"
+    name = re.sub(r"[^A-Za-z0-9._+=-]", "_", name)
+    return "_" * len(name) if name in ("", ".", "..") else name
 
 
 def window_log(source: str, taken: list[list[str]], name: str,
