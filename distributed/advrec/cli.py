@@ -238,6 +238,10 @@ def cmd_stream(args: argparse.Namespace) -> None:
                           "there continues)")
     if args.window is not None:  # a bad window or config fails before torch and Ray load
         parse_window(args.window)
+    for flag, value in (("--poll", args.poll), ("--idle", args.idle)):
+        if value is not None and not args.follow:
+            raise AdvrecError(f"{flag}: applies to --follow only (a replayed log's windows are "
+                              "all there)")
     cfg = load_config(args.config, args.overrides)
     from advrec.report import format_table
     from advrec.stream import run_stream
@@ -634,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--follow", action="store_true", help="instead, follow data.source, a "
                    "directory or object-store prefix of Parquet files: each partition that "
                    "lands (dt=2026-12-01/, or a file at the top) is a window")
-    p.add_argument("--poll", type=_seconds, default=60.0, metavar="S",
-                   help="with --follow: seconds between listings (default %(default)s)")
+    p.add_argument("--poll", type=_seconds, default=None, metavar="S",
+                   help="with --follow: seconds between listings (default 60)")
     p.add_argument("--idle", type=_seconds, default=None, metavar="S",
                    help="with --follow: stop once S seconds pass without a new partition "
                    "(default: follow until stopped)")

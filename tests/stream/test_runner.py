@@ -234,6 +234,32 @@ def test_a_stream_of_other_settings_is_not_continued(stream: tuple[Path, list[di
     assert (out / "stream_history.json").read_bytes() == before
 
 
+def test_a_stream_that_finished_no_window_is_replaced(log: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stream whose first window failed leaves its directory behind; a stream of other
+    settings may replace it (it has nothing to continue), removing only what advrec wrote."""
+    out = tmp_path / "s"
+
+    def fails(*args: Any, **kwargs: Any) -> None:
+        raise AdvrecError("the first window failed")
+
+    monkeypatch.setattr(runner, "run_training", fails)
+    with pytest.raises(AdvrecError, match="the first window failed"):
+        run_stream(_cfg(log), str(out), "400", progress=False)
+    assert (out / "stream.json").is_file() and (out / "data" / "rows-000000000000").is_dir()
+    assert not (out / "stream_history.json").exists()
+    (out / "data" / "notes.txt").write_text("mine")
+    monkeypatch.undo()
+    history = run_stream(_cfg(log, "train.lr=0.5"), str(out), "1d", progress=False)
+    assert len(history) == 3 and history[-1]["model"] == history[-1]["window"]
+    assert load_config(str(out / "config.yaml")).train.lr == 0.5
+    assert json.loads((out / "stream.json").read_text())["window"] == "1d"
+    # the failed stream's window dataset (named for its first row) is gone
+    assert sorted(os.listdir(out / "data")) == sorted([*(r["window"] for r in history),
+                                                       "notes.txt"])
+    assert (out / "data" / "notes.txt").read_text() == "mine"
+
+
 def test_a_foreign_directory_is_never_written(log: str, tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()

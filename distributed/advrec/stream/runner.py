@@ -42,11 +42,11 @@ from tqdm import tqdm
 
 from advrec import __version__, io
 from advrec.config import RunConfig
-from advrec.config.load import dump_config
+from advrec.config.load import build_config, dump_config
 from advrec.data.dataset import is_prepared, load_dataset, read_part
 from advrec.data.prepare import DATASET
 from advrec.data.source import detect_format
-from advrec.errors import AdvrecError
+from advrec.errors import AdvrecError, shown
 from advrec.metrics.plots import plot_stream
 from advrec.metrics.robustness import attack_batches, attacked_metrics, robust_attack
 from advrec.stream.follow import new_windows, window_log
@@ -60,18 +60,21 @@ from advrec.train.warm import warm_model
 STREAM = io.Marker("stream.json", "advrec_stream", "an advrec stream")
 """What marks a directory as a stream `run_stream` wrote."""
 HISTORY = "stream_history.json"
+POLL_S = 60.0
+"""Seconds between a followed prefix's listings, by default."""
 FOLLOW = "partitions"
 """The ``window`` setting of a stream that follows a prefix: each new partition a window."""
 
 
 def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "incremental",
                replay: int = 0, keep: int = 0, progress: bool = True,
-               address: str | None = None, follow: bool = False, poll: float = 60.0,
+               address: str | None = None, follow: bool = False, poll: float | None = None,
                idle: float | None = None, expire: int = 0) -> list[dict[str, Any]]:
     """Stream ``cfg.data.source`` into the stream directory ``output`` (see the module): in
     windows of ``window`` (`parse_window`), or with ``follow`` each new partition of the prefix
     (`advrec.stream.follow`), listed every ``poll`` seconds until ``idle`` seconds pass without
-    one (None: until stopped). Returns the history, one record per window.
+    one (None: until stopped); ``poll`` None: `POLL_S`. Returns the history, one record per
+    window.
 
     ``update``: one of `UPDATES`; ``replay``: older rows each incremental window also trains
     on; ``keep``: the published windows kept (0: all); ``expire``: an incremental stream's
@@ -83,6 +86,7 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
         raise AdvrecError("give --window to replay a log, or --follow to follow a prefix "
                           "(its partitions are the windows), not both nor neither")
     spec = parse_window(window) if window is not None else None
+    poll = POLL_S if poll is None else poll
     _check(cfg, update, replay, keep, expire)
     for flag, value in (("--poll", poll), ("--idle", idle)):
         if value is not None and not (0 < value < float("inf")):
@@ -107,6 +111,9 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
                 "window": spec.text if spec else FOLLOW, "update": update, "replay": replay,
                 "expire_after": expire}
     config = dump_config(cfg)
+    # a key a window's run refuses fails now, before anything is written
+    for init in (None, io.join(output, "windows", "_"))[:2 if update == "incremental" else 1]:
+        window_config(cfg, io.join(output, "data", "_"), init)
     history = _continued(output, settings, config)
     stream = _Stream(cfg, output, update, replay, keep, expire, progress, address,
                      history or [])
@@ -124,7 +131,9 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
             raise AdvrecError(f"{source}: {exc}") from None
     with _locked(output), _worker_group(cfg, address, output) as group:
         stream.group = group
+        _check_latest(output)
         if history is None:
+            _clear(output)  # what an earlier stream that finished no window left
             with io.atomic_file(io.join(output, "config.yaml")) as f:
                 f.write(config)
             io.dump_json(io.join(output, STREAM.file), {STREAM.key: __version__, **settings})
@@ -272,6 +281,18 @@ def _check(cfg: RunConfig, update: str, replay: int, keep: int, expire: int) -> 
     if replay and update != "incremental":
         raise AdvrecError(f"--replay: only an incremental stream replays older rows (a retrain "
                           f"trains on all of them, a frozen one on none), not --update {update}")
+    if cfg.train.init_from:
+        raise AdvrecError(f"train.init_from={shown(cfg.train.init_from)}: a stream's first "
+                          "window trains from scratch and each later one warm-starts from the "
+                          "window before (--update incremental); give no train.init_from")
+    if cfg.adv.schedule == "fast" and cfg.adv.guard:
+        raise AdvrecError(f"adv.guard={cfg.adv.guard}: schedule=fast's guard watches robust "
+                          "metrics on validation rows, which a stream's windows have none of "
+                          "(the prequential evaluation measures a stream); set adv.guard=0")
+    for key, adversary in cfg.adv.adversaries():
+        if adversary.method == "jsma-fields":
+            raise AdvrecError(f"{key}.method=jsma-fields: a stream trains on the log's "
+                              "interactions, which have no feature fields to change")
     if cfg.kind != "ranking":
         raise AdvrecError(f"model.name={cfg.model.name}: a stream trains ranking models (mf, "
                           "neumf, twotower, sasrec) on the log's interactions; CTR and "
@@ -294,7 +315,8 @@ def _continued(output: str, settings: dict[str, Any],
     and ``config`` only), or None where a new stream may start."""
     io.check_output(output, STREAM, inputs=(settings["source"],))
     marker = io.join(output, STREAM.file)
-    if io.exists(marker):
+    finished = io.exists(io.join(output, HISTORY)) and io.read_json(io.join(output, HISTORY))
+    if io.exists(marker) and finished:
         saved = io.read_json(marker)
         for key, value in settings.items():
             if saved.get(key) != value:
@@ -305,9 +327,48 @@ def _continued(output: str, settings: dict[str, Any],
             raise AdvrecError(f"{output}: holds a stream of another config (its "
                               "config.yaml); continue it with that one, or write this one "
                               "elsewhere")
-        return (io.read_json(io.join(output, HISTORY))
-                if io.exists(io.join(output, HISTORY)) else [])
-    return None
+        return finished
+    return None  # nothing there, or a stream that finished no window: replaced
+
+
+def _clear(output: str) -> None:
+    """Remove what a stream that finished no window left in ``output``: its windows' datasets
+    and runs (each only where advrec's marker says it wrote it) and the published link."""
+    for part, marker in (("data", DATASET), ("windows", RUN)):
+        url = io.join(output, part)
+        if io.exists(url):
+            fs, path = io.filesystem(url)
+            for child in fs.ls(path, detail=False):
+                io.remove_owned(io.join(url, child.rstrip("/").rsplit("/", 1)[-1]), marker)
+    publish(output, None)
+
+
+def _check_latest(output: str) -> None:
+    """``output/latest`` must be the stream's own link to its published window, or nothing:
+    anything else there is not advrec's to replace."""
+    if not io.is_local(output):
+        return
+    link = os.path.join(io.filesystem(output)[1], "latest")
+    if os.path.lexists(link) and not os.path.islink(link):
+        raise AdvrecError(f"{link}: is not the link a stream publishes its newest window by "
+                          "(advrec never replaces what it did not write); move it away")
+
+
+def window_config(cfg: RunConfig, data_url: str, init: str | None) -> RunConfig:
+    """The run config of a window of a stream of ``cfg``: trained on the prepared dataset
+    ``data_url``, from the published run ``init`` (an incremental window after the first) or
+    from scratch (None), validated as a whole (a stream's keys that a window's run refuses
+    fail here, in one line)."""
+    wcfg = cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"source": data_url, "format": "prepared"}),
+        "train": cfg.train.model_copy(update={"init_from": init}),
+        # adv.start_epoch is a clean warm-up (APR's pre-training) of a model trained from
+        # scratch; a window that continues the last one's model is adversarial from the start
+        "adv": cfg.adv.model_copy(update={"start_epoch": 0}) if init is not None else cfg.adv,
+        # a window has no validation rows to measure robustness on: the prequential
+        # evaluation is where a stream is measured
+        "eval": cfg.eval.model_copy(update={"robust_every": 0})})
+    return build_config(wcfg.model_dump(mode="json", by_alias=True))
 
 
 def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str, replay: int,
@@ -341,16 +402,7 @@ def _window(cfg: RunConfig, log: StreamLog, w: Window, output: str, update: str,
         record["model"] = model
         return record
     init = model if update == "incremental" else None
-    wcfg = cfg.model_copy(update={
-        "data": cfg.data.model_copy(update={"source": data_url, "format": "prepared"}),
-        "train": cfg.train.model_copy(update={
-            "init_from": io.join(output, "windows", init) if init else None}),
-        # adv.start_epoch is a clean warm-up (APR's pre-training) of a model trained from
-        # scratch; a window that continues the last one's model is adversarial from the start
-        "adv": cfg.adv.model_copy(update={"start_epoch": 0}) if init else cfg.adv,
-        # a window has no validation rows to measure robustness on: the prequential
-        # evaluation is where a stream is measured
-        "eval": cfg.eval.model_copy(update={"robust_every": 0})})
+    wcfg = window_config(cfg, data_url, io.join(output, "windows", init) if init else None)
     started = time.perf_counter()
     run_training(wcfg, run_url, progress=False, address=address, group=group)
     record.update(train_s=time.perf_counter() - started, model=w.name)
