@@ -397,7 +397,7 @@ CONFIG: list[Case] = [
     # YAML's true where a number goes: pydantic would train at eps 1.0, or budget 1
     Case("train-eps-boolean", (*TRAIN, "adv.eps=true"),
          "adv.eps: a boolean where a number or a name goes"),
-    Case("train-mix-budget-boolean", (*TRAIN, "adv.mix=[{{method: fgm, eps: yes}}]"),
+    Case("train-mix-eps-boolean", (*TRAIN, "adv.mix=[{{method: fgm, eps: yes}}]"),
          "adv.mix[0].eps: a boolean where a number or a name goes"),
     Case("train-lr-inf", (*TRAIN, "train.lr=.inf"), "train.lr: Input should be a finite number"),
     Case("train-lr-nan", (*TRAIN, "train.lr=nan"), "train.lr: Input should be a finite number"),

@@ -260,6 +260,19 @@ def test_a_stream_that_finished_no_window_is_replaced(log: str, tmp_path: Path,
     assert (out / "data" / "notes.txt").read_text() == "mine"
 
 
+def test_a_stream_that_stops_before_writing_leaves_no_directory(
+        log: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped between taking its lock and writing its marker, a stream leaves no directory
+    holding only ``.lock``, which a rerun would refuse as someone else's."""
+    def interrupted(output: str) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_check_latest", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_stream(_cfg(log), str(tmp_path / "s"), "1d", progress=False)
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_foreign_directory_is_never_written(log: str, tmp_path: Path) -> None:
     out = tmp_path / "mine"
     out.mkdir()

@@ -54,7 +54,7 @@ def _partition(root: str, file: str) -> str:
     name = "-".join(d.partition("=")[2] or d for d in dirs) if dirs else base.removesuffix(
         ".parquet")
     name = re.sub(r"[^A-Za-z0-9._+=-]", "_", name)
-    return "_" * len(name) if name in ("", ".", "..") else name
+    return "_" * max(len(name), 1) if name in ("", ".", "..") else name
 
 
 def window_log(source: str, taken: list[list[str]], name: str,

@@ -41,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from advrec import __version__, io
-from advrec.config import RunConfig
+from advrec.config import RunConfig, TuneConfig
 from advrec.config.load import build_config, dump_config
 from advrec.data.dataset import is_prepared, load_dataset, read_part
 from advrec.data.prepare import DATASET
@@ -114,6 +114,7 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
     # a key a window's run refuses fails now, before anything is written
     for init in (None, io.join(output, "windows", "_"))[:2 if update == "incremental" else 1]:
         window_config(cfg, io.join(output, "data", "_"), init)
+    io.check_output(output, STREAM, inputs=(source,))
     history = _continued(output, settings, config)
     stream = _Stream(cfg, output, update, replay, keep, expire, progress, address,
                      history or [])
@@ -132,6 +133,10 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
     with _locked(output), _worker_group(cfg, address, output) as group:
         stream.group = group
         _check_latest(output)
+        # decided again under the lock: a stream that ended meanwhile may have finished windows
+        if _continued(output, settings, config) != history:
+            raise AdvrecError(f"{output}: another stream wrote it while this one started; run "
+                              "the command again")
         if history is None:
             _clear(output)  # what an earlier stream that finished no window left
             with io.atomic_file(io.join(output, "config.yaml")) as f:
@@ -163,14 +168,23 @@ def _locked(output: str) -> Iterator[None]:
         yield
         return
     path = io.filesystem(output)[1]
+    created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, ".lock"), "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AdvrecError(f"{output}: another advrec stream is writing it; wait for that "
-                              "one to end, or stop it") from None
-        yield
+    lock_path = os.path.join(path, ".lock")
+    try:
+        with open(lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AdvrecError(f"{output}: another advrec stream is writing it; wait for "
+                                  "that one to end, or stop it") from None
+            yield
+    finally:
+        # a stream that ended before writing anything (an interrupt, a failed start) leaves
+        # no directory holding only its lock, which a rerun would take for someone else's
+        if created and os.listdir(path) == [".lock"]:
+            os.remove(lock_path)
+            os.rmdir(path)
 
 
 def _replay(stream: _Stream, log: StreamLog, windows: list[Window], empty: list[str],
@@ -311,35 +325,45 @@ def _check(cfg: RunConfig, update: str, replay: int, keep: int, expire: int) -> 
 
 def _continued(output: str, settings: dict[str, Any],
                config: str) -> list[dict[str, Any]] | None:
-    """The history so far of the stream in ``output``, which continues (the same ``settings``
-    and ``config`` only), or None where a new stream may start."""
-    io.check_output(output, STREAM, inputs=(settings["source"],))
+    """The history so far of the stream in ``output`` (which `io.check_output` allows), which
+    continues (the same ``settings`` and ``config`` only), or None where a new stream may
+    start: nothing there, or on a local
+    disk a stream that finished no window (its first failed; the lock tells a running one)."""
     marker = io.join(output, STREAM.file)
+    if not io.exists(marker):
+        return None
     finished = io.exists(io.join(output, HISTORY)) and io.read_json(io.join(output, HISTORY))
-    if io.exists(marker) and finished:
-        saved = io.read_json(marker)
-        for key, value in settings.items():
-            if saved.get(key) != value:
-                raise AdvrecError(f"{output}: holds a stream with {key} {saved.get(key)!r}, "
-                                  f"not {value!r}; continue it with its own settings, or write "
-                                  "this one elsewhere")
-        if io.read_text(io.join(output, "config.yaml")) != config:
-            raise AdvrecError(f"{output}: holds a stream of another config (its "
-                              "config.yaml); continue it with that one, or write this one "
-                              "elsewhere")
-        return finished
-    return None  # nothing there, or a stream that finished no window: replaced
+    saved = io.read_json(marker)
+    for key, value in settings.items():
+        if saved.get(key) != value:
+            if not finished and io.is_local(output):
+                return None
+            raise AdvrecError(f"{output}: holds a stream with {key} {saved.get(key)!r}, "
+                              f"not {value!r}; continue it with its own settings, or write "
+                              "this one elsewhere")
+    if io.read_text(io.join(output, "config.yaml")) != config:
+        if not finished and io.is_local(output):
+            return None
+        raise AdvrecError(f"{output}: holds a stream of another config (its "
+                          "config.yaml); continue it with that one, or write this one "
+                          "elsewhere")
+    return finished or []
 
 
 def _clear(output: str) -> None:
-    """Remove what a stream that finished no window left in ``output``: its windows' datasets
-    and runs (each only where advrec's marker says it wrote it) and the published link."""
+    """Remove what a stream that finished no window left in the local directory ``output``:
+    its windows' datasets and runs (each only a directory of ``output``'s own, not a link, that
+    advrec's marker says it wrote), its empty history and the published link."""
+    root = io.filesystem(output)[1]
     for part, marker in (("data", DATASET), ("windows", RUN)):
-        url = io.join(output, part)
-        if io.exists(url):
-            fs, path = io.filesystem(url)
-            for child in fs.ls(path, detail=False):
-                io.remove_owned(io.join(url, child.rstrip("/").rsplit("/", 1)[-1]), marker)
+        path = os.path.join(root, part)
+        if os.path.isdir(path) and not os.path.islink(path):
+            for child in os.listdir(path):
+                if not os.path.islink(os.path.join(path, child)):
+                    io.remove_owned(io.join(output, part, child), marker)
+    for name in (HISTORY, "stream_history.png"):
+        if os.path.isfile(os.path.join(root, name)):
+            os.remove(os.path.join(root, name))
     publish(output, None)
 
 
@@ -366,8 +390,8 @@ def window_config(cfg: RunConfig, data_url: str, init: str | None) -> RunConfig:
         # scratch; a window that continues the last one's model is adversarial from the start
         "adv": cfg.adv.model_copy(update={"start_epoch": 0}) if init is not None else cfg.adv,
         # a window has no validation rows to measure robustness on: the prequential
-        # evaluation is where a stream is measured
-        "eval": cfg.eval.model_copy(update={"robust_every": 0})})
+        # evaluation is where a stream is measured (and a window is trained, never tuned)
+        "eval": cfg.eval.model_copy(update={"robust_every": 0}), "tune": TuneConfig()})
     return build_config(wcfg.model_dump(mode="json", by_alias=True))
 
 
