@@ -64,6 +64,23 @@ def test_a_local_ray_tells_its_workers_where_its_state_api_is(ray_local: None) -
     assert [n.node_id for n in nodes] == [ray.get_runtime_context().get_node_id()]
 
 
+def test_a_local_ray_quiets_its_workers_noisy_loggers(ray_local: None) -> None:
+    """Every process of the local instance runs `advrec.ray_quiet` first: Ray Train's
+    controller would print a traceback each time a busy machine delays a resource request."""
+    import logging
+
+    import ray
+
+    from advrec.ray_quiet import NOISY
+
+    @ray.remote
+    def level() -> int:
+        return logging.getLogger(NOISY[0]).getEffectiveLevel()
+
+    assert logging.getLogger(NOISY[0]).getEffectiveLevel() < logging.ERROR  # not the driver
+    assert ray.get(level.remote()) == logging.ERROR
+
+
 def test_a_local_ray_too_small_for_a_run_is_started_again_bigger(ray_local: None) -> None:
     # a stream's read tasks need CPUs beside the workers': on the too-small instance an earlier
     # run started, this run would wait forever

@@ -52,6 +52,10 @@ logging.getLogger("ray.data").setLevel(logging.WARNING)
 logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
+QUIET_HOOK = "advrec.ray_quiet.quiet"
+"""What every process of a local Ray instance runs first (`advrec.ray_quiet`); a cluster's
+processes may lack advrec at start, so only a local instance's get it."""
+
 DATA_CPUS = 2
 """Logical CPUs a local Ray instance declares beyond the workers' for Ray Data's read tasks,
 which would otherwise wait forever for CPUs the train workers hold (ARCHITECTURE.md, Ray notes)."""
@@ -92,7 +96,8 @@ def connect(address: str | None, num_cpus: float) -> None:
     port = free_ports(1)[0]
     env["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1",
-             dashboard_port=port, runtime_env={"env_vars": env})
+             dashboard_port=port, runtime_env={"env_vars": env,
+                                               "worker_process_setup_hook": QUIET_HOOK})
     _local_cpus = cpus
 
 
