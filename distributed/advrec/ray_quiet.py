@@ -13,7 +13,14 @@ controller, whenever a resource request to Ray's autoscaling coordinator (nothin
 on one machine) takes over 5 s, which a busy 2-core machine makes common."""
 
 
+class _ErrorsOnly(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
+
+
 def quiet() -> None:
-    """Keep only the errors of the `NOISY` loggers in this process."""
+    """Keep only the errors of the `NOISY` loggers in this process. A filter, not a level: Ray
+    Train's controller configures its logging after this runs (`logging.config.dictConfig`),
+    which sets the loggers under ``ray.train`` back to NOTSET but keeps their filters."""
     for name in NOISY:
-        logging.getLogger(name).setLevel(logging.ERROR)
+        logging.getLogger(name).addFilter(_ErrorsOnly())
