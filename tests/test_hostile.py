@@ -691,6 +691,8 @@ CONFIG: list[Case] = [
          both(copy_run(), writable(), remove("run/config.yaml"), write("run/config.yaml",
                                                                        "model: {name: mf}\n")),
          unchanged=("{d}/run",)),
+    Case("train-init-from-line-break", (*TRAIN, "--init-from", "{d}/run\nx"),
+         "{d}/run\\nx: not a run directory"),
     Case("train-init-from-empty", (*TRAIN, "--init-from", ""),
          "train.init_from: String should have at least 1 character"),
     Case("train-init-from-its-output", ("train", "--output", "{d}/run", "data.source={data}",

@@ -829,7 +829,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _signals_raise():
             return func(args) or 0  # a command that follows a job returns its exit code
     except AdvrecError as exc:
-        print(f"advrec: error: {exc}", file=sys.stderr)
+        # one line whatever it echoes (a path or value with a line break in it)
+        said = str(exc).replace("\r", "\\r").replace("\n", "\\n")
+        print(f"advrec: error: {said}", file=sys.stderr)
         return 2
     except PermissionError as exc:  # a read-only output directory, an unreadable input
         where = f"{exc.filename}: " if exc.filename else ""
