@@ -327,8 +327,8 @@ def _continued(output: str, settings: dict[str, Any],
                config: str) -> list[dict[str, Any]] | None:
     """The history so far of the stream in ``output`` (which `io.check_output` allows), which
     continues (the same ``settings`` and ``config`` only), or None where a new stream may
-    start: nothing there, or on a local
-    disk a stream that finished no window (its first failed; the lock tells a running one)."""
+    start: nothing there, or on a local disk a stream that finished no window (its first
+    failed; the lock tells a running one)."""
     marker = io.join(output, STREAM.file)
     if not io.exists(marker):
         return None
