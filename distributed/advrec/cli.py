@@ -238,10 +238,6 @@ def cmd_stream(args: argparse.Namespace) -> None:
                           "there continues)")
     if args.window is not None:  # a bad window or config fails before torch and Ray load
         parse_window(args.window)
-    for flag, value in (("--poll", args.poll), ("--idle", args.idle)):
-        if value is not None and not args.follow:
-            raise AdvrecError(f"{flag}: applies to --follow only (a replayed log's windows are "
-                              "all there)")
     cfg = load_config(args.config, args.overrides)
     from advrec.report import format_table
     from advrec.stream import run_stream

@@ -86,11 +86,14 @@ def run_stream(cfg: RunConfig, output: str, window: str | None, update: str = "i
         raise AdvrecError("give --window to replay a log, or --follow to follow a prefix "
                           "(its partitions are the windows), not both nor neither")
     spec = parse_window(window) if window is not None else None
-    poll = POLL_S if poll is None else poll
     _check(cfg, update, replay, keep, expire)
     for flag, value in (("--poll", poll), ("--idle", idle)):
+        if value is not None and not follow:
+            raise AdvrecError(f"{flag}: applies to --follow only (a replayed log's windows are "
+                              "all there)")
         if value is not None and not (0 < value < float("inf")):
             raise AdvrecError(f"{flag} must be a positive number of seconds, not {value}")
+    poll = POLL_S if poll is None else poll
     output = io.absolute(output)
     if not cfg.data.source.strip():
         raise AdvrecError("data.source: empty; name the log to stream")
@@ -334,20 +337,15 @@ def _continued(output: str, settings: dict[str, Any],
         return None
     finished = io.exists(io.join(output, HISTORY)) and io.read_json(io.join(output, HISTORY))
     saved = io.read_json(marker)
-    for key, value in settings.items():
-        if saved.get(key) != value:
-            if not finished and io.is_local(output):
-                return None
-            raise AdvrecError(f"{output}: holds a stream with {key} {saved.get(key)!r}, "
-                              f"not {value!r}; continue it with its own settings, or write "
-                              "this one elsewhere")
-    if io.read_text(io.join(output, "config.yaml")) != config:
-        if not finished and io.is_local(output):
-            return None
-        raise AdvrecError(f"{output}: holds a stream of another config (its "
-                          "config.yaml); continue it with that one, or write this one "
-                          "elsewhere")
-    return finished or []
+    differs = [f"a stream with {key} {saved.get(key)!r}, not {value!r}; continue it with its "
+               "own settings" for key, value in settings.items() if saved.get(key) != value]
+    if not differs and io.read_text(io.join(output, "config.yaml")) != config:
+        differs = ["a stream of another config (its config.yaml); continue it with that one"]
+    if not differs:
+        return finished or []
+    if not finished and io.is_local(output):
+        return None
+    raise AdvrecError(f"{output}: holds {differs[0]}, or write this one elsewhere")
 
 
 def _clear(output: str) -> None:
