@@ -366,8 +366,14 @@ def _clear(output: str) -> None:
 
 
 def _check_latest(output: str) -> None:
-    """``output/latest`` must be the stream's own link to its published window, or nothing:
-    anything else there is not advrec's to replace."""
+    """``output/latest`` must be the stream's own link to its published window, and
+    ``output/latest.json`` a file, or nothing: anything else there is not advrec's to
+    replace."""
+    fs, path = io.filesystem(io.join(output, "latest.json"))
+    if fs.isdir(path):
+        raise AdvrecError(f"{io.join(output, 'latest.json')}: is a directory, where a stream "
+                          "names its newest window (advrec never replaces what it did not "
+                          "write); move it away")
     if not io.is_local(output):
         return
     link = os.path.join(io.filesystem(output)[1], "latest")
