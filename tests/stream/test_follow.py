@@ -108,3 +108,20 @@ def test_partitions_named_dot_or_dot_dot_name_windows_of_their_own(days: Path,
                          None, follow=True, poll=0.1, idle=0.1, progress=False)
     assert [r["window"] for r in history] == ["_", "__", "ok"]
     assert sorted(p.name for p in (tmp_path / "s" / "data").iterdir()) == ["_", "__", "ok"]
+
+
+def test_partitions_whose_names_sanitise_alike_stay_apart(days: Path, tmp_path: Path) -> None:
+    """``dt=.`` and ``dt=_`` both name a window ``_``: each keeps its own window (a suffix),
+    never one window of both partitions' rows."""
+    prefix = tmp_path / "prefix"
+    for value, day in zip((".", "_", "a b"), DAYS):
+        shutil.copytree(days / day, prefix / f"dt={value}")
+    found = new_windows(str(prefix), [], set())
+    assert [(name, [Path(f).parent.name for f in files]) for name, files in found] == [
+        ("_", ["dt=."]), ("_+1", ["dt=_"]), ("a_b", ["dt=a b"])]
+
+
+def test_a_single_file_is_a_window_named_by_the_file(days: Path, tmp_path: Path) -> None:
+    file = tmp_path / "events-2020-01-01.parquet"
+    shutil.copy(days / DAYS[0] / "part-00000.parquet", file)
+    assert new_windows(str(file), [], set()) == [("events-2020-01-01", [str(file)])]

@@ -4,8 +4,8 @@ directory or an object-store prefix, taken as they appear, each partition's new 
 A file is taken once it is listed: an object store shows an object only once it is whole, and a
 local writer should write under a hidden or ``_`` name and rename (`parquet_files` skips those).
 The files of a partition directory (``dt=2026-12-01/``) found in one listing make one window,
-named by the partition's values (``2026-12-01``); files at the top of the prefix, by their own
-names; a partition that receives files again later gives a window named ``NAME+1``, ``NAME+2``...
+named by the partition's values (``2026-12-01``); files at the top of the prefix (or a single
+file followed), by their own names; a partition that receives files again later gives a window named ``NAME+1``, ``NAME+2``...
 Each window reads back the files of the windows before it (their rows stay known, in the order
 they landed), so a stream's memory and reading grow with the log it has followed.
 """
@@ -27,7 +27,8 @@ from advrec.stream.windows import Window
 def new_windows(source: str, taken: list[list[str]],
                 names: set[str]) -> list[tuple[str, list[str]]]:
     """The windows of the files under ``source`` that no window of ``taken`` holds: (name, its
-    files), in the order of their names; a name already in ``names`` gets a ``+K`` suffix (the
+    files), in the order of their names; a name already in ``names`` (an earlier window's, or
+    another partition's of this listing that sanitises to the same) gets a ``+K`` suffix (the
     new names are added to ``names``)."""
     seen = {f for files in taken for f in files}
     root = filesystem(source)[1].rstrip("/")
@@ -36,23 +37,34 @@ def new_windows(source: str, taken: list[list[str]],
         if file not in seen:
             groups.setdefault(_partition(root, file), []).append(file)
     windows = []
-    for name, files in sorted(groups.items()):
-        unique, k = name, 1
+    for key in sorted(groups, key=lambda k: (_name(k), k)):
+        unique, k = _name(key), 1
         while unique in names:
-            unique, k = f"{name}+{k}", k + 1
+            unique, k = f"{_name(key)}+{k}", k + 1
         names.add(unique)
-        windows.append((unique, files))
+        windows.append((unique, groups[key]))
     return windows
 
 
 def _partition(root: str, file: str) -> str:
-    """The window name of ``file`` under ``root``: its directories' partition values joined
-    (``dt=2026-12-01/h=06/`` gives ``2026-12-01-06``), or for a file at the top its name
-    without ``.parquet``; characters unfit for a directory name become ``_``, and so do the
-    names ``.`` and ``..`` (``dt=..`` would name the stream's own directory)."""
+    """The partition of ``file`` under ``root``: its directories' path with a trailing ``/``
+    (``dt=2026-12-01/h=06/``), or for a file at the top (or ``root`` itself, a single file) its
+    name."""
+    if file == root:
+        return file.rsplit("/", 1)[-1]
     *dirs, base = file[len(root) + 1:].split("/")
-    name = "-".join(d.partition("=")[2] or d for d in dirs) if dirs else base.removesuffix(
-        ".parquet")
+    return "".join(f"{d}/" for d in dirs) or base
+
+
+def _name(partition: str) -> str:
+    """The window name of a `_partition`: a directory's partition values joined
+    (``dt=2026-12-01/h=06/`` gives ``2026-12-01-06``), a file's name without ``.parquet``;
+    characters unfit for a directory name become ``_``, and so do the names ``.`` and ``..``
+    (``dt=..`` would name the stream's own directory)."""
+    if partition.endswith("/"):
+        name = "-".join(d.partition("=")[2] or d for d in partition[:-1].split("/"))
+    else:
+        name = partition.removesuffix(".parquet")
     name = re.sub(r"[^A-Za-z0-9._+=-]", "_", name)
     return "_" * max(len(name), 1) if name in ("", ".", "..") else name
 
