@@ -5,7 +5,8 @@ A file is taken once it is listed: an object store shows an object only once it 
 local writer should write under a hidden or ``_`` name and rename (`parquet_files` skips those).
 The files of a partition directory (``dt=2026-12-01/``) found in one listing make one window,
 named by the partition's values (``2026-12-01``); files at the top of the prefix (or a single
-file followed), by their own names; a partition that receives files again later gives a window named ``NAME+1``, ``NAME+2``...
+file followed), by their own names; a partition that receives files again later gives a window
+named ``NAME+1``, ``NAME+2``...
 Each window reads back the files of the windows before it (their rows stay known, in the order
 they landed), so a stream's memory and reading grow with the log it has followed.
 """
