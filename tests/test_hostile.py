@@ -712,7 +712,12 @@ CONFIG: list[Case] = [
     Case("train-adaptive-unknown", (*TRAIN, "adv.method=fgm", "adv.adaptive=bogus"),
          "adv.adaptive: Input should be 'none', 'vat' or 'pamacf' (got 'bogus')"),
     Case("train-adaptive-without-attack", (*TRAIN, "adv.adaptive=vat"),
-         "adv: adaptive=vat scales the attack's eps per user, but method=none makes no attack"),
+         "adv: adaptive=vat scales an embedding attack's eps per user, but method=none makes "
+         "no attack"),
+    Case("train-adaptive-discrete-attack", (*TRAIN, "model.name=deepfm", "adv.adaptive=pamacf",
+                                            "adv.mix=[{{method: jsma-fields}}]"),
+         "adv: adaptive=pamacf scales an embedding attack's eps per user, but "
+         "adv.mix[0].method=jsma-fields changes a budget of inputs, no embedding"),
     Case("train-adaptive-sasrec", (*TRAIN, "model.name=sasrec", "adv.method=fgm",
                                    "adv.adaptive=pamacf"),
          "adv.adaptive=pamacf sizes eps per user, and model.name=sasrec has no user rows"),

@@ -20,7 +20,7 @@ from advrec.config import build_config
 from advrec.data import load_dataset, prepare
 from advrec.models import LOSSES, MF, NeuMF, build_model
 from advrec.models.losses import batch_loss
-from advrec.train.loop import attack_from_config
+from advrec.train.loop import attack_from_config, make_objective
 from advrec.train.tasks import make_loss, make_task
 from zoo_models import MODELS
 
@@ -112,6 +112,24 @@ def test_the_adversarial_loss_is_at_each_users_own_eps(adaptive: str, model_cls:
         shifted[k] = row + radius * g / g.norm(dim=-1, keepdim=True)
     want = LOSSES["bpr"](model.score(shifted, batch))
     torch.testing.assert_close(got, want.detach())
+    uniform = AdversarialObjective(model, LOSSES["bpr"], Attack("fgm", RHO), lam=1.0)
+    assert not torch.allclose(got, uniform(batch, adversarial=True)["adv"])
+
+
+@pytest.mark.parametrize("adaptive", ["vat", "pamacf"])
+def test_an_attack_in_adv_mix_is_at_each_users_own_eps(adaptive: str) -> None:
+    """adv.method=none with FGM in adv.mix: the config is taken, and the mix's attack is sized
+    per user as adv's own would be (the same adversarial loss), not at the uniform ε."""
+    torch.manual_seed(0)
+    model = MF(20, 30, 8)
+    batch = _batch(20, 30)
+    base = {"data": {"source": "unused"}, "model": {"name": "mf", "dim": 8}}
+    mixed = build_config({**base, "adv": {"adaptive": adaptive,
+                                          "mix": [{"method": "fgm", "eps": RHO}]}})
+    got = make_objective(mixed, model, LOSSES["bpr"])(batch, adversarial=True)["adv"]
+    alone = AdversarialObjective(model, LOSSES["bpr"], Attack("fgm", RHO), lam=1.0,
+                                 adaptive=adaptive)
+    torch.testing.assert_close(got, alone(batch, adversarial=True)["adv"])
     uniform = AdversarialObjective(model, LOSSES["bpr"], Attack("fgm", RHO), lam=1.0)
     assert not torch.allclose(got, uniform(batch, adversarial=True)["adv"])
 

@@ -340,7 +340,8 @@ class AdvConfig(Adversary):
         "objective becomes L(x) + lambda * L(x') + sum_i lambda_i * L(x'_i), e.g. embedding FGM "
         "and jsma-items together. Each entry takes this section's attack keys (method, eps, "
         "lambda, steps, l0, budget, similarity, positions, step_size, norm, random_start, target, "
-        "relative), with the same defaults; start_epoch and adaptive apply to all of them.")
+        "relative), with the same defaults; start_epoch applies to all of them, adaptive to "
+        "those that attack embeddings (adaptive needs one: adv's or the mix's).")
 
     def adversaries(self) -> list[tuple[str, Adversary]]:
         """Every adversary that attacks (method not none) by its config key: ``adv`` itself,
@@ -382,11 +383,17 @@ class AdvConfig(Adversary):
 
     @model_validator(mode="after")
     def _adaptive_scales_an_attack(self) -> AdvConfig:
-        if self.adaptive != "none" and self.method == "none":
-            raise ValueError(f"adaptive={self.adaptive} scales the attack's eps per user, but "
-                             "method=none makes no attack; set adv.method (fgm: APR's attack, "
-                             "which both papers use)")
-        return self
+        # adaptive sizes the eps of every embedding attack, adv's and adv.mix's; the discrete
+        # attacks (a budget of swapped items or fields) have no eps it could scale
+        attacks = self.adversaries()
+        if self.adaptive == "none" or any(a.method not in BUDGET_ATTACKS for _, a in attacks):
+            return self
+        made = (", ".join(f"{key}.method={a.method}" for key, a in attacks)
+                + " changes a budget of inputs, no embedding" if attacks
+                else "method=none makes no attack")
+        raise ValueError(f"adaptive={self.adaptive} scales an embedding attack's eps per user, "
+                         f"but {made}; set adv.method (fgm: APR's attack, which both papers "
+                         "use)")
 
 
 ADAM_KINDS = ("adam", "adamw")
