@@ -241,6 +241,10 @@ def main() -> None:
     unknown = set(variants) - {*ZOO_VARIANTS, *VARIANTS}
     if unknown:
         parser.error(f"--variants: unknown {', '.join(sorted(unknown))}")
+    if args.cost and ("twin" not in variants or "sasrec" not in models):
+        # it times epochs from the SASRec twin's run config (was silently skipped)
+        parser.error("--cost times SASRec epochs from the twin's run: it needs sasrec in "
+                     "--models and twin in --variants")
     results: dict[str, Any] = {m: {} for m in models}
     for seed in seeds:
         for name in set(models) & set(FIELD_MODELS):
@@ -255,7 +259,7 @@ def main() -> None:
             results["sasrec"][seed][name] = attacked(run, args.targets, seed)
             print(f"seed {seed}, {name}: attacked in {time.perf_counter() - start:.0f} s",
                   file=sys.stderr)
-        if args.cost and seed == seeds[0] and "twin" in runs:
+        if args.cost and seed == seeds[0]:
             results["cost"] = cost(runs["twin"], args.cost)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))
