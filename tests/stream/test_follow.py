@@ -10,13 +10,15 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from advrec import io
 from advrec.config import load_config
 from advrec.data.synth import synth_days
 from advrec.errors import AdvrecError
-from advrec.stream.follow import new_windows
+from advrec.stream.follow import new_windows, window_log
 from advrec.stream.runner import run_stream
 
 MF = ["model.name=mf", "model.dim=8", "train.epochs=2", "train.batch_size=64", "train.lr=0.05",
@@ -125,3 +127,66 @@ def test_a_single_file_is_a_window_named_by_the_file(days: Path, tmp_path: Path)
     file = tmp_path / "events-2020-01-01.parquet"
     shutil.copy(days / DAYS[0] / "part-00000.parquet", file)
     assert new_windows(str(file), [], set()) == [("events-2020-01-01", [str(file)])]
+
+
+def _part(path: Path, users: list[str], items: list[str], times: list[int] | None) -> None:
+    """A hand-made part file (no timestamp column when ``times`` is None)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    columns = {"user_id": pa.array(users, pa.string()), "item_id": pa.array(items, pa.string())}
+    if times is not None:
+        columns["timestamp"] = pa.array(times, pa.int64())
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("timed", [True, False])
+def test_a_pair_repeated_in_a_later_partition_stays_where_it_first_landed(
+        tmp_path: Path, timed: bool) -> None:
+    """(u1, i1) lands in dt=1, which is trained on, then again in dt=2 with an earlier time (or,
+    without times, at a row position that restarts at 0): it stays dt=1's row, so dt=2's model
+    is never evaluated on a pair it was trained on, and dt=2 holds only its new pair."""
+    _part(tmp_path / "p/dt=1/a.parquet", ["u1", "u2", "u1"], ["i9", "i1", "i1"],
+          [100, 101, 102] if timed else None)
+    _part(tmp_path / "p/dt=2/a.parquet", ["u1", "u2"], ["i1", "i2"], [50, 60] if timed else None)
+    taken = [files for _, files in new_windows(str(tmp_path / "p"), [], set())]
+    log, second = window_log(str(tmp_path / "p"), taken, "2", None)
+    names = {side: log.kept.names[side].to_pylist() for side in ("user", "item")}
+    pairs = [(names["user"][u], names["item"][i])
+             for u, i in zip(log.kept.codes["user"], log.kept.codes["item"])]
+    assert pairs[:second.start] == [("u1", "i9"), ("u2", "i1"), ("u1", "i1")]
+    assert pairs[second.start:second.stop] == [("u2", "i2")]
+
+
+def test_an_empty_first_partition_is_skipped(days: Path, tmp_path: Path) -> None:
+    """A partition of zero rows (Spark writes one for an empty DataFrame) is a skipped window,
+    the first one too; the next is trained from scratch."""
+    prefix = tmp_path / "prefix"
+    _part(prefix / "dt=2019-12-31/part-0.parquet", [], [], [])
+    shutil.copytree(days / DAYS[0], prefix / DAYS[0])
+    history = run_stream(load_config(None, [f"data.source={prefix}", *MF]), str(tmp_path / "s"),
+                         None, follow=True, poll=0.1, idle=0.1, progress=False)
+    assert [(r["window"], r.get("skipped", False)) for r in history] == [
+        ("2019-12-31", True), ("2020-01-01", False)]
+    assert "train_s" in history[1]
+
+
+def test_files_under_hidden_or_underscore_directories_are_not_taken(days: Path,
+                                                                     tmp_path: Path) -> None:
+    """Spark stages a job's files under ``_temporary/`` or ``.spark-staging-*/`` and moves or
+    removes them at commit: a follower that took them would read them twice, or fail for good
+    once they are gone."""
+    prefix = tmp_path / "prefix"
+    shutil.copytree(days / DAYS[0], prefix / DAYS[0])
+    for staging in ("_temporary/0/task_0", f"{DAYS[1]}/.spark-staging-1"):
+        shutil.copytree(days / DAYS[1], prefix / staging)
+    assert [name for name, _ in new_windows(str(prefix), [], set())] == ["2020-01-01"]
+
+
+def test_min_rating_over_partitions_some_without_ratings_is_one_line(tmp_path: Path) -> None:
+    _part(tmp_path / "p/dt=1/a.parquet", ["u1"], ["i1"], [1])
+    table = pq.read_table(tmp_path / "p/dt=1/a.parquet").append_column("rating", pa.array([5.0]))
+    pq.write_table(table, tmp_path / "p/dt=1/a.parquet")
+    _part(tmp_path / "p/dt=2/a.parquet", ["u2"], ["i2"], [2])
+    taken = [files for _, files in new_windows(str(tmp_path / "p"), [], set())]
+    with pytest.raises(AdvrecError, match=r"data.min_rating needs every interaction's rating, "
+                                          r"but 1 have none"):
+        window_log(str(tmp_path / "p"), taken, "2", 4.0)

@@ -204,11 +204,12 @@ class Kept:
 
 def keep_pairs(
     log: pa.Table, input: str, kcore: int, label_column: str | None,
-    label_threshold: float | None,
+    label_threshold: float | None, by_row: bool = False,
 ) -> Kept:
-    """Drop repeated (user, item) pairs (keeping the earliest) and what falls outside the
-    k-core, and label the rest for a CTR dataset (the log's own labels, or rating >=
-    ``label_threshold``)."""
+    """Drop repeated (user, item) pairs (keeping the earliest; with ``by_row``, the first row:
+    the log is in the order to keep by, as a followed stream's is, by window then time) and
+    what falls outside the k-core, and label the rest for a CTR dataset (the log's own labels,
+    or rating >= ``label_threshold``)."""
     # Integer codes in order of first appearance; the final vocabulary is built at the end,
     # over the interactions that survive filtering and splitting.
     users = log["user"].combine_chunks().dictionary_encode()
@@ -217,7 +218,7 @@ def keep_pairs(
     item = items.indices.to_numpy()
     timestamp = log["timestamp"].to_numpy()
 
-    rows = _first_of_each_pair(user, item, timestamp)
+    rows = _first_of_each_pair(user, item, np.arange(len(user)) if by_row else timestamp)
     if kcore > 1:
         rows = rows[_kcore(user[rows], item[rows], kcore)]
         if rows.size == 0:
@@ -393,7 +394,7 @@ def _first_of_each_pair(user: np.ndarray, item: np.ndarray, timestamp: np.ndarra
     Ties in time go to the earlier row.
     """
     by_time = np.lexsort((np.arange(len(user)), timestamp))
-    pair = user.astype(np.int64) * (int(item.max()) + 1) + item
+    pair = user.astype(np.int64) * (int(item.max(initial=0)) + 1) + item
     _, first = np.unique(pair[by_time], return_index=True)
     return np.sort(by_time[first])
 

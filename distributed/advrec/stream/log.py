@@ -1,7 +1,8 @@
 """The log a stream replays, and each window's prepared dataset.
 
 The log is read once (`advrec.data.readers.read_log`), put in time order (file order breaking
-ties) and deduplicated as `advrec prepare` does (a (user, item) pair's first interaction only),
+ties; a followed log by window first) and deduplicated as `advrec prepare` does (a (user, item)
+pair's first interaction in that order only),
 so each id's integer code is its order of arrival. Window ``w``'s dataset (`write_window`) is a
 prepared dataset (`advrec.data.prepare`'s layout) over the rows up to the window's end:
 
@@ -74,6 +75,11 @@ class StreamLog:
             if "rating" not in log.column_names:
                 raise AdvrecError(f"{source}: data.min_rating needs a 'rating' column, but this "
                                   f"{fmt} log has none")
+            missing = log["rating"].null_count
+            if missing:  # a followed window whose files have no rating column
+                raise AdvrecError(f"{source}: data.min_rating needs every interaction's rating, "
+                                  f"but {missing} have none (a file without a 'rating' "
+                                  "column)")
             rated = pc.greater_equal(log["rating"], min_rating)
             log = log.filter(rated)
             batch = None if batch is None else batch[rated.to_numpy(zero_copy_only=False)]
@@ -82,7 +88,10 @@ class StreamLog:
                                   "interaction")
         batch = np.zeros(log.num_rows, dtype=np.int64) if batch is None else batch
         order = np.lexsort((np.arange(log.num_rows), log["timestamp"].to_numpy(), batch))
-        kept = keep_pairs(log.take(pa.array(order)), source, 0, None, None)
+        # a pair's first row in this order is kept: a repeat in a later window (with an
+        # earlier time, or a followed log's restarted row positions) must not move the pair
+        # out of a window already trained on into one evaluated before training
+        kept = keep_pairs(log.take(pa.array(order)), source, 0, None, None, by_row=True)
         seen = {side: np.concatenate(([0], np.maximum.accumulate(codes) + 1))
                 for side, codes in kept.codes.items()}
         timed = log.schema.field("timestamp").metadata != ROW_ORDER

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import posixpath
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -27,17 +25,20 @@ _FILES_AT_ONCE = 16  # Parquet part files held in memory, still compressed, whil
 
 def parquet_files(url: str) -> list[str]:
     """The Parquet files of ``url`` (paths on its filesystem, sorted): the file itself, or every
-    ``*.parquet`` under the directory or prefix, less hidden and ``_``-prefixed ones (Spark's
-    ``_SUCCESS``, a writer's ``.part`` files). A listing is fresh: an object store's is not
-    taken from fsspec's cache, which would hide files that landed since."""
+    ``*.parquet`` under the directory or prefix, less hidden and ``_``-prefixed ones and those
+    under such a directory (Spark's ``_SUCCESS`` and ``_temporary/``, a writer's ``.part``
+    files and ``.spark-staging-*/``: files not committed yet, which their writer may still
+    change or remove). A listing is fresh: an object store's is not taken from fsspec's cache,
+    which would hide files that landed since."""
     fs, path = filesystem(url)
     fs.invalidate_cache(path)
     if not fs.exists(path):
         raise AdvrecError(f"{url}: file not found")
     if not fs.isdir(path):
         return [path]
-    files = sorted(p for p in fs.find(path) if p.endswith(".parquet")
-                   and not posixpath.basename(p).startswith(("_", ".")))
+    root = path.rstrip("/")
+    files = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not any(
+        part.startswith(("_", ".")) for part in p[len(root) + 1:].split("/")))
     if not files:
         raise AdvrecError(f"{url}: no .parquet files in this directory")
     return files
