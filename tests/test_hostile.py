@@ -709,6 +709,8 @@ CONFIG: list[Case] = [
                                            "train.optimizer=adagrad", "train.init_optimizer=true",
                                            "--init-from", "{run}"),
          "train.init_optimizer (from {run}): this run's tables are torchrec's"),
+    Case("train-negative-seed", (*TRAIN, "train.seed=-1"),
+         "train.seed: Input should be greater than or equal to 0"),
     Case("train-adaptive-unknown", (*TRAIN, "adv.method=fgm", "adv.adaptive=bogus"),
          "adv.adaptive: Input should be 'none', 'vat' or 'pamacf' (got 'bogus')"),
     Case("train-adaptive-without-attack", (*TRAIN, "adv.adaptive=vat"),
