@@ -454,3 +454,16 @@ def test_a_group_trains_run_after_run_idles_between_and_a_failure_is_one_line(
         # a worker's error ends the group (no restart) and reaches the caller as one line
         with pytest.raises(AdvrecError, match=f"{tmp_path}/missing: not a prepared dataset"):
             group.run(job(str(tmp_path / "missing"), "c"))
+
+
+def test_clearing_a_stream_on_s3_never_touches_a_local_namesake(
+        s3_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new stream clears what an unfinished one left in its own store: for s3://advrec/s
+    that is never ./advrec/s on the local disk, whoever wrote it."""
+    monkeypatch.chdir(tmp_path)
+    namesake = tmp_path / "advrec" / "s"
+    (namesake / "data" / "w").mkdir(parents=True)
+    (namesake / "stream_history.json").write_text("[]")
+    runner._clear("s3://advrec/s")
+    assert (namesake / "stream_history.json").read_text() == "[]"
+    assert (namesake / "data" / "w").is_dir()

@@ -351,7 +351,11 @@ def _continued(output: str, settings: dict[str, Any],
 def _clear(output: str) -> None:
     """Remove what a stream that finished no window left in the local directory ``output``:
     its windows' datasets and runs (each only a directory of ``output``'s own, not a link, that
-    advrec's marker says it wrote), its empty history and the published link."""
+    advrec's marker says it wrote), its empty history and the published link. On object
+    storage there is nothing to clear (`_continued` replaces no stream there), and the
+    bucket's path must never be taken for a local one."""
+    if not io.is_local(output):
+        return
     root = io.filesystem(output)[1]
     for part, marker in (("data", DATASET), ("windows", RUN)):
         path = os.path.join(root, part)
