@@ -178,10 +178,12 @@ class StreamLog:
                     model_from: int = 0) -> tuple[Dataset, dict[str, int]]:
         """What the model of the windows before ``window`` is evaluated on, before it trains
         on it: ``data`` (the window's dataset, its numbering, its ids those of rows
-        ``active_from`` on) with the window's rows whose user and item the model holds (seen
-        in rows ``model_from`` to the window's start) as ``test`` (a model cannot rank for a
-        user it does not know, nor rank an item it does not know by anything but chance: those
-        rows are counted, as ``cold``), and the earlier rows as ``train``: what that model
+        ``active_from`` on) with the window's rows whose user and item a model kept up to date
+        holds (seen in rows ``model_from`` to the window's start) as ``test`` (a model cannot
+        rank for a user it does not know, nor rank an item it does not know by anything but
+        chance: those rows are counted, as ``cold``; the same rows for every update policy, so
+        a frozen model ranks the ids it never learnt with their fresh rows), and the earlier
+        rows as ``train``: what that model
         learnt from, masked when ranking, and the examples an attack on it differentiates; and
         the counts."""
         start, stop = window.start, window.stop
