@@ -2,9 +2,9 @@
 
 The log is read once (`advrec.data.readers.read_log`), put in time order (file order breaking
 ties; a followed log by window first) and deduplicated as `advrec prepare` does (a (user, item)
-pair's first interaction in that order only),
-so each id's integer code is its order of arrival. Window ``w``'s dataset (`write_window`) is a
-prepared dataset (`advrec.data.prepare`'s layout) over the rows up to the window's end:
+pair's first interaction in that order only), so each id's integer code is its order of
+arrival. Window ``w``'s dataset (`write_window`) is a prepared dataset (`advrec.data.prepare`'s
+layout) over the rows up to the window's end:
 
 - ``train``: the window's rows; with ``update="retrain"`` every row so far; with a ``replay``
   of R, also R rows drawn from the earlier windows (against forgetting);
@@ -183,9 +183,8 @@ class StreamLog:
         rank for a user it does not know, nor rank an item it does not know by anything but
         chance: those rows are counted, as ``cold``; the same rows for every update policy, so
         a frozen model ranks the ids it never learnt with their fresh rows), and the earlier
-        rows as ``train``: what that model
-        learnt from, masked when ranking, and the examples an attack on it differentiates; and
-        the counts."""
+        rows as ``train``: what that model learnt from, masked when ranking, and the examples
+        an attack on it differentiates; and the counts."""
         start, stop = window.start, window.stop
         rows = np.arange(start, stop)
         known = self._held(self.active(model_from, start))[rows]
