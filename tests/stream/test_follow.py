@@ -190,3 +190,19 @@ def test_min_rating_over_partitions_some_without_ratings_is_one_line(tmp_path: P
     with pytest.raises(AdvrecError, match=r"data.min_rating needs every interaction's rating, "
                                           r"but 1 have none"):
         window_log(str(tmp_path / "p"), taken, "2", 4.0)
+
+
+def test_an_overlong_partition_name_is_shortened_and_kept_apart(days: Path,
+                                                                tmp_path: Path) -> None:
+    """A legal directory name of 255 bytes (``dt=`` and 252 characters) names a window that an
+    atomic write's suffix would push past the limit: it is shortened, with a digest that keeps
+    two such partitions apart, and the stream trains on it."""
+    prefix = tmp_path / "prefix"
+    for tail, day in zip("ab", DAYS):
+        shutil.copytree(days / day, prefix / f"dt={'7' * 251}{tail}")
+    found = [name for name, _ in new_windows(str(prefix), [], set())]
+    assert all(len(name) == 128 and name.startswith("7" * 100) for name in found)
+    assert len(set(found)) == 2
+    history = run_stream(load_config(None, [f"data.source={prefix}", *MF]), str(tmp_path / "s"),
+                         None, follow=True, poll=0.1, idle=0.1, progress=False)
+    assert [r["window"] for r in history] == found and "train_s" in history[-1]

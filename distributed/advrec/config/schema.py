@@ -417,7 +417,8 @@ class TrainConfig(Section):
     num_negatives: int | Literal["all"] = Field(
         1, description="Sampled negatives per positive; 'all' scores every item at every position "
         "(SASRec's full softmax).")
-    seed: int = Field(0, ge=0)  # numpy's generators (a stream's replay draw) take no negative
+    # numpy's generators (a stream's replay draw) take no negative, torch's nothing >= 2**64
+    seed: int = Field(0, ge=0, lt=2**64)
     eval_every: int = Field(1, gt=0, description="Validate every N epochs (and after the last).")
     patience: int = Field(10, ge=0, description="Evaluations (every eval_every epochs) without "
                           "improvement before stopping; 0 = off.")
@@ -539,7 +540,7 @@ class EvalConfig(Section):
         None, gt=0, description="The JSMA robustness attack's coordinates per row (as adv.l0).")
     relative: bool = Field(
         False, description="The robustness attack's ε is relative to each row's norm (as adv.relative).")
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**64)
     robust_every: int = Field(
         0, ge=0, description="Every N evaluated epochs also report valid metrics under attack "
         "(robust/...), and at the end for the best epoch; 0 never.")
@@ -653,8 +654,8 @@ class TuneConfig(Section):
     reduction_factor: float = Field(2.0, gt=1.0, description="ASHA: 1/fraction kept per rung.")
     search: Literal["random", "optuna"] = Field(
         "random", description="random (grid dims expanded) or optuna (extra advrec[optuna]).")
-    seed: int | None = Field(
-        0, ge=0, description="Seed of the search's sampler (the same trials again); null: random.")
+    seed: int | None = Field(  # both samplers seed numpy's RandomState: below 2**32
+        0, ge=0, lt=2**32, description="Seed of the search's sampler (the same trials again); null: random.")
     metric: str | None = Field(
         None, description="What trials optimise: valid/M, robust/M (eval.robust_every) or "
         "objective (tune.weights); default valid/ of train.monitor.")

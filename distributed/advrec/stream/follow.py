@@ -13,6 +13,7 @@ they landed), so a stream's memory and reading grow with the log it has followed
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -47,6 +48,12 @@ def new_windows(source: str, taken: list[list[str]],
     return windows
 
 
+MAX_NAME = 128
+"""The longest window name: a directory name (255 bytes at most) that leaves room for the
+suffixes of a re-landed partition (``+K``) and of an atomic write's temporary sibling; a longer
+one keeps its first characters and a digest of the whole partition."""
+
+
 def _partition(root: str, file: str) -> str:
     """The partition of ``file`` under ``root``: its directories' path with a trailing ``/``
     (``dt=2026-12-01/h=06/``), or for a file at the top (or ``root`` itself, a single file) its
@@ -67,6 +74,9 @@ def _name(partition: str) -> str:
     else:
         name = partition.removesuffix(".parquet")
     name = re.sub(r"[^A-Za-z0-9._+=-]", "_", name)
+    if len(name) > MAX_NAME:  # a legal partition name, too long once a suffix is added
+        digest = hashlib.sha256(partition.encode()).hexdigest()[:16]
+        name = f"{name[:MAX_NAME - 17]}-{digest}"
     return "_" * max(len(name), 1) if name in ("", ".", "..") else name
 
 

@@ -172,7 +172,10 @@ def _locked(output: str) -> Iterator[None]:
         return
     path = io.filesystem(output)[1]
     created = not os.path.exists(path)
-    os.makedirs(path, exist_ok=True)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:  # a read-only place, a full disk, a name too long
+        raise AdvrecError(f"{output}: cannot be created ({exc.strerror})") from None
     lock_path = os.path.join(path, ".lock")
     try:
         with open(lock_path, "a") as lock:
