@@ -721,7 +721,11 @@ CONFIG: list[Case] = [
     Case("train-adaptive-discrete-attack", (*TRAIN, "model.name=deepfm", "adv.adaptive=pamacf",
                                             "adv.mix=[{{method: jsma-fields}}]"),
          "adv: adaptive=pamacf scales an embedding attack's eps per user, but "
-         "adv.mix[0].method=jsma-fields changes a budget of inputs, no embedding"),
+         "adv.mix[0].method=jsma-fields changes a budget of inputs; set adv.method"),
+    Case("train-adaptive-attack-of-no-weight", (*TRAIN, "adv.adaptive=vat", "adv.method=fgm",
+                                                "adv.lambda=0", "adv.mix=[{{method: pgd, eps: 0}}]"),
+         "adv: adaptive=vat scales an embedding attack's eps per user, but adv.lambda=0, "
+         "adv.mix[0].eps=0; set adv.method"),
     Case("train-adaptive-sasrec", (*TRAIN, "model.name=sasrec", "adv.method=fgm",
                                    "adv.adaptive=pamacf"),
          "adv.adaptive=pamacf sizes eps per user, and model.name=sasrec has no user rows"),

@@ -383,17 +383,17 @@ class AdvConfig(Adversary):
 
     @model_validator(mode="after")
     def _adaptive_scales_an_attack(self) -> AdvConfig:
-        # adaptive sizes the eps of every embedding attack, adv's and adv.mix's; the discrete
-        # attacks (a budget of swapped items or fields) have no eps it could scale
-        attacks = self.adversaries()
-        if self.adaptive == "none" or any(a.method not in BUDGET_ATTACKS for _, a in attacks):
+        # adaptive sizes the eps of every embedding attack, adv's and adv.mix's, that trains
+        # (lambda and eps above 0); the discrete attacks (a budget of swapped items or fields)
+        # have no eps it could scale
+        why = [f"{key}.method={a.method} changes a budget of inputs" if a.method in BUDGET_ATTACKS
+               else f"{key}.lambda=0" if a.lam == 0 else f"{key}.eps=0" if a.eps == 0 else ""
+               for key, a in self.adversaries()]
+        if self.adaptive == "none" or "" in why:
             return self
-        made = (", ".join(f"{key}.method={a.method}" for key, a in attacks)
-                + " changes a budget of inputs, no embedding" if attacks
-                else "method=none makes no attack")
         raise ValueError(f"adaptive={self.adaptive} scales an embedding attack's eps per user, "
-                         f"but {made}; set adv.method (fgm: APR's attack, which both papers "
-                         "use)")
+                         f"but {', '.join(why) or 'method=none makes no attack'}; set "
+                         "adv.method (fgm: APR's attack, which both papers use)")
 
 
 ADAM_KINDS = ("adam", "adamw")
