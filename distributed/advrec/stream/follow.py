@@ -39,10 +39,10 @@ def new_windows(source: str, taken: list[list[str]],
         if file not in seen:
             groups.setdefault(_partition(root, file), []).append(file)
     windows = []
-    for key in sorted(groups, key=lambda k: (_name(k), k)):
-        unique, k = _name(key), 1
+    for name, key in sorted((_name(key), key) for key in groups):
+        unique, k = name, 1
         while unique in names:
-            unique, k = f"{_name(key)}+{k}", k + 1
+            unique, k = f"{name}+{k}", k + 1
         names.add(unique)
         windows.append((unique, groups[key]))
     return windows

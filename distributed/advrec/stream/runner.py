@@ -376,11 +376,11 @@ def _check_latest(output: str) -> None:
     """``output/latest`` must be the stream's own link to its published window, and
     ``output/latest.json`` a file, or nothing: anything else there is not advrec's to
     replace."""
-    fs, path = io.filesystem(io.join(output, "latest.json"))
+    named = io.join(output, "latest.json")
+    fs, path = io.filesystem(named)
     if fs.isdir(path):
-        raise AdvrecError(f"{io.join(output, 'latest.json')}: is a directory, where a stream "
-                          "names its newest window (advrec never replaces what it did not "
-                          "write); move it away")
+        raise AdvrecError(f"{named}: is a directory, where a stream names its newest window "
+                          "(advrec never replaces what it did not write); move it away")
     if not io.is_local(output):
         return
     link = os.path.join(io.filesystem(output)[1], "latest")
