@@ -834,8 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reason = exc.strerror or (str(exc).strip().splitlines() or ["permission denied"])[0]
         print(f"advrec: error: {where}permission denied ({reason})", file=sys.stderr)
         return 2
-    except OSError as exc:  # a read-only or full disk under an output
-        if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT):
+    except OSError as exc:  # a read-only or full disk under an output, a name past its limit
+        if exc.errno not in (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG):
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"advrec: error: {where}cannot be written ({exc.strerror})", file=sys.stderr)
